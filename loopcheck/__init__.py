@@ -1,0 +1,22 @@
+"""loopcheck: finds the training-loop bugs that never raise an error.
+
+The linter (``loopcheck.api.lint_source``, the ``loopcheck`` command) needs only libcst; the
+runtime watch (``loopcheck.watch``) needs torch and is imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loopcheck.errors import LoopcheckError, LoopcheckWarning
+
+__version__ = "0.1.0"
+__all__ = ["LoopcheckError", "LoopcheckWarning", "__version__", "watch"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "watch":
+        from loopcheck.runtime import watch
+
+        return watch
+    raise AttributeError(f"module 'loopcheck' has no attribute {name!r}")

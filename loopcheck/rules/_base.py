@@ -1,0 +1,70 @@
+"""What every rule is: a code, a name, a documented docstring and a question to the model."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from loopcheck.static.model import FileModel
+
+SECTIONS = ("What it does", "Why is this bad?", "Example", "Use instead")
+
+_HEADING = re.compile(r"^## (.+)$", re.MULTILINE)
+_CODE_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Span:
+    """A 1-based source range."""
+
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What a rule reports: where, and a message in its own words."""
+
+    span: Span
+    message: str
+
+
+class Rule:
+    """Base of every rule. Subclasses set ``code``, ``name`` and a docstring in the fixed
+    sections (What it does / Why is this bad? / Example / Use instead) and implement ``check``,
+    which asks the file's model questions; rules never walk the syntax tree themselves."""
+
+    code: ClassVar[str]
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    default_enabled: ClassVar[bool] = True
+
+    def check(self, model: FileModel) -> Iterable[Finding]:
+        raise NotImplementedError
+
+    @classmethod
+    def doc(cls) -> str:
+        return inspect.cleandoc(cls.__doc__ or "")
+
+    @classmethod
+    def sections(cls) -> dict[str, str]:
+        """The docstring's sections by heading."""
+        doc = cls.doc()
+        marks = list(_HEADING.finditer(doc))
+        out: dict[str, str] = {}
+        for i, mark in enumerate(marks):
+            end = marks[i + 1].start() if i + 1 < len(marks) else len(doc)
+            out[mark.group(1).strip()] = doc[mark.end() : end].strip()
+        return out
+
+    @classmethod
+    def example_code(cls, section: str) -> Iterator[str]:
+        """The Python code blocks of one section (``Example`` or ``Use instead``)."""
+        for block in _CODE_BLOCK.finditer(cls.sections().get(section, "")):
+            yield block.group(1)
