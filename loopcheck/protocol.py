@@ -82,6 +82,7 @@ class OptState:
     unscaled_since_update: bool = False  # scaler.unscale_ since the last scaler.update()
     stepped_via_scaler: bool = False  # scaler.step since the last scaler.update()
     stepped_this_iteration: bool = False
+    fresh_this_iteration: bool = False  # the fresh gradients come from this iteration's backward
     consumed: bool = False  # gradients read by hand since the last backward
     pending_zero: Hashable = None  # a clear of unused gradients: LC102 or LC108 once settled
     pending_zero_crossed: bool = False  # that clear happened in an earlier iteration
@@ -105,7 +106,9 @@ def _zero(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     pending = s.pending_zero
     crossed = s.pending_zero_crossed
     if s.grads in (Grads.FRESH, Grads.PILED) and not s.consumed and pending is None:
-        pending, crossed = e.where, False
+        # Gradients from an earlier iteration's backward: clearing them before this
+        # iteration's step cannot be LC102, only LC108 if another backward follows.
+        pending, crossed = e.where, not s.fresh_this_iteration
     new = replace(
         UNKNOWN,
         grads=Grads.CLEAR,
@@ -141,6 +144,7 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         scaled=e.scaled or (s.scaled and s.grads is Grads.FRESH),
         unscaled=False,
         consumed=False,
+        fresh_this_iteration=True,
         pending_zero=None,
         pending_zero_crossed=False,
         pending_step=None,
@@ -230,6 +234,7 @@ def _iteration(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         replace(
             s,
             stepped_this_iteration=False,
+            fresh_this_iteration=False,
             pending_zero_crossed=s.pending_zero is not None,
             pending_step=None,
             pending_sched=None,

@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 from loopcheck.rules._base import SECTIONS, Finding, Rule, Span
+from loopcheck.rules.clip_after_step import ClipAfterStep
+from loopcheck.rules.clip_before_backward import ClipBeforeBackward
+from loopcheck.rules.missing_backward import MissingBackward
+from loopcheck.rules.missing_step import MissingStep
+from loopcheck.rules.missing_zero_grad import MissingZeroGrad
 from loopcheck.rules.parse_error import ParseError
+from loopcheck.rules.step_before_backward import StepBeforeBackward
+from loopcheck.rules.zero_grad_after_backward import ZeroGradAfterBackward
+from loopcheck.rules.zero_grad_in_accumulation import ZeroGradInAccumulation
 
-ALL_RULES: tuple[type[Rule], ...] = (ParseError,)
+ALL_RULES: tuple[type[Rule], ...] = (
+    MissingZeroGrad,
+    ZeroGradAfterBackward,
+    StepBeforeBackward,
+    MissingBackward,
+    MissingStep,
+    ClipAfterStep,
+    ClipBeforeBackward,
+    ZeroGradInAccumulation,
+    ParseError,
+)
 
 RULES_BY_CODE: dict[str, type[Rule]] = {rule.code: rule for rule in ALL_RULES}
 

@@ -1,13 +1,106 @@
-"""Placeholder: the file model is being written."""
+"""The file model: what the static observer learned about one file, for the rules to query.
+
+Built once per file by :func:`analyze`; rules never walk the syntax tree, they ask this model:
+which protocol violations were seen on which paths, what each loop contains, and what each
+entry point (the module body, every function) did as a whole.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
 import libcst as cst
+
+from loopcheck.protocol import Move
+from loopcheck.rules._base import Span
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a move happened: the call's span and a short rendering of it for messages."""
+
+    span: Span
+    text: str
+
+
+@dataclass(eq=False)
+class LoopSummary:
+    """Everything seen inside one loop (inner loops and followed calls included), over every
+    path and every analysis of the loop."""
+
+    node: cst.CSTNode
+    span: Span
+    parent: LoopSummary | None
+    moves: set[tuple[Move, str]] = field(default_factory=set)
+    steps: dict[str, Site] = field(default_factory=dict)
+    backwards: list[Site] = field(default_factory=list)
+    forward: bool = False
+    loss_assigned: bool = False
+    clears_by_name: bool = False  # something that looks like clearing on an unresolved receiver
+    opaque_model: bool = False  # a call we cannot see into received the model
+    grads_read: bool = False  # gradients read or rewritten by hand
+
+    def has(self, move: Move, key: str) -> bool:
+        return (move, key) in self.moves
+
+    def has_any(self, move: Move) -> bool:
+        return any(m is move for m, _ in self.moves)
+
+    def clears(self, key: str) -> bool:
+        """Whether anything in the loop may clear (or rewrite) this optimizer's gradients."""
+        return (
+            self.clears_by_name
+            or self.has(Move.ZERO, key)
+            or self.has(Move.OPAQUE, key)
+            or self.grads_read
+        )
+
+
+@dataclass(eq=False)
+class RootSummary:
+    """One entry point of the analysis: the module body or a function analysed on its own."""
+
+    name: str
+    referenced: bool  # called or named elsewhere in the file: its callers give it context
+    optimizer_in_scope: bool = False
+    stepped: bool = False  # some STEP, opaque optimizer call or unresolved .step() was seen
+    backwards_in_loops: list[tuple[Site, LoopSummary]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Record:
+    """A protocol violation seen on some path: its code, the blamed site, the optimizer and the
+    innermost loop the violation was completed in."""
+
+    code: str
+    site: Site
+    key: str
+    loop: LoopSummary | None
+    root: RootSummary | None = None
 
 
 class FileModel:
-    pass
+    """What rules may ask about one file."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.loops: list[LoopSummary] = []
+        self.roots: list[RootSummary] = []
+        self._seen: set[tuple[str, Site, str, int]] = set()
+
+    def add_record(self, record: Record) -> None:
+        key = (record.code, record.site, record.key, id(record.root))
+        if key not in self._seen:
+            self._seen.add(key)
+            self.records.append(record)
+
+    def violations(self, code: str) -> Iterator[Record]:
+        return (r for r in self.records if r.code == code)
 
 
 def analyze(module: cst.Module) -> FileModel:
-    return FileModel()
+    """Build the model of one parsed file."""
+    from loopcheck.static.interpreter import analyze_module
+
+    return analyze_module(module)

@@ -1,0 +1,67 @@
+"""LC104 missing-backward."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from loopcheck.protocol import Move
+from loopcheck.rules._base import Finding, Rule
+from loopcheck.static.model import FileModel
+
+
+class MissingBackward(Rule):
+    """## What it does
+    Flags a loop that computes a loss and steps an optimizer but never calls `backward()`.
+
+    ## Why is this bad?
+    Without a backward pass no gradient is ever produced: `step()` finds `.grad` empty and
+    changes nothing. The loss is computed, logged and stays where it is.
+
+    ## Example
+    ```python
+    for x, y in loader:
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        optimizer.step()
+    ```
+
+    ## Use instead
+    ```python
+    for x, y in loader:
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+    ```
+    """
+
+    code = "LC104"
+    name = "missing-backward"
+    summary = "the loop computes a loss and steps but never calls backward"
+
+    def check(self, model: FileModel) -> Iterable[Finding]:
+        for loop in model.loops:
+            if loop.backwards or loop.opaque_model or loop.grads_read:
+                continue
+            if not (loop.forward or loop.loss_assigned):
+                continue
+            if loop.has_any(Move.BACKWARD) or loop.has_any(Move.MAYBE_BACKWARD):
+                continue
+            for key, site in loop.steps.items():
+                if loop.has(Move.OPAQUE, key):
+                    continue
+                if _inner_loop_owns(model, loop, key):
+                    continue
+                yield Finding(
+                    site.span,
+                    f"`{site.text}` steps, but this loop never calls `backward()`: "
+                    "no gradient is produced, the step changes nothing",
+                )
+
+
+def _inner_loop_owns(model: FileModel, loop, key: str) -> bool:
+    """Report a step once, in the innermost loop that holds it."""
+    return any(
+        other.parent is loop and key in other.steps and other.steps[key] == loop.steps[key]
+        for other in model.loops
+    )

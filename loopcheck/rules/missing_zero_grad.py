@@ -1,0 +1,68 @@
+"""LC101 missing-zero-grad."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from loopcheck.protocol import Move
+from loopcheck.rules._base import Finding, Rule
+from loopcheck.static.model import FileModel, LoopSummary
+
+
+class MissingZeroGrad(Rule):
+    """## What it does
+    Flags a training loop that backpropagates and steps but never clears the gradients
+    (no `zero_grad()`, no `p.grad = None`) anywhere in the loop.
+
+    ## Why is this bad?
+    `backward()` adds into `.grad`; it does not overwrite it. Without a clear, every step applies
+    the sum of all gradients computed so far, so updates grow with the step count and training
+    diverges or stalls. Nothing raises.
+
+    ## Example
+    ```python
+    import torch
+
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for x, y in loader:
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for x, y in loader:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+    ```
+    """
+
+    code = "LC101"
+    name = "missing-zero-grad"
+    summary = "the loop backprops and steps but never clears gradients"
+
+    def check(self, model: FileModel) -> Iterable[Finding]:
+        for record in model.violations(self.code):
+            loop = _loop_with_backward(record.loop, record.key)
+            if loop is None or loop.clears(record.key):
+                continue
+            yield Finding(
+                record.site.span,
+                f"`{record.site.text}` applies gradients that pile up across iterations: "
+                "this loop never clears them (call `zero_grad()` once per step)",
+            )
+
+
+def _loop_with_backward(loop: LoopSummary | None, key: str) -> LoopSummary | None:
+    """The innermost loop around the step that also holds this optimizer's backward."""
+    while loop is not None and not (loop.has(Move.BACKWARD, key) and loop.has(Move.STEP, key)):
+        loop = loop.parent
+    return loop

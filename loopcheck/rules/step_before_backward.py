@@ -1,0 +1,51 @@
+"""LC103 step-before-backward."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from loopcheck.rules._base import Finding, Rule
+from loopcheck.static.model import FileModel
+
+
+class StepBeforeBackward(Rule):
+    """## What it does
+    Flags an optimizer `step()` that runs before the iteration's `backward()`, when the
+    gradients it reads were cleared or already applied.
+
+    ## Why is this bad?
+    The step reads `.grad` as it is at that moment: empty right after `zero_grad()`, or the
+    previous iteration's gradients that were already applied. The backward that follows fills
+    gradients no step will use before they are cleared. The model does not learn, or learns
+    from stale gradients.
+
+    ## Example
+    ```python
+    for x, y in loader:
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        optimizer.step()
+        loss.backward()
+    ```
+
+    ## Use instead
+    ```python
+    for x, y in loader:
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+    ```
+    """
+
+    code = "LC103"
+    name = "step-before-backward"
+    summary = "step reached before this iteration's backward"
+
+    def check(self, model: FileModel) -> Iterable[Finding]:
+        for record in model.violations(self.code):
+            yield Finding(
+                record.site.span,
+                f"`{record.site.text}` runs before this iteration's `backward()`: it applies "
+                "cleared or already-applied gradients; step after backward",
+            )

@@ -1,0 +1,56 @@
+"""LC108 zero-grad-in-accumulation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from loopcheck.rules._base import Finding, Rule
+from loopcheck.static.model import FileModel
+
+
+class ZeroGradInAccumulation(Rule):
+    """## What it does
+    Flags a `zero_grad()` that runs between two micro-batches of one gradient-accumulation
+    step: after a backward whose gradients no step has applied yet, and before the next
+    backward.
+
+    ## Why is this bad?
+    Each clear throws away the gradients accumulated so far, so the step applies the last
+    micro-batch only: the effective batch is N times smaller than configured and the
+    gradient noise N times larger. Nothing raises.
+
+    ## Example
+    ```python
+    for step in range(steps):
+        for micro_step in range(accum):
+            optimizer.zero_grad()
+            loss = criterion(model(next(batches)), target) / accum
+            loss.backward()
+        optimizer.step()
+    ```
+
+    ## Use instead
+    ```python
+    for step in range(steps):
+        optimizer.zero_grad()
+        for micro_step in range(accum):
+            loss = criterion(model(next(batches)), target) / accum
+            loss.backward()
+        optimizer.step()
+    ```
+    """
+
+    code = "LC108"
+    name = "zero-grad-in-accumulation"
+    summary = "gradients cleared inside the micro-batch loop"
+
+    def check(self, model: FileModel) -> Iterable[Finding]:
+        for record in model.violations(self.code):
+            if record.root is not None and not record.root.stepped:
+                continue  # no step at all: that is LC105's finding, not this one
+            yield Finding(
+                record.site.span,
+                f"`{record.site.text}` clears gradients accumulated by an earlier micro-batch "
+                "before any step used them: only the last micro-batch counts; clear once per "
+                "optimizer step",
+            )

@@ -1,0 +1,227 @@
+"""What a name is: optimizer, scheduler, scaler, model, accelerator, engine — resolved from
+imports, constructor calls, assignments and, for parameters, the names real code gives them.
+
+Never from the method called on it: ``env.step()`` is not an optimizer step because ``env`` is
+not an optimizer, whatever ``step`` means.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+
+class Role(enum.Enum):
+    OPTIMIZER = "optimizer"
+    SCHEDULER = "scheduler"
+    SCALER = "scaler"
+    MODEL = "model"
+    ACCELERATOR = "accelerator"  # Accelerate's Accelerator, Lightning Fabric
+    ENGINE = "engine"  # DeepSpeed engine: backward and step (which also clears) on itself
+    LIGHTNING = "lightning"  # ``self`` inside a LightningModule
+    INSTANCE = "instance"  # an instance of a class defined in this file
+
+
+@dataclass(frozen=True)
+class Obj:
+    """A value with a role. ``key`` identifies the object across calls (an optimizer passed to
+    a helper keeps its key); ``models`` are the keys of the models whose parameters an
+    optimizer was built from; ``cls`` names a class defined in this file."""
+
+    role: Role
+    key: str
+    models: frozenset[str] = field(default_factory=frozenset)
+    cls: str | None = None
+
+
+class Imports:
+    """Import aliases of one file: ``nn`` → ``torch.nn``, ``AdamW`` → ``torch.optim.AdamW``."""
+
+    def __init__(self, module: cst.Module) -> None:
+        self.aliases: dict[str, str] = {}
+        for node in _walk_imports(module):
+            if isinstance(node, cst.Import):
+                for alias in node.names:
+                    dotted = _dotted(alias.name)
+                    if dotted is None:
+                        continue
+                    if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+                        self.aliases[alias.asname.name.value] = dotted
+                    else:
+                        head = dotted.split(".")[0]
+                        self.aliases[head] = head
+            elif isinstance(node, cst.ImportFrom) and not isinstance(node.names, cst.ImportStar):
+                base = _dotted(node.module) if node.module is not None else ""
+                base = "." * len(node.relative) + (base or "")
+                for alias in node.names:
+                    name = _dotted(alias.name)
+                    if name is None:
+                        continue
+                    local = name
+                    if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+                        local = alias.asname.name.value
+                    self.aliases[local] = f"{base}.{name}" if base else name
+
+    def qualify(self, expr: cst.BaseExpression) -> str | None:
+        """The dotted name of ``expr`` with its first part resolved through the imports."""
+        dotted = _dotted(expr)
+        if dotted is None:
+            return None
+        head, _, rest = dotted.partition(".")
+        full = self.aliases.get(head, head)
+        return f"{full}.{rest}" if rest else full
+
+
+def _walk_imports(module: cst.Module):
+    stack: list[cst.CSTNode] = [module]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (cst.Import, cst.ImportFrom)):
+            yield node
+            continue
+        if isinstance(node, cst.BaseExpression):
+            continue
+        stack.extend(node.children)
+
+
+def _dotted(expr: cst.CSTNode | None) -> str | None:
+    parts: list[str] = []
+    while isinstance(expr, cst.Attribute):
+        parts.append(expr.attr.value)
+        expr = expr.value
+    if not isinstance(expr, cst.Name):
+        return None
+    parts.append(expr.value)
+    return ".".join(reversed(parts))
+
+
+dotted_name = _dotted
+
+# --- what a constructor or factory builds ---------------------------------------------------
+
+_OPTIMIZER_CLASS = re.compile(
+    r"(?i)^(adam\w*|sgd\w*|rmsprop|adagrad|adadelta|adamax|nadam|radam|lbfgs|lamb|lars|lion"
+    r"|adafactor|sam|asam|gsam|muon|sophia\w*|shampoo|novograd|adabelief|adan|lomo|galore\w*"
+    r"|fused(adam|lamb|sgd|novograd)\w*|paged\w*|\w*adamw\w*|zeroredundancyoptimizer)$"
+)
+_OPTIMIZER_MODULES = (
+    "torch.optim.",
+    "bitsandbytes.optim.",
+    "bnb.optim.",
+    "apex.optimizers.",
+    "torch_optimizer.",
+    "timm.optim.",
+    "deepspeed.ops.",
+    "transformers.optimization.",
+)
+_NOT_OPTIMIZER = ("lr_scheduler", "swa_utils", "Optimizer")
+_SCALERS = {"GradScaler", "ShardedGradScaler"}
+_ACCELERATORS = {
+    "accelerate.Accelerator",
+    "accelerate.accelerator.Accelerator",
+    "lightning.Fabric",
+    "lightning.fabric.Fabric",
+    "lightning_fabric.Fabric",
+    "pytorch_lightning.lite.LightningLite",
+}
+_MODEL_WRAPPERS = {
+    "compile",
+    "DistributedDataParallel",
+    "DDP",
+    "DataParallel",
+    "FullyShardedDataParallel",
+    "FSDP",
+    "fully_shard",
+    "convert_sync_batchnorm",
+    "prepare_model",
+}
+_MODEL_METHODS = {"to", "cuda", "cpu", "half", "float", "bfloat16", "double", "train", "eval"}
+_LOSS_CLASS = re.compile(r"(Loss|Criterion|Metric|Accuracy)\w*$")
+
+
+def constructed_role(qualname: str) -> Role | None:
+    """The role of what calling ``qualname`` returns, judged from the callee's name."""
+    last = qualname.rsplit(".", 1)[-1]
+    low = last.lower()
+    if last in _SCALERS:
+        return Role.SCALER
+    if qualname in _ACCELERATORS or last in {"Accelerator", "Fabric"}:
+        return Role.ACCELERATOR
+    if "lr_scheduler." in qualname or "schedul" in low or last == "SWALR":
+        return Role.SCHEDULER
+    if last in _NOT_OPTIMIZER or _LOSS_CLASS.search(last):
+        return None
+    if "optimizer" in low or _OPTIMIZER_CLASS.match(last):
+        return Role.OPTIMIZER
+    if any(qualname.startswith(prefix) for prefix in _OPTIMIZER_MODULES) and last[:1].isupper():
+        return Role.OPTIMIZER
+    if (
+        qualname.startswith(("torch.nn.", "torchvision.models.", "timm.models."))
+        and last[:1].isupper()
+    ):
+        return Role.MODEL
+    if last == "from_pretrained" or last in {"create_model", "build_model", "get_model"}:
+        return Role.MODEL
+    if qualname.startswith("torchvision.models.") or qualname.startswith("timm.create_model"):
+        return Role.MODEL
+    return None
+
+
+def is_model_wrapper(qualname: str) -> bool:
+    """``torch.compile(model)``, ``DDP(model)``: the result is the wrapped model."""
+    return qualname.rsplit(".", 1)[-1] in _MODEL_WRAPPERS
+
+
+def is_model_method(name: str) -> bool:
+    """``model.to(device)`` and friends return the model itself."""
+    return name in _MODEL_METHODS
+
+
+# --- what a parameter or attribute name says it holds -----------------------------------------
+
+_NAME_ROLES: tuple[tuple[re.Pattern[str], Role], ...] = (
+    (
+        re.compile(
+            r"^(optimi[sz]er|optim|opt)([_A-Z0-9]\w*)?$|^\w+_(optimi[sz]er|optim|opt)$"
+        ),
+        Role.OPTIMIZER,
+    ),
+    (
+        re.compile(r"^(lr_)?(scheduler|sched)(_\w+)?$|^\w+_(scheduler|sched)$"),
+        Role.SCHEDULER,
+    ),
+    (re.compile(r"^(grad_)?scaler$|^amp_scaler$"), Role.SCALER),
+    (re.compile(r"^(accelerator|fabric)$"), Role.ACCELERATOR),
+    (re.compile(r"^(model_engine|ds_engine)$"), Role.ENGINE),
+    (
+        re.compile(
+            r"^(model|net|network|module|generator|discriminator|encoder|decoder|policy"
+            r"|actor|critic|classifier|backbone|unet|transformer|gpt)([_A-Z0-9]\w*)?$"
+            r"|^\w+_(model|net|network)$|^net[A-Z]\w*$"
+        ),
+        Role.MODEL,
+    ),
+)
+
+
+def role_from_name(name: str, annotation: str | None = None) -> Role | None:
+    """The role a parameter or attribute name (or its annotation) announces, if any."""
+    if annotation:
+        last = annotation.rsplit(".", 1)[-1]
+        if "Optimizer" in last:
+            return Role.OPTIMIZER
+        if last in _SCALERS:
+            return Role.SCALER
+        if last in {"Accelerator", "Fabric"}:
+            return Role.ACCELERATOR
+        if "LRScheduler" in last or "Scheduler" in last:
+            return Role.SCHEDULER
+        if last in {"Module", "LightningModule", "PreTrainedModel"}:
+            return Role.MODEL
+    for pattern, role in _NAME_ROLES:
+        if pattern.match(name):
+            return role
+    return None
