@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 
 import libcst as cst
@@ -24,6 +25,36 @@ def _parse_error(path: str, line: int, column: int, message: str) -> Diagnostic:
         end_line=max(line, 1),
         end_column=max(column, 1),
     )
+
+
+_DEEP = 100
+_BRACKETS = re.compile(rb"[()\[\]{}]")
+
+
+def _bracket_depth(raw: bytes) -> int:
+    """The deepest bracket nesting, counted roughly (brackets in strings count too)."""
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(raw):
+        if match[0] in b"([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth = max(depth - 1, 0)
+    return deepest
+
+
+def _syntax_error(text: str, path: str, exc: cst.ParserSyntaxError) -> Diagnostic:
+    """Locate and word a syntax error as Python itself does; libcst's own position is a
+    fallback for the rare source Python accepts and libcst does not."""
+    try:
+        compile(text, path, "exec", ast.PyCF_ONLY_AST)
+    except SyntaxError as err:
+        return _parse_error(path, err.lineno or 1, err.offset or 1, f"syntax error: {err.msg}")
+    except (ValueError, RecursionError, MemoryError):
+        pass
+    where = re.search(r"error at (\d+):(\d+)", exc.message)
+    line, column = (int(where[1]), int(where[2]) + 1) if where else (exc.raw_line, 1)
+    return _parse_error(path, line, column, f"syntax error: {exc.message.splitlines()[0]}")
 
 
 def _decode(source: bytes, path: str) -> str | Diagnostic:
@@ -49,10 +80,21 @@ def lint_source(
     text = _decode(raw, path)
     if isinstance(text, Diagnostic):
         return [text]
+    if _bracket_depth(raw) > _DEEP:
+        # libcst's native parser can overflow its stack on pathological nesting that Python
+        # itself refuses (more than 200 nested brackets): let Python judge such files first.
+        try:
+            compile(text, path, "exec", ast.PyCF_ONLY_AST)
+        except SyntaxError as err:
+            return [
+                _parse_error(path, err.lineno or 1, err.offset or 1, f"syntax error: {err.msg}")
+            ]
+        except (RecursionError, MemoryError, ValueError):
+            return [_parse_error(path, 1, 1, "file is too deeply nested to parse")]
     try:
         module = cst.parse_module(text)
     except cst.ParserSyntaxError as exc:
-        return [_parse_error(path, exc.raw_line, exc.raw_column + 1, f"syntax error: {exc.message}")]
+        return [_syntax_error(text, path, exc)]
     except RecursionError:
         return [_parse_error(path, 1, 1, "file is too deeply nested to parse")]
     from loopcheck.static import analyze

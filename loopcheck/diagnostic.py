@@ -7,6 +7,16 @@ from dataclasses import dataclass
 DOCS_URL = "https://github.com/loopcheck/loopcheck/blob/main/docs/rules/{code}.md"
 
 
+@dataclass(frozen=True)
+class Span:
+    """A 1-based source range."""
+
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+
 @dataclass(frozen=True, order=True)
 class Diagnostic:
     """A finding. Lines and columns are 1-based; ``end_*`` close the flagged span."""

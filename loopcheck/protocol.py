@@ -67,6 +67,7 @@ class Violation:
 
     code: str
     where: Hashable
+    cause: Hashable = None  # the earlier event it concerns (LC102/LC108: the lost backward)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,9 @@ class OptState:
     consumed: bool = False  # gradients read by hand since the last backward
     pending_zero: Hashable = None  # a clear of unused gradients: LC102 or LC108 once settled
     pending_zero_crossed: bool = False  # that clear happened in an earlier iteration
+    last_backward: Hashable = None  # the latest backward since the last clear or step
     pending_step: Hashable = None  # a step on no fresh gradient: LC103 once a backward follows
+    pending_clip: Hashable = None  # a clip of no fresh gradient: LC107 once a backward follows
     pending_sched: Hashable = None  # a scheduler step before the optimizer's: LC401 on step
 
 
@@ -117,7 +120,9 @@ def _zero(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         stepped_via_scaler=s.stepped_via_scaler,
         pending_zero=pending,
         pending_zero_crossed=crossed,
+        last_backward=s.last_backward if pending is not None else None,
         pending_step=s.pending_step,
+        pending_clip=s.pending_clip,
         pending_sched=s.pending_sched,
     )
     return new, ()
@@ -126,9 +131,11 @@ def _zero(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
 def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     found: list[Violation] = []
     if s.pending_zero is not None:
-        found.append(Violation("LC108", s.pending_zero))
+        found.append(Violation("LC108", s.pending_zero, s.last_backward))
     if s.pending_step is not None:
         found.append(Violation("LC103", s.pending_step))
+    if s.pending_clip is not None:
+        found.append(Violation("LC107", s.pending_clip))
     grads = {
         Grads.STALE: Grads.PILED,
         Grads.PILED: Grads.PILED,
@@ -147,7 +154,9 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         fresh_this_iteration=True,
         pending_zero=None,
         pending_zero_crossed=False,
+        last_backward=e.where,
         pending_step=None,
+        pending_clip=None,
     )
     return new, tuple(found)
 
@@ -171,8 +180,11 @@ def _forget(s: OptState) -> OptState:
 
 def _clip(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     if s.grads in (Grads.CLEAR, Grads.STALE):
-        code = "LC106" if s.stepped_this_iteration else "LC107"
-        return s, (Violation(code, e.where),)
+        if s.stepped_this_iteration:
+            return s, (Violation("LC106", e.where),)
+        if s.pending_clip is None:
+            return replace(s, pending_clip=e.where), ()
+        return s, ()
     if s.grads in (Grads.FRESH, Grads.PILED) and s.scaled and not s.unscaled:
         return s, (Violation("LC301", e.where),)
     return s, ()
@@ -188,7 +200,7 @@ def _step(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     pending_step = s.pending_step
     if s.pending_zero is not None:
         if not s.pending_zero_crossed:
-            found.append(Violation("LC102", s.pending_zero))
+            found.append(Violation("LC102", s.pending_zero, s.last_backward))
     if s.grads is Grads.PILED:
         found.append(Violation("LC101", e.where))
     elif s.grads in (Grads.CLEAR, Grads.STALE) and pending_step is None:
@@ -237,6 +249,7 @@ def _iteration(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
             fresh_this_iteration=False,
             pending_zero_crossed=s.pending_zero is not None,
             pending_step=None,
+            pending_clip=None,
             pending_sched=None,
         ),
         (),

@@ -6,7 +6,8 @@ import pytest
 
 from loopcheck.protocol import UNKNOWN, Event, Grads, Move, OptState, advance, run
 
-Z, F, B, C, S, I = (Move.ZERO, Move.FORWARD, Move.BACKWARD, Move.CLIP, Move.STEP, Move.ITERATION)
+Z, F, B, C, S = (Move.ZERO, Move.FORWARD, Move.BACKWARD, Move.CLIP, Move.STEP)
+I = Move.ITERATION  # noqa: E741 - one letter per move keeps the sequences readable
 
 
 def seq(*moves: Move) -> list[Event]:
@@ -69,6 +70,7 @@ def test_clip_after_step_is_lc106_and_before_backward_is_lc107() -> None:
     assert codes(B, S, Z, C) == [("LC106", 3)]
     assert codes(Z, C, F, B, S) == [("LC107", 1)]
     assert codes(B, S, Z, I, C, B, S) == [("LC107", 4)]
+    assert codes(Z, C, S) == []  # no backward follows: nothing to clip before
 
 
 def test_unknown_state_makes_no_claim() -> None:

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from loopcheck.diagnostic import Span
+
 if TYPE_CHECKING:
     from loopcheck.static.model import FileModel
 
@@ -15,16 +17,6 @@ SECTIONS = ("What it does", "Why is this bad?", "Example", "Use instead")
 
 _HEADING = re.compile(r"^## (.+)$", re.MULTILINE)
 _CODE_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class Span:
-    """A 1-based source range."""
-
-    line: int
-    column: int
-    end_line: int
-    end_column: int
 
 
 @dataclass(frozen=True)

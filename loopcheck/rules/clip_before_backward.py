@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from loopcheck.rules._base import Finding, Rule
-from loopcheck.static.model import FileModel
+
+if TYPE_CHECKING:
+    from loopcheck.static.model import FileModel
 
 
 class ClipBeforeBackward(Rule):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from loopcheck.protocol import Move
 from loopcheck.rules._base import Finding, Rule
-from loopcheck.static.model import FileModel
+
+if TYPE_CHECKING:
+    from loopcheck.static.model import FileModel
 
 
 class MissingBackward(Rule):

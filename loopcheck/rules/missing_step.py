@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from loopcheck.rules._base import Finding, Rule
-from loopcheck.static.model import FileModel
+
+if TYPE_CHECKING:
+    from loopcheck.static.model import FileModel, LoopSummary, RootSummary, Site
 
 
 class MissingStep(Rule):
@@ -42,16 +45,26 @@ class MissingStep(Rule):
     summary = "the loop calls backward but never steps"
 
     def check(self, model: FileModel) -> Iterable[Finding]:
+        # A backward is judged in every context it was seen in: its own function analysed
+        # alone, and each caller that follows into it. A context that steps clears it.
+        contexts: dict[Site, list[tuple[RootSummary, LoopSummary, bool]]] = {}
         for root in model.roots:
-            if root.stepped or root.referenced or not root.optimizer_in_scope:
+            for site, loop, optimizer_in_scope in root.backwards_in_loops:
+                contexts.setdefault(site, []).append((root, loop, optimizer_in_scope))
+        reported: set[int] = set()
+        for site, seen in contexts.items():
+            if any(root.stepped or loop.grads_read for root, loop, _ in seen):
                 continue
-            reported = set()
-            for site, loop in root.backwards_in_loops:
-                if id(loop) in reported or loop.grads_read:
-                    continue
-                reported.add(id(loop))
-                yield Finding(
-                    site.span,
-                    f"`{site.text}` computes gradients that no optimizer step ever applies: "
-                    "call `optimizer.step()` after backward",
-                )
+            if all(root.referenced for root, _, _ in seen):
+                continue  # only ever seen out of context: its caller may step
+            if not any(in_scope for _, _, in_scope in seen):
+                continue
+            loop = seen[0][1]
+            if id(loop) in reported:
+                continue
+            reported.add(id(loop))
+            yield Finding(
+                site.span,
+                f"`{site.text}` computes gradients that no optimizer step ever applies: "
+                "call `optimizer.step()` after backward",
+            )

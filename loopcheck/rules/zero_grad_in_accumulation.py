@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from loopcheck.rules._base import Finding, Rule
-from loopcheck.static.model import FileModel
+
+if TYPE_CHECKING:
+    from loopcheck.static.model import FileModel
 
 
 class ZeroGradInAccumulation(Rule):
@@ -48,6 +51,9 @@ class ZeroGradInAccumulation(Rule):
         for record in model.violations(self.code):
             if record.root is not None and not record.root.stepped:
                 continue  # no step at all: that is LC105's finding, not this one
+            loop = model.innermost_loop(record.cause) if record.cause is not None else None
+            if loop is None or record.site not in loop.sites:
+                continue  # cleared outside the micro-batch loop: a dropped partial accumulation
             yield Finding(
                 record.site.span,
                 f"`{record.site.text}` clears gradients accumulated by an earlier micro-batch "

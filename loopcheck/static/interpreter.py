@@ -10,26 +10,27 @@ arguments bound; calls that cannot be seen into and receive an optimizer make it
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import libcst as cst
-from libcst.metadata import MetadataWrapper, PositionProvider
+from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 
+from loopcheck.diagnostic import Span
 from loopcheck.protocol import UNKNOWN, Event, Move, OptState, advance
-from loopcheck.rules._base import Span
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, Site
 from loopcheck.static.roles import (
     Imports,
     Obj,
     Role,
     constructed_role,
-    dotted_name,
     is_model_method,
     is_model_wrapper,
     role_from_name,
 )
+from loopcheck.static.tree import kids
 
 MAX_STATES = 96
 MAX_FOLLOW_DEPTH = 6
@@ -143,9 +144,8 @@ class FileContext:
     """Definitions, imports and positions of one file, computed once."""
 
     def __init__(self, module: cst.Module) -> None:
-        wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
         self.module = module
-        self.positions = wrapper.resolve(PositionProvider)
+        self._positions: Mapping[cst.CSTNode, CodeRange] | None = None
         self.imports = Imports(module)
         self.functions: dict[str, cst.FunctionDef] = {}
         self.classes: dict[str, ClassInfo] = {}
@@ -157,12 +157,15 @@ class FileContext:
             self.fact_names[text] = _names_in(cst.parse_expression(text))
 
     def span(self, node: cst.CSTNode) -> Span:
-        rng = self.positions[node]
+        if self._positions is None:
+            # Positions need a full code generation pass: only files with findings pay it.
+            wrapper = MetadataWrapper(self.module, unsafe_skip_copy=True)
+            self._positions = wrapper.resolve(PositionProvider)
+        rng = self._positions[node]
         return Span(rng.start.line, rng.start.column + 1, rng.end.line, rng.end.column + 1)
 
     def site(self, node: cst.CSTNode) -> Site:
-        text = self.module.code_for_node(node).strip().splitlines()[0]
-        return Site(self.span(node), text if len(text) <= 60 else text[:57] + "...")
+        return Site(node, self.span, self.module.code_for_node)
 
     def code(self, node: cst.CSTNode) -> str:
         return self.module.code_for_node(node).strip()
@@ -184,6 +187,24 @@ class FileContext:
         return None
 
 
+# Method names that real code calls on models and optimizers all the time: ``model.train()``
+# does not mean that a trainer's own ``train`` method is called from this file.
+_MODULE_API = {
+    "train",
+    "eval",
+    "step",
+    "forward",
+    "zero_grad",
+    "backward",
+    "update",
+    "to",
+    "cuda",
+    "parameters",
+    "state_dict",
+    "load_state_dict",
+}
+
+
 class _Indexer:
     """One pass over the file: definitions, references, repeated branch conditions."""
 
@@ -203,24 +224,25 @@ class _Indexer:
             if isinstance(node, cst.Name):
                 self.ctx.referenced.add(node.value)
             elif isinstance(node, cst.Attribute):
-                self.ctx.referenced.add(node.attr.value)
+                attr = node.attr.value
+                on_self = isinstance(node.value, cst.Name) and node.value.value == "self"
+                if on_self or attr not in _MODULE_API:
+                    self.ctx.referenced.add(attr)
                 stack.append(node.value)
                 continue
             elif isinstance(node, (cst.FunctionDef, cst.ClassDef)):
-                stack.extend(c for c in node.children if c is not node.name)
+                stack.extend(c for c in kids(node) if c is not node.name)
                 continue
             elif isinstance(node, (cst.If, cst.While)):
                 text = condition_key(self.ctx, node.test)[0]
                 if text is not None:
                     self.condition_counts[text] = self.condition_counts.get(text, 0) + 1
-            stack.extend(node.children)
+            stack.extend(kids(node))
         self.ctx.tracked_conditions = {t for t, n in self.condition_counts.items() if n > 1}
 
     def _class(self, node: cst.ClassDef) -> None:
         bases = [self.ctx.imports.qualify(a.value) or "" for a in node.bases]
-        methods = {
-            s.name.value: s for s in node.body.body if isinstance(s, cst.FunctionDef)
-        }
+        methods = {s.name.value: s for s in node.body.body if isinstance(s, cst.FunctionDef)}
         attrs: dict[str, list[tuple[cst.BaseExpression, cst.FunctionDef]]] = {}
         for method in methods.values():
             for target, value in _assignments(method.body):
@@ -230,9 +252,7 @@ class _Indexer:
                     and target.value.value == "self"
                 ):
                     attrs.setdefault(target.attr.value, []).append((value, method))
-        self.ctx.classes[node.name.value] = ClassInfo(
-            node.name.value, node, bases, methods, attrs
-        )
+        self.ctx.classes[node.name.value] = ClassInfo(node.name.value, node, bases, methods, attrs)
 
 
 def condition_key(ctx: FileContext, test: cst.BaseExpression) -> tuple[str | None, bool]:
@@ -252,7 +272,7 @@ def _contains(node: cst.CSTNode, kind: type) -> bool:
         n = stack.pop()
         if isinstance(n, kind):
             return True
-        stack.extend(n.children)
+        stack.extend(kids(n))
     return False
 
 
@@ -263,7 +283,7 @@ def _names_in(node: cst.CSTNode) -> set[str]:
         n = stack.pop()
         if isinstance(n, cst.Name):
             out.add(n.value)
-        stack.extend(n.children)
+        stack.extend(kids(n))
     return out
 
 
@@ -284,7 +304,7 @@ def _assignments(
             yield node.target, node.value
         elif isinstance(node, cst.BaseExpression):
             continue
-        stack.extend(node.children)
+        stack.extend(kids(node))
 
 
 def _call_args(call: cst.Call) -> tuple[list[cst.BaseExpression], dict[str, cst.BaseExpression]]:
@@ -342,6 +362,7 @@ class Frame:
                 self.params[p.name.value] = ann
         self._cache: dict[str, Obj | None] = {}
         self._busy: set[str] = set()
+        self.constants: dict[str, object] = {}  # parameters known to hold a literal value
 
     # names
 
@@ -386,8 +407,10 @@ class Frame:
 
     def self_obj(self) -> Obj:
         assert self.cls is not None
-        role = Role.LIGHTNING if self.cls.is_lightning else (
-            Role.MODEL if self.cls.is_module else Role.INSTANCE
+        role = (
+            Role.LIGHTNING
+            if self.cls.is_lightning
+            else (Role.MODEL if self.cls.is_module else Role.INSTANCE)
         )
         return Obj(role, f"{self.cls.name}.self", cls=self.cls.name)
 
@@ -419,7 +442,9 @@ class Frame:
         cache[key] = None  # guard against self-reference while resolving
         found = None
         for value, method in info.attr_values.get(attr, ()):
-            frame = Frame(self.ctx, method, info, {}, self.module_frame(), f"{cls}.{method.name.value}")
+            frame = Frame(
+                self.ctx, method, info, {}, self.module_frame(), f"{cls}.{method.name.value}"
+            )
             role_obj = frame.value_role(value, None)
             if role_obj is not None:
                 found = replace(role_obj, key=key)
@@ -448,7 +473,9 @@ class Frame:
             return None
         func = value.func
         positional, keywords = _call_args(value)
-        qual = self.ctx.imports.qualify(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
+        qual = (
+            self.ctx.imports.qualify(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
+        )
         if isinstance(func, cst.Attribute):
             owner = self.resolve(func.value)
             method = func.attr.value
@@ -509,14 +536,21 @@ class Frame:
         if isinstance(func, cst.Attribute):
             owner = self.resolve(func.value)
             method = func.attr.value
-            if owner is not None and owner.role is Role.ACCELERATOR and method in {
-                "prepare",
-                "setup",
-            }:
+            if (
+                owner is not None
+                and owner.role is Role.ACCELERATOR
+                and method
+                in {
+                    "prepare",
+                    "setup",
+                }
+            ):
                 return self.resolve(positional[index]) if index < len(positional) else None
             if owner is not None and owner.role is Role.LIGHTNING and method == "optimizers":
                 return Obj(Role.OPTIMIZER, f"{owner.key}.optimizers[{index}]")
-        qual = self.ctx.imports.qualify(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
+        qual = (
+            self.ctx.imports.qualify(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
+        )
         if qual is not None and qual.endswith("initialize") and "deepspeed" in qual:
             roles = {0: Role.ENGINE, 1: Role.OPTIMIZER, 3: Role.SCHEDULER}
             role = roles.get(index)
@@ -564,7 +598,7 @@ _ATTR_CACHE: dict[int, dict[str, Obj | None]] = {}
 
 
 def _nested_defs(body: cst.CSTNode) -> Iterable[cst.FunctionDef]:
-    stack: list[cst.CSTNode] = list(body.children)
+    stack: list[cst.CSTNode] = list(kids(body))
     while stack:
         node = stack.pop()
         if isinstance(node, cst.FunctionDef):
@@ -572,7 +606,7 @@ def _nested_defs(body: cst.CSTNode) -> Iterable[cst.FunctionDef]:
             continue
         if isinstance(node, (cst.ClassDef, cst.BaseExpression)):
             continue
-        stack.extend(node.children)
+        stack.extend(kids(node))
 
 
 def _roots_of(expr: cst.CSTNode) -> Iterable[cst.BaseExpression]:
@@ -595,7 +629,7 @@ def _roots_of(expr: cst.CSTNode) -> Iterable[cst.BaseExpression]:
             stack.append(node.func)
             stack.extend(a.value for a in node.args)
             continue
-        stack.extend(c for c in node.children if isinstance(c, cst.CSTNode))
+        stack.extend(kids(node))
 
 
 # --- actions: what one call or statement does ------------------------------------------------
@@ -626,6 +660,7 @@ class Follow:
     node: cst.FunctionDef | cst.Lambda
     bound: tuple[tuple[str, Obj | None], ...]
     cls: ClassInfo | None
+    constants: tuple[tuple[str, object], ...] = ()  # parameters bound to literal values
 
 
 @dataclass(frozen=True)
@@ -668,7 +703,6 @@ class Interpreter:
         self.root = root
         self.loop_stack = []
         self.follow_stack = [frame.func] if frame.func is not None else []
-        root.optimizer_in_scope = bool(frame.optimizers())
         self.exec_block(body, {PathState()})
 
     # blocks
@@ -704,10 +738,14 @@ class Interpreter:
             flow = Flow()
             for case in stmt.cases:
                 flow = _merge(flow, self.exec_stmt(case.body, states))
-            flow.normal |= states if not any(
-                isinstance(c.pattern, cst.MatchAs) and c.pattern.pattern is None
-                for c in stmt.cases
-            ) else set()
+            flow.normal |= (
+                states
+                if not any(
+                    isinstance(c.pattern, cst.MatchAs) and c.pattern.pattern is None
+                    for c in stmt.cases
+                )
+                else set()
+            )
             return flow
         if isinstance(stmt, (cst.FunctionDef, cst.ClassDef)):
             return Flow(normal=states)
@@ -729,6 +767,12 @@ class Interpreter:
 
     def exec_if(self, stmt: cst.If, states: set[PathState]) -> Flow:
         states = self.run_actions(self.actions_of_expr(stmt.test), states)
+        decided = _truth(stmt.test, self.frame.constants)
+        if decided is not None:
+            branch: cst.CSTNode | None = stmt.body
+            if not decided:
+                branch = stmt.orelse.body if isinstance(stmt.orelse, cst.Else) else stmt.orelse
+            return self.exec_stmt(branch, states) if branch is not None else Flow(normal=states)
         text, polarity = condition_key(self.ctx, stmt.test)
         tracked = text is not None and text in self.ctx.tracked_conditions
         taken: set[PathState] = set()
@@ -783,7 +827,7 @@ class Interpreter:
         summary = self.summaries.get(id(stmt))
         if summary is None:
             summary = LoopSummary(
-                stmt, self.ctx.span(stmt), self.loop_stack[-1] if self.loop_stack else None
+                stmt, self.ctx.site(stmt), self.loop_stack[-1] if self.loop_stack else None
             )
             self.summaries[id(stmt)] = summary
             self.model.loops.append(summary)
@@ -797,6 +841,7 @@ class Interpreter:
         try:
             entry = {_forget_facts(s, assigned, self.ctx.fact_names) for s in states}
             seen = set(entry)
+            after_body: set[PathState] = set()  # loops are assumed to run at least once
             breaks: set[PathState] = set()
             returns: set[PathState] = set()
             for _ in range(MAX_LOOP_ROUNDS):
@@ -811,6 +856,7 @@ class Interpreter:
                     )
                     for s in flow.normal | flow.continues
                 }
+                after_body |= back
                 new = back - seen
                 if not new:
                     break
@@ -819,7 +865,7 @@ class Interpreter:
         finally:
             self.loop_stack.pop()
         infinite = isinstance(stmt, cst.While) and _is_true(stmt.test)
-        exit_states = set() if infinite else set(seen)
+        exit_states = set() if infinite else after_body
         if stmt.orelse is not None and exit_states:
             exit_states = self.exec_stmt(stmt.orelse.body, exit_states).normal
         return Flow(normal=_cap(exit_states | breaks), returns=returns)
@@ -846,7 +892,7 @@ class Interpreter:
             actions.extend(self.actions_of_target(target, value, stmt))
         states = self.run_actions(actions, states)
         names = set().union(*(_names_in(t) for t in targets)) if targets else set()
-        if any("loss" in n.lower() for n in names):
+        if isinstance(value, cst.Call) and any(_LOSS_NAME.match(n) for n in names):
             self.mark("loss")
         return {_forget_facts(s, names, self.ctx.fact_names) for s in states}
 
@@ -862,7 +908,7 @@ class Interpreter:
             return [Mark("grads")]
         if isinstance(target, cst.Subscript) or isinstance(target, (cst.Tuple, cst.List)):
             out: list[Action] = []
-            for node in target.children:
+            for node in kids(target):
                 if isinstance(node, cst.BaseExpression):
                     out.extend(self.actions_of_expr(node))
             return out
@@ -935,7 +981,8 @@ class Interpreter:
             if site not in summary.backwards:
                 summary.backwards.append(site)
         if self.loop_stack and self.root is not None:
-            self.root.backwards_in_loops.append((site, self.loop_stack[0]))
+            in_scope = bool(self.frame.optimizers())
+            self.root.backwards_in_loops.append((site, self.loop_stack[0], in_scope))
 
     def backward(self, state: PathState, action: Backward) -> PathState:
         keys = self.known_keys()
@@ -944,7 +991,9 @@ class Interpreter:
         definite = keys if len(keys) == 1 else [k for k in keys if k == state.last_zeroed]
         for key in keys:
             if key in definite:
-                event = Event(Move.BACKWARD, action.site, scaled=action.scaled, divided=action.divided)
+                event = Event(
+                    Move.BACKWARD, action.site, scaled=action.scaled, divided=action.divided
+                )
             else:
                 event = Event(Move.MAYBE_BACKWARD, action.site)
             state = self.apply(state, key, event)
@@ -952,8 +1001,11 @@ class Interpreter:
 
     def apply(self, state: PathState, key: str, event: Event) -> PathState:
         new, violations = advance(state.get(key), event)
+        where = event.where if isinstance(event.where, Site) else None
         for summary in self.loop_stack:
             summary.moves.add((event.move, key))
+            if where is not None:
+                summary.sites.add(where)
             if event.move is Move.STEP and isinstance(event.where, Site):
                 summary.steps.setdefault(key, event.where)
         if event.move in (Move.STEP, Move.OPAQUE) and self.root is not None:
@@ -961,7 +1013,8 @@ class Interpreter:
         loop = self.loop_stack[-1] if self.loop_stack else None
         for v in violations:
             if isinstance(v.where, Site):
-                self.model.add_record(Record(v.code, v.where, key, loop, self.root))
+                cause = v.cause if isinstance(v.cause, Site) else None
+                self.model.add_record(Record(v.code, v.where, key, loop, self.root, cause))
         return state.with_opt(key, new)
 
     def mark(self, what: str) -> None:
@@ -997,6 +1050,7 @@ class Interpreter:
         name = node.name.value
         scope = f"{action.cls.name}.{name}" if action.cls is not None else name
         frame = Frame(self.ctx, node, action.cls, dict(action.bound), parent, scope)
+        frame.constants = {k: v for k, v in action.constants if k not in frame.local_values}
         self.frames.append(frame)
         self.follow_stack.append(node)
         try:
@@ -1035,23 +1089,34 @@ class Interpreter:
                 return [Mark("clears"), *self.unresolved_clear(call)]
             if "step" in method and owner is None:
                 self.mark("stepped")
+                self.mark("opaque_model")  # ``schedule.step()``: may run forward and backward
         callee = self.callee(func)
         if callee is not None:
             node, cls, self_obj = callee
             return [self.follow_action(node, cls, self_obj, call, positional, keywords)]
-        qual = frame.ctx.imports.qualify(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
+        qual = (
+            frame.ctx.imports.qualify(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
+        )
         if qual is not None:
             last = qual.rsplit(".", 1)[-1]
             if last in _CLIP_FUNCTIONS and ("torch" in qual or qual == last):
                 return self.clip_actions(call, positional[0] if positional else None)
             if qual in {"torch.autograd.backward", "autograd.backward"}:
-                return [Backward(self.ctx.site(call), False, _divided(positional[0]) if positional else None)]
+                return [
+                    Backward(
+                        self.ctx.site(call), False, _divided(positional[0]) if positional else None
+                    )
+                ]
             if last in _CLEARING_NAMES:
                 return [Mark("clears"), *self.unresolved_clear(call)]
         if isinstance(func, cst.Name):
             obj = frame.resolve_name(func.value)
             if obj is not None:
                 return self.called_object(obj, call)
+        if qual is not None and _harmless(qual):
+            return []
+        if frame.value_role(call, None) is not None:
+            return []  # building an optimizer, scheduler, scaler or model does not step one
         return self.opaque_call(call)
 
     def method_call(
@@ -1072,7 +1137,9 @@ class Interpreter:
                 before: list[Action] = []
                 if closure is not None:
                     body = self.closure_body(closure)
-                    before = [body] if body is not None else [Emit(Event(Move.OPAQUE), (owner.key,))]
+                    before = (
+                        [body] if body is not None else [Emit(Event(Move.OPAQUE), (owner.key,))]
+                    )
                 return [*before, Emit(Event(Move.STEP, site), (owner.key,))]
             if method in _OPTIMIZER_HARMLESS:
                 return []
@@ -1116,7 +1183,9 @@ class Interpreter:
                 return self.clip_actions(call, positional[0] if positional else None)
             if method == "clip_gradients":
                 target = positional[1] if len(positional) > 1 else keywords.get("optimizer")
-                return self.clip_actions(call, target if target is not None else (positional[0] if positional else None))
+                return self.clip_actions(
+                    call, target if target is not None else (positional[0] if positional else None)
+                )
             return []
         if role is Role.LIGHTNING:
             if method == "manual_backward":
@@ -1124,7 +1193,14 @@ class Interpreter:
             if method == "clip_gradients":
                 target = positional[0] if positional else keywords.get("optimizer")
                 return self.clip_actions(call, target)
-            if method in {"optimizers", "lr_schedulers", "log", "log_dict", "toggle_optimizer", "untoggle_optimizer"}:
+            if method in {
+                "optimizers",
+                "lr_schedulers",
+                "log",
+                "log_dict",
+                "toggle_optimizer",
+                "untoggle_optimizer",
+            }:
                 return []
         if role in (Role.MODEL, Role.LIGHTNING, Role.INSTANCE):
             if method == "zero_grad":
@@ -1134,7 +1210,11 @@ class Interpreter:
             if role is Role.INSTANCE:
                 return None
             if method == "forward" or method in {"generate", "loss", "compute_loss"}:
-                return [Mark("forward"), Mark("opaque_model")] if method != "forward" else [Mark("forward")]
+                return (
+                    [Mark("forward"), Mark("opaque_model")]
+                    if method != "forward"
+                    else [Mark("forward")]
+                )
             if method in _MODEL_HARMLESS or is_model_method(method):
                 return []
             return [Mark("forward"), Mark("opaque_model"), *self.opaque_args(call)]
@@ -1153,7 +1233,11 @@ class Interpreter:
         scaled = False
         if isinstance(receiver, cst.Call) and isinstance(receiver.func, cst.Attribute):
             owner = self.frame.resolve(receiver.func.value)
-            if receiver.func.attr.value == "scale" and owner is not None and owner.role is Role.SCALER:
+            if (
+                receiver.func.attr.value == "scale"
+                and owner is not None
+                and owner.role is Role.SCALER
+            ):
                 scaled = True
         return Backward(self.ctx.site(call), scaled, _divided(receiver))
 
@@ -1223,14 +1307,16 @@ class Interpreter:
             if self_obj is not None and self_obj.role is not Role.INSTANCE:
                 bound[params[0].name.value] = self_obj
             params = params[1:]
-        for param, arg in zip(params, positional):
+        for param, arg in zip(params, positional, strict=False):
             bound[param.name.value] = self.frame.resolve(arg)
         names = {p.name.value for p in [*params, *node.params.kwonly_params]}
         for name, arg in keywords.items():
             if name in names:
                 bound[name] = self.frame.resolve(arg)
         bound = {k: v for k, v in bound.items() if v is not None}
-        return Follow(node, tuple(bound.items()), cls)
+        starred = any(arg.star for arg in call.args)
+        constants = () if starred else _constants(node, positional, keywords, cls)
+        return Follow(node, tuple(bound.items()), cls, constants)
 
     def called_object(self, obj: Obj, call: cst.Call) -> list[Action]:
         if obj.role in (Role.MODEL, Role.ENGINE, Role.LIGHTNING):
@@ -1246,7 +1332,11 @@ class Interpreter:
         keys: list[str] = []
         model = False
         for arg in call.args:
-            obj = self.frame.resolve(arg.value) if isinstance(arg.value, (cst.Name, cst.Attribute)) else None
+            obj = (
+                self.frame.resolve(arg.value)
+                if isinstance(arg.value, (cst.Name, cst.Attribute))
+                else None
+            )
             if obj is None:
                 continue
             if obj.role in (Role.OPTIMIZER, Role.ENGINE):
@@ -1259,6 +1349,104 @@ class Interpreter:
         if model:
             actions.append(Mark("opaque_model"))
         return actions
+
+
+_LOSS_NAME = re.compile(r"(?i)^(\w+_)?loss(_\w+)?$")
+_LITERALS: dict[str, object] = {"True": True, "False": False, "None": None}
+
+
+def _literal(expr: cst.BaseExpression | None) -> tuple[bool, object]:
+    """(is a literal, its value) for True/False/None and numbers."""
+    if isinstance(expr, cst.Name) and expr.value in _LITERALS:
+        return True, _LITERALS[expr.value]
+    if isinstance(expr, (cst.Integer, cst.Float)):
+        return True, float(expr.value.replace("_", "")) if "." in expr.value else 1
+    return False, None
+
+
+def _constants(
+    node: cst.FunctionDef,
+    positional: list[cst.BaseExpression],
+    keywords: dict[str, cst.BaseExpression],
+    cls: ClassInfo | None,
+) -> tuple[tuple[str, object], ...]:
+    """The parameters of a followed call that hold literal values: literal arguments, and
+    literal defaults of parameters the call does not pass."""
+    params = [*node.params.posonly_params, *node.params.params]
+    if cls is not None and params and params[0].name.value in {"self", "cls"}:
+        params = params[1:]
+    out: dict[str, object] = {}
+    for i, param in enumerate([*params, *node.params.kwonly_params]):
+        name = param.name.value
+        if i < len(params) and i < len(positional):
+            arg: cst.BaseExpression | None = positional[i]
+        elif name in keywords:
+            arg = keywords[name]
+        else:
+            arg = param.default
+        ok, value = _literal(arg)
+        if ok:
+            out[name] = value
+    return tuple(out.items())
+
+
+def _truth(test: cst.BaseExpression, constants: dict[str, object]) -> bool | None:
+    """The value of a branch condition made only of parameters with literal values."""
+    if not constants:
+        return None
+    if isinstance(test, cst.Name):
+        return bool(constants[test.value]) if test.value in constants else None
+    if isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+        inner = _truth(test.expression, constants)
+        return None if inner is None else not inner
+    if (
+        isinstance(test, cst.Comparison)
+        and len(test.comparisons) == 1
+        and isinstance(test.left, cst.Name)
+        and test.left.value in constants
+    ):
+        comp = test.comparisons[0]
+        is_none = isinstance(comp.comparator, cst.Name) and comp.comparator.value == "None"
+        if is_none and isinstance(comp.operator, cst.Is):
+            return constants[test.left.value] is None
+        if is_none and isinstance(comp.operator, cst.IsNot):
+            return constants[test.left.value] is not None
+    if isinstance(test, cst.BooleanOperation):
+        left, right = _truth(test.left, constants), _truth(test.right, constants)
+        if isinstance(test.operator, cst.And):
+            if left is False or right is False:
+                return False
+            return True if left and right else None
+        if left or right:
+            return True
+        return False if left is False and right is False else None
+    return None
+
+
+_HARMLESS_CALLS = {
+    "print",
+    "len",
+    "isinstance",
+    "hasattr",
+    "getattr",
+    "id",
+    "str",
+    "repr",
+    "type",
+    "vars",
+    "dir",
+    "format",
+    "sum",
+    "copy.deepcopy",
+    "torch.save",
+    "pprint.pprint",
+}
+_HARMLESS_PREFIXES = ("logging.", "logger.", "log.", "wandb.", "mlflow.", "tqdm.")
+
+
+def _harmless(qual: str) -> bool:
+    """Calls that receive an optimizer or model only to look at it."""
+    return qual in _HARMLESS_CALLS or qual.startswith(_HARMLESS_PREFIXES)
 
 
 def _body_clears(body: cst.CSTNode, var: str) -> bool:
@@ -1277,7 +1465,7 @@ def _body_clears(body: cst.CSTNode, var: str) -> bool:
                     inner = inner.value
                 if _is_grad_of(inner, var) and node.func.attr.value == "zero_":
                     return True
-        stack.extend(node.children)
+        stack.extend(kids(node))
     return False
 
 
@@ -1292,7 +1480,9 @@ def _is_grad_of(expr: cst.BaseExpression, var: str) -> bool:
 
 def _divided(loss: cst.BaseExpression) -> bool | None:
     """Whether a loss expression visibly divides (``loss / n``); None when it is just a name."""
-    if isinstance(loss, cst.BinaryOperation) and isinstance(loss.operator, (cst.Divide, cst.Multiply)):
+    if isinstance(loss, cst.BinaryOperation) and isinstance(
+        loss.operator, (cst.Divide, cst.Multiply)
+    ):
         return True
     return None
 
@@ -1305,7 +1495,7 @@ def _evaluation_order(expr: cst.CSTNode) -> list[cst.CSTNode]:
     def visit(node: cst.CSTNode) -> None:
         if isinstance(node, (cst.Lambda, cst.FunctionDef, cst.ClassDef)):
             return
-        for child in node.children:
+        for child in kids(node):
             visit(child)
         if isinstance(node, cst.Call) or (
             isinstance(node, cst.Attribute) and node.attr.value == "grad"
@@ -1341,7 +1531,7 @@ def _loop_assigned(stmt: cst.For | cst.While) -> set[str]:
         elif isinstance(node, cst.For):
             names |= _names_in(node.target)
         if not isinstance(node, cst.BaseExpression):
-            stack.extend(node.children)
+            stack.extend(kids(node))
     return names
 
 
@@ -1406,7 +1596,9 @@ def _analyze(module: cst.Module) -> FileModel:
         frame = Frame(ctx, func, cls, {}, module_frame, scope)
         root = RootSummary(scope, referenced=name in ctx.referenced)
         model.roots.append(root)
-        interp.run_root(frame, func.body.body if isinstance(func.body, cst.IndentedBlock) else [func.body], root)
+        interp.run_root(
+            frame, func.body.body if isinstance(func.body, cst.IndentedBlock) else [func.body], root
+        )
     return model
 
 

@@ -7,21 +7,45 @@ entry point (the module body, every function) did as a whole.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import libcst as cst
 
+from loopcheck.diagnostic import Span
 from loopcheck.protocol import Move
-from loopcheck.rules._base import Span
 
 
-@dataclass(frozen=True)
 class Site:
-    """Where a move happened: the call's span and a short rendering of it for messages."""
+    """Where a move happened: a syntax node, with its span and a short rendering of it for
+    messages computed only when asked (most sites are never reported)."""
 
-    span: Span
-    text: str
+    __slots__ = ("_node", "_locate", "_render")
+
+    def __init__(
+        self,
+        node: cst.CSTNode,
+        locate: Callable[[cst.CSTNode], Span],
+        render: Callable[[cst.CSTNode], str],
+    ) -> None:
+        self._node = node
+        self._locate = locate
+        self._render = render
+
+    @property
+    def span(self) -> Span:
+        return self._locate(self._node)
+
+    @property
+    def text(self) -> str:
+        text = self._render(self._node).strip().splitlines()[0]
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Site) and other._node is self._node
+
+    def __hash__(self) -> int:
+        return id(self._node)
 
 
 @dataclass(eq=False)
@@ -30,7 +54,7 @@ class LoopSummary:
     path and every analysis of the loop."""
 
     node: cst.CSTNode
-    span: Span
+    site: Site
     parent: LoopSummary | None
     moves: set[tuple[Move, str]] = field(default_factory=set)
     steps: dict[str, Site] = field(default_factory=dict)
@@ -40,6 +64,11 @@ class LoopSummary:
     clears_by_name: bool = False  # something that looks like clearing on an unresolved receiver
     opaque_model: bool = False  # a call we cannot see into received the model
     grads_read: bool = False  # gradients read or rewritten by hand
+    sites: set[Site] = field(default_factory=set)  # every move's site seen inside the loop
+
+    @property
+    def depth(self) -> int:
+        return 0 if self.parent is None else self.parent.depth + 1
 
     def has(self, move: Move, key: str) -> bool:
         return (move, key) in self.moves
@@ -63,9 +92,9 @@ class RootSummary:
 
     name: str
     referenced: bool  # called or named elsewhere in the file: its callers give it context
-    optimizer_in_scope: bool = False
     stepped: bool = False  # some STEP, opaque optimizer call or unresolved .step() was seen
-    backwards_in_loops: list[tuple[Site, LoopSummary]] = field(default_factory=list)
+    # each backward inside a loop: its site, the outermost loop, an optimizer in its scope
+    backwards_in_loops: list[tuple[Site, LoopSummary, bool]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -78,6 +107,7 @@ class Record:
     key: str
     loop: LoopSummary | None
     root: RootSummary | None = None
+    cause: Site | None = None  # the earlier move the violation concerns, if any
 
 
 class FileModel:
@@ -97,6 +127,11 @@ class FileModel:
 
     def violations(self, code: str) -> Iterator[Record]:
         return (r for r in self.records if r.code == code)
+
+    def innermost_loop(self, site: Site) -> LoopSummary | None:
+        """The deepest loop in which ``site`` was seen."""
+        holding = [loop for loop in self.loops if site in loop.sites]
+        return max(holding, key=lambda loop: loop.depth, default=None)
 
 
 def analyze(module: cst.Module) -> FileModel:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
+from loopcheck.static.tree import kids
+
 
 class Role(enum.Enum):
     OPTIMIZER = "optimizer"
@@ -84,7 +86,7 @@ def _walk_imports(module: cst.Module):
             continue
         if isinstance(node, cst.BaseExpression):
             continue
-        stack.extend(node.children)
+        stack.extend(kids(node))
 
 
 def _dotted(expr: cst.CSTNode | None) -> str | None:
@@ -184,9 +186,7 @@ def is_model_method(name: str) -> bool:
 
 _NAME_ROLES: tuple[tuple[re.Pattern[str], Role], ...] = (
     (
-        re.compile(
-            r"^(optimi[sz]er|optim|opt)([_A-Z0-9]\w*)?$|^\w+_(optimi[sz]er|optim|opt)$"
-        ),
+        re.compile(r"^(optimi[sz]er|optim|opt)([_A-Z0-9]\w*)?$|^\w+_(optimi[sz]er|optim|opt)$"),
         Role.OPTIMIZER,
     ),
     (

@@ -1,0 +1,263 @@
+"""The ``loopcheck`` command: ``check`` (the default), ``rule`` and ``rules``.
+
+``loopcheck train.py src/`` is ``loopcheck check train.py src/``; a first argument that names
+no command is a path, and ``loopcheck check rules`` lints a file named ``rules``. Exit status:
+0 clean, 1 findings, 2 usage, settings or internal error. Importing this module must stay cheap
+and must not import torch: the linter runs in pre-commit environments without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from loopcheck import __version__
+from loopcheck.config import Config, ConfigError, Selection, load_config, parse_selectors
+from loopcheck.diagnostic import Diagnostic
+from loopcheck.files import is_excluded
+from loopcheck.output import (
+    FORMATS,
+    HUMAN_FORMATS,
+    format_rule,
+    format_rules,
+    format_statistics,
+    format_statistics_json,
+    render,
+    summary,
+)
+from loopcheck.rules import ALL_RULES, get_rule
+from loopcheck.runner import FileReport, MissingPathsError, check_paths, check_source
+
+EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+STDIN = "-"
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# -- check ----------------------------------------------------------------------------------------
+
+
+def add_check_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "check",
+        help="lint files and directories (the default command)",
+        description="Lint Python files for training-loop bugs. Directories are searched for "
+        "*.py files; '-' reads standard input.",
+    )
+    parser.add_argument(
+        "paths", nargs="*", metavar="PATH", help="files or directories (default: .)"
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help="text (with the offending line), concise (one line each), json (ruff's fields), "
+        "github (workflow annotations) or sarif (2.1.0)",
+    )
+    for flag, what in (
+        ("--select", "run only these rules"),
+        ("--extend-select", "run these rules too"),
+        ("--ignore", "do not run these rules"),
+    ):
+        parser.add_argument(
+            flag,
+            action="append",
+            default=[],
+            metavar="CODES",
+            help=f"{what}: comma-separated codes or prefixes (LC102, LC1, ALL)",
+        )
+    parser.add_argument("--config", type=Path, metavar="FILE", help="read [tool.loopcheck] here")
+    parser.add_argument("--stdin-filename", metavar="NAME", help="the name of the file read from -")
+    parser.add_argument(
+        "--force-exclude",
+        action="store_true",
+        help="apply exclude and skipped directories to paths named explicitly too (pre-commit)",
+    )
+    parser.add_argument("--exit-zero", action="store_true", help="exit 0 even with findings")
+    parser.add_argument(
+        "--statistics", action="store_true", help="print a count per rule instead of each finding"
+    )
+    parser.set_defaults(handler=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    config = _settings(args)
+    paths = args.paths or ["."]
+    try:
+        reports = check_paths(
+            [path for path in paths if path != STDIN], config, force_exclude=args.force_exclude
+        )
+    except MissingPathsError as exc:
+        for path in exc.paths:
+            _error(f"{path}: no such file or directory")
+        return EXIT_ERROR
+    if STDIN in paths:
+        stdin_report = _check_stdin(args, config)
+        if stdin_report is not None:
+            reports.append(stdin_report)
+    if not reports:
+        _warn("no Python files found under the given paths")
+    diagnostics = sorted(d for report in reports for d in report.diagnostics)
+    sources = {report.path: report.source for report in reports if report.diagnostics}
+    _write(sys.stdout, _report(args, diagnostics, sources))
+    return EXIT_FINDINGS if diagnostics and not args.exit_zero else EXIT_CLEAN
+
+
+def _settings(args: argparse.Namespace) -> Config:
+    """The config table's settings with the command line's selection layered on top."""
+    config = load_config(args.config)
+    if args.select or args.extend_select or args.ignore:
+        selection = Selection(
+            select=parse_selectors(args.select) if args.select else None,
+            extend_select=parse_selectors(args.extend_select),
+            ignore=parse_selectors(args.ignore),
+        )
+        try:
+            config = config.with_selection(selection)
+        except ConfigError as exc:
+            raise ConfigError(f"command line: {exc}") from None
+    return config
+
+
+def _check_stdin(args: argparse.Namespace, config: Config) -> FileReport | None:
+    name = args.stdin_filename or STDIN
+    if args.force_exclude and is_excluded(name, config.exclude, config.root):
+        return None
+    source = sys.stdin.buffer.read() if sys.stdin is not None else b""
+    return FileReport(name, source, tuple(check_source(source, name, config)))
+
+
+def _report(
+    args: argparse.Namespace, diagnostics: list[Diagnostic], sources: dict[str, bytes | None]
+) -> str:
+    """The findings (or their statistics) in the chosen format, then the summary line for
+    people (ruff prints it on stdout too)."""
+    if args.statistics and args.format == "json":
+        return format_statistics_json(diagnostics)
+    if args.statistics:
+        out = format_statistics(diagnostics)
+    else:
+        out = render(diagnostics, args.format, sources=sources, rules=ALL_RULES)
+    if args.format not in HUMAN_FORMATS:
+        return out
+    gap = "\n" if args.format == "text" and diagnostics and not args.statistics else ""
+    return out + gap + summary(diagnostics)
+
+
+# -- rule, rules ----------------------------------------------------------------------------------
+
+
+def add_rule_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "rule", help="explain a rule", description="Print a rule's documentation."
+    )
+    parser.add_argument("rule", metavar="CODE_OR_NAME", help="LC102 or zero-grad-after-backward")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.set_defaults(handler=run_rule)
+
+
+def run_rule(args: argparse.Namespace) -> int:
+    rule = get_rule(args.rule)
+    if rule is None:
+        _error(f"unknown rule: {args.rule!r} (see 'loopcheck rules')")
+        return EXIT_ERROR
+    _write(sys.stdout, format_rule(rule, args.format))
+    return EXIT_CLEAN
+
+
+def add_rules_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "rules", help="list every rule", description="List every rule: code, name, summary."
+    )
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.set_defaults(handler=run_rules)
+
+
+def run_rules(args: argparse.Namespace) -> int:
+    _write(sys.stdout, format_rules(ALL_RULES, args.format))
+    return EXIT_CLEAN
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+# name → function adding its subparser (which sets ``handler``); a new command goes here.
+COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "check": add_check_command,
+    "rule": add_rule_command,
+    "rules": add_rules_command,
+}
+DEFAULT_COMMAND = "check"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loopcheck",
+        description="Finds the PyTorch training-loop bugs that never raise an error.",
+        epilog="'loopcheck PATH...' is short for 'loopcheck check PATH...'.",
+    )
+    parser.add_argument("--version", action="version", version=f"loopcheck {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add_command in COMMANDS.values():
+        add_command(commands)
+    return parser
+
+
+def with_default_command(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``check`` in front unless it starts with a command or a top-level flag."""
+    if argv and (argv[0] in COMMANDS or argv[0] in ("-h", "--help", "--version")):
+        return list(argv)
+    return [DEFAULT_COMMAND, *argv]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (the console script exits with it)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(with_default_command(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    except BrokenPipeError:  # the reader left early (``loopcheck . | head``): no trace for that
+        _detach_stdout()
+        return EXIT_ERROR
+    except Exception as exc:  # a bug of ours: say so plainly, with the trace to report it
+        _error(f"internal error: {type(exc).__name__}: {exc}")
+        traceback.print_exc(file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _detach_stdout() -> None:
+    """Point stdout at /dev/null so that Python's flush at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (captured output)
+        pass
+
+
+def _write(stream: TextIO, text: str) -> None:
+    """Write, escaping what the stream's encoding cannot show (source lines can hold anything)."""
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:
+        encoding = stream.encoding or "utf-8"
+        stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
+    stream.flush()
+
+
+def _error(message: str) -> None:
+    _write(sys.stderr, f"loopcheck: error: {message}\n")
+
+
+def _warn(message: str) -> None:
+    _write(sys.stderr, f"loopcheck: warning: {message}\n")

@@ -1,0 +1,309 @@
+"""Writing diagnostics out: text with a code frame, concise, JSON, GitHub annotations, SARIF.
+
+Every formatter takes the sorted diagnostics and returns the whole output as one string; the
+text formatters read the offending line from ``sources`` (path → file bytes) when it is there.
+Field names follow ruff's, so tools that read ruff's JSON or SARIF read ours.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import PurePath
+from typing import Any
+from urllib.parse import quote
+
+from loopcheck import __version__
+from loopcheck.diagnostic import DOCS_URL, Diagnostic
+from loopcheck.noqa import split_lines
+from loopcheck.rules import Rule
+
+INFORMATION_URI = "https://github.com/loopcheck/loopcheck"
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+
+Sources = Mapping[str, bytes | None]
+
+
+def _end(d: Diagnostic) -> tuple[int, int]:
+    """The (row, column) closing the span; a diagnostic without one ends where it starts."""
+    if d.end_line < d.line or (d.end_line == d.line and d.end_column < d.column):
+        return d.line, d.column
+    return d.end_line, d.end_column
+
+
+def _heading(d: Diagnostic) -> str:
+    """``path:line:col: CODE message`` on one line, whatever the message holds."""
+    message = re.sub(r"\s*[\r\n]+\s*", " ", d.message)
+    return f"{d.path}:{d.line}:{d.column}: {d.code} {message}"
+
+
+# -- text ----------------------------------------------------------------------------------------
+
+
+class _Lines:
+    """Source lines by path, decoded once; binary or unreadable files have none."""
+
+    def __init__(self, sources: Sources) -> None:
+        self._sources = sources
+        self._lines: dict[str, list[str] | None] = {}
+
+    def get(self, path: str, line: int) -> str | None:
+        if path not in self._lines:
+            raw = self._sources.get(path)
+            usable = raw is not None and b"\x00" not in raw
+            text = raw.decode("utf-8-sig", errors="replace") if usable else None
+            self._lines[path] = split_lines(text) if text is not None else None
+        lines = self._lines[path]
+        if lines is None or not 1 <= line <= len(lines):
+            return None
+        return lines[line - 1]
+
+
+def _printable(text: str) -> str:
+    """The line with control characters blanked, so a file cannot drive the terminal."""
+    return "".join(ch if ch == "\t" or ch.isprintable() else " " for ch in text)
+
+
+def code_frame(d: Diagnostic, line_text: str) -> list[str]:
+    """The offending line with carets under the flagged span (to the end of the line when the
+    span goes on to later lines)."""
+    shown = _printable(line_text.rstrip())
+    start = min(max(d.column, 1), len(shown) + 1)
+    end_row, end_col = _end(d)
+    end = end_col if end_row == d.line else len(shown) + 1
+    width = max(min(end, len(shown) + 1) - start, 1)
+    indent = "".join("\t" if ch == "\t" else " " for ch in shown[: start - 1])
+    gutter = " " * len(str(d.line))
+    return [
+        f"{gutter} |",
+        f"{d.line} | {shown}",
+        f"{gutter} | {indent}{'^' * width}",
+        f"{gutter} |",
+    ]
+
+
+def format_text(diagnostics: Sequence[Diagnostic], sources: Sources) -> str:
+    """``path:line:col: CODE message``, then the line with a caret, a blank line between."""
+    lines = _Lines(sources)
+    blocks = []
+    for d in diagnostics:
+        block = [_heading(d)]
+        line_text = lines.get(d.path, d.line)
+        if line_text is not None:
+            block += code_frame(d, line_text)
+        if d.fix:
+            block.append(f"  = help: {d.fix}")
+        blocks.append("\n".join(block) + "\n")
+    return "\n".join(blocks)
+
+
+def format_concise(diagnostics: Sequence[Diagnostic], sources: Sources) -> str:
+    return "".join(_heading(d) + "\n" for d in diagnostics)
+
+
+def summary(diagnostics: Sequence[Diagnostic]) -> str:
+    """ruff's last line: ``Found 3 errors.`` or ``All checks passed!``."""
+    count = len(diagnostics)
+    if not count:
+        return "All checks passed!\n"
+    return f"Found {count} error{'' if count == 1 else 's'}.\n"
+
+
+def format_statistics(diagnostics: Sequence[Diagnostic]) -> str:
+    """One line per code: count, code and name, most frequent first."""
+    rows = _statistics(diagnostics)
+    width = max((len(str(row["count"])) for row in rows), default=1)
+    return "".join(f"{row['count']:>{width}}\t{row['code']}\t{row['name']}\n" for row in rows)
+
+
+def format_statistics_json(diagnostics: Sequence[Diagnostic]) -> str:
+    return json.dumps(_statistics(diagnostics), indent=2) + "\n"
+
+
+def _statistics(diagnostics: Sequence[Diagnostic]) -> list[dict[str, Any]]:
+    counts = Counter(d.code for d in diagnostics)
+    names = {d.code: d.name for d in diagnostics}
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [{"code": code, "name": names[code], "count": count} for code, count in ranked]
+
+
+# -- machine-readable -----------------------------------------------------------------------------
+
+
+def json_record(d: Diagnostic) -> dict[str, Any]:
+    """One diagnostic with ruff's JSON field names."""
+    end_row, end_col = _end(d)
+    return {
+        "code": d.code,
+        "message": d.message,
+        "filename": d.path,
+        "location": {"row": d.line, "column": d.column},
+        "end_location": {"row": end_row, "column": end_col},
+        "fix": None
+        if d.fix is None
+        else {"message": d.fix, "edits": [], "applicability": "display"},
+        "url": d.url,
+        "noqa_row": d.line,
+    }
+
+
+def format_json(diagnostics: Sequence[Diagnostic], sources: Sources) -> str:
+    return json.dumps([json_record(d) for d in diagnostics], indent=2) + "\n"
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def format_github(diagnostics: Sequence[Diagnostic], sources: Sources) -> str:
+    """GitHub Actions workflow commands: one ``::error`` annotation per diagnostic."""
+    out = []
+    for d in diagnostics:
+        end_row, end_col = _end(d)
+        properties = {
+            "file": d.path,
+            "line": d.line,
+            "col": d.column,
+            "endLine": end_row,
+            "endColumn": end_col,
+            "title": d.code,
+        }
+        props = ",".join(
+            f"{key}={_escape_property(str(value))}" for key, value in properties.items()
+        )
+        out.append(f"::error {props}::{_escape_data(d.message)}\n")
+    return "".join(out)
+
+
+def _artifact_uri(path: str) -> str:
+    pure = PurePath(path)
+    if pure.is_absolute():
+        return pure.as_uri()
+    return quote(pure.as_posix())
+
+
+def sarif_rule(rule: type[Rule]) -> dict[str, Any]:
+    """A SARIF reportingDescriptor from the rule's registry entry and docstring."""
+    doc = rule.doc()
+    return {
+        "id": rule.code,
+        "name": rule.name,
+        "shortDescription": {"text": rule.summary},
+        "fullDescription": {"text": rule.sections().get("What it does", doc)},
+        "help": {"text": doc, "markdown": doc},
+        "helpUri": DOCS_URL.format(code=rule.code),
+        "defaultConfiguration": {"enabled": rule.default_enabled, "level": "error"},
+    }
+
+
+def _sarif_result(d: Diagnostic, index: Mapping[str, int]) -> dict[str, Any]:
+    end_row, end_col = _end(d)
+    result: dict[str, Any] = {"ruleId": d.code}
+    if d.code in index:
+        result["ruleIndex"] = index[d.code]
+    result["level"] = "error"
+    result["message"] = {"text": d.message}
+    result["locations"] = [
+        {
+            "physicalLocation": {
+                "artifactLocation": {"uri": _artifact_uri(d.path)},
+                "region": {
+                    "startLine": d.line,
+                    "startColumn": d.column,
+                    "endLine": end_row,
+                    "endColumn": end_col,
+                },
+            }
+        }
+    ]
+    return result
+
+
+def format_sarif(diagnostics: Sequence[Diagnostic], rules: Iterable[type[Rule]]) -> str:
+    """A SARIF 2.1.0 log with one run; the driver lists every registered rule."""
+    ordered = sorted(rules, key=lambda rule: rule.code)
+    index = {rule.code: i for i, rule in enumerate(ordered)}
+    log = {
+        "$schema": SARIF_SCHEMA,
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "loopcheck",
+                        "version": __version__,
+                        "informationUri": INFORMATION_URI,
+                        "rules": [sarif_rule(rule) for rule in ordered],
+                    }
+                },
+                "results": [_sarif_result(d, index) for d in diagnostics],
+            }
+        ],
+    }
+    return json.dumps(log, indent=2) + "\n"
+
+
+Formatter = Callable[[Sequence[Diagnostic], Sources], str]
+
+FORMATTERS: dict[str, Formatter] = {
+    "text": format_text,
+    "concise": format_concise,
+    "json": format_json,
+    "github": format_github,
+}
+FORMATS = (*FORMATTERS, "sarif")
+HUMAN_FORMATS = ("text", "concise")
+
+
+def render(
+    diagnostics: Sequence[Diagnostic],
+    output_format: str,
+    *,
+    sources: Sources | None = None,
+    rules: Iterable[type[Rule]] = (),
+) -> str:
+    """The whole output for ``diagnostics`` in one of :data:`FORMATS` (no summary line)."""
+    if output_format == "sarif":
+        return format_sarif(diagnostics, rules)
+    return FORMATTERS[output_format](diagnostics, sources or {})
+
+
+# -- the rule catalog ------------------------------------------------------------------------------
+
+
+def rule_record(rule: type[Rule]) -> dict[str, Any]:
+    return {
+        "code": rule.code,
+        "name": rule.name,
+        "summary": rule.summary,
+        "default_enabled": rule.default_enabled,
+        "url": DOCS_URL.format(code=rule.code),
+    }
+
+
+def format_rule(rule: type[Rule], output_format: str = "text") -> str:
+    """One rule's documentation: its docstring under a ``# name (CODE)`` heading."""
+    if output_format == "json":
+        return json.dumps({**rule_record(rule), "explanation": rule.doc()}, indent=2) + "\n"
+    off = "" if rule.default_enabled else "\n(off by default: select it by code to run it)\n"
+    return f"# {rule.name} ({rule.code})\n\n{rule.summary}\n{off}\n{rule.doc()}\n"
+
+
+def format_rules(rules: Iterable[type[Rule]], output_format: str = "text") -> str:
+    """The catalog: code, name, summary, sorted by code; rules off by default say so."""
+    ordered = sorted(rules, key=lambda rule: rule.code)
+    if output_format == "json":
+        return json.dumps([rule_record(rule) for rule in ordered], indent=2) + "\n"
+    width = max((len(rule.name) for rule in ordered), default=0)
+    return "".join(
+        f"{rule.code}  {rule.name:<{width}}  {rule.summary}"
+        + ("" if rule.default_enabled else " (off by default)")
+        + "\n"
+        for rule in ordered
+    )

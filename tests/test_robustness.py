@@ -1,0 +1,121 @@
+"""Bad input never crashes the linter: it gives LC900 or nothing, and never raises."""
+
+from __future__ import annotations
+
+import hypothesmith
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from loopcheck.api import lint_source
+
+LOOP = """\
+for x, y in loader:
+    optimizer.zero_grad()
+    loss = criterion(model(x), y)
+    loss.backward()
+    optimizer.step()
+"""
+
+
+def codes(source: str | bytes) -> list[tuple[int, str]]:
+    return [(d.line, d.code) for d in lint_source(source, "input.py")]
+
+
+def test_syntax_error_is_lc900_at_its_line() -> None:
+    assert codes("import torch\nloss.backward()\nfor x in\n") == [(3, "LC900")]
+    assert codes("import torch\nloss.backward(\n") == [(2, "LC900")]  # never closed
+
+
+def test_non_utf8_file_is_lc900() -> None:
+    assert codes(b"# caf\xe9\nloss.backward()\n") == [(1, "LC900")]
+
+
+def test_binary_file_is_lc900() -> None:
+    assert codes(b"\x7fELF\x00\x00backward\x00") == [(1, "LC900")]
+
+
+def test_empty_and_blank_files_are_silent() -> None:
+    assert codes("") == []
+    assert codes("\n\n   \n") == []
+    assert codes(b"\xef\xbb\xbf") == []
+
+
+def test_bom_is_accepted() -> None:
+    assert codes(b"\xef\xbb\xbf" + LOOP.encode()) == []
+
+
+def test_deeply_nested_expression_does_not_crash() -> None:
+    deep = "x = " + "(" * 5000 + "1" + ")" * 5000 + "\nloss.backward()\n"
+    assert set(codes(deep)) <= {(1, "LC900")}
+    calls = "loss = " + "f(" * 3000 + "1" + ")" * 3000 + "\nloss.backward()\n"
+    assert set(codes(calls)) <= {(1, "LC900")}
+
+
+def test_deeply_nested_blocks_do_not_crash() -> None:
+    lines = []
+    for depth in range(90):
+        lines.append("    " * depth + "if x:")
+    lines.append("    " * 90 + "loss.backward()")
+    assert set(codes("\n".join(lines) + "\n")) <= {(1, "LC900")}
+
+
+def test_large_file_is_linted() -> None:
+    body = "".join(f"def f{i}(a):\n    return a + {i}\n\n" for i in range(10_000))
+    source = "import torch\n" + body + LOOP.replace("optimizer.zero_grad()", "pass")
+    found = codes(source)
+    assert [code for _, code in found] == ["LC101"]
+
+
+def test_many_branches_stay_bounded() -> None:
+    ifs = "".join(f"    if flag{i}:\n        log({i})\n" for i in range(200))
+    source = (
+        "for x in loader:\n    optimizer.zero_grad()\n"
+        + ifs
+        + ("    loss = model(x)\n    loss.backward()\n    optimizer.step()\n")
+    )
+    assert codes(source) == []
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(hypothesmith.from_grammar())
+def test_lint_never_raises_on_generated_programs(source: str) -> None:
+    # Make the prefilter let every program through to the parser and the analysis.
+    for finding in lint_source(source + "\nloss.backward()\n", "gen.py"):
+        assert finding.line >= 1 and finding.column >= 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_lint_never_raises_on_random_bytes(data: bytes) -> None:
+    for finding in lint_source(data + b"\nbackward", "bytes.py"):
+        assert finding.code == "LC900"
+
+
+statements = st.sampled_from(
+    [
+        "optimizer.zero_grad()",
+        "loss = criterion(model(x), y)",
+        "loss.backward()",
+        "optimizer.step()",
+        "scheduler.step()",
+        "torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)",
+        "if i % 4 == 0:\n        optimizer.step()",
+        "if i % 4 == 0:\n        optimizer.zero_grad()",
+        "continue",
+        "break",
+        "helper(model, optimizer)",
+    ]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(statements, max_size=12))
+def test_lint_never_raises_on_shuffled_training_moves(body: list[str]) -> None:
+    source = "import torch\nfor i, (x, y) in enumerate(loader):\n    pass\n" + "".join(
+        f"    {line}\n" for line in body
+    )
+    lint_source(source, "shuffled.py")
