@@ -59,6 +59,7 @@ class Event:
     scaled: bool = False  # BACKWARD of a GradScaler-scaled loss
     divided: bool | None = None  # BACKWARD: loss divided by the micro-batch count (None: unknown)
     via_scaler: bool = False  # STEP through scaler.step(opt)
+    deliberate: bool = False  # ZERO that drops a batch on purpose (then skips the step)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ def advance(state: OptState, event: Event) -> tuple[OptState, tuple[Violation, .
 def _zero(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     pending = s.pending_zero
     crossed = s.pending_zero_crossed
-    if s.grads in (Grads.FRESH, Grads.PILED) and not s.consumed and pending is None:
+    unused = s.grads in (Grads.FRESH, Grads.PILED) and not s.consumed
+    if unused and not e.deliberate and pending is None:
         # Gradients from an earlier iteration's backward: clearing them before this
         # iteration's step cannot be LC102, only LC108 if another backward follows.
         pending, crossed = e.where, not s.fresh_this_iteration

@@ -153,8 +153,6 @@ class FileContext:
         self.tracked_conditions: set[str] = set()
         self.fact_names: dict[str, set[str]] = {}
         _Indexer(self).index(module)
-        for text in self.tracked_conditions:
-            self.fact_names[text] = _names_in(cst.parse_expression(text))
 
     def span(self, node: cst.CSTNode) -> Span:
         if self._positions is None:
@@ -237,6 +235,8 @@ class _Indexer:
                 text = condition_key(self.ctx, node.test)[0]
                 if text is not None:
                     self.condition_counts[text] = self.condition_counts.get(text, 0) + 1
+                    if self.condition_counts[text] == 2:
+                        self.ctx.fact_names[text] = _names_in(node.test)
             stack.extend(kids(node))
         self.ctx.tracked_conditions = {t for t, n in self.condition_counts.items() if n > 1}
 
@@ -691,6 +691,7 @@ class Interpreter:
         self.frames: list[Frame] = []
         self.root: RootSummary | None = None
         self.summaries: dict[int, LoopSummary] = {}
+        self.discarding = 0  # inside a block that drops the batch (except, ``...; continue``)
 
     @property
     def frame(self) -> Frame:
@@ -708,6 +709,16 @@ class Interpreter:
     # blocks
 
     def exec_block(self, body: Sequence[cst.CSTNode], states: set[PathState]) -> Flow:
+        if body and _ends_with_continue(body[-1]):
+            # ``zero_grad(); continue`` drops the batch on purpose: no step was meant to follow.
+            self.discarding += 1
+            try:
+                return self._exec_block(body, states)
+            finally:
+                self.discarding -= 1
+        return self._exec_block(body, states)
+
+    def _exec_block(self, body: Sequence[cst.CSTNode], states: set[PathState]) -> Flow:
         flow = Flow(normal=set(states))
         for stmt in body:
             if not flow.normal:
@@ -806,8 +817,12 @@ class Interpreter:
             flow = _merge(flow, self.exec_stmt(stmt.orelse.body, body.normal))
         else:
             flow.normal = set(body.normal)
-        for handler in stmt.handlers:
-            flow = _merge(flow, self.exec_stmt(handler.body, handler_entry))
+        self.discarding += 1  # a clear in a handler drops the failed batch on purpose
+        try:
+            for handler in stmt.handlers:
+                flow = _merge(flow, self.exec_stmt(handler.body, handler_entry))
+        finally:
+            self.discarding -= 1
         if stmt.finalbody is None:
             return flow
         out = Flow()
@@ -937,10 +952,10 @@ class Interpreter:
         opts = self.frame.optimizers()
         bound = [o.key for o in opts if model.key in o.models]
         if bound:
-            return [Emit(Event(Move.ZERO, site), tuple(bound))]
+            return [Emit(self.zero_event(site), tuple(bound))]
         unbound = [o.key for o in opts if not o.models]
         if len(opts) == 1 and unbound:
-            return [Emit(Event(Move.ZERO, site), tuple(unbound))]
+            return [Emit(self.zero_event(site), tuple(unbound))]
         return [Emit(Event(Move.OPAQUE), tuple(unbound))] if unbound else []
 
     # running actions over states
@@ -1131,7 +1146,7 @@ class Interpreter:
         role = owner.role
         if role is Role.OPTIMIZER:
             if method == "zero_grad":
-                return [Emit(Event(Move.ZERO, site), (owner.key,))]
+                return [Emit(self.zero_event(site), (owner.key,))]
             if method == "step":
                 closure = positional[0] if positional else keywords.get("closure")
                 before: list[Action] = []
@@ -1220,6 +1235,9 @@ class Interpreter:
             return [Mark("forward"), Mark("opaque_model"), *self.opaque_args(call)]
         return None
 
+    def zero_event(self, site: Site | None) -> Event:
+        return Event(Move.ZERO, site, deliberate=self.discarding > 0)
+
     def closure_body(self, closure: cst.BaseExpression) -> Follow | None:
         if isinstance(closure, cst.Lambda):
             return Follow(closure, (), None)
@@ -1263,7 +1281,7 @@ class Interpreter:
         sight it is that optimizer's clear; otherwise no claim."""
         opts = self.known_keys()
         if len(opts) == 1:
-            return [Emit(Event(Move.ZERO, self.ctx.site(call)), tuple(opts))]
+            return [Emit(self.zero_event(self.ctx.site(call)), tuple(opts))]
         return [Emit(Event(Move.OPAQUE), tuple(opts))] if opts else []
 
     def callee(
@@ -1467,6 +1485,10 @@ def _body_clears(body: cst.CSTNode, var: str) -> bool:
                     return True
         stack.extend(kids(node))
     return False
+
+
+def _ends_with_continue(stmt: cst.CSTNode) -> bool:
+    return isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[-1], cst.Continue)
 
 
 def _is_grad_of(expr: cst.BaseExpression, var: str) -> bool:
