@@ -34,6 +34,7 @@ class Move(enum.Enum):
     GRAD_ACCESS = "grad_access"  # gradients read or rewritten by hand (p.grad.mul_, logging)
     OPAQUE = "opaque"  # something unseen that may have done anything to the optimizer
     ITERATION = "iteration"  # a new iteration of the loop that owns the step begins
+    LOOP_ENTRY = "loop_entry"  # a loop starts: gradients present now come from before it
 
 
 class Grads(enum.Enum):
@@ -243,6 +244,14 @@ def _grad_access(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]
     return replace(s, consumed=True), ()
 
 
+def _loop_entry(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
+    # Clearing gradients a loop inherited (a trailing partial accumulation, at epoch start)
+    # is not clearing inside the micro-batch loop: LC205's question, not LC108's.
+    if s.grads in (Grads.FRESH, Grads.PILED):
+        return replace(s, consumed=True), ()
+    return s, ()
+
+
 def _iteration(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     return (
         replace(
@@ -270,6 +279,7 @@ _HANDLERS = {
     Move.SCHED_STEP: _sched_step,
     Move.GRAD_ACCESS: _grad_access,
     Move.ITERATION: _iteration,
+    Move.LOOP_ENTRY: _loop_entry,
 }
 
 

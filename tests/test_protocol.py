@@ -117,3 +117,10 @@ def test_states_are_hashable_values() -> None:
     a, _ = advance(UNKNOWN, Event(Z, 0))
     b, _ = advance(UNKNOWN, Event(Z, 0))
     assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+
+
+def test_gradients_inherited_by_a_loop_are_not_its_micro_batches() -> None:
+    # epoch loop: a trailing partial accumulation cleared at the start of the next epoch
+    entry = Move.LOOP_ENTRY
+    assert codes(Z, B, entry, Z, B, S) == []
+    assert codes(Z, B, I, Z, B, S) == [("LC108", 3)]

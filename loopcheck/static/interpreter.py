@@ -26,6 +26,7 @@ from loopcheck.static.roles import (
     Obj,
     Role,
     constructed_role,
+    dotted_name,
     is_model_method,
     is_model_wrapper,
     role_from_name,
@@ -35,6 +36,7 @@ from loopcheck.static.tree import kids
 MAX_STATES = 96
 MAX_FOLLOW_DEPTH = 6
 MAX_LOOP_ROUNDS = 6
+MAX_FOLLOWS_PER_ROOT = 120  # past it, calls are treated as calls we cannot see into
 
 _CLIP_FUNCTIONS = {
     "clip_grad_norm_",
@@ -146,13 +148,48 @@ class FileContext:
     def __init__(self, module: cst.Module) -> None:
         self.module = module
         self._positions: Mapping[cst.CSTNode, CodeRange] | None = None
+        self._functions_info: dict[int, FunctionInfo] = {}
+        self._loop_assigned: dict[int, set[str]] = {}
+        self._target_names: dict[int, set[str]] = {}
+        self._evaluation: dict[int, list[cst.CSTNode]] = {}
         self.imports = Imports(module)
         self.functions: dict[str, cst.FunctionDef] = {}
         self.classes: dict[str, ClassInfo] = {}
         self.referenced: set[str] = set()
         self.tracked_conditions: set[str] = set()
+        self.relevant: set[int] = set()  # ids of the functions that may take part in a step
+        self.tracked_moduli: set[str] = set()  # counter%modulus pairs guarding two branches
         self.fact_names: dict[str, set[str]] = {}
         _Indexer(self).index(module)
+
+    def function_info(self, func: cst.FunctionDef | None) -> FunctionInfo:
+        key = id(func)
+        info = self._functions_info.get(key)
+        if info is None:
+            info = self._functions_info[key] = _function_info(self, func)
+        return info
+
+    def target_names(self, stmt: cst.CSTNode, targets: list[cst.BaseExpression]) -> set[str]:
+        key = id(stmt)
+        names = self._target_names.get(key)
+        if names is None:
+            names = set().union(*(_names_in(t) for t in targets)) if targets else set()
+            self._target_names[key] = names
+        return names
+
+    def loop_assigned(self, stmt: cst.For | cst.While) -> set[str]:
+        key = id(stmt)
+        names = self._loop_assigned.get(key)
+        if names is None:
+            names = self._loop_assigned[key] = _loop_assigned(stmt)
+        return names
+
+    def evaluation_order(self, expr: cst.CSTNode) -> list[cst.CSTNode]:
+        key = id(expr)
+        nodes = self._evaluation.get(key)
+        if nodes is None:
+            nodes = self._evaluation[key] = _evaluation_order(expr)
+        return nodes
 
     def span(self, node: cst.CSTNode) -> Span:
         if self._positions is None:
@@ -203,12 +240,32 @@ _MODULE_API = {
 }
 
 
+# Words without which a function cannot take part in a training step.
+_MOVE_WORDS = {
+    "backward",
+    "step",
+    "zero_grad",
+    "grad",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "clip_grad_norm",
+    "clip_grads_with_norm_",
+    "clip_gradients",
+    "unscale_",
+    "manual_backward",
+    "first_step",
+    "second_step",
+    *_CLEARING_NAMES,
+}
+
+
 class _Indexer:
     """One pass over the file: definitions, references, repeated branch conditions."""
 
     def __init__(self, ctx: FileContext) -> None:
         self.ctx = ctx
         self.condition_counts: dict[str, int] = {}
+        self.moduli_counts: dict[str, int] = {}
 
     def index(self, module: cst.Module) -> None:
         for stmt in module.body:
@@ -216,29 +273,59 @@ class _Indexer:
                 self.ctx.functions.setdefault(stmt.name.value, stmt)
             elif isinstance(stmt, cst.ClassDef):
                 self._class(stmt)
-        stack: list[cst.CSTNode] = [module]
+        # One walk: references, repeated conditions, and per function (the innermost one
+        # around each node) whether it mentions a move and which names it calls.
+        mentions: dict[int, bool] = {}
+        calls: dict[int, set[str]] = {}
+        enclosing: dict[int, int | None] = {}
+        by_name: dict[str, list[int]] = {}
+        stack: list[tuple[cst.CSTNode, int | None]] = [(module, None)]
         while stack:
-            node = stack.pop()
+            node, owner = stack.pop()
             if isinstance(node, cst.Name):
                 self.ctx.referenced.add(node.value)
+                if owner is not None and node.value in _MOVE_WORDS:
+                    mentions[owner] = True
             elif isinstance(node, cst.Attribute):
                 attr = node.attr.value
                 on_self = isinstance(node.value, cst.Name) and node.value.value == "self"
                 if on_self or attr not in _MODULE_API:
                     self.ctx.referenced.add(attr)
-                stack.append(node.value)
+                if owner is not None and attr in _MOVE_WORDS:
+                    mentions[owner] = True
+                stack.append((node.value, owner))
                 continue
-            elif isinstance(node, (cst.FunctionDef, cst.ClassDef)):
-                stack.extend(c for c in kids(node) if c is not node.name)
+            elif isinstance(node, cst.FunctionDef):
+                key = id(node)
+                mentions.setdefault(key, False)
+                calls.setdefault(key, set())
+                enclosing[key] = owner
+                by_name.setdefault(node.name.value, []).append(key)
+                stack.extend((c, key) for c in kids(node) if c is not node.name)
                 continue
+            elif isinstance(node, cst.ClassDef):
+                stack.extend((c, owner) for c in kids(node) if c is not node.name)
+                continue
+            elif isinstance(node, cst.Call) and owner is not None:
+                func = node.func
+                if isinstance(func, cst.Name):
+                    calls[owner].add(func.value)
+                elif isinstance(func, cst.Attribute):
+                    calls[owner].add(func.attr.value)
             elif isinstance(node, (cst.If, cst.While)):
+                modular = _modular(self.ctx, node.test)
+                if modular is not None:
+                    modulus = modular[0].rpartition("%")[0]
+                    self.moduli_counts[modulus] = self.moduli_counts.get(modulus, 0) + 1
                 text = condition_key(self.ctx, node.test)[0]
                 if text is not None:
                     self.condition_counts[text] = self.condition_counts.get(text, 0) + 1
                     if self.condition_counts[text] == 2:
                         self.ctx.fact_names[text] = _names_in(node.test)
-            stack.extend(kids(node))
+            stack.extend((c, owner) for c in kids(node))
         self.ctx.tracked_conditions = {t for t, n in self.condition_counts.items() if n > 1}
+        self.ctx.tracked_moduli = {m for m, n in self.moduli_counts.items() if n > 1}
+        self.ctx.relevant = _relevant(mentions, calls, enclosing, by_name)
 
     def _class(self, node: cst.ClassDef) -> None:
         bases = [self.ctx.imports.qualify(a.value) or "" for a in node.bases]
@@ -253,6 +340,31 @@ class _Indexer:
                 ):
                     attrs.setdefault(target.attr.value, []).append((value, method))
         self.ctx.classes[node.name.value] = ClassInfo(node.name.value, node, bases, methods, attrs)
+
+
+def _relevant(
+    mentions: dict[int, bool],
+    calls: dict[int, set[str]],
+    enclosing: dict[int, int | None],
+    by_name: dict[str, list[int]],
+) -> set[int]:
+    """Functions that can take part in a training step: those that mention a move (directly
+    or in a nested function), and those that call, by name, a function that can."""
+    relevant = {key for key, yes in mentions.items() if yes}
+    for key in list(relevant):
+        parent = enclosing.get(key)
+        while parent is not None:
+            relevant.add(parent)
+            parent = enclosing.get(parent)
+    changed = True
+    while changed:
+        changed = False
+        names = {name for name, keys in by_name.items() if any(k in relevant for k in keys)}
+        for key, called in calls.items():
+            if key not in relevant and called & names:
+                relevant.add(key)
+                changed = True
+    return relevant
 
 
 def condition_key(ctx: FileContext, test: cst.BaseExpression) -> tuple[str | None, bool]:
@@ -321,6 +433,38 @@ def _call_args(call: cst.Call) -> tuple[list[cst.BaseExpression], dict[str, cst.
 # --- frames: what names mean inside one function ---------------------------------------------
 
 
+@dataclass
+class FunctionInfo:
+    """What one function's text says, independent of any call context (computed once)."""
+
+    local_values: dict[str, list[cst.BaseExpression]]
+    tuple_values: dict[str, list[tuple[int, cst.BaseExpression]]]
+    local_defs: dict[str, cst.FunctionDef]
+    params: dict[str, str | None]
+
+
+def _function_info(ctx: FileContext, func: cst.FunctionDef | None) -> FunctionInfo:
+    body = func.body if func is not None else ctx.module
+    info = FunctionInfo({}, {}, {}, {})
+    for target, value in _assignments(body):
+        if isinstance(target, cst.Name):
+            info.local_values.setdefault(target.value, []).append(value)
+        elif isinstance(target, (cst.Tuple, cst.List)):
+            for i, el in enumerate(target.elements):
+                if isinstance(el.value, cst.Name):
+                    info.tuple_values.setdefault(el.value.value, []).append((i, value))
+    if func is not None:
+        for node in _nested_defs(func.body):
+            info.local_defs.setdefault(node.name.value, node)
+        params = func.params
+        for p in [*params.posonly_params, *params.params, *params.kwonly_params]:
+            ann = None
+            if p.annotation is not None:
+                ann = ctx.imports.qualify(p.annotation.annotation)
+            info.params[p.name.value] = ann
+    return info
+
+
 class Frame:
     """Name resolution inside one function (or the module body) as analysed in one context."""
 
@@ -339,27 +483,11 @@ class Frame:
         self.bound = bound
         self.parent = parent  # the module frame, for globals
         self.scope = scope
-        body = func.body if func is not None else ctx.module
-        self.local_values: dict[str, list[cst.BaseExpression]] = {}
-        self.tuple_values: dict[str, list[tuple[int, cst.BaseExpression]]] = {}
-        for target, value in _assignments(body):
-            if isinstance(target, cst.Name):
-                self.local_values.setdefault(target.value, []).append(value)
-            elif isinstance(target, (cst.Tuple, cst.List)):
-                for i, el in enumerate(target.elements):
-                    if isinstance(el.value, cst.Name):
-                        self.tuple_values.setdefault(el.value.value, []).append((i, value))
-        self.local_defs: dict[str, cst.FunctionDef] = {}
-        if func is not None:
-            for node in _nested_defs(func.body):
-                self.local_defs.setdefault(node.name.value, node)
-        self.params: dict[str, str | None] = {}
-        if func is not None:
-            for p in [*func.params.posonly_params, *func.params.params, *func.params.kwonly_params]:
-                ann = None
-                if p.annotation is not None:
-                    ann = ctx.imports.qualify(p.annotation.annotation)
-                self.params[p.name.value] = ann
+        info = ctx.function_info(func)
+        self.local_values = info.local_values
+        self.tuple_values = info.tuple_values
+        self.local_defs = info.local_defs
+        self.params = info.params
         self._cache: dict[str, Obj | None] = {}
         self._busy: set[str] = set()
         self.constants: dict[str, object] = {}  # parameters known to hold a literal value
@@ -691,6 +819,7 @@ class Interpreter:
         self.frames: list[Frame] = []
         self.root: RootSummary | None = None
         self.summaries: dict[int, LoopSummary] = {}
+        self.follows = 0  # calls followed in this root's analysis
         self.discarding = 0  # inside a block that drops the batch (except, ``...; continue``)
 
     @property
@@ -704,6 +833,7 @@ class Interpreter:
         self.root = root
         self.loop_stack = []
         self.follow_stack = [frame.func] if frame.func is not None else []
+        self.follows = 0
         self.exec_block(body, {PathState()})
 
     # blocks
@@ -784,12 +914,24 @@ class Interpreter:
             if not decided:
                 branch = stmt.orelse.body if isinstance(stmt.orelse, cst.Else) else stmt.orelse
             return self.exec_stmt(branch, states) if branch is not None else Flow(normal=states)
-        text, polarity = condition_key(self.ctx, stmt.test)
-        tracked = text is not None and text in self.ctx.tracked_conditions
+        modular = _modular(self.ctx, stmt.test)
+        if modular is not None and modular[0].rpartition("%")[0] not in self.ctx.tracked_moduli:
+            modular = None
+        if modular is not None:
+            text, polarity, names = modular
+            self.ctx.fact_names.setdefault(text, names)
+            tracked = True
+        else:
+            text, polarity = condition_key(self.ctx, stmt.test)
+            tracked = text is not None and text in self.ctx.tracked_conditions
         taken: set[PathState] = set()
         skipped: set[PathState] = set()
         for s in states:
             known = _fact(s, text) if tracked else None
+            if known is None and modular is not None:
+                known = _residue_excludes(s, text)
+                if known is not None:
+                    s = replace(s, facts=s.facts | {(text, known)})
             if known is None:
                 if tracked:
                     taken.add(replace(s, facts=s.facts | {(text, polarity)}))
@@ -852,9 +994,13 @@ class Interpreter:
         head = stmt.iter if isinstance(stmt, cst.For) else stmt.test
         states = self.run_actions(self.actions_of_expr(head), states)
         assigned = _names_in(stmt.target) if isinstance(stmt, cst.For) else set()
+        # Counters that grow by one per iteration keep their modular facts across the back
+        # edge, shifted: ``(i + 1) % N != 0`` now is ``i % N != 0`` next iteration.
+        counter = _counter_of(stmt)
+        counters = _incremented(stmt.body) | ({counter} if counter else set())
         self.loop_stack.append(summary)
         try:
-            entry = {_forget_facts(s, assigned, self.ctx.fact_names) for s in states}
+            entry = {_forget_facts(self.enter(s), assigned, self.ctx.fact_names) for s in states}
             seen = set(entry)
             after_body: set[PathState] = set()  # loops are assumed to run at least once
             breaks: set[PathState] = set()
@@ -865,9 +1011,10 @@ class Interpreter:
                 returns |= flow.returns
                 back = {
                     _forget_facts(
-                        self.iterate(s, summary),
-                        assigned | _loop_assigned(stmt),
+                        self.shift(self.iterate(s, summary), counter),
+                        assigned | self.ctx.loop_assigned(stmt),
                         self.ctx.fact_names,
+                        keep=counters,
                     )
                     for s in flow.normal | flow.continues
                 }
@@ -884,6 +1031,32 @@ class Interpreter:
         if stmt.orelse is not None and exit_states:
             exit_states = self.exec_stmt(stmt.orelse.body, exit_states).normal
         return Flow(normal=_cap(exit_states | breaks), returns=returns)
+
+    def enter(self, state: PathState) -> PathState:
+        """A loop starts: tell every optimizer's protocol state."""
+        for key, opt_state in state.opts:
+            new, _ = advance(opt_state, Event(Move.LOOP_ENTRY))
+            if new is not opt_state:
+                state = state.with_opt(key, new)
+        return state
+
+    def shift(self, state: PathState, counter: str | None) -> PathState:
+        """The counter grew by one: move its modular facts one step."""
+        if counter is None or not state.facts:
+            return state
+        prefix = f"%{counter}%"
+        facts = set()
+        for text, value in state.facts:
+            if text.startswith(prefix):
+                head, _, offset = text.rpartition("%")
+                if int(offset) < -3:
+                    continue  # too old to matter
+                shifted = f"{head}%{int(offset) - 1}"
+                self.ctx.fact_names.setdefault(shifted, self.ctx.fact_names.get(text, set()))
+                facts.add((shifted, value))
+            else:
+                facts.add((text, value))
+        return replace(state, facts=frozenset(facts))
 
     def iterate(self, state: PathState, summary: LoopSummary) -> PathState:
         """The back edge: a new iteration for the optimizers this loop steps."""
@@ -906,9 +1079,13 @@ class Interpreter:
         for target in targets:
             actions.extend(self.actions_of_target(target, value, stmt))
         states = self.run_actions(actions, states)
-        names = set().union(*(_names_in(t) for t in targets)) if targets else set()
+        names = self.ctx.target_names(stmt, targets)
         if isinstance(value, cst.Call) and any(_LOSS_NAME.match(n) for n in names):
             self.mark("loss")
+        if isinstance(stmt, cst.AugAssign) and _is_increment(stmt):
+            counter = stmt.target.value  # type: ignore[union-attr]
+            states = {self.shift(s, counter) for s in states}
+            return {_forget_facts(s, names, self.ctx.fact_names, keep={counter}) for s in states}
         return {_forget_facts(s, names, self.ctx.fact_names) for s in states}
 
     def actions_of_target(
@@ -1054,6 +1231,7 @@ class Interpreter:
         node = action.node
         if node in self.follow_stack or len(self.follow_stack) >= MAX_FOLLOW_DEPTH:
             return states
+        self.follows += 1
         module_frame = self.frame.module_frame()
         if isinstance(node, cst.Lambda):
             self.follow_stack.append(node)
@@ -1061,7 +1239,8 @@ class Interpreter:
                 return self.run_actions(self.actions_of_expr(node.body), states)
             finally:
                 self.follow_stack.pop()
-        parent = self.frame if _is_nested_in(node, self.frame.func) else module_frame
+        nested = node in self.frame.local_defs.values()
+        parent = self.frame if nested else module_frame
         name = node.name.value
         scope = f"{action.cls.name}.{name}" if action.cls is not None else name
         frame = Frame(self.ctx, node, action.cls, dict(action.bound), parent, scope)
@@ -1079,7 +1258,7 @@ class Interpreter:
 
     def actions_of_expr(self, expr: cst.BaseExpression) -> list[Action]:
         actions: list[Action] = []
-        for node in _evaluation_order(expr):
+        for node in self.ctx.evaluation_order(expr):
             if isinstance(node, cst.Call):
                 actions.extend(self.actions_of_call(node))
             elif isinstance(node, cst.Attribute) and node.attr.value == "grad":
@@ -1108,6 +1287,10 @@ class Interpreter:
         callee = self.callee(func)
         if callee is not None:
             node, cls, self_obj = callee
+            if id(node) not in self.ctx.relevant:
+                return self.helper_without_moves(call)
+            if self.follows >= MAX_FOLLOWS_PER_ROOT:
+                return self.opaque_args(call)
             return [self.follow_action(node, cls, self_obj, call, positional, keywords)]
         qual = (
             frame.ctx.imports.qualify(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
@@ -1287,7 +1470,13 @@ class Interpreter:
     def callee(
         self, func: cst.BaseExpression
     ) -> tuple[cst.FunctionDef, ClassInfo | None, Obj | None] | None:
-        """A function or method defined in this file that ``func`` names."""
+        """A function or method defined in this file that ``func`` names, if it can take part
+        in a training step (the others are treated as calls we cannot see into)."""
+        return self._callee(func)
+
+    def _callee(
+        self, func: cst.BaseExpression
+    ) -> tuple[cst.FunctionDef, ClassInfo | None, Obj | None] | None:
         frame = self.frame
         if isinstance(func, cst.Name):
             name = func.value
@@ -1335,6 +1524,17 @@ class Interpreter:
         starred = any(arg.star for arg in call.args)
         constants = () if starred else _constants(node, positional, keywords, cls)
         return Follow(node, tuple(bound.items()), cls, constants)
+
+    def helper_without_moves(self, call: cst.Call) -> list[Action]:
+        """A function of this file that mentions no move: at most a forward pass (it may
+        compute the loss), and it may pass an optimizer it receives on to anything."""
+        actions: list[Action] = []
+        for action in self.opaque_args(call):
+            if isinstance(action, Mark):
+                actions.append(Mark("forward"))
+            else:
+                actions.append(action)
+        return actions
 
     def called_object(self, obj: Obj, call: cst.Call) -> list[Action]:
         if obj.role in (Role.MODEL, Role.ENGINE, Role.LIGHTNING):
@@ -1487,6 +1687,76 @@ def _body_clears(body: cst.CSTNode, var: str) -> bool:
     return False
 
 
+def _modular(ctx: FileContext, test: cst.BaseExpression) -> tuple[str, bool, set[str]] | None:
+    """A step guard on a counter, ``(i + k) % N == r`` (or ``!=``), as a fact about ``i``:
+    its key names the counter, the modulus and the offset ``k - r``."""
+    polarity = True
+    while isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+        test, polarity = test.expression, not polarity
+    if not (isinstance(test, cst.Comparison) and len(test.comparisons) == 1):
+        return None
+    comp = test.comparisons[0]
+    if not isinstance(comp.operator, (cst.Equal, cst.NotEqual)):
+        return None
+    if not isinstance(comp.comparator, cst.Integer):
+        return None
+    mod = test.left
+    if not (isinstance(mod, cst.BinaryOperation) and isinstance(mod.operator, cst.Modulo)):
+        return None
+    counter, offset = mod.left, 0
+    if (
+        isinstance(counter, cst.BinaryOperation)
+        and isinstance(counter.operator, cst.Add)
+        and isinstance(counter.right, cst.Integer)
+    ):
+        counter, offset = counter.left, int(counter.right.evaluated_value)
+    if not isinstance(counter, cst.Name) or _contains(mod.right, cst.Call):
+        return None
+    if isinstance(comp.operator, cst.NotEqual):
+        polarity = not polarity
+    offset -= int(comp.comparator.evaluated_value)
+    key = f"%{counter.value}%{ctx.code(mod.right)}%{offset}"
+    return key, polarity, {counter.value} | _names_in(mod.right)
+
+
+def _counter_of(stmt: cst.For | cst.While) -> str | None:
+    """The loop variable that grows by one per iteration: ``for i in range(...)``,
+    ``for i, x in enumerate(...)``."""
+    if not isinstance(stmt, cst.For) or not isinstance(stmt.iter, cst.Call):
+        return None
+    func = dotted_name(stmt.iter.func)
+    target = stmt.target
+    if func == "range" and isinstance(target, cst.Name):
+        return target.value
+    if func == "enumerate" and isinstance(target, cst.Tuple) and target.elements:
+        first = target.elements[0].value
+        return first.value if isinstance(first, cst.Name) else None
+    return None
+
+
+def _is_increment(stmt: cst.AugAssign) -> bool:
+    return (
+        isinstance(stmt.target, cst.Name)
+        and isinstance(stmt.operator, cst.AddAssign)
+        and isinstance(stmt.value, cst.Integer)
+        and stmt.value.value == "1"
+    )
+
+
+def _incremented(body: cst.CSTNode) -> set[str]:
+    """Names a loop body increments by one (``step += 1``)."""
+    out: set[str] = set()
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, cst.AugAssign) and _is_increment(node):
+            out.add(node.target.value)  # type: ignore[union-attr]
+        elif isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.BaseExpression)):
+            continue
+        stack.extend(kids(node))
+    return out
+
+
 def _ends_with_continue(stmt: cst.CSTNode) -> bool:
     return isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[-1], cst.Continue)
 
@@ -1528,12 +1798,6 @@ def _evaluation_order(expr: cst.CSTNode) -> list[cst.CSTNode]:
     return out
 
 
-def _is_nested_in(node: cst.FunctionDef, func: cst.FunctionDef | None) -> bool:
-    if func is None:
-        return False
-    return any(n is node for n in _nested_defs(func.body))
-
-
 def _is_true(test: cst.BaseExpression) -> bool:
     return (isinstance(test, cst.Name) and test.value == "True") or (
         isinstance(test, cst.Integer) and test.value != "0"
@@ -1557,6 +1821,17 @@ def _loop_assigned(stmt: cst.For | cst.While) -> set[str]:
     return names
 
 
+def _residue_excludes(state: PathState, text: str) -> bool | None:
+    """False when another offset of the same counter and modulus is known to hit zero: a
+    counter has one residue at a time (moduli are taken to exceed the small offsets)."""
+    head, _, offset = text.rpartition("%")
+    for fact_text, value in state.facts:
+        if value and fact_text.startswith(head + "%") and fact_text.rpartition("%")[2] != offset:
+            if fact_text.rpartition("%")[0] == head:
+                return False
+    return None
+
+
 def _fact(state: PathState, text: str | None) -> bool | None:
     for fact_text, value in state.facts:
         if fact_text == text:
@@ -1564,11 +1839,27 @@ def _fact(state: PathState, text: str | None) -> bool | None:
     return None
 
 
-def _forget_facts(state: PathState, names: set[str], fact_names: dict[str, set[str]]) -> PathState:
-    """Drop the branch facts that mention a name just assigned."""
+_NO_NAMES: set[str] = set()
+
+
+def _forget_facts(
+    state: PathState,
+    names: set[str],
+    fact_names: dict[str, set[str]],
+    keep: Iterable[str] = (),
+) -> PathState:
+    """Drop the branch facts that mention a name just assigned, except the modular facts of
+    the counters in ``keep`` (they are shifted instead)."""
     if not names or not state.facts:
         return state
-    kept = frozenset(f for f in state.facts if not fact_names.get(f[0], set()) & names)
+    if not any(fact_names.get(text, _NO_NAMES) & names for text, _ in state.facts):
+        return state
+    prefixes = tuple(f"%{c}%" for c in keep)
+    kept = frozenset(
+        f
+        for f in state.facts
+        if not fact_names.get(f[0], set()) & names or (prefixes and f[0].startswith(prefixes))
+    )
     return state if len(kept) == len(state.facts) else replace(state, facts=kept)
 
 
@@ -1613,6 +1904,8 @@ def _analyze(module: cst.Module) -> FileModel:
     model.roots.append(root)
     interp.run_root(module_frame, module.body, root)
     for func, cls in _all_functions(ctx):
+        if id(func) not in ctx.relevant:
+            continue
         name = func.name.value
         scope = f"{cls.name}.{name}" if cls is not None else name
         frame = Frame(ctx, func, cls, {}, module_frame, scope)
