@@ -1873,6 +1873,16 @@ def _merge(a: Flow, b: Flow) -> Flow:
 
 
 def _cap(states: set[PathState]) -> set[PathState]:
+    """Keep the number of paths bounded: first join paths whose protocol states agree (keeping
+    the branch facts they share), then forget facts, then keep a stable subset."""
+    if len(states) <= MAX_STATES:
+        return states
+    joined: dict[tuple[object, ...], PathState] = {}
+    for state in states:
+        key = (state.opts, state.last_zeroed)
+        other = joined.get(key)
+        joined[key] = state if other is None else replace(other, facts=other.facts & state.facts)
+    states = set(joined.values())
     if len(states) <= MAX_STATES:
         return states
     states = {replace(s, facts=frozenset()) for s in states}
