@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from loopcheck.protocol import Move
 from loopcheck.rules._base import Finding, Rule
 
 if TYPE_CHECKING:
-    from loopcheck.static.model import FileModel
+    from loopcheck.static.model import FileModel, LoopSummary
 
 
 class ZeroGradInAccumulation(Rule):
@@ -54,9 +55,21 @@ class ZeroGradInAccumulation(Rule):
             loop = model.innermost_loop(record.cause) if record.cause is not None else None
             if loop is None or record.site not in loop.sites:
                 continue  # cleared outside the micro-batch loop: a dropped partial accumulation
+            if not _steps_around(loop, record.key):
+                continue  # the loop never steps this optimizer: missing step, not this bug
+            if any(other.site == record.site for other in model.violations("LC102")):
+                continue  # one finding per place: the clear before a step is LC102
             yield Finding(
                 record.site.span,
                 f"`{record.site.text}` clears gradients accumulated by an earlier micro-batch "
                 "before any step used them: only the last micro-batch counts; clear once per "
                 "optimizer step",
             )
+
+
+def _steps_around(loop: LoopSummary | None, key: str) -> bool:
+    while loop is not None:
+        if loop.has(Move.STEP, key):
+            return True
+        loop = loop.parent
+    return False

@@ -526,10 +526,16 @@ class Frame:
         if name == "self" and self.cls is not None and name in self.params:
             return self.self_obj()
         local = name in self.params or name in self.local_values or name in self.tuple_values
+        if name in self.local_values and all(
+            isinstance(v, _DATA_NODES) for v in self.local_values[name]
+        ):
+            return None  # ``optimizer_grouped_parameters = [...]`` holds data, not an optimizer
         if self.parent is not None and not local:
             return self.parent.resolve_name(name)
         if name in self.ctx.classes or name in self.ctx.functions:
             return None
+        if not local and name in self.ctx.imports.aliases:
+            return None  # ``import torch.optim as optim`` is a module, not an optimizer
         role = role_from_name(name, self.params.get(name))
         return Obj(role, f"{self.scope}:{name}") if role is not None else None
 
@@ -723,6 +729,25 @@ class Frame:
 
 
 _ATTR_CACHE: dict[int, dict[str, Obj | None]] = {}
+
+# Values that are plain data, whatever the variable they are stored in is called.
+_DATA_NODES = (
+    cst.List,
+    cst.Dict,
+    cst.Tuple,
+    cst.Set,
+    cst.ListComp,
+    cst.DictComp,
+    cst.SetComp,
+    cst.GeneratorExp,
+    cst.SimpleString,
+    cst.ConcatenatedString,
+    cst.FormattedString,
+    cst.Integer,
+    cst.Float,
+    cst.BinaryOperation,
+    cst.Comparison,
+)
 
 
 def _nested_defs(body: cst.CSTNode) -> Iterable[cst.FunctionDef]:
@@ -1059,7 +1084,9 @@ class Interpreter:
         return replace(state, facts=frozenset(facts))
 
     def iterate(self, state: PathState, summary: LoopSummary) -> PathState:
-        """The back edge: a new iteration for the optimizers this loop steps."""
+        """The back edge: a new iteration for the optimizers this loop steps. Which optimizer
+        was cleared last says nothing about the next iteration's backward."""
+        state = replace(state, last_zeroed=None)
         for key, opt_state in state.opts:
             if summary.has(Move.STEP, key):
                 new, _ = advance(opt_state, Event(Move.ITERATION))
@@ -1282,8 +1309,11 @@ class Interpreter:
             if method in _CLEARING_NAMES or method == "zero_grad":
                 return [Mark("clears"), *self.unresolved_clear(call)]
             if "step" in method and owner is None:
-                self.mark("stepped")
-                self.mark("opaque_model")  # ``schedule.step()``: may run forward and backward
+                # ``schedule.step()`` may run forward and backward; ``self.optimizers[0]
+                # .step()`` may step an optimizer, unlike ``envs = make_env(); envs.step()``
+                self.mark("opaque_model")
+                if not self.known_other(func.value):
+                    self.mark("stepped")
         callee = self.callee(func)
         if callee is not None:
             node, cls, self_obj = callee
@@ -1417,6 +1447,18 @@ class Interpreter:
                 return []
             return [Mark("forward"), Mark("opaque_model"), *self.opaque_args(call)]
         return None
+
+    def known_other(self, receiver: cst.BaseExpression) -> bool:
+        """A plain local or global name assigned from something that is not an optimizer
+        (``envs = gym.vector.SyncVectorEnv(...)``): its ``step()`` steps no optimizer."""
+        if not isinstance(receiver, cst.Name):
+            return False
+        frame = self.frame
+        while frame is not None:
+            if receiver.value in frame.local_values or receiver.value in frame.tuple_values:
+                return True
+            frame = frame.parent
+        return False
 
     def zero_event(self, site: Site | None) -> Event:
         return Event(Move.ZERO, site, deliberate=self.discarding > 0)
