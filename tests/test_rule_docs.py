@@ -38,3 +38,18 @@ def test_codes_and_names_are_unique_and_resolvable() -> None:
         assert get_rule(rule.name) is rule
         assert get_rule(rule.code.lower()) is rule
     assert get_rule("LC999") is None
+
+
+def test_generated_rule_pages_are_up_to_date() -> None:
+    """docs/rules/ is generated from the docstrings: `python -m loopcheck.docs` rewrites it."""
+    from pathlib import Path
+
+    from loopcheck.docs import pages
+
+    directory = Path(__file__).resolve().parent.parent / "docs" / "rules"
+    for name, text in pages().items():
+        path = directory / name
+        assert path.exists(), f"{path} is missing: run python -m loopcheck.docs"
+        assert path.read_text(encoding="utf-8") == text, (
+            f"{path} is stale: python -m loopcheck.docs"
+        )

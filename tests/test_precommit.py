@@ -1,0 +1,62 @@
+"""The pre-commit hook, run by the real pre-commit against a temporary git repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BUGGY = """\
+import torch
+
+model = torch.nn.Linear(4, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+for x, y in loader:
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    optimizer.zero_grad()
+    optimizer.step()
+"""
+
+
+def git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("pre-commit") is None, reason="pre-commit is not installed")
+def test_hook_fails_on_a_bug_and_passes_on_the_fix(tmp_path: Path) -> None:
+    repo = tmp_path / "user-repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    git(repo, "config", "user.email", "dev@example.com")
+    git(repo, "config", "user.name", "dev")
+    (repo / "train.py").write_text(BUGGY)
+    git(repo, "add", "train.py")
+    env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "cache")}
+
+    def hook() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["pre-commit", "try-repo", str(ROOT), "loopcheck", "--files", "train.py"],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    failed = hook()
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "train.py:8:5: LC102" in failed.stdout
+
+    fixed = BUGGY.replace("    optimizer.zero_grad()\n", "").replace(
+        "for x, y in loader:\n", "for x, y in loader:\n    optimizer.zero_grad()\n"
+    )
+    (repo / "train.py").write_text(fixed)
+    git(repo, "add", "train.py")
+    passed = hook()
+    assert passed.returncode == 0, passed.stdout + passed.stderr
