@@ -282,20 +282,23 @@ class _Indexer:
         stack: list[tuple[cst.CSTNode, int | None]] = [(module, None)]
         while stack:
             node, owner = stack.pop()
-            if isinstance(node, cst.Name):
+            kind = type(node)
+            if kind is cst.Name:
                 self.ctx.referenced.add(node.value)
                 if owner is not None and node.value in _MOVE_WORDS:
                     mentions[owner] = True
-            elif isinstance(node, cst.Attribute):
+                continue
+            if kind is cst.Attribute:
                 attr = node.attr.value
-                on_self = isinstance(node.value, cst.Name) and node.value.value == "self"
+                value = node.value
+                on_self = type(value) is cst.Name and value.value == "self"
                 if on_self or attr not in _MODULE_API:
                     self.ctx.referenced.add(attr)
                 if owner is not None and attr in _MOVE_WORDS:
                     mentions[owner] = True
-                stack.append((node.value, owner))
+                stack.append((value, owner))
                 continue
-            elif isinstance(node, cst.FunctionDef):
+            if kind is cst.FunctionDef:
                 key = id(node)
                 mentions.setdefault(key, False)
                 calls.setdefault(key, set())
@@ -303,16 +306,16 @@ class _Indexer:
                 by_name.setdefault(node.name.value, []).append(key)
                 stack.extend((c, key) for c in kids(node) if c is not node.name)
                 continue
-            elif isinstance(node, cst.ClassDef):
+            if kind is cst.ClassDef:
                 stack.extend((c, owner) for c in kids(node) if c is not node.name)
                 continue
-            elif isinstance(node, cst.Call) and owner is not None:
+            if kind is cst.Call and owner is not None:
                 func = node.func
-                if isinstance(func, cst.Name):
+                if type(func) is cst.Name:
                     calls[owner].add(func.value)
-                elif isinstance(func, cst.Attribute):
+                elif type(func) is cst.Attribute:
                     calls[owner].add(func.attr.value)
-            elif isinstance(node, (cst.If, cst.While)):
+            elif kind is cst.If or kind is cst.While:
                 modular = _modular(self.ctx, node.test)
                 if modular is not None:
                     modulus = modular[0].rpartition("%")[0]

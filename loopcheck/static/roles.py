@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
-from loopcheck.static.tree import kids
+from loopcheck.static.tree import is_expression, kids
 
 
 class Role(enum.Enum):
@@ -81,10 +81,11 @@ def _walk_imports(module: cst.Module):
     stack: list[cst.CSTNode] = [module]
     while stack:
         node = stack.pop()
-        if isinstance(node, (cst.Import, cst.ImportFrom)):
+        kind = type(node)
+        if kind is cst.Import or kind is cst.ImportFrom:
             yield node
             continue
-        if isinstance(node, cst.BaseExpression):
+        if is_expression(node):
             continue
         stack.extend(kids(node))
 

@@ -1,8 +1,10 @@
 """Fast walking of libcst trees.
 
 ``CSTNode.children`` runs a visitor over the node to collect them, which dominates the cost of
-a full walk; reading the dataclass fields directly is several times faster. ``isinstance``
-against libcst's abstract base classes is slow too, so node-ness is cached per type.
+a full walk; reading the dataclass fields directly is several times faster. Whitespace,
+comments and punctuation fields are never walked: no analysis looks at them. ``isinstance``
+against libcst's abstract base classes goes through ``ABCMeta`` and is slow, so such checks are
+cached per type.
 """
 
 from __future__ import annotations
@@ -14,6 +16,41 @@ import libcst as cst
 
 _FIELDS: dict[type, tuple[str, ...]] = {}
 _IS_NODE: dict[type, bool] = {}
+_IS_EXPRESSION: dict[type, bool] = {}
+
+# Fields that hold only layout: whitespace, comments, blank lines, brackets and punctuation.
+_LAYOUT_PREFIXES = ("whitespace", "leading_lines", "lines_after", "trailing_whitespace")
+_LAYOUT_FIELDS = {
+    "lpar",
+    "rpar",
+    "lbracket",
+    "rbracket",
+    "lbrace",
+    "rbrace",
+    "comma",
+    "dot",
+    "semicolon",
+    "colon",
+    "equal",
+    "header",
+    "footer",
+    "operator",
+    "asynchronous",
+    "newline",
+    "star",
+}
+
+
+def _fields(kind: type) -> tuple[str, ...]:
+    names = _FIELDS.get(kind)
+    if names is None:
+        names = tuple(
+            f.name
+            for f in dataclasses.fields(kind)
+            if f.name not in _LAYOUT_FIELDS and not f.name.startswith(_LAYOUT_PREFIXES)
+        )
+        _FIELDS[kind] = names
+    return names
 
 
 def is_node(value: object) -> bool:
@@ -24,13 +61,18 @@ def is_node(value: object) -> bool:
     return known
 
 
+def is_expression(node: cst.CSTNode) -> bool:
+    kind = type(node)
+    known = _IS_EXPRESSION.get(kind)
+    if known is None:
+        known = _IS_EXPRESSION[kind] = isinstance(node, cst.BaseExpression)
+    return known
+
+
 def kids(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    """The child nodes of ``node``, in field order (source order for expressions)."""
-    names = _FIELDS.get(type(node))
-    if names is None:
-        names = tuple(f.name for f in dataclasses.fields(node))
-        _FIELDS[type(node)] = names
-    for name in names:
+    """The child nodes of ``node`` that carry meaning, in field order (source order for
+    expressions)."""
+    for name in _fields(type(node)):
         value = getattr(node, name)
         if type(value) in (tuple, list):
             for item in value:
@@ -41,7 +83,7 @@ def kids(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
 
 
 def walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
-    """Every node under ``node`` (itself included), depth first, without recursion."""
+    """Every meaningful node under ``node`` (itself included), depth first, no recursion."""
     stack = [node]
     while stack:
         current = stack.pop()
