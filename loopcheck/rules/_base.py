@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 from loopcheck.diagnostic import Span
 
 if TYPE_CHECKING:
-    from loopcheck.static.model import FileModel
+    from loopcheck.static.model import FileModel, Record
 
 SECTIONS = ("What it does", "Why is this bad?", "Example", "Use instead")
 
@@ -60,3 +60,19 @@ class Rule:
         """The Python code blocks of one section (``Example`` or ``Use instead``)."""
         for block in _CODE_BLOCK.finditer(cls.sections().get(section, "")):
             yield block.group(1)
+
+
+class ProtocolRule(Rule):
+    """A rule the protocol decides: each violation of its code the static observer recorded
+    is a finding, unless ``keep`` says the context excuses it. ``message`` is formatted with
+    ``call``, the source of the call blamed."""
+
+    message: ClassVar[str]
+
+    def check(self, model: FileModel) -> Iterable[Finding]:
+        for record in model.violations(self.code):
+            if self.keep(model, record):
+                yield Finding(record.site.span, self.message.format(call=record.site.text))
+
+    def keep(self, model: FileModel, record: Record) -> bool:
+        return True

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
-from loopcheck.rules._base import Finding, Rule
-
-if TYPE_CHECKING:
-    from loopcheck.static.model import FileModel
+from loopcheck.rules._base import ProtocolRule
 
 
-class ClipAfterStep(Rule):
+class ClipAfterStep(ProtocolRule):
     """## What it does
     Flags gradient clipping (`clip_grad_norm_`, `clip_grad_value_`) placed after the
     optimizer's `step()`.
@@ -49,10 +43,7 @@ class ClipAfterStep(Rule):
     name = "clip-after-step"
     summary = "clipping after step has no effect on the update"
 
-    def check(self, model: FileModel) -> Iterable[Finding]:
-        for record in model.violations(self.code):
-            yield Finding(
-                record.site.span,
-                f"`{record.site.text}` clips after `step()`: the update already used the "
-                "unclipped gradients; clip between backward and step",
-            )
+    message = (
+        "`{call}` clips after `step()`: the update already used the unclipped gradients; "
+        "clip between backward and step"
+    )

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
-from loopcheck.rules._base import Finding, Rule
-
-if TYPE_CHECKING:
-    from loopcheck.static.model import FileModel
+from loopcheck.rules._base import ProtocolRule
 
 
-class ClipBeforeBackward(Rule):
+class ClipBeforeBackward(ProtocolRule):
     """## What it does
     Flags gradient clipping placed before the iteration's `backward()`.
 
@@ -49,10 +43,7 @@ class ClipBeforeBackward(Rule):
     name = "clip-before-backward"
     summary = "clipping before backward clips stale or empty gradients"
 
-    def check(self, model: FileModel) -> Iterable[Finding]:
-        for record in model.violations(self.code):
-            yield Finding(
-                record.site.span,
-                f"`{record.site.text}` clips before this iteration's `backward()`: it clips "
-                "empty or stale gradients; clip between backward and step",
-            )
+    message = (
+        "`{call}` clips before this iteration's `backward()`: it clips empty or stale "
+        "gradients; clip between backward and step"
+    )

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from loopcheck.protocol import Move
-from loopcheck.rules._base import Finding, Rule
+from loopcheck.rules._base import ProtocolRule
 
 if TYPE_CHECKING:
-    from loopcheck.static.model import FileModel, LoopSummary
+    from loopcheck.static.model import FileModel, LoopSummary, Record
 
 
-class MissingZeroGrad(Rule):
+class MissingZeroGrad(ProtocolRule):
     """## What it does
     Flags a training loop that backpropagates and steps but never clears the gradients
     (no `zero_grad()`, no `p.grad = None`) anywhere in the loop.
@@ -52,16 +51,14 @@ class MissingZeroGrad(Rule):
     name = "missing-zero-grad"
     summary = "the loop backprops and steps but never clears gradients"
 
-    def check(self, model: FileModel) -> Iterable[Finding]:
-        for record in model.violations(self.code):
-            loop = _loop_with_backward(record.loop, record.key)
-            if loop is None or loop.clears(record.key):
-                continue
-            yield Finding(
-                record.site.span,
-                f"`{record.site.text}` applies gradients that pile up across iterations: "
-                "this loop never clears them (call `zero_grad()` once per step)",
-            )
+    message = (
+        "`{call}` applies gradients that pile up across iterations: this loop never clears "
+        "them (call `zero_grad()` once per step)"
+    )
+
+    def keep(self, model: FileModel, record: Record) -> bool:
+        loop = _loop_with_backward(record.loop, record.key)
+        return loop is not None and not loop.clears(record.key)
 
 
 def _loop_with_backward(loop: LoopSummary | None, key: str) -> LoopSummary | None:

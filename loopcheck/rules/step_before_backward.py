@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
-from loopcheck.rules._base import Finding, Rule
-
-if TYPE_CHECKING:
-    from loopcheck.static.model import FileModel
+from loopcheck.rules._base import ProtocolRule
 
 
-class StepBeforeBackward(Rule):
+class StepBeforeBackward(ProtocolRule):
     """## What it does
     Flags an optimizer `step()` that runs before the iteration's `backward()`, when the
     gradients it reads were cleared or already applied.
@@ -45,10 +39,7 @@ class StepBeforeBackward(Rule):
     name = "step-before-backward"
     summary = "step reached before this iteration's backward"
 
-    def check(self, model: FileModel) -> Iterable[Finding]:
-        for record in model.violations(self.code):
-            yield Finding(
-                record.site.span,
-                f"`{record.site.text}` runs before this iteration's `backward()`: it applies "
-                "cleared or already-applied gradients; step after backward",
-            )
+    message = (
+        "`{call}` runs before this iteration's `backward()`: it applies cleared or "
+        "already-applied gradients; step after backward"
+    )

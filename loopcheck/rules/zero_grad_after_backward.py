@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
-from loopcheck.rules._base import Finding, Rule
-
-if TYPE_CHECKING:
-    from loopcheck.static.model import FileModel
+from loopcheck.rules._base import ProtocolRule
 
 
-class ZeroGradAfterBackward(Rule):
+class ZeroGradAfterBackward(ProtocolRule):
     """## What it does
     Flags a `zero_grad()` placed between `backward()` and `step()`.
 
@@ -43,10 +37,7 @@ class ZeroGradAfterBackward(Rule):
     name = "zero-grad-after-backward"
     summary = "gradients cleared between backward and step"
 
-    def check(self, model: FileModel) -> Iterable[Finding]:
-        for record in model.violations(self.code):
-            yield Finding(
-                record.site.span,
-                f"`{record.site.text}` clears the gradients between `backward()` and `step()`: "
-                "the step applies nothing; clear before the forward pass or after the step",
-            )
+    message = (
+        "`{call}` clears the gradients between `backward()` and `step()`: the step applies "
+        "nothing; clear before the forward pass or after the step"
+    )

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from loopcheck.protocol import Move
-from loopcheck.rules._base import Finding, Rule
+from loopcheck.rules._base import ProtocolRule
 
 if TYPE_CHECKING:
-    from loopcheck.static.model import FileModel, LoopSummary
+    from loopcheck.static.model import FileModel, LoopSummary, Record
 
 
-class ZeroGradInAccumulation(Rule):
+class ZeroGradInAccumulation(ProtocolRule):
     """## What it does
     Flags a `zero_grad()` that runs between two micro-batches of one gradient-accumulation
     step: after a backward whose gradients no step has applied yet, and before the next
@@ -48,23 +47,21 @@ class ZeroGradInAccumulation(Rule):
     name = "zero-grad-in-accumulation"
     summary = "gradients cleared inside the micro-batch loop"
 
-    def check(self, model: FileModel) -> Iterable[Finding]:
-        for record in model.violations(self.code):
-            if record.root is not None and not record.root.stepped:
-                continue  # no step at all: that is LC105's finding, not this one
-            loop = model.innermost_loop(record.cause) if record.cause is not None else None
-            if loop is None or record.site not in loop.sites:
-                continue  # cleared outside the micro-batch loop: a dropped partial accumulation
-            if not _steps_around(loop, record.key):
-                continue  # the loop never steps this optimizer: missing step, not this bug
-            if any(other.site == record.site for other in model.violations("LC102")):
-                continue  # one finding per place: the clear before a step is LC102
-            yield Finding(
-                record.site.span,
-                f"`{record.site.text}` clears gradients accumulated by an earlier micro-batch "
-                "before any step used them: only the last micro-batch counts; clear once per "
-                "optimizer step",
-            )
+    message = (
+        "`{call}` clears gradients accumulated by an earlier micro-batch before any step used "
+        "them: only the last micro-batch counts; clear once per optimizer step"
+    )
+
+    def keep(self, model: FileModel, record: Record) -> bool:
+        if record.root is not None and not record.root.stepped:
+            return False  # no step at all: that is LC105's finding, not this one
+        loop = model.innermost_loop(record.cause) if record.cause is not None else None
+        if loop is None or record.site not in loop.sites:
+            return False  # cleared outside the micro-batch loop: a dropped partial accumulation
+        if not _steps_around(loop, record.key):
+            return False  # the loop never steps this optimizer: missing step, not this bug
+        # one finding per place: a clear right before a step is LC102
+        return not any(other.site == record.site for other in model.violations("LC102"))
 
 
 def _steps_around(loop: LoopSummary | None, key: str) -> bool:
