@@ -183,6 +183,20 @@ def run_rules(args: argparse.Namespace) -> int:
     return EXIT_CLEAN
 
 
+# -- run ----------------------------------------------------------------------------------------
+
+
+def add_run_command(commands: argparse._SubParsersAction) -> None:
+    # Listed for --help only: ``main`` hands ``run`` and everything after it to the runtime,
+    # whose own parser knows the script's arguments from its own.
+    commands.add_parser(
+        "run",
+        help="run a training script with every optimizer watched (needs torch)",
+        description="loopcheck run [--mode warn|raise|record] [--format text|json] script.py ...",
+        add_help=False,
+    )
+
+
 # -- the command line -----------------------------------------------------------------------------
 
 # name → function adding its subparser (which sets ``handler``); a new command goes here.
@@ -190,6 +204,7 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "check": add_check_command,
     "rule": add_rule_command,
     "rules": add_rules_command,
+    "run": add_run_command,
 }
 DEFAULT_COMMAND = "check"
 
@@ -216,9 +231,14 @@ def with_default_command(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (the console script exits with it)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "run":
+        from loopcheck.runtime.run import main as run_script  # imports torch only when run
+
+        return run_script(argv[1:])
     parser = build_parser()
     try:
-        args = parser.parse_args(with_default_command(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(with_default_command(argv))
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     handler: Handler = args.handler

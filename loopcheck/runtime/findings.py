@@ -91,8 +91,7 @@ RULES: dict[str, tuple[str, str, str]] = {
     ),
     "LC602": (
         "orphan-gradients",
-        "parameters received gradients but belong to no watched optimizer: they are never "
-        "updated",
+        "parameters received gradients but belong to no watched optimizer: they are never updated",
         "add them to the optimizer (build it from model.parameters() after the model is final), "
         "or freeze them with requires_grad_(False)",
     ),

@@ -37,6 +37,8 @@ class _Wrapper:
 
         @functools.wraps(original)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if len(chain) == 1:  # one watch: the common case, kept short
+                return chain[0](original, *args, **kwargs)
             if not chain:
                 return original(*args, **kwargs)
             return call(0, args, kwargs)

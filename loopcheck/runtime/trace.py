@@ -1,7 +1,7 @@
 """The per-step trace of a watched run and its report, as text or JSON.
 
 Pure Python. Events are grouped into *windows*, each ending with an optimizer step; consecutive
-windows with the same events and no finding are merged, so that a long healthy run stays a few
+windows with the same events and findings are merged, so that a long healthy run stays a few
 lines and a bounded amount of memory.
 """
 
@@ -64,8 +64,7 @@ class Trace:
         last = self.tail[-1] if self.tail else (self.head[-1] if self.head else None)
         if (
             last is not None
-            and not last.codes
-            and not window.codes
+            and last.codes == window.codes
             and last.optimizer == window.optimizer
             and last.events == window.events
             and last.last_step + 1 == window.first_step
