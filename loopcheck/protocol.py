@@ -31,7 +31,8 @@ class Move(enum.Enum):
     STEP = "step"  # opt.step() or scaler.step(opt)
     SCALER_UPDATE = "scaler_update"  # GradScaler.update()
     SCHED_STEP = "sched_step"  # an LR scheduler stepped
-    GRAD_ACCESS = "grad_access"  # gradients read or rewritten by hand (p.grad.mul_, logging)
+    GRAD_ACCESS = "grad_access"  # gradients read by hand (logging, extraction)
+    GRAD_RESCALE = "grad_rescale"  # gradients normalised by hand (p.grad.mul_, p.grad /= n)
     OPAQUE = "opaque"  # something unseen that may have done anything to the optimizer
     ITERATION = "iteration"  # a new iteration of the loop that owns the step begins
     LOOP_ENTRY = "loop_entry"  # a loop starts: gradients present now come from before it
@@ -47,7 +48,7 @@ class Grads(enum.Enum):
     PILED = "piled"  # a backward added to stale (already applied) gradients
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     """One move seen by an observer.
 
@@ -63,7 +64,7 @@ class Event:
     deliberate: bool = False  # ZERO that drops a batch on purpose (then skips the step)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Violation:
     """A broken rule: its code and the place of the event to blame."""
 
@@ -72,7 +73,7 @@ class Violation:
     cause: Hashable = None  # the earlier event it concerns (LC102/LC108: the lost backward)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OptState:
     """The protocol state of one optimizer. Immutable and hashable, so that the static observer
     can keep sets of states, one per path."""
@@ -100,7 +101,9 @@ UNKNOWN = OptState()
 
 
 def advance(state: OptState, event: Event) -> tuple[OptState, tuple[Violation, ...]]:
-    """Apply ``event`` to ``state``: the next state and the violations this event completes."""
+    """Apply ``event`` to ``state``: the next state and the violations this event completes.
+
+    Pure: the result depends on the two values only, so observers may cache transitions."""
     handler = _HANDLERS.get(event.move)
     if handler is None:
         return state, ()
@@ -252,6 +255,11 @@ def _loop_entry(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]
     return s, ()
 
 
+def _grad_rescale(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
+    # Gradients divided by hand: the accumulated sum is normalised, whatever the losses were.
+    return replace(s, consumed=True, undivided_at=None), ()
+
+
 def _iteration(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     return (
         replace(
@@ -278,6 +286,7 @@ _HANDLERS = {
     Move.SCALER_UPDATE: _scaler_update,
     Move.SCHED_STEP: _sched_step,
     Move.GRAD_ACCESS: _grad_access,
+    Move.GRAD_RESCALE: _grad_rescale,
     Move.ITERATION: _iteration,
     Move.LOOP_ENTRY: _loop_entry,
 }

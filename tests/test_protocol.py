@@ -124,3 +124,14 @@ def test_gradients_inherited_by_a_loop_are_not_its_micro_batches() -> None:
     entry = Move.LOOP_ENTRY
     assert codes(Z, B, entry, Z, B, S) == []
     assert codes(Z, B, I, Z, B, S) == [("LC108", 3)]
+
+
+def test_gradients_normalised_by_hand_excuse_undivided_losses() -> None:
+    events = [
+        Event(Z, 0),
+        Event(B, 1, divided=False),
+        Event(B, 2, divided=False),
+        Event(Move.GRAD_RESCALE, 3),
+        Event(S, 4),
+    ]
+    assert run(events)[1] == []
