@@ -215,12 +215,6 @@ class FileContext:
             cls = next((b for b in info.bases if b in self.classes), None)
         return None
 
-    def class_of_method(self, func: cst.FunctionDef) -> ClassInfo | None:
-        for info in self.classes.values():
-            if func in info.methods.values():
-                return info
-        return None
-
 
 # Method names that real code calls on models and optimizers all the time: ``model.train()``
 # does not mean that a trainer's own ``train`` method is called from this file.
@@ -832,12 +826,6 @@ Action = Emit | Backward | Follow | Mark
 # --- the interpreter -------------------------------------------------------------------------
 
 
-@dataclass(eq=False)
-class _LoopCtx:
-    summary: LoopSummary
-    node: cst.CSTNode
-
-
 class Interpreter:
     def __init__(self, ctx: FileContext, model: FileModel) -> None:
         self.ctx = ctx
@@ -1348,7 +1336,7 @@ class Interpreter:
             return []
         if frame.value_role(call, None) is not None:
             return []  # building an optimizer, scheduler, scaler or model does not step one
-        return self.opaque_call(call)
+        return self.opaque_args(call)
 
     def method_call(
         self,
@@ -1584,9 +1572,6 @@ class Interpreter:
     def called_object(self, obj: Obj, call: cst.Call) -> list[Action]:
         if obj.role in (Role.MODEL, Role.ENGINE, Role.LIGHTNING):
             return [Mark("forward")]
-        return self.opaque_call(call)
-
-    def opaque_call(self, call: cst.Call) -> list[Action]:
         return self.opaque_args(call)
 
     def opaque_args(self, call: cst.Call) -> list[Action]:
