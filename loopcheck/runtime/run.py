@@ -3,8 +3,9 @@
 The script runs in this process as ``__main__`` (``runpy``), with ``sys.argv`` set to the script
 and its arguments. Optimizers are found as they step (the global step pre-hook): the first step
 of each is where its watch begins; its LR schedulers and GradScaler are found then too. No
-model is known, so forward passes and orphan parameters (LC602) are not seen. The report goes
-to stderr at the end. Exit code: 1 when there are findings, else the script's own.
+model is known: any module's forward after a step begins an iteration (a global forward
+pre-hook), and orphan parameters (LC602) are not seen. The report goes to stderr at the end.
+Exit code: 1 when there are findings, else the script's own.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.utils.clip_grad as _clip_grad
 from torch import Tensor
+from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
@@ -483,6 +484,10 @@ class Watch:
         for model in self._models:
             stack.enter_context(model.register_forward_pre_hook(self._on_forward))
             self._wrap(model, "zero_grad", self._model_zero_around(model))
+        if self._discover and not self._models:
+            # ``loopcheck run`` knows no model: any module's forward after a step begins the
+            # next iteration (a public global hook, removed on exit like the others)
+            stack.enter_context(register_module_forward_pre_hook(self._on_any_forward))
         self._wrap(torch.autograd, "backward", self._around_backward)
         if hasattr(_clip_grad, "_clip_grads_with_norm_"):
             # clip_grad_norm_ calls these through its module's globals: wrapping them there
@@ -738,6 +743,11 @@ class Watch:
                 if o.after_step:
                     self._new_iteration(o)
             self._trace.event("forward")
+
+    def _on_any_forward(self, module: torch.nn.Module, args: Any) -> None:
+        # called for every submodule: cheap unless an optimizer has just stepped
+        if any(o.after_step for o in self._opts):
+            self._on_forward(module, args)
 
     # ----------------------------------------------------------------- backward
 

@@ -135,3 +135,47 @@ def test_main_in_process_restores_argv(tmp_path, capsys):
     assert main([str(script), "a", "--b"]) == 0
     assert sys.argv == argv and sys.path == path
     assert f"['{script}', 'a', '--b']" in capsys.readouterr().out
+
+
+PLAIN = """
+import torch
+
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+x, y = torch.randn(32, 4), torch.randn(32, 1)
+for _ in range(6):
+    {body}
+"""
+
+
+@pytest.mark.parametrize(
+    ("moves", "code"),
+    [
+        # no model is given to `run`: a module's forward still tells where an iteration begins
+        (
+            [
+                "loss = torch.nn.functional.mse_loss(model(x), y)",
+                "loss.backward()",
+                "opt.zero_grad()",
+                "opt.step()",
+            ],
+            "LC102",
+        ),
+        (
+            [
+                "opt.zero_grad()",
+                "loss = torch.nn.functional.mse_loss(model(x), y)",
+                "opt.step()",
+                "loss.backward()",
+            ],
+            "LC103",
+        ),
+    ],
+)
+def test_run_tells_a_clear_before_step_from_a_step_before_backward(tmp_path, capsys, moves, code):
+    script = tmp_path / "plain.py"
+    script.write_text(PLAIN.format(body="\n    ".join(moves)))
+    assert main(["--format", "json", "--mode", "record", str(script)]) == 1
+    report = json.loads(capsys.readouterr().err)
+    assert {f["code"] for f in report["findings"]} == {code}
