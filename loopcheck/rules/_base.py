@@ -21,10 +21,12 @@ _CODE_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 @dataclass(frozen=True)
 class Finding:
-    """What a rule reports: where, and a message in its own words."""
+    """What a rule reports: where, and a message in its own words. ``path`` is set when the
+    place is in another linted file than the one analysed (a helper it calls)."""
 
     span: Span
     message: str
+    path: str | None = None
 
 
 class Rule:
@@ -72,7 +74,8 @@ class ProtocolRule(Rule):
     def check(self, model: FileModel) -> Iterable[Finding]:
         for record in model.violations(self.code):
             if self.keep(model, record):
-                yield Finding(record.site.span, self.message.format(call=record.site.text))
+                message = self.message.format(call=record.site.text)
+                yield Finding(record.site.span, message, record.site.path)
 
     def keep(self, model: FileModel, record: Record) -> bool:
         return True
