@@ -25,7 +25,7 @@ from loopcheck.static.syntax import (
     params_of,
     roots_of,
 )
-from loopcheck.static.tree import kids, walk
+from loopcheck.static.tree import is_expression, kids, walk
 
 if TYPE_CHECKING:
     from loopcheck.static.frames import Frame
@@ -95,7 +95,7 @@ _HARMLESS_CALLS = {
 }
 _HARMLESS_PREFIXES = ("logging.", "logger.", "log.", "wandb.", "mlflow.", "tqdm.")
 _LOSS_NAME = re.compile(r"(?i)^(\w+_)?loss(_\w+)?$")
-_NONFINITE = re.compile(r"isfinite|isnan|isinf|\bnan\b|\binf\b|overflow|found_inf")
+_NONFINITE = re.compile(r"(?i)isfinite|isnan|isinf|^nan$|^inf$|overflow|found_inf|nonfinite")
 
 
 @dataclass(frozen=True)
@@ -197,15 +197,17 @@ class Reader:
             return [Mark("grads"), Emit(Event(Move.OPAQUE), None)]
         if isinstance(target, cst.Attribute) and target.attr.value == "data":
             return [Mark("grads")]
+        if isinstance(target, cst.Attribute):
+            owner = self.frame.resolve(target.value)
+            if owner is not None and owner.role is Role.OPTIMIZER:
+                # ``optimizer.acc_stats = True`` (K-FAC): the optimizer changes how it treats
+                # the gradients it is given; what follows is no plain protocol any more
+                return [Emit(Event(Move.OPAQUE), owner.members or (owner.key,))]
         if isinstance(target, (cst.Subscript, cst.Tuple, cst.List)):
             out: list[Action] = []
-            stack: list[cst.CSTNode] = [target]
-            while stack:
-                node = stack.pop()
-                if isinstance(node, cst.BaseExpression) and node is not target:
-                    out.extend(self.of_expr(node))
-                else:
-                    stack.extend(reversed(list(kids(node))))
+            for node in kids(target):
+                if is_expression(node):
+                    out.extend(self.of_expr(node))  # type: ignore[arg-type]
             return out
         return []
 
@@ -223,10 +225,10 @@ class Reader:
     def reads_gradients(self, test: cst.BaseExpression) -> bool:
         """A condition on the gradients themselves (a non-finite norm, a found inf): paths
         that skip the step drop their gradients on purpose."""
-        text = self.ctx.code(test)
-        if _NONFINITE.search(text):
+        names = names_in(test)
+        if any(_NONFINITE.search(name) for name in names):
             return True
-        for name in names_in(test):
+        for name in names:
             for value in self.frame.local_values.get(name, ()):
                 if isinstance(value, cst.Call):
                     last = (dotted(value.func) or "").rsplit(".", 1)[-1]

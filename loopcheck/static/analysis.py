@@ -13,7 +13,9 @@ from loopcheck.static.index import ClassInfo, FileContext
 from loopcheck.static.interpreter import Interpreter
 from loopcheck.static.model import FileModel, RootSummary
 from loopcheck.static.project import Project
+from loopcheck.static.roles import Role
 from loopcheck.static.syntax import all_params
+from loopcheck.static.tree import walk
 
 # Parameters a framework passes as the iteration counter of its own loop.
 _FRAMEWORK_COUNTERS = ("batch_idx", "batch_nb", "batch_index")
@@ -82,13 +84,36 @@ def _implicit_loop(
     A function stepping a local optimizer or one passed in is not: its caller owns the loop."""
     if cls is None or func.name.value in ctx.called_in_loop or func.name.value == "__init__":
         return False
-    trial = Interpreter(FileModel())
-    root = RootSummary(scope, referenced=False)
+    return _steps_owned(ctx, func, cls, scope, depth=0)
+
+
+def _steps_owned(
+    ctx: FileContext, func: cst.FunctionDef, cls: ClassInfo, scope: str, depth: int
+) -> bool:
+    """Whether a method (or a method of ``self`` it calls) steps an optimizer held by the
+    instance: ``self.optimizer.step()``, ``self.policy.optimizer.step()``, Lightning's
+    ``self.optimizers()``."""
     frame = Frame(ctx, func, cls, {}, module_frame(ctx), scope)
-    body = func.body.body if isinstance(func.body, cst.IndentedBlock) else [func.body]
-    trial.run_root(frame, body, root)
-    # attribute keys are ``Class.attr``; locals and parameters are ``scope:name``
-    return any(key.startswith(f"{cls.name}.") and ":" not in key for key in root.stepped_keys)
+    for node in walk(func.body):
+        if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)):
+            continue
+        method = node.func.attr.value
+        receiver = node.func.value
+        if method == "step":
+            obj = frame.resolve(receiver)
+            if obj is not None and obj.role is Role.SCALER and node.args:
+                obj = frame.resolve(node.args[0].value)  # ``scaler.step(self.optimizer)``
+            if obj is None or obj.role not in (Role.OPTIMIZER, Role.ENGINE):
+                continue
+            # attribute keys are ``Class.attr``; locals and parameters are ``scope:name``
+            if obj.key.startswith(f"{cls.name}.") and ":" not in obj.key:
+                return True
+        elif depth == 0 and isinstance(receiver, cst.Name) and receiver.value == "self":
+            found = cls.method(method)
+            if found is not None and id(found[1]) in found[0].ctx.relevant:
+                if _steps_owned(found[0].ctx, found[1], cls, scope, depth + 1):
+                    return True
+    return False
 
 
 def _counter(func: cst.FunctionDef) -> str | None:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 
 import libcst as cst
 
-from loopcheck.static.syntax import contains, names_in
+from loopcheck.static.syntax import chains_in, contains
 
 Facts = frozenset[tuple[str, bool]]
 Render = Callable[[cst.CSTNode], str]
@@ -53,7 +53,7 @@ def modular(code: Render, test: cst.BaseExpression) -> tuple[str, bool, set[str]
         polarity = not polarity
     offset -= int(comp.comparator.evaluated_value)
     key = f"%{counter.value}%{code(mod.right)}%{offset}"
-    return key, polarity, {counter.value} | names_in(mod.right)
+    return key, polarity, {counter.value} | chains_in(mod.right)
 
 
 def modulus_of(key: str) -> str:
@@ -133,9 +133,21 @@ def shifted(facts: Facts, counter: str, fact_names: dict[str, set[str]]) -> Fact
 _NO_NAMES: set[str] = set()
 
 
+def _touches(mentioned: set[str], assigned: frozenset[str]) -> bool:
+    """Whether assigning ``assigned`` may change something a condition mentions: the same
+    chain, a longer one (``self.cfg = ...`` changes ``self.cfg.flag``) or a shorter one."""
+    for chain in mentioned:
+        if chain in assigned:
+            return True
+        for name in assigned:
+            if chain.startswith(name + ".") or name.startswith(chain + "."):
+                return True
+    return False
+
+
 def forget(
     facts: Facts,
-    names: set[str],
+    names: frozenset[str],
     fact_names: dict[str, set[str]],
     keep: Iterable[str] = (),
 ) -> Facts:
@@ -143,12 +155,13 @@ def forget(
     counters in ``keep`` (they are shifted instead)."""
     if not names or not facts:
         return facts
-    if not any(fact_names.get(text, _NO_NAMES) & names for text, _ in facts):
+    if not any(_touches(fact_names.get(text, _NO_NAMES), names) for text, _ in facts):
         return facts
     prefixes = tuple(f"%{c}%" for c in keep)
     kept = frozenset(
         f
         for f in facts
-        if not fact_names.get(f[0], _NO_NAMES) & names or (prefixes and f[0].startswith(prefixes))
+        if not _touches(fact_names.get(f[0], _NO_NAMES), names)
+        or (prefixes and f[0].startswith(prefixes))
     )
     return facts if len(kept) == len(facts) else kept

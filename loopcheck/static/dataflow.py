@@ -38,8 +38,13 @@ UNKNOWN = Origin(frozenset(), False)
 
 def origin(frame: Frame, expr: cst.BaseExpression, at: Statement | None = None) -> Origin:
     """The models the tensor ``expr`` depends on, as seen from ``frame`` at the statement
-    ``at`` (None: anywhere in the function)."""
-    return _Tracer(frame).expr(expr, 0, at)
+    ``at`` (None: anywhere in the function). Cached per frame: loops run their body again."""
+    cache = frame.origins
+    key = (id(expr), id(at))
+    found = cache.get(key)
+    if found is None:
+        found = cache[key] = _Tracer(frame).expr(expr, 0, at)
+    return found
 
 
 class _Tracer:
@@ -142,7 +147,10 @@ class _Tracer:
                 if receiver.role in _MODEL_ROLES:
                     return self.obj(receiver) | args
                 if receiver.role is Role.INSTANCE and receiver.cls is not None:
-                    return self.instance_models(receiver) | args
+                    if receiver.cls.method(method) is not None:
+                        return self.instance_models(receiver) | args
+                    key = self.frame.module_key(func)  # ``self.qf1(obs)``: a module attribute
+                    return (Origin(frozenset({key}), True) if key else UNKNOWN) | args
                 return args  # ``scaler.scale(loss)``, ``accelerator.gather(loss)``
             callee = self.frame.resolve(func)
             if callee is not None and callee.role in _MODEL_ROLES:
@@ -158,6 +166,9 @@ class _Tracer:
                 # a helper of this file: what it returns depends on its arguments, and on
                 # whatever models it reaches by itself
                 return args if args.models else Origin(args.models, False)
+            key = self.frame.module_key(func) if callee is None else None
+            if key is not None:
+                return Origin(frozenset({key}), True) | args  # ``critic = Critic(); critic(x)``
             return args
         return args | UNKNOWN
 

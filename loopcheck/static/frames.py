@@ -73,6 +73,9 @@ class Frame:
         self._cache: dict[str, Obj | None] = {}
         self._busy: set[str] = set()
         self.constants: dict[str, object] = {}  # parameters known to hold a literal value
+        self.origins: dict[tuple[int, int], object] = {}  # loss origins (see dataflow)
+        self._optimizers: list[Obj] | None = None
+        self._values: dict[tuple[int, str | None], Obj | None] = {}
 
     # names
 
@@ -212,6 +215,15 @@ class Frame:
 
     def value_role(self, value: cst.BaseExpression, name: str | None) -> Obj | None:
         """The role of what ``value`` evaluates to; ``name`` is the variable it is stored in."""
+        memo = (id(value), name)
+        if memo in self._values:
+            return self._values[memo]
+        self._values[memo] = None  # a value defined from itself says nothing
+        found = self._value_role(value, name)
+        self._values[memo] = found
+        return found
+
+    def _value_role(self, value: cst.BaseExpression, name: str | None) -> Obj | None:
         key = f"{self.scope}:{name}" if name else f"{self.scope}:@{id(value)}"
         if isinstance(value, (cst.Name, cst.Attribute)):
             found = self.resolve(value)
@@ -430,6 +442,32 @@ class Frame:
             return Obj(role, key) if role is not None else None
         return None
 
+    def module_key(self, expr: cst.BaseExpression) -> str | None:
+        """A key for an object of no known role that may be a module, so that an optimizer
+        built from its parameters and a loss computed by calling it meet: ``self.qf1``, or a
+        name built by a constructor we do not know (``critic = Critic(...)``)."""
+        if (
+            isinstance(expr, cst.Attribute)
+            and isinstance(expr.value, cst.Name)
+            and expr.value.value == "self"
+            and self.cls is not None
+        ):
+            if self.cls.method(expr.attr.value) is None:
+                return f"{self.cls.name}.{expr.attr.value}"
+            return None
+        if not isinstance(expr, cst.Name):
+            return None
+        name = expr.value
+        values = self.local_values.get(name)
+        if values:
+            if all(isinstance(v, cst.Call) and not _is_data(v) for v in values):
+                return f"{self.scope}:{name}"
+            return None
+        local = name in self.params or name in self.tuple_values or name in self.loop_targets
+        if not local and name not in self.bound and self.parent is not None:
+            return self.parent.module_key(expr)
+        return None
+
     def models_in(self, expr: cst.CSTNode) -> frozenset[str]:
         """Keys of the models whose parameters an expression (an optimizer constructor's
         arguments, a parameter group list) reaches, through local names."""
@@ -444,10 +482,14 @@ class Frame:
                     keys.add(obj.key)
                 elif obj is not None and obj.role is Role.INSTANCE and obj.cls is not None:
                     keys.add(obj.key)
-                elif isinstance(root, cst.Name) and root.value not in seen:
-                    seen.add(root.value)
-                    stack.extend(self.local_values.get(root.value, ()))
-                    stack.extend(v for _, v in self.tuple_values.get(root.value, ()))
+                elif obj is None:
+                    key = self.module_key(root)
+                    if key is not None:
+                        keys.add(key)
+                    if isinstance(root, cst.Name) and root.value not in seen:
+                        seen.add(root.value)
+                        stack.extend(self.local_values.get(root.value, ()))
+                        stack.extend(v for _, v in self.tuple_values.get(root.value, ()))
         return frozenset(keys)
 
     def _optimizers_in(self, call: cst.Call) -> frozenset[str]:
@@ -460,6 +502,11 @@ class Frame:
 
     def optimizers(self) -> list[Obj]:
         """Every optimizer-like object visible here: locals, parameters, globals, attributes."""
+        if self._optimizers is None:
+            self._optimizers = self._find_optimizers()
+        return self._optimizers
+
+    def _find_optimizers(self) -> list[Obj]:
         found: dict[str, Obj] = {}
         names = set(self.local_values) | set(self.tuple_values) | set(self.params) | set(self.bound)
         for name in names:

@@ -17,9 +17,10 @@ from loopcheck.static.roles import Imports
 from loopcheck.static.syntax import (
     all_params,
     assignments,
+    chains_in,
     evaluation_order,
+    incremented,
     loop_assigned,
-    names_in,
     nested_defs,
 )
 from loopcheck.static.tree import kids
@@ -166,8 +167,10 @@ class FileContext:
         self._positions: Mapping[cst.CSTNode, CodeRange] | None = None
         self._functions_info: dict[int, FunctionInfo] = {}
         self._loop_assigned: dict[int, set[str]] = {}
-        self._target_names: dict[int, set[str]] = {}
+        self._target_names: dict[int, frozenset[str]] = {}
         self._evaluation: dict[int, list[cst.CSTNode]] = {}
+        self._incremented: dict[int, set[str]] = {}
+        self._code: dict[int, str] = {}
         self.imports = Imports(module)
         self.functions: dict[str, cst.FunctionDef] = {}
         self.classes: dict[str, ClassInfo] = {}
@@ -210,11 +213,11 @@ class FileContext:
             info = self._functions_info[key] = _function_info(self, func)
         return info
 
-    def target_names(self, stmt: cst.CSTNode, targets: list[cst.BaseExpression]) -> set[str]:
+    def target_names(self, stmt: cst.CSTNode, targets: list[cst.BaseExpression]) -> frozenset[str]:
         key = id(stmt)
         names = self._target_names.get(key)
         if names is None:
-            names = set().union(*(names_in(t) for t in targets)) if targets else set()
+            names = frozenset().union(*(chains_in(t) for t in targets)) if targets else frozenset()
             self._target_names[key] = names
         return names
 
@@ -223,6 +226,13 @@ class FileContext:
         names = self._loop_assigned.get(key)
         if names is None:
             names = self._loop_assigned[key] = loop_assigned(stmt)
+        return names
+
+    def incremented(self, body: cst.CSTNode) -> set[str]:
+        key = id(body)
+        names = self._incremented.get(key)
+        if names is None:
+            names = self._incremented[key] = incremented(body)
         return names
 
     def evaluation_order(self, expr: cst.CSTNode) -> list[cst.CSTNode]:
@@ -246,7 +256,11 @@ class FileContext:
         return Site(node, self.span, self.module.code_for_node, self.path)
 
     def code(self, node: cst.CSTNode) -> str:
-        return self.module.code_for_node(node).strip()
+        key = id(node)
+        text = self._code.get(key)
+        if text is None:
+            text = self._code[key] = self.module.code_for_node(node).strip()
+        return text
 
 
 class _Indexer:
@@ -331,7 +345,7 @@ class _Indexer:
         if text is not None:
             self.condition_counts[text] = self.condition_counts.get(text, 0) + 1
             if self.condition_counts[text] == 2:
-                self.ctx.fact_names[text] = names_in(test)
+                self.ctx.fact_names[text] = chains_in(test)
 
     def _external(self, calls: dict[int, set[str]]) -> set[str]:
         """Names imported from other linted files that take part in a training step."""

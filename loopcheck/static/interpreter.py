@@ -11,7 +11,6 @@ each call does is the reader's business (:mod:`loopcheck.static.actions`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 import libcst as cst
 
@@ -33,12 +32,11 @@ from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, 
 from loopcheck.static.paths import Flow, PathState, cap, merge
 from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (
+    chains_in,
     counter_of,
     ends_with_continue,
-    incremented,
     is_increment,
     is_true,
-    names_in,
 )
 
 MAX_FOLLOW_DEPTH = 6
@@ -72,6 +70,7 @@ class Interpreter:
         self._seeded: set[int] = set()
         self.registry: dict[str, Obj] = {}  # optimizers seen, by key
         self.at: cst.CSTNode | None = None  # the statement being run (for reaching values)
+        self._forgotten: dict[tuple[object, ...], frozenset[tuple[str, bool]]] = {}
 
     @property
     def frame(self) -> Frame:
@@ -281,11 +280,11 @@ class Interpreter:
             if known is None and guard is not None and gate is None:
                 known = conditions.residue_excludes(s.facts, text)
                 if known is not None:
-                    s = replace(s, facts=s.facts | {(text, known)})
+                    s = s.with_fact(text, known)
             if known is None:
                 if tracked:
-                    taken.add(replace(s, facts=s.facts | {(text, polarity)}))
-                    skipped.add(replace(s, facts=s.facts | {(text, not polarity)}))
+                    taken.add(s.with_fact(text, polarity))
+                    skipped.add(s.with_fact(text, not polarity))
                 else:
                     taken.add(s)
                     skipped.add(s)
@@ -335,7 +334,7 @@ class Interpreter:
                 return Flow(normal=self.run_actions(clears, states))
         head = stmt.iter if isinstance(stmt, cst.For) else stmt.test
         states = self.run_actions(self.reader.of_expr(head), states)
-        assigned = names_in(stmt.target) if isinstance(stmt, cst.For) else set()
+        assigned = chains_in(stmt.target) if isinstance(stmt, cst.For) else set()
         infinite = isinstance(stmt, cst.While) and is_true(stmt.test)
         orelse = stmt.orelse.body if stmt.orelse is not None else None
         return self.run_loop(stmt, stmt.body, states, assigned, counter_of(stmt), orelse, infinite)
@@ -362,8 +361,9 @@ class Interpreter:
         summary = self.summary(node)
         # Counters that grow by one per iteration keep their modular facts across the back
         # edge, shifted: ``(i + 1) % N != 0`` now is ``i % N != 0`` next iteration.
-        counters = incremented(body) | ({counter} if counter else set())
-        forgotten = assigned | self.ctx.loop_assigned(node)
+        counters = frozenset(self.ctx.incremented(body) | ({counter} if counter else set()))
+        forgotten = frozenset(assigned | self.ctx.loop_assigned(node))
+        assigned = frozenset(assigned)
         self.loop_stack.append(summary)
         try:
             entry = {self.forget(self.enter(s), assigned) for s in states}
@@ -392,9 +392,17 @@ class Interpreter:
             exit_states = self.exec_stmt(orelse, exit_states).normal
         return Flow(normal=cap(exit_states | breaks), returns=returns)
 
-    def forget(self, state: PathState, names: set[str], keep: set[str] | None = None) -> PathState:
-        facts = conditions.forget(state.facts, names, self.fact_names, keep or ())
-        return state if facts is state.facts else replace(state, facts=facts)
+    def forget(
+        self, state: PathState, names: frozenset[str], keep: frozenset[str] = frozenset()
+    ) -> PathState:
+        if not names or not state.facts:
+            return state
+        memo = (state.facts, names, keep)
+        facts = self._forgotten.get(memo)
+        if facts is None:
+            facts = conditions.forget(state.facts, names, self.fact_names, keep)
+            self._forgotten[memo] = facts
+        return state.with_facts(facts)
 
     def enter(self, state: PathState) -> PathState:
         """A loop starts: tell every optimizer's protocol state."""
@@ -408,7 +416,7 @@ class Interpreter:
         """The counter grew by one: move its modular facts one step."""
         if counter is None or not state.facts:
             return state
-        return replace(state, facts=conditions.shifted(state.facts, counter, self.fact_names))
+        return state.with_facts(conditions.shifted(state.facts, counter, self.fact_names))
 
     def iterate(self, state: PathState, summary: LoopSummary) -> PathState:
         """The back edge: a new iteration for the optimizers this loop steps. Which optimizers
@@ -417,7 +425,7 @@ class Interpreter:
         facts = state.facts
         if any(text.startswith(_GATE_PREFIX) for text, _ in facts):
             facts = frozenset(f for f in facts if not f[0].startswith(_GATE_PREFIX))
-        state = replace(state, last_zeroed=frozenset(), facts=facts)
+        state = state.with_facts(facts).with_zeroed(frozenset())
         for key, opt_state in state.opts:
             if summary.has(Move.STEP, key):
                 new, _ = advance(opt_state, Event(Move.ITERATION))
@@ -448,7 +456,7 @@ class Interpreter:
         if isinstance(stmt, cst.AugAssign) and is_increment(stmt):
             counter = stmt.target.value  # type: ignore[union-attr]
             states = {self.shift(s, counter) for s in states}
-            return {self.forget(s, names, {counter}) for s in states}
+            return {self.forget(s, names, frozenset((counter,))) for s in states}
         return {self.forget(s, names) for s in states}
 
     # running actions over states
@@ -488,8 +496,8 @@ class Interpreter:
         for s in states:
             known = conditions.known(s.facts, action.gate)
             if known is None:
-                out.add(replace(s, facts=s.facts | {(action.gate, False)}))
-                s = replace(s, facts=s.facts | {(action.gate, True)})
+                out.add(s.with_fact(action.gate, False))
+                s = s.with_fact(action.gate, True)
                 known = True
             out.add(self.emit(s, action) if known else s)
         return out
@@ -505,9 +513,9 @@ class Interpreter:
             state = self.apply(state, key, event)
         if event.move is Move.ZERO:
             previous = state.last_zeroed if state.last_zeroed else frozenset()
-            state = replace(state, last_zeroed=previous | frozenset(keys))
+            state = state.with_zeroed(previous | frozenset(keys))
         elif event.move is Move.STEP:
-            state = replace(state, last_zeroed=frozenset())
+            state = state.with_zeroed(frozenset())
         return state
 
     def note_backward(self, site: Site) -> None:
@@ -553,7 +561,7 @@ class Interpreter:
                 shared=key_shared,
             )
             state = self.apply(state, key, event)
-        return replace(state, last_zeroed=frozenset())
+        return state.with_zeroed(frozenset())
 
     def apply(self, state: PathState, key: str, event: Event) -> PathState:
         new, violations = advance(state.get(key), event)

@@ -197,8 +197,11 @@ _NAME_ROLES: tuple[tuple[re.Pattern[str], Role], ...] = (
     (
         re.compile(
             r"^(model|net|network|module|generator|discriminator|encoder|decoder|policy"
-            r"|actor|critic|classifier|backbone|unet|transformer|gpt)([_A-Z0-9]\w*)?$"
-            r"|^\w+_(model|net|network)$|^net[A-Z]\w*$"
+            r"|actor|critic|classifier|backbone|unet|transformer|gpt)"
+            r"([A-Z0-9][A-Za-z0-9]{0,3}|_[A-Za-z0-9]{1,3}|_(ema|without_ddp|module|engine"
+            r"|wrapped|unwrapped|raw|orig|base|teacher|student|target|online|ddp|fsdp"
+            r"|compiled|copy|[a-z]+_(model|net|network)))?$"
+            r"|^\w+_(model|net|network)$|^net[A-Z]\w{0,3}$"
         ),
         Role.MODEL,
     ),
@@ -211,7 +214,9 @@ _NOT_A_ROLE = re.compile(
     r"(?i)_(args?|kwargs|kw|kws|config|configs|cfg|conf|params?|parameters|param_groups|groups?"
     r"|cls|class|classes|type|types|name|names|state|states|state_dict|dict|fn|func|factory"
     r"|builder|spec|options|settings|hparams|id|idx|lr|lrs|path|file|dir|kind|mode|init|level"
-    r"|steps?|step_size|ckpt|checkpoint|str|list|key|keys|fns|hook|hooks|wrapper|ids)$"
+    r"|steps?|step_size|ckpt|checkpoint|str|list|key|keys|fns|hook|hooks|wrapper|ids"
+    r"|out|outs|output|outputs|in|inp|input|inputs|dim|dims|size|loss|losses|logits|pred|preds"
+    r"|rate|period|freq|frequency|interval|type|version|cache|dtype|device)$"
 )
 
 

@@ -64,6 +64,24 @@ def names_in(node: cst.CSTNode) -> set[str]:
     return out
 
 
+def chains_in(node: cst.CSTNode) -> set[str]:
+    """The names and attribute chains an expression mentions, each as long as it goes:
+    ``self.cfg.flag and x`` gives ``self.cfg.flag`` and ``x``. A fact about a condition is
+    forgotten when one of its chains is assigned (``self.step = 0`` does not forget
+    ``self.train_agent``)."""
+    out: set[str] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, (cst.Name, cst.Attribute)):
+            chain = dotted(n)
+            if chain is not None:
+                out.add(chain)
+                continue
+        stack.extend(kids(n))
+    return out
+
+
 def assignments(body: cst.CSTNode) -> Iterator[tuple[cst.BaseExpression, cst.BaseExpression]]:
     """(target, value) pairs of the plain assignments in a body, nested defs excluded."""
     stack: list[cst.CSTNode] = [body]
@@ -160,14 +178,14 @@ def loop_assigned(stmt: cst.CSTNode) -> set[str]:
     body = stmt.body if isinstance(stmt, (cst.For, cst.While, cst.FunctionDef)) else stmt
     names: set[str] = set()
     for target, _ in assignments(body):
-        names |= names_in(target)
+        names |= chains_in(target)
     stack: list[cst.CSTNode] = [body]
     while stack:
         node = stack.pop()
         if isinstance(node, cst.AugAssign):
-            names |= names_in(node.target)
+            names |= chains_in(node.target)
         elif isinstance(node, cst.For):
-            names |= names_in(node.target)
+            names |= chains_in(node.target)
         if not isinstance(node, cst.BaseExpression):
             stack.extend(kids(node))
     return names
