@@ -21,10 +21,13 @@ _CODE_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 @dataclass(frozen=True)
 class Finding:
-    """What a rule reports: where, and a message in its own words."""
+    """What a rule reports: where, and a message in its own words. ``related`` is another
+    place the finding concerns, for its fix: the backward whose gradients a clear loses
+    (LC102, LC108), the loop that should clear (LC101)."""
 
     span: Span
     message: str
+    related: Span | None = None
 
 
 class Rule:
@@ -72,7 +75,12 @@ class ProtocolRule(Rule):
     def check(self, model: FileModel) -> Iterable[Finding]:
         for record in model.violations(self.code):
             if self.keep(model, record):
-                yield Finding(record.site.span, self.message.format(call=record.site.text))
+                message = self.message.format(call=record.site.text)
+                yield Finding(record.site.span, message, self.related(model, record))
 
     def keep(self, model: FileModel, record: Record) -> bool:
         return True
+
+    def related(self, model: FileModel, record: Record) -> Span | None:
+        """The place a fix needs besides the finding's own: the earlier move it concerns."""
+        return record.cause.span if record.cause is not None else None
