@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import re
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from loopcheck.fix.engine import (
     fix_report,
     fix_text,
     non_overlapping,
+    with_fixes,
 )
 from loopcheck.fix.source import SourceFile, split_lines
 from loopcheck.rules import ALL_RULES, Rule, get_rule
@@ -187,7 +189,7 @@ def test_lc101_fix_needs_the_loop_from_the_analysis() -> None:
     assert finding.related is not None
     source = SourceFile(text)
     assert list(get_fixer("LC101")().candidates(source, finding))
-    orphan = Diagnostic(**{**finding.__dict__, "related": None})
+    orphan = replace(finding, related=None)
     assert list(get_fixer("LC101")().candidates(source, orphan)) == []
 
 
@@ -336,3 +338,13 @@ def test_every_fixer_fixes_a_rule_of_the_catalog(fixer) -> None:
     assert re.fullmatch(r"LC\d{3}", fixer.code) and fixer.summary and fixer.__doc__
     if get_rule(fixer.code) is None:
         pytest.skip(f"{fixer.code} is not in the rule registry yet")
+
+
+def test_notebooks_are_never_fixed() -> None:
+    """A notebook's findings are placed in its cells, not in the JSON bytes of the file."""
+    data = (FIX / "lc107_loop_top.py").read_bytes()
+    (finding,) = lint_source(data, "train.ipynb")
+    report = FileReport("train.ipynb", data, (replace(finding, path="train.ipynb"),))
+    assert fix_report(report, Config()) is None
+    assert with_fixes(report, Config()) is report
+    assert fix_report(replace(report, path="train.py"), Config()) is not None

@@ -228,13 +228,10 @@ class FixedFile:
 
 
 def fix_report(report: FileReport, config: Config) -> FixedFile | None:
-    """Fix the file a report was made from; None when nothing in it has a fixer (or its bytes
-    are not text), and the report stands as it is."""
-    if report.source is None or not any(get_fixer(d.code) for d in report.diagnostics):
-        return None
-    try:
-        before = report.source.decode("utf-8-sig")
-    except UnicodeDecodeError:
+    """Fix the file a report was made from; None when nothing in it has a fixer (or it is not
+    Python text), and the report stands as it is."""
+    before = _python_text(report)
+    if before is None:
         return None
     outcome = fix_text(before, report.path, config)
     bom = codecs.BOM_UTF8 if report.source.startswith(codecs.BOM_UTF8) else b""
@@ -245,11 +242,21 @@ def fix_report(report: FileReport, config: Config) -> FixedFile | None:
 
 def with_fixes(report: FileReport, config: Config) -> FileReport:
     """The report with the checked fix attached to each fixable finding."""
-    if report.source is None or not any(get_fixer(d.code) for d in report.diagnostics):
-        return report
-    try:
-        text = report.source.decode("utf-8-sig")
-    except UnicodeDecodeError:
+    text = _python_text(report)
+    if text is None:
         return report
     found = attach_fixes(report.diagnostics, text, report.path, config.rules)
     return replace(report, diagnostics=tuple(found))
+
+
+def _python_text(report: FileReport) -> str | None:
+    """The text of a report's file, when it has a finding with a fixer. A notebook is JSON
+    whose findings are placed in its cells, not in its bytes: it is never fixed."""
+    if report.source is None or report.path.endswith(".ipynb"):
+        return None
+    if not any(get_fixer(d.code) for d in report.diagnostics):
+        return None
+    try:
+        return report.source.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None
