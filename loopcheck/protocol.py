@@ -62,6 +62,9 @@ class Event:
     divided: bool | None = None  # BACKWARD: loss divided by the micro-batch count (None: unknown)
     via_scaler: bool = False  # STEP through scaler.step(opt)
     deliberate: bool = False  # ZERO that drops a batch on purpose (then skips the step)
+    # BACKWARD of a loss that also feeds other optimizers (a GAN's generator loss reaches the
+    # discriminator), or whose origin is not fully known: clearing what it left is no LC108
+    shared: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +93,9 @@ class OptState:
     consumed: bool = False  # gradients read by hand since the last backward
     pending_zero: Hashable = None  # a clear of unused gradients: LC102 or LC108 once settled
     pending_zero_crossed: bool = False  # that clear happened in an earlier iteration
+    pending_zero_shared: bool = False  # the gradients it cleared came from a shared backward
     last_backward: Hashable = None  # the latest backward since the last clear or step
+    last_backward_shared: bool = False
     pending_step: Hashable = None  # a step on no fresh gradient: LC103 once a backward follows
     pending_clip: Hashable = None  # a clip of no fresh gradient: LC107 once a backward follows
     pending_sched: Hashable = None  # a scheduler step before the optimizer's: LC401 on step
@@ -113,11 +118,13 @@ def advance(state: OptState, event: Event) -> tuple[OptState, tuple[Violation, .
 def _zero(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     pending = s.pending_zero
     crossed = s.pending_zero_crossed
+    shared = s.pending_zero_shared
     unused = s.grads in (Grads.FRESH, Grads.PILED) and not s.consumed
     if unused and not e.deliberate and pending is None:
         # Gradients from an earlier iteration's backward: clearing them before this
         # iteration's step cannot be LC102, only LC108 if another backward follows.
         pending, crossed = e.where, not s.fresh_this_iteration
+        shared = s.last_backward_shared
     new = replace(
         UNKNOWN,
         grads=Grads.CLEAR,
@@ -126,7 +133,9 @@ def _zero(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         stepped_via_scaler=s.stepped_via_scaler,
         pending_zero=pending,
         pending_zero_crossed=crossed,
+        pending_zero_shared=shared,
         last_backward=s.last_backward if pending is not None else None,
+        last_backward_shared=s.last_backward_shared if pending is not None else False,
         pending_step=s.pending_step,
         pending_clip=s.pending_clip,
         pending_sched=s.pending_sched,
@@ -136,7 +145,9 @@ def _zero(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
 
 def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     found: list[Violation] = []
-    if s.pending_zero is not None:
+    if s.pending_zero is not None and (not s.pending_zero_shared or e.where == s.last_backward):
+        # A shared backward's leftovers (the discriminator's share of the generator's loss)
+        # are cleared on purpose; the same backward repeated is a micro-batch lost.
         found.append(Violation("LC108", s.pending_zero, s.last_backward))
     if s.pending_step is not None:
         found.append(Violation("LC103", s.pending_step))
@@ -160,7 +171,9 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         fresh_this_iteration=True,
         pending_zero=None,
         pending_zero_crossed=False,
+        pending_zero_shared=False,
         last_backward=e.where,
+        last_backward_shared=e.shared,
         pending_step=None,
         pending_clip=None,
     )
@@ -168,20 +181,16 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
 
 
 def _maybe_backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
-    return _forget(s), ()
+    """A backward that may or may not have reached this optimizer: fresh or piled-up
+    gradients stay unapplied either way; cleared or applied ones become unknown. Pending
+    suspicions wait for a backward that certainly reaches the optimizer."""
+    if s.grads in (Grads.FRESH, Grads.PILED, Grads.UNKNOWN):
+        return s, ()
+    return replace(s, grads=Grads.UNKNOWN, consumed=False), ()
 
 
 def _opaque(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     return replace(UNKNOWN, stepped_this_iteration=s.stepped_this_iteration), ()
-
-
-def _forget(s: OptState) -> OptState:
-    """No claim on the gradients any more; iteration bookkeeping survives."""
-    return replace(
-        UNKNOWN,
-        stepped_this_iteration=s.stepped_this_iteration,
-        pending_sched=s.pending_sched,
-    )
 
 
 def _clip(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:

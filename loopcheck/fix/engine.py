@@ -145,7 +145,9 @@ class _Checker:
     def with_fixes(self, diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
         out = []
         for d in diagnostics:
-            fix = self.checked_fix(d) if get_fixer(d.code) is not None else None
+            # a finding placed in another file (a helper of a linted project) is not ours to fix
+            ours = d.path == self.path and get_fixer(d.code) is not None
+            fix = self.checked_fix(d) if ours else None
             out.append(replace(d, fix=fix) if fix is not None else d)
         return out
 

@@ -66,6 +66,8 @@ class MissingZeroGrad(ProtocolRule):
         loop = _loop_with_backward(record.loop, record.key)
         if loop is None or len(set(loop.steps.values())) != 1 or loop.has_any(Move.OPAQUE):
             return None
+        if loop.site.path != record.site.path:
+            return None
         return loop.site.span
 
 
