@@ -348,3 +348,12 @@ def test_notebooks_are_never_fixed() -> None:
     assert fix_report(report, Config()) is None
     assert with_fixes(report, Config()) is report
     assert fix_report(replace(report, path="train.py"), Config()) is not None
+
+
+def test_a_finding_placed_in_another_file_is_not_fixed_here() -> None:
+    path = FIX / "lc107_loop_top.py"
+    text = path.read_text()
+    (finding,) = lint_source(text, str(path))
+    elsewhere = replace(finding, path="helpers.py")
+    assert attach_fixes([finding], text, str(path), ALL_RULES)[0].fix is not None
+    assert attach_fixes([elsewhere], text, str(path), ALL_RULES)[0].fix is None

@@ -3,8 +3,12 @@
 A fixer proposes edits for one finding from the code around it (:mod:`loopcheck.fix.source`
 finds the flagged statement, its block and its loop); :mod:`loopcheck.fix.engine` keeps a fix
 only when the fixed file parses, the finding is gone and no other finding appears, applies
-non-overlapping fixes together and lints again, pass after pass. A fix that needs a fact only
-the analysis knows gets it through ``Finding.related``, set by the rule.
+non-overlapping fixes together and lints again, pass after pass.
+
+A new fixer is one module here and one line in ``ALL_FIXERS``. A fix that needs a fact only the
+analysis knows gets it through ``Finding.related``, set by the rule (LC102: the backward whose
+gradients are lost; LC101: the loop to clear in; LC201, when it lands: the accumulation count
+the loss must be divided by).
 """
 
 from __future__ import annotations
