@@ -126,6 +126,7 @@ def lint_source(
                     message=finding.message,
                     end_line=span.end_line,
                     end_column=span.end_column,
+                    related=finding.related,
                 )
             )
     return sorted(found)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DOCS_URL = "https://github.com/loopcheck/loopcheck/blob/main/docs/rules/{code}.md"
 
@@ -17,9 +17,37 @@ class Span:
     end_column: int
 
 
+@dataclass(frozen=True)
+class Edit:
+    """Replace the text from (line, column) up to (end_line, end_column), the end excluded, with
+    ``content``; 1-based, columns in characters. An insertion starts and ends at one place."""
+
+    content: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+
+@dataclass(frozen=True)
+class Fix:
+    """A change that removes a finding: what it does, in words, and the edits that do it.
+
+    Only fixes that were checked (the file still parses and the finding is gone) are attached
+    to a diagnostic, so every one is ``safe`` in ruff's sense."""
+
+    message: str
+    edits: tuple[Edit, ...]
+    applicability: str = "safe"
+
+
 @dataclass(frozen=True, order=True)
 class Diagnostic:
-    """A finding. Lines and columns are 1-based; ``end_*`` close the flagged span."""
+    """A finding. Lines and columns are 1-based; ``end_*`` close the flagged span.
+
+    ``fix`` is the checked fix, when one exists; ``related`` is another place the finding
+    concerns that a fix may need (see :class:`loopcheck.rules.Finding`). Neither takes part in
+    equality or ordering."""
 
     path: str
     line: int
@@ -29,7 +57,8 @@ class Diagnostic:
     name: str = ""
     end_line: int = 0
     end_column: int = 0
-    fix: str | None = None
+    fix: Fix | None = field(default=None, compare=False)
+    related: Span | None = field(default=None, compare=False)
 
     @property
     def url(self) -> str:
