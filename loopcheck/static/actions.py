@@ -211,11 +211,23 @@ class Reader:
             return out
         return []
 
+    def of_assert(self, test: cst.BaseExpression) -> list[Action]:
+        """``assert all(p.grad is None for p in model.parameters())``: on this path the
+        gradients are known to be clear (a fact, not a clear that could lose anything)."""
+        actions = self.of_expr(test)
+        if _asserts_no_grad(test):
+            event = Event(Move.ZERO, None, deliberate=True)
+            actions = [a for a in actions if not isinstance(a, Emit)] + [Emit(event, None)]
+        return actions
+
     def of_assignment(self, value: cst.BaseExpression, names: set[str]) -> list[Action]:
         """An optimizer built here starts with nothing to pile up (new parameters each
         iteration, or a deliberate restart)."""
         if not isinstance(value, cst.Call) or len(names) != 1:
             return []
+        func = value.func
+        if isinstance(func, cst.Attribute) and not self.frame.is_module_name(func.value):
+            return []  # ``self.optimizers()``, ``accelerator.prepare(opt)``: not a new one
         name = next(iter(names))
         built = self.frame.value_role(value, name)
         if built is None or built.role is not Role.OPTIMIZER or built.members:
@@ -659,6 +671,17 @@ class Reader:
         if model:
             actions.append(Mark("opaque_model"))
         return actions
+
+
+def _asserts_no_grad(test: cst.BaseExpression) -> bool:
+    for node in walk(test):
+        if isinstance(node, cst.Comparison) and isinstance(node.left, cst.Attribute):
+            if node.left.attr.value != "grad":
+                continue
+            for comp in node.comparisons:
+                if isinstance(comp.operator, cst.Is) and dotted(comp.comparator) == "None":
+                    return True
+    return False
 
 
 def is_loss_name(name: str) -> bool:

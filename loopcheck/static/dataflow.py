@@ -109,7 +109,8 @@ class _Tracer:
         if obj is not None:
             return self.obj(obj)
         if name in frame.loop_targets and at is None:
-            return self.expr(frame.loop_targets[name], depth + 1)
+            found = self.expr(frame.loop_targets[name], depth + 1)
+            return Origin(found.models, True)  # what a loader yields is data
         if name in frame.params:
             return UNKNOWN
         if frame.parent is not None:
@@ -130,7 +131,10 @@ class _Tracer:
                 if built is not None and built.role in _MODEL_ROLES:
                     out = out | self.obj(built)
                     continue
-            out = out | self.expr(d.value, depth + 1, at)
+            found = self.expr(d.value, depth + 1, at)
+            if d.loop_target:
+                found = Origin(found.models, True)  # what a loader yields is data
+            out = out | found
         return out
 
     def call(self, call: cst.Call, depth: int, at: Statement | None) -> Origin:

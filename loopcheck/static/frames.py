@@ -463,6 +463,8 @@ class Frame:
             if all(isinstance(v, cst.Call) and not _is_data(v) for v in values):
                 return f"{self.scope}:{name}"
             return None
+        if name in self.params and name not in self.bound:
+            return f"{self.scope}:{name}"  # ``def train(G, D, ...)``: modules passed in
         local = name in self.params or name in self.tuple_values or name in self.loop_targets
         if not local and name not in self.bound and self.parent is not None:
             return self.parent.module_key(expr)

@@ -181,6 +181,7 @@ class FileContext:
         self.tracked_moduli: set[str] = set()  # counter%modulus pairs guarding two branches
         self.fact_names: dict[str, set[str]] = {}
         self.module_frame: object = None  # set by the frames module on first use
+        self.moves_cache: dict[int, bool] = {}  # methods that step or clear (interpreter)
         _Indexer(self).index(module)
 
     # definitions across files

@@ -38,6 +38,7 @@ from loopcheck.static.syntax import (
     is_increment,
     is_true,
 )
+from loopcheck.static.tree import walk
 
 MAX_FOLLOW_DEPTH = 6
 MAX_LOOP_ROUNDS = 6
@@ -52,6 +53,20 @@ _STATEMENTS = (
     cst.TryStar,
     cst.Match,
 )
+
+
+def _moves_optimizer(ctx: FileContext, method: cst.FunctionDef) -> bool:
+    """Whether a method's text steps or clears something (cached per method)."""
+    cache = ctx.moves_cache
+    key = id(method)
+    if key not in cache:
+        cache[key] = any(
+            isinstance(node, cst.Call)
+            and isinstance(node.func, cst.Attribute)
+            and node.func.attr.value in {"step", "zero_grad"}
+            for node in walk(method.body)
+        )
+    return cache[key]
 
 
 class Interpreter:
@@ -171,6 +186,8 @@ class Interpreter:
             return Flow(returns=states)
         if isinstance(stmt, cst.Raise):
             return Flow()
+        if isinstance(stmt, cst.Assert):
+            return Flow(normal=self.run_actions(reader.of_assert(stmt.test), states))
         if isinstance(stmt, cst.Expr):
             return Flow(normal=self.run_actions(reader.of_expr(stmt.value), states))
         if isinstance(stmt, (cst.Assign, cst.AnnAssign, cst.AugAssign)):
@@ -523,8 +540,24 @@ class Interpreter:
             if site not in summary.backwards:
                 summary.backwards.append(site)
         if self.loop_stack and self.root is not None:
-            in_scope = bool(self.frame.optimizers())
-            self.root.backwards_in_loops.append((site, self.loop_stack[0], in_scope))
+            owned = any(self.owns_update(o) for o in self.frame.optimizers())
+            self.root.backwards_in_loops.append((site, self.loop_stack[0], owned))
+
+    def owns_update(self, opt: Obj) -> bool:
+        """Whether the code being run is where ``opt`` gets its updates: an optimizer local to
+        it or passed to it, or one its instance holds when no other method of the class (or an
+        unknown base class) may clear or step it (a micro-batch method of a trainer is not)."""
+        if ":" in opt.key:
+            return True
+        cls = self.frames[0].cls
+        if cls is None or cls.unresolved_bases:
+            return False
+        running = {id(node) for node in self.follow_stack}
+        return not any(
+            id(method) not in running and _moves_optimizer(info.ctx, method)
+            for info in cls.mro()
+            for method in info.methods.values()
+        )
 
     def models_of(self, key: str) -> frozenset[str]:
         obj = self.registry.get(key)
