@@ -1,29 +1,29 @@
-"""What one call or statement does to the optimizers: the moves of the PyTorch, Accelerate,
-Lightning, DeepSpeed and GradScaler APIs, turned into actions for the path interpreter."""
+"""What one statement does to the optimizers: its calls dispatched (to the APIs of known
+receivers, into functions of the linted files, or opaque), its stores into ``.grad``, its
+assertions and conditions about gradients — turned into actions for the path interpreter."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import libcst as cst
 
 from loopcheck.protocol import Event, Move
+from loopcheck.static.apis import CLIP_FUNCTIONS, ApiReader, divided
 from loopcheck.static.dataflow import Origin, origin
 from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
 from loopcheck.static.model import Site
-from loopcheck.static.roles import Obj, Role, is_model_method
+from loopcheck.static.moves import Action, Alternatives, Backward, Emit, Follow, Mark
+from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (
-    body_clears,
     call_args,
     dotted,
     is_abstract,
     literal,
     names_in,
     params_of,
-    roots_of,
 )
 from loopcheck.static.tree import is_expression, kids, walk
 
@@ -32,49 +32,6 @@ if TYPE_CHECKING:
 
 MAX_FOLLOWS_PER_ROOT = 120  # past it, calls are treated as calls we cannot see into
 
-_CLIP_FUNCTIONS = {
-    "clip_grad_norm_",
-    "clip_grad_norm",
-    "clip_grad_value_",
-    "clip_grads_with_norm_",
-}
-_OPTIMIZER_HARMLESS = {
-    "state_dict",
-    "load_state_dict",
-    "add_param_group",
-    "register_step_pre_hook",
-    "register_step_post_hook",
-    "register_state_dict_pre_hook",
-    "register_load_state_dict_post_hook",
-    "param_groups",
-    "train",
-    "eval",
-    "values",
-    "items",
-    "keys",
-    "get",
-}
-_MODEL_HARMLESS = {
-    "parameters",
-    "named_parameters",
-    "buffers",
-    "named_buffers",
-    "modules",
-    "named_modules",
-    "children",
-    "state_dict",
-    "load_state_dict",
-    "apply",
-    "register_forward_hook",
-    "register_forward_pre_hook",
-    "register_full_backward_hook",
-    "requires_grad_",
-    "save_pretrained",
-    "get_submodule",
-    "no_sync",
-    "join",
-    "gradient_checkpointing_enable",
-}
 _HARMLESS_CALLS = {
     "print",
     "len",
@@ -95,57 +52,9 @@ _HARMLESS_CALLS = {
 }
 _HARMLESS_PREFIXES = ("logging.", "logger.", "log.", "wandb.", "mlflow.", "tqdm.")
 _LOSS_NAME = re.compile(r"(?i)^(\w+_)?loss(_\w+)?$")
-_NONFINITE = re.compile(r"(?i)isfinite|isnan|isinf|^nan$|^inf$|overflow|found_inf|nonfinite")
-
-
-@dataclass(frozen=True)
-class Emit:
-    """Send an event to some optimizers (``keys``); ``None`` means every known optimizer.
-    A ``gate`` is a fact the event depends on (Accelerate's ``sync_gradients`` inside
-    ``accumulate``, a DeepSpeed accumulation boundary): paths where it is false skip it."""
-
-    event: Event
-    keys: tuple[str, ...] | None
-    only_if_single: bool = False  # with keys None: only when one optimizer is known
-    gate: str | None = None
-
-
-@dataclass(frozen=True)
-class Backward:
-    """A backward call; which optimizers it feeds is decided per path from the loss's origin."""
-
-    site: Site
-    scaled: bool
-    divided: bool | None
-    origin: Origin
-
-
-@dataclass(frozen=True)
-class Follow:
-    """Interpret a function or lambda defined in a linted file, with arguments bound."""
-
-    node: cst.FunctionDef | cst.Lambda
-    bound: tuple[tuple[str, Obj | None], ...]
-    cls: ClassInfo | None
-    constants: tuple[tuple[str, object], ...] = ()  # parameters bound to literal values
-    ctx: FileContext | None = None  # the file that defines it (None: the caller's)
-
-
-@dataclass(frozen=True)
-class Alternatives:
-    """One of several callees runs (a method overridden in subclasses): paths of each."""
-
-    follows: tuple[Follow, ...]
-
-
-@dataclass(frozen=True)
-class Mark:
-    """Note something about the enclosing loops (no protocol effect)."""
-
-    what: str
-
-
-Action = Emit | Backward | Follow | Alternatives | Mark
+_NONFINITE = re.compile(
+    r"(?i)is_?finite|is_?nan|is_?inf|^nan$|^inf$|overflow|found_inf|non_?finite|grad_?norm"
+)
 
 
 class Host:
@@ -163,6 +72,7 @@ class Reader:
 
     def __init__(self, host: Host) -> None:
         self.host = host
+        self.apis = ApiReader(host)
 
     @property
     def frame(self) -> Frame:
@@ -237,16 +147,36 @@ class Reader:
     def reads_gradients(self, test: cst.BaseExpression) -> bool:
         """A condition on the gradients themselves (a non-finite norm, a found inf): paths
         that skip the step drop their gradients on purpose."""
-        names = names_in(test)
+        return self._about_gradients(names_in(test), depth=0)
+
+    def _about_gradients(self, names: set[str], depth: int) -> bool:
         if any(_NONFINITE.search(name) for name in names):
             return True
+        if depth > 1:
+            return False
         for name in names:
             for value in self.frame.local_values.get(name, ()):
-                if isinstance(value, cst.Call):
-                    last = (dotted(value.func) or "").rsplit(".", 1)[-1]
-                    if last in _CLIP_FUNCTIONS or last == "clip_gradients":
-                        return True
+                if not isinstance(value, cst.Call):
+                    continue
+                last = (dotted(value.func) or "").rsplit(".", 1)[-1]
+                if last in CLIP_FUNCTIONS or last == "clip_gradients" or _NONFINITE.search(last):
+                    return True
+                if self._about_gradients(names_in(value), depth + 1):
+                    return True
         return False
+
+    def probes(self, body: Sequence[cst.CSTNode]) -> bool:
+        """A block with ``assert ... .grad is None`` among its statements: whatever it clears
+        was computed in it on purpose (a probe backward), not accumulated."""
+        cache = self.ctx.probes_cache
+        key = id(body)
+        if key not in cache:
+            cache[key] = any(
+                isinstance(stmt, cst.SimpleStatementLine)
+                and any(isinstance(s, cst.Assert) and _asserts_no_grad(s.test) for s in stmt.body)
+                for stmt in body
+            )
+        return cache[key]
 
     # calls
 
@@ -258,18 +188,18 @@ class Reader:
             method = func.attr.value
             owner = self.frame.resolve(func.value)
             if owner is not None:
-                handled = self.method_call(owner, method, call, positional, keywords)
+                handled = self.apis.method_call(owner, method, call, positional, keywords)
                 if handled is not None:
                     return handled
             if method == "backward":
-                return [self.backward(call, func.value)]
+                return [self.apis.backward(call, func.value)]
             if method in CLEARING_NAMES:
-                return [Mark("clears"), *self.unresolved_clear(call)]
+                return [Mark("clears"), *self.apis.unresolved_clear(call)]
             if "step" in method and owner is None:
                 # ``schedule.step()`` may run forward and backward; ``self.optimizers[0]
                 # .step()`` may step an optimizer, unlike ``envs = make_env(); envs.step()``
                 prefix.append(Mark("opaque_model"))
-                if not self.known_other(func.value):
+                if not self.apis.known_other(func.value):
                     prefix.append(Mark("stepped"))
         return prefix + self._plain_call(call, positional, keywords)
 
@@ -289,19 +219,16 @@ class Reader:
         )
         if qual is not None:
             last = qual.rsplit(".", 1)[-1]
-            if last in _CLIP_FUNCTIONS and ("torch" in qual or qual == last):
-                return self.clip(call, positional[0] if positional else None)
+            if last in CLIP_FUNCTIONS and ("torch" in qual or qual == last):
+                return self.apis.clip(call, positional[0] if positional else None)
             if qual in {"torch.autograd.backward", "autograd.backward"}:
                 loss = positional[0] if positional else None
-                divided = _divided(loss) if loss is not None else None
-                found = (
-                    origin(frame, loss, self.host.at)
-                    if loss is not None
-                    else Origin(frozenset(), False)
-                )
-                return [Backward(self.site(call), False, divided, found)]
+                if loss is None:
+                    return [Backward(self.site(call), False, None, Origin(frozenset(), False))]
+                found = origin(frame, loss, self.host.at)
+                return [Backward(self.site(call), False, divided(loss), found)]
             if last in CLEARING_NAMES:
-                return [Mark("clears"), *self.unresolved_clear(call)]
+                return [Mark("clears"), *self.apis.unresolved_clear(call)]
         if isinstance(func, cst.Name):
             obj = frame.resolve_name(func.value)
             if obj is not None:
@@ -310,7 +237,7 @@ class Reader:
             return []
         if frame.value_role(call, None) is not None:
             return []  # building an optimizer, scheduler, scaler or model does not step one
-        return self.opaque_args(call)
+        return self.apis.opaque_args(call)
 
     def call_defined(
         self,
@@ -324,7 +251,7 @@ class Reader:
         if not relevant:
             return self.helper_without_moves(call)
         if self.host.follows >= MAX_FOLLOWS_PER_ROOT:
-            return self.opaque_args(call)
+            return self.apis.opaque_args(call)
         follows = tuple(
             self.follow(ctx, node, cls, self_obj, call, positional, keywords)
             for ctx, node, cls, self_obj in relevant
@@ -340,213 +267,6 @@ class Reader:
         if func is None or name not in self.frame.local_defs:
             return False
         return name in _closure_names(self.ctx, func)
-
-    def method_call(
-        self,
-        owner: Obj,
-        method: str,
-        call: cst.Call,
-        positional: list[cst.BaseExpression],
-        keywords: dict[str, cst.BaseExpression],
-    ) -> list[Action] | None:
-        site = self.site(call)
-        role = owner.role
-        keys = owner.members or (owner.key,)
-        gate = self.host.gate
-        if role is Role.OPTIMIZER:
-            if method == "zero_grad":
-                return [Emit(self.zero_event(site), keys, gate=gate)]
-            if method == "step":
-                closure = positional[0] if positional else keywords.get("closure")
-                before: list[Action] = []
-                if closure is not None:
-                    body = self.closure_body(closure)
-                    before = [body] if body is not None else [Emit(Event(Move.OPAQUE), keys)]
-                return [*before, Emit(Event(Move.STEP, site), keys, gate=gate)]
-            if method in _OPTIMIZER_HARMLESS:
-                return []
-            return [Emit(Event(Move.OPAQUE), keys)]
-        if role is Role.ENGINE:
-            boundary = f"<boundary:{owner.key}>"
-            if method == "backward":
-                return [Backward(site, False, True, Origin(frozenset({owner.key}), True))]
-            if method == "step":
-                return [
-                    Emit(Event(Move.STEP, site), keys, gate=boundary),
-                    Emit(Event(Move.ZERO), keys, gate=boundary),
-                ]
-            if method == "zero_grad":
-                return [Emit(Event(Move.ZERO, site), keys)]
-            if method == "forward":
-                return [Mark("forward")]
-            return []
-        if role is Role.SCHEDULER:
-            if method == "step":
-                targets = tuple(owner.models) or None
-                return [Emit(Event(Move.SCHED_STEP, site), targets, gate=gate)]
-            return []
-        if role is Role.SCALER:
-            return self.scaler_call(method, site, positional)
-        if role is Role.ACCELERATOR:
-            if method == "backward":
-                loss = positional[0] if positional else keywords.get("loss")
-                found = (
-                    origin(self.frame, loss, self.host.at)
-                    if loss is not None
-                    else Origin(frozenset(), False)
-                )
-                return [Backward(site, False, True, found)]
-            if method in {"clip_grad_norm_", "clip_grad_value_"}:
-                return self.clip(call, positional[0] if positional else None)
-            if method == "clip_gradients":
-                target = positional[1] if len(positional) > 1 else keywords.get("optimizer")
-                return self.clip(
-                    call, target if target is not None else (positional[0] if positional else None)
-                )
-            return []
-        if role is Role.LIGHTNING:
-            if method == "manual_backward":
-                loss = positional[0] if positional else None
-                found = (
-                    origin(self.frame, loss, self.host.at)
-                    if loss is not None
-                    else Origin(frozenset(), False)
-                )
-                return [Backward(site, False, True, found)]
-            if method == "clip_gradients":
-                target = positional[0] if positional else keywords.get("optimizer")
-                return self.clip(call, target)
-            if method in {
-                "optimizers",
-                "lr_schedulers",
-                "log",
-                "log_dict",
-                "toggle_optimizer",
-                "untoggle_optimizer",
-            }:
-                return []
-        if role in (Role.MODEL, Role.LIGHTNING, Role.INSTANCE):
-            if method == "zero_grad":
-                return [Mark("clears"), *self.zero_for_model(owner, site)]
-            if owner.cls is not None and owner.cls.method(method) is not None:
-                return None  # a method defined in a linted file: follow it
-            if role is Role.INSTANCE:
-                return None
-            if method == "forward" or method in {"generate", "loss", "compute_loss"}:
-                return (
-                    [Mark("forward"), Mark("opaque_model")]
-                    if method != "forward"
-                    else [Mark("forward")]
-                )
-            if method in _MODEL_HARMLESS or is_model_method(method):
-                return []
-            return [Mark("forward"), Mark("opaque_model"), *self.opaque_args(call)]
-        return None
-
-    def scaler_call(self, method: str, site: Site, positional: list) -> list[Action]:
-        if method in {"step", "unscale_"} and positional:
-            target = self.frame.resolve(positional[0])
-            if target is None or target.role is not Role.OPTIMIZER:
-                return []
-            keys = target.members or (target.key,)
-            if method == "step":
-                return [Emit(Event(Move.STEP, site, via_scaler=True), keys, gate=self.host.gate)]
-            return [Emit(Event(Move.UNSCALE, site), keys)]
-        if method == "update":
-            return [Emit(Event(Move.SCALER_UPDATE, site), None)]
-        return []
-
-    def known_other(self, receiver: cst.BaseExpression) -> bool:
-        """A plain local or global name assigned from something that is not an optimizer
-        (``envs = gym.vector.SyncVectorEnv(...)``): its ``step()`` steps no optimizer."""
-        if not isinstance(receiver, cst.Name):
-            return False
-        frame: Frame | None = self.frame
-        while frame is not None:
-            if receiver.value in frame.local_values or receiver.value in frame.tuple_values:
-                return True
-            frame = frame.parent
-        return False
-
-    def zero_event(self, site: Site | None) -> Event:
-        return Event(Move.ZERO, site, deliberate=self.host.discarding > 0)
-
-    def closure_body(self, closure: cst.BaseExpression) -> Follow | None:
-        if isinstance(closure, cst.Lambda):
-            return Follow(closure, (), None)
-        if isinstance(closure, cst.Name):
-            node = self.frame.local_defs.get(closure.value) or self.ctx.functions.get(closure.value)
-            if node is not None:
-                return Follow(node, (), None)
-        return None
-
-    def backward(self, call: cst.Call, receiver: cst.BaseExpression) -> Backward:
-        scaled = False
-        loss = receiver
-        if isinstance(receiver, cst.Call) and isinstance(receiver.func, cst.Attribute):
-            owner = self.frame.resolve(receiver.func.value)
-            if receiver.func.attr.value == "scale" and owner is not None:
-                if owner.role is Role.SCALER:
-                    scaled = True
-                    if receiver.args:
-                        loss = receiver.args[0].value
-        return Backward(
-            self.site(call), scaled, _divided(loss), origin(self.frame, receiver, self.host.at)
-        )
-
-    def clip(self, call: cst.Call, params: cst.BaseExpression | None) -> list[Action]:
-        site = self.site(call)
-        opts = self.frame.optimizers()
-        keys: list[str] = []
-        if params is not None:
-            for root in roots_of(params):
-                obj = self.frame.resolve(root)
-                if obj is None:
-                    continue
-                if obj.role is Role.OPTIMIZER:
-                    keys.extend(obj.members or (obj.key,))
-                elif obj.role in (Role.MODEL, Role.LIGHTNING, Role.ENGINE):
-                    keys.extend(o.key for o in opts if obj.key in o.models)
-        if keys:
-            return [Emit(Event(Move.CLIP, site), tuple(dict.fromkeys(keys)))]
-        return [Emit(Event(Move.CLIP, site), None, only_if_single=True)] if len(opts) <= 1 else []
-
-    def unresolved_clear(self, call: cst.Call) -> list[Action]:
-        """``something.zero_grad()`` on a receiver we could not resolve: with one optimizer in
-        sight it is that optimizer's clear; otherwise no claim."""
-        opts = [o.key for o in self.frame.optimizers()]
-        if len(opts) == 1:
-            return [Emit(self.zero_event(self.site(call)), tuple(opts))]
-        return [Emit(Event(Move.OPAQUE), tuple(opts))] if opts else []
-
-    def clears_all_grads(self, stmt: cst.For) -> list[Action] | None:
-        """``for p in model.parameters(): p.grad = None`` (or ``.zero_()``) is a full clear."""
-        if not isinstance(stmt.target, cst.Name):
-            return None
-        var = stmt.target.value
-        it = stmt.iter
-        if not (isinstance(it, cst.Call) and isinstance(it.func, cst.Attribute)):
-            return None
-        if it.func.attr.value != "parameters" or it.args:
-            return None
-        owner = self.frame.resolve(it.func.value)
-        if owner is None or owner.role not in (Role.MODEL, Role.LIGHTNING):
-            return None
-        if not body_clears(stmt.body, var):
-            return None
-        return [Mark("clears"), *self.zero_for_model(owner, self.site(stmt))]
-
-    def zero_for_model(self, model: Obj, site: Site) -> list[Action]:
-        opts = self.frame.optimizers()
-        bound = [o.key for o in opts if model.key in o.models]
-        if bound:
-            return [Emit(self.zero_event(site), tuple(bound))]
-        unbound = [o.key for o in opts if not o.models]
-        if len(opts) == 1 and unbound:
-            return [Emit(self.zero_event(site), tuple(unbound))]
-        return [Emit(Event(Move.OPAQUE), tuple(unbound))] if unbound else []
-
-    # calls into code of the linted files
 
     def callee(
         self, func: cst.BaseExpression
@@ -637,7 +357,7 @@ class Reader:
         """A function of a linted file that mentions no move: at most a forward pass (it may
         compute the loss), and it may pass an optimizer it receives on to anything."""
         actions: list[Action] = []
-        for action in self.opaque_args(call):
+        for action in self.apis.opaque_args(call):
             actions.append(Mark("forward") if isinstance(action, Mark) else action)
         return actions
 
@@ -646,31 +366,7 @@ class Reader:
             return [Mark("forward")]
         if obj.role is Role.FACTORY:
             return []
-        return self.opaque_args(call)
-
-    def opaque_args(self, call: cst.Call) -> list[Action]:
-        """A call we cannot see into: optimizers it receives may have been stepped or cleared;
-        a model it receives may have been run backward."""
-        keys: list[str] = []
-        model = False
-        for arg in call.args:
-            obj = (
-                self.frame.resolve(arg.value)
-                if isinstance(arg.value, (cst.Name, cst.Attribute, cst.Subscript))
-                else None
-            )
-            if obj is None:
-                continue
-            if obj.role in (Role.OPTIMIZER, Role.ENGINE):
-                keys.extend(obj.members or (obj.key,))
-            elif obj.role in (Role.MODEL, Role.LIGHTNING):
-                model = True
-        actions: list[Action] = []
-        if keys:
-            actions.append(Emit(Event(Move.OPAQUE), tuple(keys)))
-        if model:
-            actions.append(Mark("opaque_model"))
-        return actions
+        return self.apis.opaque_args(call)
 
 
 def _asserts_no_grad(test: cst.BaseExpression) -> bool:
@@ -739,12 +435,3 @@ def _constants(
 def _harmless(qual: str) -> bool:
     """Calls that receive an optimizer or model only to look at it."""
     return qual in _HARMLESS_CALLS or qual.startswith(_HARMLESS_PREFIXES)
-
-
-def _divided(loss: cst.BaseExpression) -> bool | None:
-    """Whether a loss expression visibly divides (``loss / n``); None when it is just a name."""
-    if isinstance(loss, cst.BinaryOperation) and isinstance(
-        loss.operator, (cst.Divide, cst.Multiply)
-    ):
-        return True
-    return None

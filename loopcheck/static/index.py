@@ -182,6 +182,7 @@ class FileContext:
         self.fact_names: dict[str, set[str]] = {}
         self.module_frame: object = None  # set by the frames module on first use
         self.moves_cache: dict[int, bool] = {}  # methods that step or clear (interpreter)
+        self.probes_cache: dict[int, bool] = {}  # blocks asserting that .grad is None
         _Indexer(self).index(module)
 
     # definitions across files

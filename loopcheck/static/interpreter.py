@@ -16,20 +16,13 @@ import libcst as cst
 
 from loopcheck.protocol import Event, Move, advance
 from loopcheck.static import conditions
-from loopcheck.static.actions import (
-    Action,
-    Alternatives,
-    Backward,
-    Emit,
-    Follow,
-    Mark,
-    Reader,
-    is_loss_name,
-)
+from loopcheck.static.actions import Reader, is_loss_name
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import FileContext
-from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, Site
+from loopcheck.static.model import FileModel, LoopSummary, RootSummary
+from loopcheck.static.moves import Action, Alternatives, Backward, Emit, Follow, Mark
 from loopcheck.static.paths import Flow, PathState, cap, merge
+from loopcheck.static.recording import Recorder
 from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (
     chains_in,
@@ -38,7 +31,6 @@ from loopcheck.static.syntax import (
     is_increment,
     is_true,
 )
-from loopcheck.static.tree import walk
 
 MAX_FOLLOW_DEPTH = 6
 MAX_LOOP_ROUNDS = 6
@@ -55,21 +47,9 @@ _STATEMENTS = (
 )
 
 
-def _moves_optimizer(ctx: FileContext, method: cst.FunctionDef) -> bool:
-    """Whether a method's text steps or clears something (cached per method)."""
-    cache = ctx.moves_cache
-    key = id(method)
-    if key not in cache:
-        cache[key] = any(
-            isinstance(node, cst.Call)
-            and isinstance(node.func, cst.Attribute)
-            and node.func.attr.value in {"step", "zero_grad"}
-            for node in walk(method.body)
-        )
-    return cache[key]
+class Interpreter(Recorder):
+    """Walks statements over sets of path states (see the module docstring)."""
 
-
-class Interpreter:
     def __init__(self, model: FileModel) -> None:
         self.model = model
         self.reader = Reader(self)
@@ -86,10 +66,6 @@ class Interpreter:
         self.registry: dict[str, Obj] = {}  # optimizers seen, by key
         self.at: cst.CSTNode | None = None  # the statement being run (for reaching values)
         self._forgotten: dict[tuple[object, ...], frozenset[tuple[str, bool]]] = {}
-
-    @property
-    def frame(self) -> Frame:
-        return self.frames[-1]
 
     @property
     def ctx(self) -> FileContext:
@@ -135,8 +111,9 @@ class Interpreter:
     # blocks
 
     def exec_block(self, body: Sequence[cst.CSTNode], states: set[PathState]) -> Flow:
-        if body and ends_with_continue(body[-1]):
-            # ``zero_grad(); continue`` drops the batch on purpose: no step was meant to follow.
+        if body and (ends_with_continue(body[-1]) or self.reader.probes(body)):
+            # ``zero_grad(); continue`` drops the batch on purpose: no step was meant to follow;
+            # a block that asserts the gradients are None around a backward probes the model.
             self.discarding += 1
             try:
                 return self._exec_block(body, states)
@@ -345,7 +322,7 @@ class Interpreter:
 
     def exec_loop(self, stmt: cst.For | cst.While, states: set[PathState]) -> Flow:
         if isinstance(stmt, cst.For):
-            clears = self.reader.clears_all_grads(stmt)
+            clears = self.reader.apis.clears_all_grads(stmt)
             if clears is not None:
                 self.summary(stmt)
                 return Flow(normal=self.run_actions(clears, states))
@@ -497,142 +474,6 @@ class Interpreter:
             elif isinstance(action, Mark):
                 self.mark(action.what)
         return states
-
-    def known(self) -> list[str]:
-        """The keys of the optimizers in sight (containers of known members excluded)."""
-        keys = []
-        for obj in self.frame.optimizers():
-            self.registry.setdefault(obj.key, obj)
-            keys.append(obj.key)
-        return keys
-
-    def emit_all(self, states: set[PathState], action: Emit) -> set[PathState]:
-        if action.gate is None:
-            return {self.emit(s, action) for s in states}
-        out: set[PathState] = set()
-        for s in states:
-            known = conditions.known(s.facts, action.gate)
-            if known is None:
-                out.add(s.with_fact(action.gate, False))
-                s = s.with_fact(action.gate, True)
-                known = True
-            out.add(self.emit(s, action) if known else s)
-        return out
-
-    def emit(self, state: PathState, action: Emit) -> PathState:
-        keys = action.keys
-        if keys is None:
-            keys = tuple(dict.fromkeys([*self.known(), *state.keys()]))
-            if action.only_if_single and len(keys) != 1:
-                return state
-        event = action.event
-        for key in keys:
-            state = self.apply(state, key, event)
-        if event.move is Move.ZERO:
-            previous = state.last_zeroed if state.last_zeroed else frozenset()
-            state = state.with_zeroed(previous | frozenset(keys))
-        elif event.move is Move.STEP:
-            state = state.with_zeroed(frozenset())
-        return state
-
-    def note_backward(self, site: Site) -> None:
-        for summary in self.loop_stack:
-            if site not in summary.backwards:
-                summary.backwards.append(site)
-        if self.loop_stack and self.root is not None:
-            owned = any(self.owns_update(o) for o in self.frame.optimizers())
-            self.root.backwards_in_loops.append((site, self.loop_stack[0], owned))
-
-    def owns_update(self, opt: Obj) -> bool:
-        """Whether the code being run is where ``opt`` gets its updates: an optimizer local to
-        it or passed to it, or one its instance holds when no other method of the class (or an
-        unknown base class) may clear or step it (a micro-batch method of a trainer is not)."""
-        if ":" in opt.key:
-            return True
-        cls = self.frames[0].cls
-        if cls is None or cls.unresolved_bases:
-            return False
-        running = {id(node) for node in self.follow_stack}
-        return not any(
-            id(method) not in running and _moves_optimizer(info.ctx, method)
-            for info in cls.mro()
-            for method in info.methods.values()
-        )
-
-    def models_of(self, key: str) -> frozenset[str]:
-        obj = self.registry.get(key)
-        return (obj.models if obj is not None else frozenset()) | {key}
-
-    def backward(self, state: PathState, action: Backward) -> PathState:
-        """Feed a backward to the optimizers whose models its loss reaches: certainly (one
-        optimizer in sight, or the loss reaches its models), or maybe (nothing says)."""
-        keys = list(dict.fromkeys([*self.known(), *state.keys()]))
-        found = action.origin
-        hit = [k for k in keys if self.models_of(k) & found.models]
-        shared = len(hit) > 1 or not found.complete
-        for key in keys:
-            if len(keys) == 1:
-                move, key_shared = Move.BACKWARD, False
-            elif key in hit:
-                move, key_shared = Move.BACKWARD, shared
-            elif (
-                found.complete
-                and found.models
-                and self.registry.get(key) is not None
-                and (self.registry[key].models)
-            ):
-                continue  # the loss reaches none of this optimizer's models
-            elif key in state.last_zeroed:
-                move, key_shared = Move.BACKWARD, True
-            else:
-                move, key_shared = Move.MAYBE_BACKWARD, True
-            event = Event(
-                move,
-                action.site,
-                scaled=action.scaled,
-                divided=action.divided,
-                shared=key_shared,
-            )
-            state = self.apply(state, key, event)
-        return state.with_zeroed(frozenset())
-
-    def apply(self, state: PathState, key: str, event: Event) -> PathState:
-        new, violations = advance(state.get(key), event)
-        where = event.where if isinstance(event.where, Site) else None
-        for summary in self.loop_stack:
-            summary.moves.add((event.move, key))
-            if where is not None:
-                summary.sites.add(where)
-            if event.move is Move.STEP and where is not None:
-                summary.steps.setdefault(key, where)
-        if event.move in (Move.STEP, Move.OPAQUE) and self.root is not None:
-            self.root.stepped = True
-            if event.move is Move.STEP:
-                self.root.stepped_keys.add(key)
-        loop = self.loop_stack[-1] if self.loop_stack else None
-        for v in violations:
-            if isinstance(v.where, Site):
-                cause = v.cause if isinstance(v.cause, Site) else None
-                self.model.add_record(Record(v.code, v.where, key, loop, self.root, cause))
-        return state.with_opt(key, new)
-
-    def mark(self, what: str) -> None:
-        if what == "stepped" and self.root is not None:
-            self.root.stepped = True
-            return
-        for summary in self.loop_stack:
-            if what == "forward":
-                summary.forward = True
-            elif what == "loss":
-                summary.loss_assigned = True
-            elif what == "clears":
-                summary.clears_by_name = True
-            elif what == "opaque_model":
-                summary.opaque_model = True
-            elif what == "grads":
-                summary.grads_read = True
-        if what == "grads" and self.root is not None:
-            self.root.stepped = True  # gradients used by hand: a manual update is possible
 
     def follow(self, action: Follow, states: set[PathState]) -> set[PathState]:
         node = action.node

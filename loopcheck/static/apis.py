@@ -1,0 +1,322 @@
+"""What a call on a receiver of known role does: the moves of optimizers, GradScalers, LR
+schedulers, DeepSpeed engines, Accelerate and Fabric, Lightning modules and models."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import libcst as cst
+
+from loopcheck.protocol import Event, Move
+from loopcheck.static.dataflow import Origin, origin
+from loopcheck.static.model import Site
+from loopcheck.static.moves import Action, Backward, Emit, Follow, Mark
+from loopcheck.static.roles import Obj, Role, is_model_method
+from loopcheck.static.syntax import body_clears, roots_of
+
+if TYPE_CHECKING:
+    from loopcheck.static.actions import Host
+    from loopcheck.static.frames import Frame
+    from loopcheck.static.index import FileContext
+
+CLIP_FUNCTIONS = {
+    "clip_grad_norm_",
+    "clip_grad_norm",
+    "clip_grad_value_",
+    "clip_grads_with_norm_",
+}
+_OPTIMIZER_HARMLESS = {
+    "state_dict",
+    "load_state_dict",
+    "add_param_group",
+    "register_step_pre_hook",
+    "register_step_post_hook",
+    "register_state_dict_pre_hook",
+    "register_load_state_dict_post_hook",
+    "param_groups",
+    "train",
+    "eval",
+    "values",
+    "items",
+    "keys",
+    "get",
+}
+_MODEL_HARMLESS = {
+    "parameters",
+    "named_parameters",
+    "buffers",
+    "named_buffers",
+    "modules",
+    "named_modules",
+    "children",
+    "state_dict",
+    "load_state_dict",
+    "apply",
+    "register_forward_hook",
+    "register_forward_pre_hook",
+    "register_full_backward_hook",
+    "requires_grad_",
+    "save_pretrained",
+    "get_submodule",
+    "no_sync",
+    "join",
+    "gradient_checkpointing_enable",
+}
+
+
+class ApiReader:
+    """The moves of calls whose receiver's role is known, in the host's current frame."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    @property
+    def frame(self) -> Frame:
+        return self.host.frame
+
+    @property
+    def ctx(self) -> FileContext:
+        return self.host.frame.ctx
+
+    def site(self, node: cst.CSTNode) -> Site:
+        return self.host.frame.ctx.site(node)
+
+    def method_call(
+        self,
+        owner: Obj,
+        method: str,
+        call: cst.Call,
+        positional: list[cst.BaseExpression],
+        keywords: dict[str, cst.BaseExpression],
+    ) -> list[Action] | None:
+        site = self.site(call)
+        role = owner.role
+        keys = owner.members or (owner.key,)
+        gate = self.host.gate
+        if role is Role.OPTIMIZER:
+            if method == "zero_grad":
+                return [Emit(self.zero_event(site), keys, gate=gate)]
+            if method == "step":
+                closure = positional[0] if positional else keywords.get("closure")
+                before: list[Action] = []
+                if closure is not None:
+                    body = self.closure_body(closure)
+                    before = [body] if body is not None else [Emit(Event(Move.OPAQUE), keys)]
+                return [*before, Emit(Event(Move.STEP, site), keys, gate=gate)]
+            if method in _OPTIMIZER_HARMLESS:
+                return []
+            return [Emit(Event(Move.OPAQUE), keys)]
+        if role is Role.ENGINE:
+            boundary = f"<boundary:{owner.key}>"
+            if method == "backward":
+                return [Backward(site, False, True, Origin(frozenset({owner.key}), True))]
+            if method == "step":
+                return [
+                    Emit(Event(Move.STEP, site), keys, gate=boundary),
+                    Emit(Event(Move.ZERO), keys, gate=boundary),
+                ]
+            if method == "zero_grad":
+                return [Emit(Event(Move.ZERO, site), keys)]
+            if method == "forward":
+                return [Mark("forward")]
+            return []
+        if role is Role.SCHEDULER:
+            if method == "step":
+                targets = tuple(owner.models) or None
+                return [Emit(Event(Move.SCHED_STEP, site), targets, gate=gate)]
+            return []
+        if role is Role.SCALER:
+            return self.scaler_call(method, site, positional)
+        if role is Role.ACCELERATOR:
+            if method == "backward":
+                loss = positional[0] if positional else keywords.get("loss")
+                found = (
+                    origin(self.frame, loss, self.host.at)
+                    if loss is not None
+                    else Origin(frozenset(), False)
+                )
+                return [Backward(site, False, True, found)]
+            if method in {"clip_grad_norm_", "clip_grad_value_"}:
+                return self.clip(call, positional[0] if positional else None)
+            if method == "clip_gradients":
+                target = positional[1] if len(positional) > 1 else keywords.get("optimizer")
+                return self.clip(
+                    call, target if target is not None else (positional[0] if positional else None)
+                )
+            return []
+        if role is Role.LIGHTNING:
+            if method == "manual_backward":
+                loss = positional[0] if positional else None
+                found = (
+                    origin(self.frame, loss, self.host.at)
+                    if loss is not None
+                    else Origin(frozenset(), False)
+                )
+                return [Backward(site, False, True, found)]
+            if method == "clip_gradients":
+                target = positional[0] if positional else keywords.get("optimizer")
+                return self.clip(call, target)
+            if method in {
+                "optimizers",
+                "lr_schedulers",
+                "log",
+                "log_dict",
+                "toggle_optimizer",
+                "untoggle_optimizer",
+            }:
+                return []
+        if role in (Role.MODEL, Role.LIGHTNING, Role.INSTANCE):
+            if method == "zero_grad":
+                return [Mark("clears"), *self.zero_for_model(owner, site)]
+            if owner.cls is not None and owner.cls.method(method) is not None:
+                return None  # a method defined in a linted file: follow it
+            if role is Role.INSTANCE:
+                return None
+            if method == "forward" or method in {"generate", "loss", "compute_loss"}:
+                return (
+                    [Mark("forward"), Mark("opaque_model")]
+                    if method != "forward"
+                    else [Mark("forward")]
+                )
+            if method in _MODEL_HARMLESS or is_model_method(method):
+                return []
+            return [Mark("forward"), Mark("opaque_model"), *self.opaque_args(call)]
+        return None
+
+    def scaler_call(self, method: str, site: Site, positional: list) -> list[Action]:
+        if method in {"step", "unscale_"} and positional:
+            target = self.frame.resolve(positional[0])
+            if target is None or target.role is not Role.OPTIMIZER:
+                return []
+            keys = target.members or (target.key,)
+            if method == "step":
+                return [Emit(Event(Move.STEP, site, via_scaler=True), keys, gate=self.host.gate)]
+            return [Emit(Event(Move.UNSCALE, site), keys)]
+        if method == "update":
+            return [Emit(Event(Move.SCALER_UPDATE, site), None)]
+        return []
+
+    def known_other(self, receiver: cst.BaseExpression) -> bool:
+        """A plain local or global name assigned from something that is not an optimizer
+        (``envs = gym.vector.SyncVectorEnv(...)``): its ``step()`` steps no optimizer."""
+        if not isinstance(receiver, cst.Name):
+            return False
+        frame: Frame | None = self.frame
+        while frame is not None:
+            if receiver.value in frame.local_values or receiver.value in frame.tuple_values:
+                return True
+            frame = frame.parent
+        return False
+
+    def zero_event(self, site: Site | None) -> Event:
+        return Event(Move.ZERO, site, deliberate=self.host.discarding > 0)
+
+    def closure_body(self, closure: cst.BaseExpression) -> Follow | None:
+        if isinstance(closure, cst.Lambda):
+            return Follow(closure, (), None)
+        if isinstance(closure, cst.Name):
+            node = self.frame.local_defs.get(closure.value) or self.ctx.functions.get(closure.value)
+            if node is not None:
+                return Follow(node, (), None)
+        return None
+
+    def backward(self, call: cst.Call, receiver: cst.BaseExpression) -> Backward:
+        scaled = False
+        loss = receiver
+        if isinstance(receiver, cst.Call) and isinstance(receiver.func, cst.Attribute):
+            owner = self.frame.resolve(receiver.func.value)
+            if receiver.func.attr.value == "scale" and owner is not None:
+                if owner.role is Role.SCALER:
+                    scaled = True
+                    if receiver.args:
+                        loss = receiver.args[0].value
+        return Backward(
+            self.site(call), scaled, divided(loss), origin(self.frame, receiver, self.host.at)
+        )
+
+    def clip(self, call: cst.Call, params: cst.BaseExpression | None) -> list[Action]:
+        site = self.site(call)
+        opts = self.frame.optimizers()
+        keys: list[str] = []
+        if params is not None:
+            for root in roots_of(params):
+                obj = self.frame.resolve(root)
+                if obj is None:
+                    continue
+                if obj.role is Role.OPTIMIZER:
+                    keys.extend(obj.members or (obj.key,))
+                elif obj.role in (Role.MODEL, Role.LIGHTNING, Role.ENGINE):
+                    keys.extend(o.key for o in opts if obj.key in o.models)
+        if keys:
+            return [Emit(Event(Move.CLIP, site), tuple(dict.fromkeys(keys)))]
+        return [Emit(Event(Move.CLIP, site), None, only_if_single=True)] if len(opts) <= 1 else []
+
+    def unresolved_clear(self, call: cst.Call) -> list[Action]:
+        """``something.zero_grad()`` on a receiver we could not resolve: with one optimizer in
+        sight it is that optimizer's clear; otherwise no claim."""
+        opts = [o.key for o in self.frame.optimizers()]
+        if len(opts) == 1:
+            return [Emit(self.zero_event(self.site(call)), tuple(opts))]
+        return [Emit(Event(Move.OPAQUE), tuple(opts))] if opts else []
+
+    def clears_all_grads(self, stmt: cst.For) -> list[Action] | None:
+        """``for p in model.parameters(): p.grad = None`` (or ``.zero_()``) is a full clear."""
+        if not isinstance(stmt.target, cst.Name):
+            return None
+        var = stmt.target.value
+        it = stmt.iter
+        if not (isinstance(it, cst.Call) and isinstance(it.func, cst.Attribute)):
+            return None
+        if it.func.attr.value != "parameters" or it.args:
+            return None
+        owner = self.frame.resolve(it.func.value)
+        if owner is None or owner.role not in (Role.MODEL, Role.LIGHTNING):
+            return None
+        if not body_clears(stmt.body, var):
+            return None
+        return [Mark("clears"), *self.zero_for_model(owner, self.site(stmt))]
+
+    def zero_for_model(self, model: Obj, site: Site) -> list[Action]:
+        opts = self.frame.optimizers()
+        bound = [o.key for o in opts if model.key in o.models]
+        if bound:
+            return [Emit(self.zero_event(site), tuple(bound))]
+        unbound = [o.key for o in opts if not o.models]
+        if len(opts) == 1 and unbound:
+            return [Emit(self.zero_event(site), tuple(unbound))]
+        return [Emit(Event(Move.OPAQUE), tuple(unbound))] if unbound else []
+
+    # calls into code of the linted files
+
+    def opaque_args(self, call: cst.Call) -> list[Action]:
+        """A call we cannot see into: optimizers it receives may have been stepped or cleared;
+        a model it receives may have been run backward."""
+        keys: list[str] = []
+        model = False
+        for arg in call.args:
+            obj = (
+                self.frame.resolve(arg.value)
+                if isinstance(arg.value, (cst.Name, cst.Attribute, cst.Subscript))
+                else None
+            )
+            if obj is None:
+                continue
+            if obj.role in (Role.OPTIMIZER, Role.ENGINE):
+                keys.extend(obj.members or (obj.key,))
+            elif obj.role in (Role.MODEL, Role.LIGHTNING):
+                model = True
+        actions: list[Action] = []
+        if keys:
+            actions.append(Emit(Event(Move.OPAQUE), tuple(keys)))
+        if model:
+            actions.append(Mark("opaque_model"))
+        return actions
+
+
+def divided(loss: cst.BaseExpression) -> bool | None:
+    """Whether a loss expression visibly divides (``loss / n``); None when it is just a name."""
+    if isinstance(loss, cst.BinaryOperation) and isinstance(
+        loss.operator, (cst.Divide, cst.Multiply)
+    ):
+        return True
+    return None

@@ -1,0 +1,67 @@
+"""The actions the path interpreter runs: events to send to optimizers, backward calls to
+bind to the optimizers their loss reaches, calls to follow, notes about the loops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import libcst as cst
+
+from loopcheck.protocol import Event
+
+if TYPE_CHECKING:
+    from loopcheck.static.dataflow import Origin
+    from loopcheck.static.index import ClassInfo, FileContext
+    from loopcheck.static.model import Site
+    from loopcheck.static.roles import Obj
+
+
+@dataclass(frozen=True)
+class Emit:
+    """Send an event to some optimizers (``keys``); ``None`` means every known optimizer.
+    A ``gate`` is a fact the event depends on (Accelerate's ``sync_gradients`` inside
+    ``accumulate``, a DeepSpeed accumulation boundary): paths where it is false skip it."""
+
+    event: Event
+    keys: tuple[str, ...] | None
+    only_if_single: bool = False  # with keys None: only when one optimizer is known
+    gate: str | None = None
+
+
+@dataclass(frozen=True)
+class Backward:
+    """A backward call; which optimizers it feeds is decided per path from the loss's origin."""
+
+    site: Site
+    scaled: bool
+    divided: bool | None
+    origin: Origin
+
+
+@dataclass(frozen=True)
+class Follow:
+    """Interpret a function or lambda defined in a linted file, with arguments bound."""
+
+    node: cst.FunctionDef | cst.Lambda
+    bound: tuple[tuple[str, Obj | None], ...]
+    cls: ClassInfo | None
+    constants: tuple[tuple[str, object], ...] = ()  # parameters bound to literal values
+    ctx: FileContext | None = None  # the file that defines it (None: the caller's)
+
+
+@dataclass(frozen=True)
+class Alternatives:
+    """One of several callees runs (a method overridden in subclasses): paths of each."""
+
+    follows: tuple[Follow, ...]
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Note something about the enclosing loops (no protocol effect)."""
+
+    what: str
+
+
+Action = Emit | Backward | Follow | Alternatives | Mark
