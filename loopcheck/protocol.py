@@ -155,9 +155,11 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     # cleared on purpose, unless the step that follows applies the same backward again: the
     # step settles it.
     keep_shared = s.pending_zero is not None and s.pending_zero_shared
-    if s.pending_step is not None:
+    # A step or clip on cleared gradients is confirmed by the optimizer's own backward, not by
+    # a shared one (the generator's loss reaching the discriminator after its step).
+    if s.pending_step is not None and not e.shared:
         found.append(Violation("LC103", s.pending_step))
-    if s.pending_clip is not None:
+    if s.pending_clip is not None and not e.shared:
         found.append(Violation("LC107", s.pending_clip))
     grads = {
         Grads.STALE: Grads.PILED,
@@ -182,8 +184,8 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         pending_zero_passed=keep_shared,
         last_backward=e.where,
         last_backward_shared=e.shared,
-        pending_step=None,
-        pending_clip=None,
+        pending_step=s.pending_step if e.shared else None,
+        pending_clip=s.pending_clip if e.shared else None,
     )
     return new, tuple(found)
 

@@ -193,7 +193,7 @@ class Reader:
                     return handled
             if method == "backward":
                 return [self.apis.backward(call, func.value)]
-            if method in CLEARING_NAMES:
+            if method in CLEARING_NAMES and (owner is None or owner.cls is None):
                 return [Mark("clears"), *self.apis.unresolved_clear(call)]
             if "step" in method and owner is None:
                 # ``schedule.step()`` may run forward and backward; ``self.optimizers[0]
@@ -249,6 +249,9 @@ class Reader:
         """A call to functions defined in linted files (several: overrides in subclasses)."""
         relevant = [c for c in callee if id(c[1]) in c[0].relevant]
         if not relevant:
+            if not any(_passes_parameters_on(c[0], c[1]) for c in callee):
+                # ``adjust_learning_rate(optimizer, ...)`` sets param_groups: no move at all
+                return [Mark("forward")] if self.apis.opaque_args(call) else []
             return self.helper_without_moves(call)
         if self.host.follows >= MAX_FOLLOWS_PER_ROOT:
             return self.apis.opaque_args(call)
@@ -351,7 +354,28 @@ class Reader:
         bound = {k: v for k, v in bound.items() if v is not None}
         starred = any(arg.star for arg in call.args)
         constants = () if starred else _constants(node, positional, keywords, cls)
-        return Follow(node, tuple(bound.items()), cls, constants, ctx)
+        conditions = () if starred else self._conditions(node, positional, keywords, cls)
+        return Follow(node, tuple(bound.items()), cls, constants, ctx, conditions)
+
+    def _conditions(
+        self,
+        node: cst.FunctionDef,
+        positional: list[cst.BaseExpression],
+        keywords: dict[str, cst.BaseExpression],
+        cls: ClassInfo | None,
+    ) -> tuple[tuple[str, cst.BaseExpression, FileContext], ...]:
+        params = params_of(node)
+        if cls is not None and params and params[0].name.value in {"self", "cls"}:
+            params = params[1:]
+        given = dict(zip((p.name.value for p in params), positional, strict=False))
+        given.update(keywords)
+        out = []
+        for name, arg in given.items():
+            if isinstance(arg, (cst.Comparison, cst.BooleanOperation, cst.UnaryOperation)):
+                out.append((name, arg, self.ctx))
+            elif isinstance(arg, cst.Name) and arg.value in self.frame.conditions:
+                out.append((name, *self.frame.conditions[arg.value]))
+        return tuple(out)
 
     def helper_without_moves(self, call: cst.Call) -> list[Action]:
         """A function of a linted file that mentions no move: at most a forward pass (it may
@@ -367,6 +391,24 @@ class Reader:
         if obj.role is Role.FACTORY:
             return []
         return self.apis.opaque_args(call)
+
+
+def _passes_parameters_on(ctx: FileContext, func: cst.FunctionDef) -> bool:
+    """Whether a function hands one of its parameters to a call (which may do anything with
+    an optimizer or model it receives); cached per function."""
+    cache = ctx.passes_cache
+    key = id(func)
+    if key not in cache:
+        names = {p.name.value for p in params_of(func)} | {
+            p.name.value for p in func.params.kwonly_params
+        }
+        names.discard("self")
+        cache[key] = any(
+            isinstance(node, cst.Call)
+            and any(isinstance(a.value, cst.Name) and a.value.value in names for a in node.args)
+            for node in walk(func.body)
+        )
+    return cache[key]
 
 
 def _asserts_no_grad(test: cst.BaseExpression) -> bool:

@@ -3,21 +3,24 @@ assignments and calls (``.detach()``, ``.item()`` and ``torch.no_grad()`` cut th
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import libcst as cst
 
-from loopcheck.static.frames import Frame
+from loopcheck.static.frames import Frame, module_frame
+from loopcheck.static.index import ClassInfo, FileContext
 from loopcheck.static.reaching import Definition, Layout, Statement
 from loopcheck.static.roles import Obj, Role
-from loopcheck.static.syntax import dotted
+from loopcheck.static.syntax import all_params, dotted, literal, params_of
 from loopcheck.static.tree import is_expression, kids
 
 _MODEL_ROLES = (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
 # Methods and attributes whose result carries no graph back to the models.
 _CUT_METHODS = {"detach", "detach_", "item", "tolist", "numpy", "size", "dim", "numel", "shape"}
 _CUT_ATTRIBUTES = {"data", "grad", "shape", "dtype", "device", "requires_grad", "ndim"}
-_MAX_DEPTH = 12
+_MAX_DEPTH = 64  # a guard: names are memoised, so real chains end long before
+_MAX_HELPERS = 3  # helpers followed inside one another
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,12 @@ def origin(frame: Frame, expr: cst.BaseExpression, at: Statement | None = None) 
 
 
 class _Tracer:
-    def __init__(self, frame: Frame) -> None:
+    def __init__(
+        self, frame: Frame, params: dict[str, Origin] | None = None, helpers: int = 0
+    ) -> None:
         self.frame = frame
+        self.helpers = helpers
+        self.params = params or {}  # a followed helper: what its arguments carry
         self.names: dict[tuple[int, str, int], Origin] = {}
 
     def expr(self, node: cst.BaseExpression, depth: int, at: Statement | None = None) -> Origin:
@@ -97,6 +104,8 @@ class _Tracer:
             defs = _layout(frame).reaching(name, at)
             if defs is not None:
                 return self.definitions(frame, name, defs, depth)
+            if name in self.params:
+                return self.params[name]
         elif frame.local_values.get(name) or frame.tuple_values.get(name):
             values = [
                 *frame.local_values.get(name, []),
@@ -105,6 +114,8 @@ class _Tracer:
             defs = [Definition(v, v) for v in values]
             defs += [Definition(v, v, True) for v in _augmented(frame).get(name, [])]
             return self.definitions(frame, name, defs, depth)
+        if frame is self.frame and name in self.params:
+            return self.params[name]
         obj = frame.resolve_name(name)
         if obj is not None:
             return self.obj(obj)
@@ -112,7 +123,7 @@ class _Tracer:
             found = self.expr(frame.loop_targets[name], depth + 1)
             return Origin(found.models, True)  # what a loader yields is data
         if name in frame.params:
-            return UNKNOWN
+            return NOTHING if _settings_parameter(frame, name) else UNKNOWN
         if frame.parent is not None:
             return self.name(frame.parent, name, depth + 1, None)
         return NOTHING
@@ -146,13 +157,22 @@ class _Tracer:
             method = func.attr.value
             if method in _CUT_METHODS:
                 return NOTHING
+            held = self.frame.resolve(func)
+            if held is not None and held.role in _MODEL_ROLES:
+                return self.obj(held) | args  # ``self.generator(z)``: a submodule
             receiver = self.frame.resolve(func.value)
             if receiver is not None:
                 if receiver.role in _MODEL_ROLES:
                     return self.obj(receiver) | args
                 if receiver.role is Role.INSTANCE and receiver.cls is not None:
-                    if receiver.cls.method(method) is not None:
-                        return self.instance_models(receiver) | args
+                    found = receiver.cls.method(method)
+                    if found is not None:
+                        helper = self.returns(
+                            found[0].ctx, found[1], receiver.cls, receiver, call, depth, at
+                        )
+                        return (
+                            helper if helper is not None else self.instance_models(receiver) | args
+                        )
                     key = self.frame.module_key(func)  # ``self.qf1(obs)``: a module attribute
                     return (Origin(frozenset({key}), True) if key else UNKNOWN) | args
                 return args  # ``scaler.scale(loss)``, ``accelerator.gather(loss)``
@@ -166,15 +186,63 @@ class _Tracer:
                 return self.obj(callee) | args
             if callee is not None and callee.role is Role.INSTANCE and callee.cls is not None:
                 return self.instance_models(callee) | args
-            if func.value in self.frame.local_defs or func.value in self.frame.ctx.functions:
-                # a helper of this file: what it returns depends on its arguments, and on
-                # whatever models it reaches by itself
+            node = self.frame.local_defs.get(func.value) or self.frame.ctx.functions.get(func.value)
+            if node is not None:
+                helper = self.returns(self.frame.ctx, node, None, None, call, depth, at)
+                if helper is not None:
+                    return helper
+                # what it returns depends on its arguments, and on whatever models it reaches
                 return args if args.models else Origin(args.models, False)
             key = self.frame.module_key(func) if callee is None else None
             if key is not None:
                 return Origin(frozenset({key}), True) | args  # ``critic = Critic(); critic(x)``
             return args
         return args | UNKNOWN
+
+    def returns(
+        self,
+        ctx: FileContext,
+        node: cst.FunctionDef,
+        cls: ClassInfo | None,
+        self_obj: Obj | None,
+        call: cst.Call,
+        depth: int,
+        at: Statement | None,
+    ) -> Origin | None:
+        """What a helper of the linted files returns, its parameters bound to what the
+        arguments carry (``compute_loss(model, batch)``, ``self.classification_loss(...)``)."""
+        if self.helpers >= _MAX_HELPERS or node is self.frame.func:
+            return None
+        params = params_of(node)
+        bound: dict[str, Obj | None] = {}
+        carried: dict[str, Origin] = {}
+        if cls is not None and params and params[0].name.value in {"self", "cls"}:
+            bound[params[0].name.value] = self_obj
+            params = params[1:]
+        positional = [a.value for a in call.args if a.keyword is None and not a.star]
+        keywords = {a.keyword.value: a.value for a in call.args if a.keyword is not None}
+        if any(a.star for a in call.args):
+            return None
+        for param, arg in zip(params, positional, strict=False):
+            carried[param.name.value] = self.expr(arg, depth + 1, at)
+            bound[param.name.value] = self.frame.resolve(arg)
+        for name, arg in keywords.items():
+            carried[name] = self.expr(arg, depth + 1, at)
+            bound[name] = self.frame.resolve(arg)
+        scope = f"{cls.name}.{node.name.value}" if cls is not None else node.name.value
+        frame = Frame(
+            ctx,
+            node,
+            cls,
+            {k: v for k, v in bound.items() if v is not None},
+            module_frame(ctx),
+            scope,
+        )
+        tracer = _Tracer(frame, carried, self.helpers + 1)
+        out = NOTHING
+        for statement, value in _returns(node):
+            out = out | tracer.expr(value, depth + 1, statement)
+        return out
 
     def instance_models(self, obj: Obj) -> Origin:
         """The models an instance of a linted class holds (a trainer's ``self.model``)."""
@@ -187,6 +255,47 @@ class _Tracer:
                 if found is not None and found.role in _MODEL_ROLES:
                     keys.add(found.key)
         return Origin(frozenset(keys), bool(keys))
+
+
+_SCALAR_NAME = re.compile(
+    r"(?i)(^|_)(size|sizes|num|count|steps?|lr|rate|epochs?|iters?|iterations?|idx|index|seed"
+    r"|dim|len|max|min|tau|gamma|eps|beta|alpha|n|k|freq|interval|delay|device|dtype|mode"
+    r"|name|path|flag|verbose|env|config|cfg|args|kwargs)$"
+)
+_SCALAR_TYPES = {"int", "float", "bool", "str", "Path", "device", "dtype"}
+
+
+def _settings_parameter(frame: Frame, name: str) -> bool:
+    """A parameter that holds a setting, not a tensor: a literal default (``batch_size=100``),
+    a scalar annotation, or a name such settings have."""
+    annotation = frame.params.get(name)
+    if annotation is not None and annotation.rsplit(".", 1)[-1] in _SCALAR_TYPES:
+        return True
+    func = frame.func
+    if func is not None:
+        for param in all_params(func):
+            if param.name.value == name and param.default is not None:
+                if literal(param.default)[0] or isinstance(param.default, cst.SimpleString):
+                    return True
+    return bool(_SCALAR_NAME.search(name))
+
+
+def _returns(func: cst.FunctionDef) -> list[tuple[cst.CSTNode, cst.BaseExpression]]:
+    """The values a function returns, each with the statement line that returns it."""
+    out: list[tuple[cst.CSTNode, cst.BaseExpression]] = []
+    stack: list[cst.CSTNode] = [func.body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+            continue
+        if isinstance(node, cst.SimpleStatementLine):
+            for small in node.body:
+                if isinstance(small, cst.Return) and small.value is not None:
+                    out.append((node, small.value))
+            continue
+        if not is_expression(node):
+            stack.extend(kids(node))
+    return out
 
 
 def _expressions(node: cst.CSTNode) -> list[cst.BaseExpression]:

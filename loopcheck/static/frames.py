@@ -18,6 +18,7 @@ from loopcheck.static.roles import (
     role_from_name,
 )
 from loopcheck.static.syntax import DATA_NODES, call_args, dotted, roots_of
+from loopcheck.static.tree import walk
 
 _MODEL_ROLES = (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
 # Roles an attribute chain may announce by its last name (``self.policy.optimizer``).
@@ -73,6 +74,8 @@ class Frame:
         self._cache: dict[str, Obj | None] = {}
         self._busy: set[str] = set()
         self.constants: dict[str, object] = {}  # parameters known to hold a literal value
+        # parameters holding a condition of the caller: (its expression, the caller's file)
+        self.conditions: dict[str, tuple[cst.BaseExpression, FileContext]] = {}
         self.origins: dict[tuple[int, int], object] = {}  # loss origins (see dataflow)
         self._optimizers: list[Obj] | None = None
         self._values: dict[tuple[int, str | None], Obj | None] = {}
@@ -373,7 +376,8 @@ class Frame:
         if owner.role in (Role.MODEL, Role.ENGINE) and is_model_method(method):
             return owner
         if owner.role is Role.LIGHTNING and method == "optimizers":
-            return Obj(Role.OPTIMIZER, f"{owner.key}.optimizers")
+            models = self._configured(owner, None)
+            return Obj(Role.OPTIMIZER, f"{owner.key}.optimizers", models)
         if owner.role is Role.LIGHTNING and method == "lr_schedulers":
             return Obj(Role.SCHEDULER, f"{owner.key}.lr_schedulers")
         if owner.role is Role.ACCELERATOR and method in {
@@ -432,7 +436,8 @@ class Frame:
             ):
                 return self.resolve(positional[index]) if index < len(positional) else None
             if owner is not None and owner.role is Role.LIGHTNING and method == "optimizers":
-                return Obj(Role.OPTIMIZER, f"{owner.key}.optimizers[{index}]")
+                models = self._configured(owner, index)
+                return Obj(Role.OPTIMIZER, f"{owner.key}.optimizers[{index}]", models)
         qual = (
             self.ctx.imports.qualify(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
         )
@@ -470,6 +475,30 @@ class Frame:
             return self.parent.module_key(expr)
         return None
 
+    def _configured(self, owner: Obj, index: int | None) -> frozenset[str]:
+        """The models of the optimizer Lightning's ``self.optimizers()`` hands back, read from
+        what ``configure_optimizers`` returns (element ``index`` of a tuple or list)."""
+        cls = owner.cls
+        found = cls.method("configure_optimizers") if cls is not None else None
+        if found is None:
+            return frozenset()
+        info, method = found
+        frame = Frame(info.ctx, method, cls, {}, module_frame(info.ctx), f"{cls.name}.configure")
+        for node in walk(method.body):
+            if not isinstance(node, cst.Return) or node.value is None:
+                continue
+            value = node.value
+            if isinstance(value, (cst.Tuple, cst.List)) and index is not None:
+                if index >= len(value.elements):
+                    continue
+                value = value.elements[index].value
+            elif index is not None:
+                continue
+            obj = frame.value_role(value, None)
+            if obj is not None and obj.role is Role.OPTIMIZER:
+                return obj.models
+        return frozenset()
+
     def models_in(self, expr: cst.CSTNode) -> frozenset[str]:
         """Keys of the models whose parameters an expression (an optimizer constructor's
         arguments, a parameter group list) reaches, through local names."""
@@ -478,6 +507,7 @@ class Frame:
         stack: list[cst.CSTNode] = [expr]
         while stack:
             node = stack.pop()
+            receivers = {id(r) for r in _parameter_owners(node)}
             for root in roots_of(node):
                 obj = self.resolve(root) if not isinstance(root, cst.Call) else None
                 if obj is not None and obj.role in _MODEL_ROLES:
@@ -485,7 +515,7 @@ class Frame:
                 elif obj is not None and obj.role is Role.INSTANCE and obj.cls is not None:
                     keys.add(obj.key)
                 elif obj is None:
-                    key = self.module_key(root)
+                    key = self.module_key(root) if id(root) in receivers else None
                     if key is not None:
                         keys.add(key)
                     if isinstance(root, cst.Name) and root.value not in seen:
@@ -522,6 +552,19 @@ class Frame:
                     if obj is not None and obj.role in (Role.OPTIMIZER, Role.ENGINE):
                         if not obj.members:
                             found.setdefault(obj.key, obj)
+        if self.func is not None:
+            # optimizers held by other objects, seen where they are cleared or stepped here
+            # (``self.critic.optimizer.step()``)
+            for node in walk(self.func.body):
+                if (
+                    isinstance(node, cst.Call)
+                    and isinstance(node.func, cst.Attribute)
+                    and node.func.attr.value in {"step", "zero_grad"}
+                    and isinstance(node.func.value, cst.Attribute)
+                ):
+                    obj = self.resolve(node.func.value)
+                    if obj is not None and obj.role is Role.OPTIMIZER and not obj.members:
+                        found.setdefault(obj.key, obj)
         if self.parent is not None:
             for obj in self.parent.optimizers():
                 found.setdefault(obj.key, obj)
@@ -552,6 +595,19 @@ def _is_data(value: cst.BaseExpression) -> bool:
         name = dotted(value.func)
         return name is not None and bool(_DATA_CALLS.match(name.rsplit(".", 1)[-1]))
     return False
+
+
+_PARAMETER_METHODS = {"parameters", "named_parameters", "modules", "children"}
+
+
+def _parameter_owners(expr: cst.CSTNode) -> list[cst.BaseExpression]:
+    """The roots of ``X.parameters()``-like receivers in an expression: what an optimizer's
+    parameters belong to (not the learning rate or other settings it is given)."""
+    out: list[cst.BaseExpression] = []
+    for node in walk(expr):
+        if isinstance(node, cst.Attribute) and node.attr.value in _PARAMETER_METHODS:
+            out.extend(roots_of(node.value))
+    return out
 
 
 def _literal_index(subscript: cst.Subscript) -> object:

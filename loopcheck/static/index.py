@@ -183,6 +183,7 @@ class FileContext:
         self.module_frame: object = None  # set by the frames module on first use
         self.moves_cache: dict[int, bool] = {}  # methods that step or clear (interpreter)
         self.probes_cache: dict[int, bool] = {}  # blocks asserting that .grad is None
+        self.passes_cache: dict[int, bool] = {}  # functions handing parameters to calls
         _Indexer(self).index(module)
 
     # definitions across files
@@ -285,6 +286,7 @@ class _Indexer:
         calls: dict[int, set[str]] = {}
         enclosing: dict[int, int | None] = {}
         by_name: dict[str, list[int]] = {}
+        params: dict[int, set[str]] = {}
         stack: list[tuple[cst.CSTNode, int | None, bool]] = [(module, None, False)]
         while stack:
             node, owner, in_loop = stack.pop()
@@ -310,6 +312,7 @@ class _Indexer:
                 calls.setdefault(key, set())
                 enclosing[key] = owner
                 by_name.setdefault(node.name.value, []).append(key)
+                params[key] = {p.name.value for p in all_params(node)}
                 stack.extend((c, key, False) for c in kids(node) if c is not node.name)
                 continue
             if kind is cst.ClassDef:
@@ -325,10 +328,14 @@ class _Indexer:
                 if name is not None:
                     if owner is not None:
                         calls[owner].add(name)
+                        if type(func) is cst.Name and name in params.get(owner, ()):
+                            calls[owner].add("__call__")  # a callable object handed in
                     if in_loop:
                         self.ctx.called_in_loop.add(name)
             elif kind is cst.If or kind is cst.While:
                 self._condition(node.test)
+            elif kind is cst.Arg and type(node.value) is cst.Comparison:
+                self._condition(node.value)  # a condition handed to a helper
             if kind is cst.For or kind is cst.While:
                 body = node.body
                 stack.extend((c, owner, in_loop or c is body) for c in kids(node))
@@ -336,7 +343,14 @@ class _Indexer:
             stack.extend((c, owner, in_loop) for c in kids(node))
         self.ctx.tracked_conditions = {t for t, n in self.condition_counts.items() if n > 1}
         self.ctx.tracked_moduli = {m for m, n in self.moduli_counts.items() if n > 1}
-        self.ctx.relevant = _relevant(mentions, calls, enclosing, by_name, self._external(calls))
+        external = self._external(calls)
+        if any(
+            id(c.methods["__call__"]) in {k for k, yes in mentions.items() if yes}
+            for c in self.ctx.classes.values()
+            if "__call__" in c.methods
+        ):
+            external.add("__call__")  # a loss-scaler object may be what a parameter holds
+        self.ctx.relevant = _relevant(mentions, calls, enclosing, by_name, external)
 
     def _condition(self, test: cst.BaseExpression) -> None:
         guard = modular(self.ctx.code, test)

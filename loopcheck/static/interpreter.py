@@ -100,7 +100,9 @@ class Interpreter(Recorder):
             self.exec_block(body, states)
             return
         block = implicit_loop.body
-        self.run_loop(implicit_loop, block, states, set(), counter, None, infinite=False)
+        self.run_loop(
+            implicit_loop, block, states, set(), counter, None, infinite=False, framework=True
+        )
 
     def _seed(self, ctx: FileContext) -> None:
         if id(ctx) not in self._seeded:
@@ -252,6 +254,7 @@ class Interpreter(Recorder):
     ) -> tuple[set[PathState], set[PathState]]:
         """The paths that take a branch and those that skip it, with what each learns."""
         ctx = self.ctx
+        test, ctx = self.caller_condition(test, ctx)
         guard = conditions.modular(ctx.code, test)
         if guard is not None and conditions.modulus_of(guard[0]) not in ctx.tracked_moduli:
             guard = None
@@ -288,6 +291,22 @@ class Interpreter(Recorder):
                 skipped.add(s)
         return taken, skipped
 
+    def caller_condition(
+        self, test: cst.BaseExpression, ctx: FileContext
+    ) -> tuple[cst.BaseExpression, FileContext]:
+        """``if update_grad:`` in a helper called with ``update_grad=(i + 1) % n == 0``: the
+        caller's condition (negated under ``not``), read in the caller's file."""
+        negated = False
+        inner = test
+        while isinstance(inner, cst.UnaryOperation) and isinstance(inner.operator, cst.Not):
+            inner, negated = inner.expression, not negated
+        if not isinstance(inner, cst.Name) or inner.value not in self.frame.conditions:
+            return test, ctx
+        expr, caller = self.frame.conditions[inner.value]
+        if negated:
+            expr = cst.UnaryOperation(operator=cst.Not(), expression=expr)
+        return expr, caller
+
     def exec_try(self, stmt: cst.Try | cst.TryStar, states: set[PathState]) -> Flow:
         body = self.exec_stmt(stmt.body, states)
         # A handler may start anywhere in the body: before it, or after it ran through.
@@ -321,6 +340,11 @@ class Interpreter(Recorder):
     # loops
 
     def exec_loop(self, stmt: cst.For | cst.While, states: set[PathState]) -> Flow:
+        if isinstance(stmt, cst.For) and self.over_optimizers(stmt):
+            # ``for opt in optimizers: opt.zero_grad()``: one move on each, not a training loop
+            states = self.run_actions(self.reader.of_expr(stmt.iter), states)
+            flow = self.exec_stmt(stmt.body, states)
+            return Flow(normal=flow.normal | flow.continues | flow.breaks, returns=flow.returns)
         if isinstance(stmt, cst.For):
             clears = self.reader.apis.clears_all_grads(stmt)
             if clears is not None:
@@ -332,6 +356,14 @@ class Interpreter(Recorder):
         infinite = isinstance(stmt, cst.While) and is_true(stmt.test)
         orelse = stmt.orelse.body if stmt.orelse is not None else None
         return self.run_loop(stmt, stmt.body, states, assigned, counter_of(stmt), orelse, infinite)
+
+    def over_optimizers(self, stmt: cst.For) -> bool:
+        element = self.frame.element_role(stmt.iter)
+        if element is None:
+            return False
+        if isinstance(stmt.target, cst.Name):
+            return element.role is Role.OPTIMIZER
+        return False
 
     def summary(self, node: cst.CSTNode) -> LoopSummary:
         summary = self.summaries.get(id(node))
@@ -351,6 +383,7 @@ class Interpreter(Recorder):
         counter: str | None,
         orelse: cst.BaseSuite | None,
         infinite: bool,
+        framework: bool = False,
     ) -> Flow:
         summary = self.summary(node)
         # Counters that grow by one per iteration keep their modular facts across the back
@@ -368,7 +401,11 @@ class Interpreter(Recorder):
             for _ in range(MAX_LOOP_ROUNDS):
                 flow = self.exec_stmt(body, entry)
                 breaks |= flow.breaks
-                returns |= flow.returns
+                if framework:
+                    # a framework's loop calls the body again after it returns
+                    flow.continues |= flow.returns
+                else:
+                    returns |= flow.returns
                 back = {
                     self.forget(self.shift(self.iterate(s, summary), counter), forgotten, counters)
                     for s in flow.normal | flow.continues
@@ -496,6 +533,11 @@ class Interpreter(Recorder):
             scope = f"{ctx.path}:{scope}"
         frame = Frame(ctx, node, action.cls, dict(action.bound), parent, scope)
         frame.constants = {k: v for k, v in action.constants if k not in frame.local_values}
+        frame.conditions = {
+            name: (expr, ctx)
+            for name, expr, ctx in action.conditions
+            if name not in frame.local_values
+        }
         self.frames.append(frame)
         self.follow_stack.append(node)
         saved_gates, saved_at = self.gates, self.at

@@ -47,7 +47,10 @@ class Follow:
     bound: tuple[tuple[str, Obj | None], ...]
     cls: ClassInfo | None
     constants: tuple[tuple[str, object], ...] = ()  # parameters bound to literal values
+    # parameters bound to a condition of the caller (``update_grad=(i + 1) % n == 0``): a
+    # branch on them is a branch on that condition, with the caller's facts
     ctx: FileContext | None = None  # the file that defines it (None: the caller's)
+    conditions: tuple[tuple[str, cst.BaseExpression, FileContext], ...] = ()
 
 
 @dataclass(frozen=True)

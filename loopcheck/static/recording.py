@@ -13,7 +13,7 @@ from loopcheck.static.index import FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, Site
 from loopcheck.static.moves import Backward, Emit
 from loopcheck.static.paths import PathState
-from loopcheck.static.roles import Obj
+from loopcheck.static.roles import Obj, Role, role_from_name
 from loopcheck.static.tree import walk
 
 
@@ -78,42 +78,53 @@ class Recorder:
 
     def owns_update(self, opt: Obj) -> bool:
         """Whether the code being run is where ``opt`` gets its updates: an optimizer local to
-        it or passed to it, or one its instance holds when no other method of the class (or an
-        unknown base class) may clear or step it (a micro-batch method of a trainer is not)."""
+        it or passed to it, or one its instance holds when no other method of the class that
+        something calls (or an unknown base class) may step it (a micro-batch method of a
+        trainer whose sibling method steps is not)."""
         if ":" in opt.key:
             return True
-        cls = self.frames[0].cls
+        cls = next((f.cls for f in reversed(self.frames) if f.cls is not None), None)
         if cls is None or cls.unresolved_bases:
             return False
         running = {id(node) for node in self.follow_stack}
+        called = set(self.frames[0].ctx.referenced)
+        for info in cls.mro():
+            called |= info.ctx.referenced
         return not any(
-            id(method) not in running and _moves_optimizer(info.ctx, method)
+            id(method) not in running and name in called and _steps(info.ctx, method)
             for info in cls.mro()
-            for method in info.methods.values()
+            for name, method in info.methods.items()
         )
 
     def models_of(self, key: str) -> frozenset[str]:
+        """The models an optimizer's parameters come from (its own key included: an engine
+        is its own model); empty-but-itself when unknown."""
+        return self.known_models(key) | {key}
+
+    def known_models(self, key: str) -> frozenset[str]:
         obj = self.registry.get(key)
-        return (obj.models if obj is not None else frozenset()) | {key}
+        if obj is not None and obj.models:
+            return obj.models
+        scope, _, chain = key.rpartition(":")
+        owner, dot, last = chain.rpartition(".")
+        if dot and owner and not owner.endswith("self") and role_from_name(last) is Role.OPTIMIZER:
+            # ``self.critic.optimizer``: the optimizer its owner built over its own parameters
+            return frozenset({f"{scope}:{owner}" if scope else owner})
+        return frozenset()
 
     def backward(self, state: PathState, action: Backward) -> PathState:
         """Feed a backward to the optimizers whose models its loss reaches: certainly (one
         optimizer in sight, or the loss reaches its models), or maybe (nothing says)."""
         keys = list(dict.fromkeys([*self.known(), *state.keys()]))
         found = action.origin
-        hit = [k for k in keys if self.models_of(k) & found.models]
+        hit = [k for k in keys if overlap(self.models_of(k), found.models)]
         shared = len(hit) > 1 or not found.complete
         for key in keys:
             if len(keys) == 1:
                 move, key_shared = Move.BACKWARD, False
             elif key in hit:
                 move, key_shared = Move.BACKWARD, shared
-            elif (
-                found.complete
-                and found.models
-                and self.registry.get(key) is not None
-                and (self.registry[key].models)
-            ):
+            elif found.complete and found.models and self.known_models(key):
                 continue  # the loss reaches none of this optimizer's models
             elif key in state.last_zeroed:
                 move, key_shared = Move.BACKWARD, True
@@ -168,15 +179,32 @@ class Recorder:
             self.root.stepped = True  # gradients used by hand: a manual update is possible
 
 
-def _moves_optimizer(ctx: FileContext, method: cst.FunctionDef) -> bool:
-    """Whether a method's text steps or clears something (cached per method)."""
+def _steps(ctx: FileContext, method: cst.FunctionDef) -> bool:
+    """Whether a method's text steps something (cached per method)."""
     cache = ctx.moves_cache
     key = id(method)
     if key not in cache:
         cache[key] = any(
             isinstance(node, cst.Call)
             and isinstance(node.func, cst.Attribute)
-            and node.func.attr.value in {"step", "zero_grad"}
+            and node.func.attr.value == "step"
             for node in walk(method.body)
         )
     return cache[key]
+
+
+def overlap(ours: frozenset[str], theirs: frozenset[str]) -> bool:
+    """Whether two sets of model keys share a module: the same key, a submodule and its
+    parent (``train:model.encoder`` and ``train:model``), or a module's ``self`` and any of
+    its attributes (``LitGAN.self`` and ``LitGAN.generator``)."""
+    if ours & theirs:
+        return True
+    for a in ours:
+        for b in theirs:
+            if a.startswith(b + ".") or b.startswith(a + "."):
+                return True
+            if a.endswith(".self") and b.startswith(a[: -len("self")]):
+                return True
+            if b.endswith(".self") and a.startswith(b[: -len("self")]):
+                return True
+    return False
