@@ -12,6 +12,7 @@ import libcst as cst
 
 from loopcheck.protocol import Event, Move
 from loopcheck.static.apis import CLIP_FUNCTIONS, ApiReader, divided
+from loopcheck.static.conditions import touches
 from loopcheck.static.dataflow import Origin, origin
 from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
 from loopcheck.static.model import Site
@@ -19,6 +20,7 @@ from loopcheck.static.moves import Action, Alternatives, Backward, Emit, Follow,
 from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (
     call_args,
+    chains_in,
     dotted,
     is_abstract,
     literal,
@@ -130,10 +132,15 @@ class Reader:
             actions = [a for a in actions if not isinstance(a, Emit)] + [Emit(event, None)]
         return actions
 
-    def of_assignment(self, value: cst.BaseExpression, names: set[str]) -> list[Action]:
-        """An optimizer built here starts with nothing to pile up (new parameters each
-        iteration, or a deliberate restart)."""
+    def of_assignment(
+        self, value: cst.BaseExpression, names: frozenset[str], fresh: frozenset[str]
+    ) -> list[Action]:
+        """An optimizer built in a loop over parameters made in the same iteration (``fresh``
+        names the loop assigns) starts with nothing to pile up. Rebuilt over the same model,
+        its gradients still pile up."""
         if not isinstance(value, cst.Call) or len(names) != 1:
+            return []
+        if not touches(chains_in(value), fresh):
             return []
         func = value.func
         if isinstance(func, cst.Attribute) and not self.frame.is_module_name(func.value):

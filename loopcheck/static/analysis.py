@@ -84,6 +84,8 @@ def _implicit_loop(
     A function stepping a local optimizer or one passed in is not: its caller owns the loop."""
     if cls is None or func.name.value in ctx.called_in_loop or func.name.value == "__init__":
         return False
+    if func.name.value.startswith("test") or cls.name.startswith("Test"):
+        return False  # a test runner calls each test once, on a fresh fixture
     return _steps_owned(ctx, func, cls, scope, depth=0)
 
 

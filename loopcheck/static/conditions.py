@@ -133,7 +133,7 @@ def shifted(facts: Facts, counter: str, fact_names: dict[str, set[str]]) -> Fact
 _NO_NAMES: set[str] = set()
 
 
-def _touches(mentioned: set[str], assigned: frozenset[str]) -> bool:
+def touches(mentioned: set[str], assigned: frozenset[str]) -> bool:
     """Whether assigning ``assigned`` may change something a condition mentions: the same
     chain, a longer one (``self.cfg = ...`` changes ``self.cfg.flag``) or a shorter one."""
     for chain in mentioned:
@@ -155,13 +155,13 @@ def forget(
     counters in ``keep`` (they are shifted instead)."""
     if not names or not facts:
         return facts
-    if not any(_touches(fact_names.get(text, _NO_NAMES), names) for text, _ in facts):
+    if not any(touches(fact_names.get(text, _NO_NAMES), names) for text, _ in facts):
         return facts
     prefixes = tuple(f"%{c}%" for c in keep)
     kept = frozenset(
         f
         for f in facts
-        if not _touches(fact_names.get(f[0], _NO_NAMES), names)
+        if not touches(fact_names.get(f[0], _NO_NAMES), names)
         or (prefixes and f[0].startswith(prefixes))
     )
     return facts if len(kept) == len(facts) else kept

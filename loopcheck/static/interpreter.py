@@ -480,7 +480,8 @@ class Interpreter(Recorder):
             actions.extend(reader.of_target(target, value))
         names = self.ctx.target_names(stmt, targets)
         if self.loop_stack and value is not None and isinstance(stmt, (cst.Assign, cst.AnnAssign)):
-            actions.extend(reader.of_assignment(value, names))
+            fresh = frozenset(self.ctx.loop_assigned(self.loop_stack[-1].node))
+            actions.extend(reader.of_assignment(value, names, fresh))
         states = self.run_actions(actions, states)
         if isinstance(value, cst.Call) and any(is_loss_name(n) for n in names):
             self.mark("loss")
