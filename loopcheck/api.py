@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import warnings
 from typing import TYPE_CHECKING
 
 import libcst as cst
@@ -47,11 +48,18 @@ def _bracket_depth(raw: bytes) -> int:
     return deepest
 
 
+def _compile(text: str, path: str) -> None:
+    """Let Python judge the source; its warnings about odd but valid code are not ours."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compile(text, path, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
+
+
 def _syntax_error(text: str, path: str, exc: cst.ParserSyntaxError) -> Diagnostic:
     """Locate and word a syntax error as Python itself does; libcst's own position is a
     fallback for the rare source Python accepts and libcst does not."""
     try:
-        compile(text, path, "exec", ast.PyCF_ONLY_AST)
+        _compile(text, path)
     except SyntaxError as err:
         return _parse_error(path, err.lineno or 1, err.offset or 1, f"syntax error: {err.msg}")
     except (ValueError, RecursionError, MemoryError):
@@ -93,7 +101,7 @@ def lint_source(
         # libcst's native parser can overflow its stack on pathological nesting that Python
         # itself refuses (more than 200 nested brackets): let Python judge such files first.
         try:
-            compile(text, path, "exec", ast.PyCF_ONLY_AST)
+            _compile(text, path)
         except SyntaxError as err:
             return [
                 _parse_error(path, err.lineno or 1, err.offset or 1, f"syntax error: {err.msg}")
