@@ -65,6 +65,7 @@ class Event:
     # BACKWARD of a loss that also feeds other optimizers (a GAN's generator loss reaches the
     # discriminator), or whose origin is not fully known: clearing what it left is no LC108
     shared: bool = False
+    unscales: bool = False  # CLIP by a framework that unscales AMP gradients itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +83,13 @@ class OptState:
     can keep sets of states, one per path."""
 
     grads: Grads = Grads.UNKNOWN
-    backwards: int = 0  # backward calls since the last clear or step (capped at 2)
+    backward_sites: frozenset = frozenset()  # where the backward calls since clear/step were
     undivided_at: Hashable = None  # the first backward since clear/step whose loss was not divided
+    accumulated_undivided: bool = False  # an undivided backward repeated at the same place
     scaled: bool = False  # the current gradients come from a scaled loss
     unscaled: bool = False  # scaler.unscale_ since the last backward
     unscaled_since_update: bool = False  # scaler.unscale_ since the last scaler.update()
-    stepped_via_scaler: bool = False  # scaler.step since the last scaler.update()
+    scaler_step_at: Hashable = None  # scaler.step(opt) since the last scaler.update()
     stepped_this_iteration: bool = False
     fresh_this_iteration: bool = False  # the fresh gradients come from this iteration's backward
     consumed: bool = False  # gradients read by hand since the last backward
@@ -100,7 +102,10 @@ class OptState:
     last_backward_shared: bool = False
     pending_step: Hashable = None  # a step on no fresh gradient: LC103 once a backward follows
     pending_clip: Hashable = None  # a clip of no fresh gradient: LC107 once a backward follows
+    clipped_at: Hashable = None  # a clip of fresh gradients: LC203 if another backward follows
     pending_sched: Hashable = None  # a scheduler step before the optimizer's: LC401 on step
+    pending_sched_crossed: bool = False  # ... in an earlier micro-batch's iteration: LC202
+    sched_per_micro: bool = False  # LC202 was seen in this accumulation window
 
 
 UNKNOWN = OptState()
@@ -131,7 +136,7 @@ def _zero(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         grads=Grads.CLEAR,
         stepped_this_iteration=s.stepped_this_iteration,
         unscaled_since_update=s.unscaled_since_update,
-        stepped_via_scaler=s.stepped_via_scaler,
+        scaler_step_at=s.scaler_step_at,
         pending_zero=pending[0],
         pending_zero_crossed=pending[1],
         pending_zero_cause=pending[2],
@@ -142,6 +147,7 @@ def _zero(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         pending_step=s.pending_step,
         pending_clip=s.pending_clip,
         pending_sched=s.pending_sched,
+        pending_sched_crossed=s.pending_sched_crossed,
     )
     return new, ()
 
@@ -161,6 +167,15 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         found.append(Violation("LC103", s.pending_step))
     if s.pending_clip is not None and not e.shared:
         found.append(Violation("LC107", s.pending_clip))
+    # The same backward again (the next micro-batch) after a clip or a scheduler step of the
+    # accumulation window: the clip saw a partial sum, the schedule moved once per micro-batch.
+    repeated = e.where in s.backward_sites
+    if s.clipped_at is not None and not e.shared and repeated:
+        found.append(Violation("LC203", s.clipped_at))
+    per_micro = s.sched_per_micro
+    if s.pending_sched is not None and not e.shared and repeated:
+        found.append(Violation("LC202", s.pending_sched))
+        per_micro = True
     grads = {
         Grads.STALE: Grads.PILED,
         Grads.PILED: Grads.PILED,
@@ -168,11 +183,17 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     undivided_at = s.undivided_at
     if undivided_at is None and e.divided is False:
         undivided_at = e.where
+    # Several different losses into one step (GAN real + fake) are not accumulation; the same
+    # backward reached again before the step is.
+    sites = (
+        s.backward_sites if repeated or len(s.backward_sites) >= 8 else s.backward_sites | {e.where}
+    )
     new = replace(
         s,
         grads=grads,
-        backwards=min(s.backwards + 1, 2),
+        backward_sites=sites,
         undivided_at=undivided_at,
+        accumulated_undivided=s.accumulated_undivided or (repeated and e.divided is False),
         scaled=e.scaled or (s.scaled and s.grads is Grads.FRESH),
         unscaled=False,
         consumed=False,
@@ -186,6 +207,10 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         last_backward_shared=e.shared,
         pending_step=s.pending_step if e.shared else None,
         pending_clip=s.pending_clip if e.shared else None,
+        clipped_at=None if repeated and not e.shared else s.clipped_at,
+        pending_sched=None if repeated and not e.shared else s.pending_sched,
+        pending_sched_crossed=False if repeated and not e.shared else s.pending_sched_crossed,
+        sched_per_micro=per_micro,
     )
     return new, tuple(found)
 
@@ -210,8 +235,11 @@ def _clip(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         if s.pending_clip is None:
             return replace(s, pending_clip=e.where), ()
         return s, ()
-    if s.grads in (Grads.FRESH, Grads.PILED) and s.scaled and not s.unscaled:
-        return s, (Violation("LC301", e.where),)
+    if s.grads in (Grads.FRESH, Grads.PILED):
+        found = ()
+        if s.scaled and not s.unscaled and not e.unscales:
+            found = (Violation("LC301", e.where),)
+        return replace(s, clipped_at=s.clipped_at or e.where), found
     return s, ()
 
 
@@ -237,17 +265,22 @@ def _step(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     if s.grads in (Grads.FRESH, Grads.PILED):
         if s.scaled and not e.via_scaler:
             found.append(Violation("LC302", e.where))
-        if s.backwards > 1 and s.undivided_at is not None:
+        if s.accumulated_undivided and s.undivided_at is not None:
             found.append(Violation("LC201", s.undivided_at))
     if s.pending_sched is not None:
-        found.append(Violation("LC401", s.pending_sched))
+        per_micro = s.pending_sched_crossed or s.sched_per_micro
+        found.append(Violation("LC202" if per_micro else "LC401", s.pending_sched))
     new = replace(
         s,
         grads=Grads.STALE if s.grads is not Grads.UNKNOWN else Grads.UNKNOWN,
-        backwards=0,
+        backward_sites=frozenset(),
         undivided_at=None,
+        accumulated_undivided=False,
         stepped_this_iteration=True,
-        stepped_via_scaler=s.stepped_via_scaler or e.via_scaler,
+        scaler_step_at=e.where if e.via_scaler else s.scaler_step_at,
+        clipped_at=None,
+        sched_per_micro=False,
+        pending_sched_crossed=False,
         pending_zero=None,
         pending_zero_crossed=False,
         pending_zero_cause=None,
@@ -260,7 +293,7 @@ def _step(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
 
 
 def _scaler_update(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
-    return replace(s, unscaled_since_update=False, stepped_via_scaler=False), ()
+    return replace(s, unscaled_since_update=False, scaler_step_at=None), ()
 
 
 def _sched_step(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
@@ -283,10 +316,18 @@ def _loop_entry(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]
 
 def _grad_rescale(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     # Gradients divided by hand: the accumulated sum is normalised, whatever the losses were.
-    return replace(s, consumed=True, undivided_at=None), ()
+    return replace(s, consumed=True, undivided_at=None, accumulated_undivided=False), ()
 
 
 def _iteration(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
+    found = ()
+    if s.scaler_step_at is not None:
+        # scaler.step without scaler.update before the next iteration
+        found = (Violation("LC303", s.scaler_step_at),)
+    # A scheduler step while gradients accumulate (no optimizer step in this iteration)
+    # waits for the next micro-batch: LC202 then.
+    accumulating = s.grads is Grads.FRESH and not s.stepped_this_iteration
+    keep_sched = s.pending_sched if accumulating else None
     return (
         replace(
             s,
@@ -295,9 +336,11 @@ def _iteration(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
             pending_zero_crossed=s.pending_zero is not None,
             pending_step=None,
             pending_clip=None,
-            pending_sched=None,
+            pending_sched=keep_sched,
+            pending_sched_crossed=keep_sched is not None,
+            scaler_step_at=None,
         ),
-        (),
+        found,
     )
 
 

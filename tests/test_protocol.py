@@ -100,9 +100,39 @@ def test_amp_rules() -> None:
 
 
 def test_undivided_accumulated_loss_is_lc201_at_the_backward() -> None:
-    events = [Event(Z, 0), Event(B, 1, divided=False), Event(B, 2, divided=False), Event(S, 3)]
+    # the same backward (a micro-batch loop) reached twice before the step, undivided
+    events = [Event(Z, 0), Event(B, 1, divided=False), Event(B, 1, divided=False), Event(S, 3)]
     assert [(v.code, v.where) for v in run(events)[1]] == [("LC201", 1)]
-    events = [Event(Z, 0), Event(B, 1, divided=True), Event(B, 2, divided=True), Event(S, 3)]
+    events = [Event(Z, 0), Event(B, 1, divided=True), Event(B, 1, divided=True), Event(S, 3)]
+    assert run(events)[1] == []
+    # two different losses into one step (a GAN's real and fake halves) are no accumulation
+    events = [Event(Z, 0), Event(B, 1, divided=False), Event(B, 2, divided=False), Event(S, 3)]
+    assert run(events)[1] == []
+
+
+def test_clip_or_schedule_per_micro_batch() -> None:
+    clip, sched = Event(Move.CLIP, 2), Event(Move.SCHED_STEP, 2)
+    assert codes(Z, B, Move.CLIP, B, S) == []  # another loss after the clip: not a micro-batch
+    events = [Event(Z, 0), Event(B, 1), clip, Event(B, 1), Event(S, 3)]
+    assert [(v.code, v.where) for v in run(events)[1]] == [("LC203", 2)]
+    events = [Event(Z, 0), Event(B, 1), sched, Event(B, 1), Event(S, 3)]
+    assert [(v.code, v.where) for v in run(events)[1]] == [("LC202", 2)]
+    # a flat guard: the scheduler steps in an iteration that does not step the optimizer
+    events = [Event(Z, 0), Event(B, 1), sched, Event(I), Event(B, 1), Event(S, 3)]
+    assert [(v.code, v.where) for v in run(events)[1]] == [("LC202", 2)]
+
+
+def test_scaler_step_without_update_is_lc303_at_the_next_iteration() -> None:
+    step = Event(S, 2, via_scaler=True)
+    events = [Event(Z, 0), Event(B, 1, scaled=True), step, Event(I), Event(Z, 0)]
+    assert [(v.code, v.where) for v in run(events)[1]] == [("LC303", 2)]
+    update = Event(Move.SCALER_UPDATE, 3)
+    events = [Event(Z, 0), Event(B, 1, scaled=True), step, update, Event(I), Event(Z, 0)]
+    assert run(events)[1] == []
+
+
+def test_framework_clip_unscales_itself() -> None:
+    events = [Event(Z, 0), Event(B, 1, scaled=True), Event(Move.CLIP, 2, unscales=True)]
     assert run(events)[1] == []
 
 

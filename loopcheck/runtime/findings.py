@@ -60,6 +60,18 @@ RULES: dict[str, tuple[str, str, str]] = {
         "divided: the accumulated gradient is N times too large",
         "divide the loss by the number of micro-batches before backward()",
     ),
+    "LC202": (
+        "scheduler-per-microbatch",
+        "the LR scheduler stepped between two micro-batches of one optimizer step: the "
+        "schedule advances once per micro-batch instead of once per update",
+        "step the scheduler next to optimizer.step(), inside the accumulation guard",
+    ),
+    "LC203": (
+        "clip-per-microbatch",
+        "gradients were clipped and then another micro-batch was backpropagated into them: "
+        "the clip saw a partial sum",
+        "clip once, after the last micro-batch's backward() and before step()",
+    ),
     "LC301": (
         "clip-without-unscale",
         "AMP-scaled gradients were clipped without scaler.unscale_(optimizer) first: max_norm "
@@ -71,6 +83,12 @@ RULES: dict[str, tuple[str, str, str]] = {
         "optimizer.step() ran on gradients of a GradScaler-scaled loss: the update is too "
         "large and inf/NaN steps are not skipped",
         "call scaler.step(optimizer) and scaler.update() instead of optimizer.step()",
+    ),
+    "LC303": (
+        "missing-scaler-update",
+        "scaler.step(optimizer) ran and the next iteration began without scaler.update(): "
+        "the loss scale never adapts",
+        "call scaler.update() after scaler.step(optimizer), every iteration",
     ),
     "LC304": (
         "unscale-per-microbatch",
