@@ -46,8 +46,8 @@ def add_check_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "check",
         help="lint files and directories (the default command)",
-        description="Lint Python files for training-loop bugs. Directories are searched for "
-        "*.py files; '-' reads standard input.",
+        description="Lint Python files and Jupyter notebooks for training-loop bugs. "
+        "Directories are searched for *.py and *.ipynb files; '-' reads standard input.",
     )
     parser.add_argument(
         "paths", nargs="*", metavar="PATH", help="files or directories (default: .)"

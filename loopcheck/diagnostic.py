@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import total_ordering
 
 DOCS_URL = "https://github.com/loopcheck/loopcheck/blob/main/docs/rules/{code}.md"
 
@@ -17,9 +18,15 @@ class Span:
     end_column: int
 
 
-@dataclass(frozen=True, order=True)
+@total_ordering
+@dataclass(frozen=True)
 class Diagnostic:
-    """A finding. Lines and columns are 1-based; ``end_*`` close the flagged span."""
+    """A finding. Lines and columns are 1-based; ``end_*`` close the flagged span.
+
+    In a notebook, ``cell`` is the cell's number (from 1, every cell counted, as Jupyter and
+    ruff number them) and the lines are the cell's own. Diagnostics sort by place: path, cell,
+    line, column, then code.
+    """
 
     path: str
     line: int
@@ -30,6 +37,26 @@ class Diagnostic:
     end_line: int = 0
     end_column: int = 0
     fix: str | None = None
+    cell: int | None = None
+
+    def _order(self) -> tuple:
+        return (
+            self.path,
+            self.cell or 0,
+            self.line,
+            self.column,
+            self.code,
+            self.message,
+            self.name,
+            self.end_line,
+            self.end_column,
+            self.fix or "",
+        )
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Diagnostic):
+            return NotImplemented
+        return self._order() < other._order()
 
     @property
     def url(self) -> str:

@@ -1,16 +1,17 @@
 """Linting files with settings: the layer the CLI, the pytest plugin and pre-commit share.
 
 :func:`loopcheck.api.lint_source` knows nothing of files or settings; this module reads the
-files, runs the rules the settings enable for each one, drops what per-file-ignores and
-``# noqa`` silence, and turns anything that goes wrong with one file into an LC900 finding for
-that file, so that the other files are still linted.
+files (Python files, and notebooks through :mod:`loopcheck.notebook`), runs the rules the
+settings enable for each one, drops what per-file-ignores and ``# noqa`` silence, and turns
+anything that goes wrong with one file into an LC900 finding for that file, so that the other
+files are still linted.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from loopcheck.api import lint_source
@@ -18,6 +19,8 @@ from loopcheck.config import Config
 from loopcheck.diagnostic import Diagnostic
 from loopcheck.files import collect_files
 from loopcheck.noqa import remove_silenced
+from loopcheck.notebook import NotebookError, is_notebook, read_notebook
+from loopcheck.rules import Rule
 
 ERROR_CODE = "LC900"
 
@@ -31,34 +34,63 @@ class FileReport:
     diagnostics: tuple[Diagnostic, ...]
 
 
-def file_error(path: str, message: str) -> Diagnostic:
+def file_error(path: str, message: str, line: int = 1, column: int = 1) -> Diagnostic:
     """An LC900 finding for a whole file (it could not be read, or linting it failed)."""
     return Diagnostic(
         path=path,
-        line=1,
-        column=1,
+        line=line,
+        column=column,
         code=ERROR_CODE,
         name="parse-error",
         message=message,
-        end_line=1,
-        end_column=1,
+        end_line=line,
+        end_column=column,
     )
 
 
 def check_source(source: bytes | str, path: str, config: Config) -> list[Diagnostic]:
-    """Lint one file's contents as ``path``, with ``config``'s rules, per-file-ignores and noqa."""
+    """Lint one file's contents as ``path``, with ``config``'s rules, per-file-ignores and noqa;
+    a ``.ipynb`` path is read as a notebook."""
     codes = config.codes_for(path)
     if not codes:
         return []
+    rules = config.rules_for(codes)
     try:
-        found = lint_source(source, path, config.rules_for(codes))
+        if is_notebook(path):
+            found = _lint_notebook(source, path, rules)
+        else:
+            found = _unsilenced(lint_source(source, path, rules), source)
     except Exception as exc:  # a bug of ours: report it for this file, keep linting the others
         found = [file_error(path, f"internal error: {type(exc).__name__}: {exc}")]
-    found = [d for d in found if d.code in codes]
-    if found:
-        text = source if isinstance(source, str) else source.decode("utf-8-sig", errors="replace")
-        found = remove_silenced(found, text)
-    return sorted(found)
+    return sorted(d for d in found if d.code in codes)
+
+
+def _unsilenced(found: Iterable[Diagnostic], source: bytes | str) -> list[Diagnostic]:
+    found = list(found)
+    if not found:
+        return found
+    text = source if isinstance(source, str) else source.decode("utf-8-sig", errors="replace")
+    return remove_silenced(found, text)
+
+
+def _lint_notebook(
+    source: bytes | str, path: str, rules: tuple[type[Rule], ...]
+) -> list[Diagnostic]:
+    """The code cells linted as one program, findings placed in their cells; a cell that does
+    not compile is an LC900 finding of its own (the other cells are still linted)."""
+    raw = source.encode("utf-8") if isinstance(source, str) else source
+    try:
+        notebook = read_notebook(raw)
+    except NotebookError as exc:
+        return [file_error(path, str(exc), exc.line, exc.column)]
+    if notebook is None:  # a notebook in another language
+        return []
+    program = lint_source(notebook.program, path, rules)
+    found = [notebook.locate(d) for d in _unsilenced(program, notebook.program)]
+    for cell in notebook.broken_cells:
+        errors = _unsilenced(lint_source(cell.text, path, rules), cell.text)
+        found += [replace(d, cell=cell.number) for d in errors]
+    return found
 
 
 def check_file(path: str | os.PathLike[str], config: Config) -> FileReport:

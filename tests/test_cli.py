@@ -222,6 +222,7 @@ def test_json_format(run) -> None:
         "code",
         "message",
         "filename",
+        "cell",
         "location",
         "end_location",
         "fix",
@@ -229,6 +230,7 @@ def test_json_format(run) -> None:
         "noqa_row",
     }
     assert record["filename"] == "train.py"
+    assert record["cell"] is None  # ruff's field: the cell number in a notebook
     assert record["location"] == {"row": 1, "column": broken_column()}
     assert record["noqa_row"] == 1
     assert record["fix"] is None

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "fixtures" / "notebooks"
 
 BUGGY = """\
 import torch
@@ -26,8 +27,10 @@ for x, y in loader:
 """
 
 
-def git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout
 
 
 def test_hook_fails_on_a_bug_and_passes_on_the_fix(tmp_path: Path) -> None:
@@ -37,13 +40,14 @@ def test_hook_fails_on_a_bug_and_passes_on_the_fix(tmp_path: Path) -> None:
     git(repo, "config", "user.email", "dev@example.com")
     git(repo, "config", "user.name", "dev")
     (repo / "train.py").write_text(BUGGY)
-    git(repo, "add", "train.py")
+    (repo / "explore.ipynb").write_bytes((NOTEBOOKS / "train_buggy.ipynb").read_bytes())
+    git(repo, "add", "train.py", "explore.ipynb")
     env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "cache")}
 
     def hook() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "pre_commit", "try-repo", str(ROOT), "loopcheck"]
-            + ["--files", "train.py"],
+            + ["--files", "train.py", "explore.ipynb"],
             cwd=repo,
             env=env,
             capture_output=True,
@@ -54,11 +58,13 @@ def test_hook_fails_on_a_bug_and_passes_on_the_fix(tmp_path: Path) -> None:
     failed = hook()
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "train.py:8:5: LC102" in failed.stdout
+    assert "explore.ipynb:cell 5:6:9: LC102" in failed.stdout  # notebooks are hooked too
 
     fixed = BUGGY.replace("    optimizer.zero_grad()\n", "").replace(
         "for x, y in loader:\n", "for x, y in loader:\n    optimizer.zero_grad()\n"
     )
     (repo / "train.py").write_text(fixed)
-    git(repo, "add", "train.py")
+    (repo / "explore.ipynb").write_bytes((NOTEBOOKS / "train_clean.ipynb").read_bytes())
+    git(repo, "add", "train.py", "explore.ipynb")
     passed = hook()
     assert passed.returncode == 0, passed.stdout + passed.stderr
