@@ -213,3 +213,11 @@ def is_excluded(path: str, exclude: Iterable[str], root: Path) -> bool:
     depth = len(parts) if absolute.is_dir() else len(parts) - 1
     directories = [root.joinpath(*parts[: end + 1]) for end in range(depth)]
     return any(d.name in SKIPPED_DIRS or is_virtualenv(d) for d in directories)
+
+
+@dataclass(frozen=True)
+class LintedFiles:
+    """Every file linted in one run, in order: what one file's analysis may read to follow calls
+    into the others. Small and picklable: each worker process gets it once."""
+
+    paths: tuple[str, ...] = ()

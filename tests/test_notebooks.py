@@ -56,7 +56,7 @@ def expected_in(path: Path) -> set[tuple[int, int, int, str]]:
 def loopcheck(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "loopcheck", *args],
+        [sys.executable, "-m", "loopcheck", "--no-cache", *args],
         cwd=cwd,
         env=env,
         capture_output=True,

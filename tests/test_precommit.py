@@ -59,6 +59,9 @@ def test_hook_fails_on_a_bug_and_passes_on_the_fix(tmp_path: Path) -> None:
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "train.py:8:5: LC102" in failed.stdout
     assert "explore.ipynb:cell 5:6:9: LC102" in failed.stdout  # notebooks are hooked too
+    assert (repo / ".loopcheck_cache").is_dir()
+    untracked = git(repo, "status", "--porcelain", "--untracked-files=all").splitlines()
+    assert [line for line in untracked if line.startswith("??")] == []  # the cache ignores itself
 
     fixed = BUGGY.replace("    optimizer.zero_grad()\n", "").replace(
         "for x, y in loader:\n", "for x, y in loader:\n    optimizer.zero_grad()\n"
