@@ -256,13 +256,17 @@ def _lint_all(
         for path in todo:
             yield lint_file_source(sources[path], path, config, linted)
         return
-    # Small chunks: files differ a lot in cost (most are skipped by the prefilter at once).
-    chunk = max(1, min(16, len(todo) // (workers * 8)))
+    # Files differ a lot in cost: hand them out one at a time, largest first, so that no big
+    # file is left to run alone at the end; the results come back in ``todo``'s order.
+    order = sorted(range(len(todo)), key=lambda i: -len(sources[todo[i]]))
+    results: dict[int, FileLint] = {}
     with ProcessPoolExecutor(
         workers, mp_context=_pool_context(), initializer=_start_worker, initargs=(config, linted)
     ) as pool:
-        items = ((path, sources[path]) for path in todo)
-        yield from pool.map(_lint_in_worker, items, chunksize=chunk)
+        items = ((todo[i], sources[todo[i]]) for i in order)
+        for i, lint in zip(order, pool.map(_lint_in_worker, items), strict=True):
+            results[i] = lint
+    yield from (results[i] for i in range(len(todo)))
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
