@@ -106,6 +106,14 @@ def test_buggy_notebook_in_sarif_and_github_formats() -> None:
         )
 
 
+def test_the_readme_prints_what_the_command_prints() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    command = "loopcheck fixtures/notebooks/train_buggy.ipynb"
+    shown = readme.split(f"{command}\n```\n\n```text\n", 1)[1].split("```", 1)[0]
+    done = loopcheck(command.split()[1])
+    assert done.stdout == shown
+
+
 def test_clean_notebook_is_silent() -> None:
     assert expected_in(CLEAN) == set()
     done = loopcheck(str(CLEAN))
