@@ -127,8 +127,13 @@ class LintCache:
             ],
         }
         try:
+            text = json.dumps(entry)
+        except (TypeError, ValueError) as exc:  # a Diagnostic field JSON cannot hold
+            self.problem = f"cannot store findings in the cache: {exc}"
+            return
+        try:
             self._prepare()
-            _write_atomically(self._entry_file(path, settings), json.dumps(entry))
+            _write_atomically(self._entry_file(path, settings), text)
         except OSError as exc:
             self.problem = f"cannot write the cache in {self.directory}: {exc.strerror or exc}"
 

@@ -9,6 +9,7 @@ import multiprocessing
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -97,9 +98,19 @@ def test_an_entry_is_stale_when_a_dependency_changes_or_leaves_the_run(tmp_path:
 
 def test_every_diagnostic_field_survives_the_cache(tmp_path: Path) -> None:
     full = Diagnostic("nb.ipynb", 2, 3, "LC102", "m", "name", 4, 5, fix="move it", cell=7)
+    unset = [f.name for f in fields(Diagnostic) if getattr(full, f.name) == f.default]
+    assert unset == [], "a new Diagnostic field: set it here and make the cache keep it"
     cache = LintCache(tmp_path / "cache")
     cache.store("nb.ipynb", "s", "h", (full, FINDING), {})
     assert cache.lookup("nb.ipynb", "s", "h", lambda _: None) == (full, FINDING)
+
+
+def test_a_finding_json_cannot_hold_is_not_stored_and_not_a_crash(tmp_path: Path) -> None:
+    cache = LintCache(tmp_path / "cache")
+    odd = Diagnostic("a.py", 1, 1, "LC102", "m", fix=object())  # type: ignore[arg-type]
+    cache.store("a.py", "s", "h", (odd,), {})
+    assert cache.problem is not None and "cannot store" in cache.problem
+    assert cache.lookup("a.py", "s", "h", lambda _: None) is None
 
 
 @pytest.mark.parametrize(
