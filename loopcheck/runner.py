@@ -20,7 +20,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from loopcheck.api import lint_source
 from loopcheck.cache import LintCache, content_hash
 from loopcheck.config import Config
 from loopcheck.diagnostic import Diagnostic
@@ -51,6 +50,14 @@ class FileLint:
 
     diagnostics: tuple[Diagnostic, ...]
     dependencies: frozenset[str] = frozenset()
+
+
+def lint_source(source: str | bytes, path: str, rules: tuple[type[Rule], ...]) -> list[Diagnostic]:
+    """:func:`loopcheck.api.lint_source`, imported on first use: a run the cache answers
+    never pays for importing libcst."""
+    from loopcheck.api import lint_source as lint
+
+    return lint(source, path, rules)
 
 
 def file_error(path: str, message: str, line: int = 1, column: int = 1) -> Diagnostic:
