@@ -277,11 +277,20 @@ def _lint_all(
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
-    """Forked workers start at once with everything imported; fork only where it is safe (Linux,
-    no other thread in this process), else the platform's default."""
-    if sys.platform == "linux" and threading.active_count() == 1:
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context()
+    """Forked workers start at once with everything imported, but forking a process that runs
+    other threads (native ones included: torch's, in a test session) can deadlock the child, so
+    on Linux: fork when this process has one thread, else fork from a clean server process;
+    elsewhere the platform's default."""
+    if sys.platform != "linux":
+        return multiprocessing.get_context()
+    return multiprocessing.get_context("fork" if _single_threaded() else "forkserver")
+
+
+def _single_threaded() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return threading.active_count() == 1
 
 
 _worker_settings: tuple[Config, LintedFiles] | None = None

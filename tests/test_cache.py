@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -310,13 +312,13 @@ def test_a_dependency_change_makes_the_dependent_file_stale(
 
 
 @pytest.fixture
-def pools(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """The worker counts of the process pools the runner starts."""
-    started: list[int] = []
+def pools(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, str]]]:
+    """(workers, start method) of each process pool the runner starts."""
+    started: list[tuple[int, str]] = []
 
     class RecordingPool(ProcessPoolExecutor):
-        def __init__(self, max_workers: int, **kwargs: object) -> None:
-            started.append(max_workers)
+        def __init__(self, max_workers: int, **kwargs: Any) -> None:
+            started.append((max_workers, kwargs["mp_context"].get_start_method()))
             super().__init__(max_workers, **kwargs)
 
     monkeypatch.setattr(runner, "ProcessPoolExecutor", RecordingPool)
@@ -331,7 +333,7 @@ def test_jobs_n_prints_exactly_what_jobs_1_prints(
     serial = run(*argv, capsys=capsys)
     assert pools == []
     parallel = main(["--jobs", "2", *argv]), *capsys.readouterr()
-    assert pools == [2]
+    assert [workers for workers, _ in pools] == [2]
     assert parallel == serial
     assert serial[0] == 1 and "train_buggy.ipynb:cell 5:" in serial[1]
 
@@ -349,9 +351,26 @@ def test_parallel_results_fill_the_cache(
 ) -> None:
     write_project(tmp_path, files=12)
     cold = main(["--jobs", "2", "."]), *capsys.readouterr()
-    assert pools == [2] and lint_calls == []  # linted in the workers
+    assert len(pools) == 1 and lint_calls == []  # linted in the workers
     assert run(".", capsys=capsys) == cold
     assert lint_calls == []  # and answered from the cache
+
+
+def test_a_process_running_other_threads_does_not_fork_its_workers(
+    tmp_path: Path, pools: list[tuple[int, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_project(tmp_path, files=12)
+    serial = run("--no-cache", ".", capsys=capsys)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        parallel = main(["--jobs", "2", "--no-cache", "."]), *capsys.readouterr()
+    finally:
+        stop.set()
+        other.join()
+    assert pools == [(2, "forkserver")]
+    assert parallel == serial
 
 
 @pytest.mark.parametrize("jobs", ["0", "-1", "two"])
