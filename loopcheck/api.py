@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import ast
 import re
+from typing import TYPE_CHECKING
 
 import libcst as cst
 
 from loopcheck.diagnostic import Diagnostic
 from loopcheck.rules import ALL_RULES, Rule
+
+if TYPE_CHECKING:
+    from loopcheck.static.project import Project
 
 # A file that never mentions one of these cannot hold a training step worth checking.
 _PREFILTER = re.compile(rb"backward|zero_grad|\.step\(|\bstep\(")
@@ -68,11 +72,16 @@ def _decode(source: bytes, path: str) -> str | Diagnostic:
 
 
 def lint_source(
-    source: str | bytes, path: str = "<stdin>", rules: tuple[type[Rule], ...] = ALL_RULES
+    source: str | bytes,
+    path: str = "<stdin>",
+    rules: tuple[type[Rule], ...] = ALL_RULES,
+    project: Project | None = None,
 ) -> list[Diagnostic]:
     """Lint one file's text with ``rules`` (all by default); never raises on bad input.
 
-    No configuration, no ``# noqa``: those are the caller's (see ``loopcheck.runner``).
+    With ``project`` (the files linted together), calls into those files are followed, and a
+    finding may lie in one of them (the helper that misbehaves in this file's loop). No
+    configuration, no ``# noqa``: those are the caller's (see ``loopcheck.runner``).
     """
     raw = source.encode("utf-8") if isinstance(source, str) else source
     if not _PREFILTER.search(raw):
@@ -100,7 +109,7 @@ def lint_source(
     from loopcheck.static import analyze
 
     try:
-        model = analyze(module)
+        model = analyze(module, path, project)
     except RecursionError:
         return [_parse_error(path, 1, 1, "file is too deeply nested to analyse")]
     found: set[Diagnostic] = set()
@@ -109,7 +118,7 @@ def lint_source(
             span = finding.span
             found.add(
                 Diagnostic(
-                    path=path,
+                    path=finding.path or path,
                     line=span.line,
                     column=span.column,
                     code=rule_class.code,
@@ -117,6 +126,7 @@ def lint_source(
                     message=finding.message,
                     end_line=span.end_line,
                     end_column=span.end_column,
+                    related=finding.related,
                 )
             )
     return sorted(found)

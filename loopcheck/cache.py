@@ -23,14 +23,14 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import fields
+from dataclasses import asdict, fields
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from loopcheck import __version__
-from loopcheck.diagnostic import Diagnostic
+from loopcheck.diagnostic import Diagnostic, Edit, Fix, Span
 
 CACHE_DIR_NAME = ".loopcheck_cache"
 CACHE_DIR_ENV = "LOOPCHECK_CACHE_DIR"
@@ -44,9 +44,8 @@ CACHEDIR_TAG = (
 # A dependency's state: the hash of its content when it is linted in the run, None otherwise.
 DependencyState = str | None
 
-_FIELDS = {f.name: f for f in fields(Diagnostic)}
-_INT_FIELDS = ("line", "column", "end_line", "end_column")
-_STR_FIELDS = ("path", "code", "message", "name")
+_FIELDS = frozenset(f.name for f in fields(Diagnostic))
+_POSITION = ("line", "column", "end_line", "end_column")
 
 
 def content_hash(data: bytes) -> str:
@@ -122,7 +121,7 @@ class LintCache:
             "content": content,
             "dependencies": dict(dependencies),
             "diagnostics": [
-                {name: getattr(d, name) for name in _FIELDS if getattr(d, name) is not None}
+                {name: value for name, value in asdict(d).items() if value is not None}
                 for d in diagnostics
             ],
         }
@@ -171,14 +170,46 @@ def _write_atomically(target: Path, text: str) -> None:
 
 def _diagnostic(record: Mapping[str, Any]) -> Diagnostic:
     """A stored diagnostic, checked field by field (a foreign file must not pass for ours)."""
-    if not set(record) <= set(_FIELDS):
+    if not set(record) <= _FIELDS:
         raise ValueError("unknown field")
-    for name in _STR_FIELDS:
-        if not isinstance(record.get(name, ""), str):
-            raise TypeError(name)
-    for name in _INT_FIELDS:
-        if type(record.get(name, 0)) is not int:
-            raise TypeError(name)
-    if not isinstance(record.get("fix", ""), str) or type(record.get("cell", 0)) is not int:
-        raise TypeError("fix or cell")
-    return Diagnostic(**record)
+    values = dict(record)
+    for name in ("path", "code", "message", "name"):
+        _expect(values.get(name, ""), str)
+    _ints(values, _POSITION)
+    _expect(values.get("cell", 0), int)
+    if "related" in values:
+        values["related"] = Span(**_ints(values["related"], _POSITION, exact=True))
+    if "fix" in values:
+        values["fix"] = _fix(values["fix"])
+    return Diagnostic(**values)
+
+
+def _fix(record: Any) -> Fix:
+    if not isinstance(record, dict) or set(record) != {"message", "edits", "applicability"}:
+        raise ValueError("not a fix")
+    _expect(record["message"], str)
+    _expect(record["applicability"], str)
+    _expect(record["edits"], list)
+    edits = []
+    for edit in record["edits"]:
+        checked = _ints(edit, ("content", *_POSITION), exact=True)
+        _expect(checked["content"], str)
+        edits.append(Edit(**checked))
+    return Fix(record["message"], tuple(edits), record["applicability"])
+
+
+def _ints(record: Any, names: tuple[str, ...], *, exact: bool = False) -> dict[str, Any]:
+    """``record`` (a copy) after checking that its position fields are ints; with ``exact``, it
+    must have ``names`` and nothing else."""
+    if not isinstance(record, dict) or (exact and set(record) != set(names)):
+        raise ValueError("unexpected fields")
+    for name in _POSITION:
+        if name in names:
+            _expect(record.get(name, 0), int)
+    return dict(record)
+
+
+def _expect(value: Any, kind: type) -> None:
+    # bool is an int to isinstance; a stored position never is
+    if type(value) is not kind:
+        raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")

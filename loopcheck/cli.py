@@ -21,6 +21,7 @@ from loopcheck.cache import CACHE_DIR_ENV, LintCache, cache_directory
 from loopcheck.config import Config, ConfigError, Selection, load_config, parse_selectors
 from loopcheck.diagnostic import Diagnostic
 from loopcheck.files import is_excluded
+from loopcheck.fix.engine import fix_report, with_fixes
 from loopcheck.output import (
     FORMATS,
     HUMAN_FORMATS,
@@ -90,6 +91,18 @@ def add_check_command(commands: argparse._SubParsersAction) -> None:
         "--statistics", action="store_true", help="print a count per rule instead of each finding"
     )
     parser.add_argument(
+        "--fix",
+        action="store_true",
+        help="apply the fixes that are certain (findings marked [*]) and write the files, then "
+        "report what remains; with '-', print the fixed source on stdout and the report on stderr",
+    )
+    parser.add_argument(
+        "--diff",
+        action="store_true",
+        help="print those fixes as a unified diff and write nothing; exit 1 when there is "
+        "something to fix, 0 otherwise",
+    )
+    parser.add_argument(
         "--jobs",
         "-j",
         type=_positive_int,
@@ -134,12 +147,14 @@ def run_check(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     if cache is not None and cache.problem is not None:
         _warn(f"{cache.problem} (linting went on without it)")
-    if STDIN in paths:
-        stdin_report = _check_stdin(args, config)
-        if stdin_report is not None:
-            reports.append(stdin_report)
+    stdin_report = _check_stdin(args, config) if STDIN in paths else None
+    if stdin_report is not None:
+        reports.append(stdin_report)
     if not reports:
         _warn("no Python files found under the given paths")
+    if args.fix or args.diff:
+        return _fix(args, config, reports, stdin_report)
+    reports = [with_fixes(report, config) for report in reports]
     diagnostics = sorted(d for report in reports for d in report.diagnostics)
     sources = {report.path: report.source for report in reports if report.diagnostics}
     _write(sys.stdout, _report(args, diagnostics, sources))
@@ -170,11 +185,63 @@ def _check_stdin(args: argparse.Namespace, config: Config) -> FileReport | None:
     return FileReport(name, source, tuple(check_source(source, name, config)))
 
 
+def _fix(
+    args: argparse.Namespace,
+    config: Config,
+    reports: list[FileReport],
+    stdin_report: FileReport | None,
+) -> int:
+    """``--fix`` and ``--diff``: fix every file with something to fix, then write the files
+    (or print the diff, or the fixed standard input) and report what remains."""
+    remaining: list[FileReport] = []
+    diffs: list[str] = []
+    fixed = 0
+    failed = False
+    stdin_out = b""
+    for report in reports:
+        result = fix_report(report, config)
+        final = report if result is None else result.report
+        remaining.append(final)
+        if report is stdin_report:
+            stdin_out = final.source or b""
+        if result is None:
+            continue
+        fixed += result.fixed
+        if args.diff:
+            diffs.append(result.diff())
+        elif result.fixed and report is not stdin_report and result.report.source is not None:
+            try:
+                Path(report.path).write_bytes(result.report.source)
+            except OSError as exc:
+                _error(f"{report.path}: cannot write the fixed file: {exc.strerror or exc}")
+                failed = True
+    if args.diff:
+        _write(sys.stdout, "".join(diffs))
+        s = "" if fixed == 1 else "s"
+        _write(
+            sys.stderr, f"Would fix {fixed} error{s}.\n" if fixed else "No errors would be fixed.\n"
+        )
+        return EXIT_FINDINGS if fixed and not args.exit_zero else EXIT_CLEAN
+    diagnostics = sorted(d for report in remaining for d in report.diagnostics)
+    sources = {report.path: report.source for report in remaining if report.diagnostics}
+    out = sys.stdout
+    if stdin_report is not None:  # the fixed source goes to stdout, as ruff does
+        _write_bytes(sys.stdout, stdin_out)
+        out = sys.stderr
+    _write(out, _report(args, diagnostics, sources, fixed=fixed))
+    if failed:
+        return EXIT_ERROR
+    return EXIT_FINDINGS if diagnostics and not args.exit_zero else EXIT_CLEAN
+
+
 def _report(
-    args: argparse.Namespace, diagnostics: list[Diagnostic], sources: dict[str, bytes | None]
+    args: argparse.Namespace,
+    diagnostics: list[Diagnostic],
+    sources: dict[str, bytes | None],
+    fixed: int | None = None,
 ) -> str:
     """The findings (or their statistics) in the chosen format, then the summary line for
-    people (ruff prints it on stdout too)."""
+    people (ruff prints it on stdout too); ``fixed`` counts what ``--fix`` fixed."""
     if args.statistics and args.format == "json":
         return format_statistics_json(diagnostics)
     if args.statistics:
@@ -184,7 +251,7 @@ def _report(
     if args.format not in HUMAN_FORMATS:
         return out
     gap = "\n" if args.format == "text" and diagnostics and not args.statistics else ""
-    return out + gap + summary(diagnostics)
+    return out + gap + summary(diagnostics, fixed)
 
 
 # -- rule, rules ----------------------------------------------------------------------------------
@@ -311,6 +378,18 @@ def _write(stream: TextIO, text: str) -> None:
         encoding = stream.encoding or "utf-8"
         stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
     stream.flush()
+
+
+def _write_bytes(stream: TextIO, data: bytes) -> None:
+    """Write bytes as they are when the stream has a binary side (source code keeps its
+    encoding and line endings), else as text."""
+    binary = getattr(stream, "buffer", None)
+    if binary is None:
+        _write(stream, data.decode("utf-8", errors="replace"))
+        return
+    stream.flush()
+    binary.write(data)
+    binary.flush()
 
 
 def _error(message: str) -> None:

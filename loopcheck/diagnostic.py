@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import total_ordering
 
 DOCS_URL = "https://github.com/loopcheck/loopcheck/blob/main/docs/rules/{code}.md"
@@ -18,15 +18,40 @@ class Span:
     end_column: int
 
 
+@dataclass(frozen=True)
+class Edit:
+    """Replace the text from (line, column) up to (end_line, end_column), the end excluded, with
+    ``content``; 1-based, columns in characters. An insertion starts and ends at one place."""
+
+    content: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+
+@dataclass(frozen=True)
+class Fix:
+    """A change that removes a finding: what it does, in words, and the edits that do it.
+
+    Only fixes that were checked (the file still parses and the finding is gone) are attached
+    to a diagnostic, so every one is ``safe`` in ruff's sense."""
+
+    message: str
+    edits: tuple[Edit, ...]
+    applicability: str = "safe"
+
+
 @total_ordering
 @dataclass(frozen=True)
 class Diagnostic:
     """A finding. Lines and columns are 1-based; ``end_*`` close the flagged span.
 
-    In a notebook, ``cell`` is the cell's number (from 1, every cell counted, as Jupyter and
-    ruff number them) and the lines are the cell's own. Diagnostics sort by place: path, cell,
-    line, column, then code.
-    """
+    ``fix`` is the checked fix, when one exists; ``related`` is another place the finding
+    concerns that a fix may need (see :class:`loopcheck.rules.Finding`). Neither takes part in
+    equality or ordering. In a notebook, ``cell`` is the cell's number (from 1, every cell
+    counted, as Jupyter and ruff number them) and the lines are the cell's own. Diagnostics
+    sort by place: path, cell, line, column, then code."""
 
     path: str
     line: int
@@ -36,7 +61,8 @@ class Diagnostic:
     name: str = ""
     end_line: int = 0
     end_column: int = 0
-    fix: str | None = None
+    fix: Fix | None = field(default=None, compare=False)
+    related: Span | None = field(default=None, compare=False)
     cell: int | None = None
 
     def _order(self) -> tuple:
@@ -50,7 +76,6 @@ class Diagnostic:
             self.name,
             self.end_line,
             self.end_column,
-            self.fix or "",
         )
 
     def __lt__(self, other: object) -> bool:

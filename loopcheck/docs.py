@@ -9,21 +9,29 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from loopcheck.fix import get_fixer
+from loopcheck.output import fix_availability
 from loopcheck.rules import ALL_RULES, Rule
 
 
 def page(rule: type[Rule]) -> str:
     """The Markdown page of one rule."""
     default = "" if rule.default_enabled else "\n*Off by default: select it to enable it.*\n"
-    return f"# {rule.code} {rule.name}\n\n{rule.summary}.\n{default}\n{rule.doc()}\n"
+    fix = fix_availability(rule)
+    return f"# {rule.code} {rule.name}\n\n{rule.summary}.\n{default}\n{fix}\n\n{rule.doc()}\n"
 
 
 def index() -> str:
-    """The table of all rules, as in the README."""
-    rows = [f"| [{r.code}]({r.code}.md) | {r.name} | {r.summary} |" for r in ALL_RULES]
-    return (
-        "# Rules\n\n| code | name | what is wrong |\n| --- | --- | --- |\n" + "\n".join(rows) + "\n"
-    )
+    """The table of all rules, as in the README, with the rules ``--fix`` can fix."""
+    rows = [
+        f"| [{r.code}]({r.code}.md) | {r.name} | {r.summary} | {_fixable(r)} |" for r in ALL_RULES
+    ]
+    head = "| code | name | what is wrong | `--fix` |\n| --- | --- | --- | --- |\n"
+    return "# Rules\n\n" + head + "\n".join(rows) + "\n"
+
+
+def _fixable(rule: type[Rule]) -> str:
+    return "sometimes" if get_fixer(rule.code) is not None else ""
 
 
 def pages() -> dict[str, str]:

@@ -19,7 +19,8 @@ from typing import Any
 from urllib.parse import quote
 
 from loopcheck import __version__
-from loopcheck.diagnostic import DOCS_URL, Diagnostic
+from loopcheck.diagnostic import DOCS_URL, Diagnostic, Edit, Fix
+from loopcheck.fix import get_fixer
 from loopcheck.noqa import split_lines
 from loopcheck.notebook import cell_lines
 from loopcheck.rules import Rule
@@ -39,10 +40,12 @@ def _end(d: Diagnostic) -> tuple[int, int]:
 
 def _heading(d: Diagnostic) -> str:
     """``path:line:col: CODE message`` (``path:cell N:line:col: ...`` in a notebook) on one
-    line, whatever the message holds."""
+    line, whatever the message holds; ``[*]`` before the message when ``--fix`` can fix it (as
+    ruff marks it)."""
     message = re.sub(r"\s*[\r\n]+\s*", " ", d.message)
     cell = "" if d.cell is None else f"cell {d.cell}:"
-    return f"{d.path}:{cell}{d.line}:{d.column}: {d.code} {message}"
+    fixable = "[*] " if d.fix is not None else ""
+    return f"{d.path}:{cell}{d.line}:{d.column}: {d.code} {fixable}{message}"
 
 
 def _cell_message(d: Diagnostic) -> str:
@@ -115,8 +118,8 @@ def format_text(diagnostics: Sequence[Diagnostic], sources: Sources) -> str:
         line_text = lines.get(d.path, d.line, d.cell)
         if line_text is not None:
             block += code_frame(d, line_text)
-        if d.fix:
-            block.append(f"  = help: {d.fix}")
+        if d.fix is not None:
+            block.append(f"  = help: {d.fix.message}")
         blocks.append("\n".join(block) + "\n")
     return "\n".join(blocks)
 
@@ -125,12 +128,22 @@ def format_concise(diagnostics: Sequence[Diagnostic], sources: Sources) -> str:
     return "".join(_heading(d) + "\n" for d in diagnostics)
 
 
-def summary(diagnostics: Sequence[Diagnostic]) -> str:
-    """ruff's last line: ``Found 3 errors.`` or ``All checks passed!``."""
+def summary(diagnostics: Sequence[Diagnostic], fixed: int | None = None) -> str:
+    """ruff's last lines: ``Found 3 errors.`` and how many ``--fix`` can fix, or after fixing
+    ``Found 3 errors (2 fixed, 1 remaining).``, or ``All checks passed!``."""
     count = len(diagnostics)
+    if fixed:
+        total = count + fixed
+        return (
+            f"Found {total} error{'' if total == 1 else 's'} ({fixed} fixed, {count} remaining).\n"
+        )
     if not count:
         return "All checks passed!\n"
-    return f"Found {count} error{'' if count == 1 else 's'}.\n"
+    out = f"Found {count} error{'' if count == 1 else 's'}.\n"
+    fixable = sum(d.fix is not None for d in diagnostics)
+    if fixable:
+        out += f"[*] {fixable} fixable with the `--fix` option.\n"
+    return out
 
 
 def format_statistics(diagnostics: Sequence[Diagnostic]) -> str:
@@ -164,11 +177,25 @@ def json_record(d: Diagnostic) -> dict[str, Any]:
         "cell": d.cell,
         "location": {"row": d.line, "column": d.column},
         "end_location": {"row": end_row, "column": end_col},
-        "fix": None
-        if d.fix is None
-        else {"message": d.fix, "edits": [], "applicability": "display"},
+        "fix": None if d.fix is None else fix_record(d.fix),
         "url": d.url,
         "noqa_row": d.line,
+    }
+
+
+def fix_record(fix: Fix) -> dict[str, Any]:
+    """A fix in ruff's JSON shape: applicability, message and edits with 1-based positions."""
+    return {
+        "applicability": fix.applicability,
+        "message": fix.message,
+        "edits": [
+            {
+                "content": edit.content,
+                "location": {"row": edit.line, "column": edit.column},
+                "end_location": {"row": edit.end_line, "column": edit.end_column},
+            }
+            for edit in fix.edits
+        ],
     }
 
 
@@ -246,7 +273,30 @@ def _sarif_result(d: Diagnostic, index: Mapping[str, int]) -> dict[str, Any]:
     if d.cell is not None:
         location["properties"] = {"cell": d.cell}
     result["locations"] = [location]
+    if d.fix is not None:
+        result["fixes"] = [_sarif_fix(d.path, d.fix)]
     return result
+
+
+def _sarif_fix(path: str, fix: Fix) -> dict[str, Any]:
+    def replacement(edit: Edit) -> dict[str, Any]:
+        region = {
+            "startLine": edit.line,
+            "startColumn": edit.column,
+            "endLine": edit.end_line,
+            "endColumn": edit.end_column,
+        }
+        return {"deletedRegion": region, "insertedContent": {"text": edit.content}}
+
+    return {
+        "description": {"text": fix.message},
+        "artifactChanges": [
+            {
+                "artifactLocation": {"uri": _artifact_uri(path)},
+                "replacements": [replacement(edit) for edit in fix.edits],
+            }
+        ],
+    }
 
 
 def format_sarif(diagnostics: Sequence[Diagnostic], rules: Iterable[type[Rule]]) -> str:
@@ -302,13 +352,24 @@ def render(
 
 
 def rule_record(rule: type[Rule]) -> dict[str, Any]:
+    fixer = get_fixer(rule.code)
     return {
         "code": rule.code,
         "name": rule.name,
         "summary": rule.summary,
         "default_enabled": rule.default_enabled,
+        "fixable": fixer is not None,
+        "fix": fixer.summary if fixer is not None else None,
         "url": DOCS_URL.format(code=rule.code),
     }
+
+
+def fix_availability(rule: type[Rule]) -> str:
+    """One sentence on whether ``--fix`` can fix the rule's findings, and how."""
+    fixer = get_fixer(rule.code)
+    if fixer is None:
+        return "Fix: none; the examples below show the change to make by hand."
+    return f"Fix: available with `--fix` when it is certain: {fixer.summary}."
 
 
 def format_rule(rule: type[Rule], output_format: str = "text") -> str:
@@ -316,17 +377,20 @@ def format_rule(rule: type[Rule], output_format: str = "text") -> str:
     if output_format == "json":
         return json.dumps({**rule_record(rule), "explanation": rule.doc()}, indent=2) + "\n"
     off = "" if rule.default_enabled else "\n(off by default: select it by code to run it)\n"
-    return f"# {rule.name} ({rule.code})\n\n{rule.summary}\n{off}\n{rule.doc()}\n"
+    fix = fix_availability(rule)
+    return f"# {rule.name} ({rule.code})\n\n{rule.summary}\n{off}{fix}\n\n{rule.doc()}\n"
 
 
 def format_rules(rules: Iterable[type[Rule]], output_format: str = "text") -> str:
-    """The catalog: code, name, summary, sorted by code; rules off by default say so."""
+    """The catalog: code, name, summary, sorted by code; rules ``--fix`` can fix and rules off
+    by default say so."""
     ordered = sorted(rules, key=lambda rule: rule.code)
     if output_format == "json":
         return json.dumps([rule_record(rule) for rule in ordered], indent=2) + "\n"
     width = max((len(rule.name) for rule in ordered), default=0)
     return "".join(
         f"{rule.code}  {rule.name:<{width}}  {rule.summary}"
+        + ("" if get_fixer(rule.code) is None else " (fixable)")
         + ("" if rule.default_enabled else " (off by default)")
         + "\n"
         for rule in ordered

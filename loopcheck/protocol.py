@@ -62,6 +62,9 @@ class Event:
     divided: bool | None = None  # BACKWARD: loss divided by the micro-batch count (None: unknown)
     via_scaler: bool = False  # STEP through scaler.step(opt)
     deliberate: bool = False  # ZERO that drops a batch on purpose (then skips the step)
+    # BACKWARD of a loss that also feeds other optimizers (a GAN's generator loss reaches the
+    # discriminator), or whose origin is not fully known: clearing what it left is no LC108
+    shared: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +93,11 @@ class OptState:
     consumed: bool = False  # gradients read by hand since the last backward
     pending_zero: Hashable = None  # a clear of unused gradients: LC102 or LC108 once settled
     pending_zero_crossed: bool = False  # that clear happened in an earlier iteration
+    pending_zero_cause: Hashable = None  # the backward whose gradients that clear dropped
+    pending_zero_shared: bool = False  # ... a backward whose loss fed other optimizers too
+    pending_zero_passed: bool = False  # a backward came after that (shared) clear
     last_backward: Hashable = None  # the latest backward since the last clear or step
+    last_backward_shared: bool = False
     pending_step: Hashable = None  # a step on no fresh gradient: LC103 once a backward follows
     pending_clip: Hashable = None  # a clip of no fresh gradient: LC107 once a backward follows
     pending_sched: Hashable = None  # a scheduler step before the optimizer's: LC401 on step
@@ -111,22 +118,27 @@ def advance(state: OptState, event: Event) -> tuple[OptState, tuple[Violation, .
 
 
 def _zero(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
-    pending = s.pending_zero
-    crossed = s.pending_zero_crossed
+    pending = (s.pending_zero, s.pending_zero_crossed, s.pending_zero_cause)
+    shared, passed = s.pending_zero_shared, s.pending_zero_passed
     unused = s.grads in (Grads.FRESH, Grads.PILED) and not s.consumed
-    if unused and not e.deliberate and pending is None:
+    if unused and not e.deliberate and s.pending_zero is None:
         # Gradients from an earlier iteration's backward: clearing them before this
         # iteration's step cannot be LC102, only LC108 if another backward follows.
-        pending, crossed = e.where, not s.fresh_this_iteration
+        pending = (e.where, not s.fresh_this_iteration, s.last_backward)
+        shared, passed = s.last_backward_shared, False
     new = replace(
         UNKNOWN,
         grads=Grads.CLEAR,
         stepped_this_iteration=s.stepped_this_iteration,
         unscaled_since_update=s.unscaled_since_update,
         stepped_via_scaler=s.stepped_via_scaler,
-        pending_zero=pending,
-        pending_zero_crossed=crossed,
-        last_backward=s.last_backward if pending is not None else None,
+        pending_zero=pending[0],
+        pending_zero_crossed=pending[1],
+        pending_zero_cause=pending[2],
+        pending_zero_shared=shared,
+        pending_zero_passed=passed,
+        last_backward=s.last_backward if pending[0] is not None else None,
+        last_backward_shared=s.last_backward_shared if pending[0] is not None else False,
         pending_step=s.pending_step,
         pending_clip=s.pending_clip,
         pending_sched=s.pending_sched,
@@ -136,8 +148,13 @@ def _zero(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
 
 def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     found: list[Violation] = []
-    if s.pending_zero is not None:
-        found.append(Violation("LC108", s.pending_zero, s.last_backward))
+    pending = s.pending_zero is not None and not s.pending_zero_shared
+    if pending:
+        found.append(Violation("LC108", s.pending_zero, s.pending_zero_cause))
+    # A shared backward's leftovers (the discriminator's share of the generator's loss) are
+    # cleared on purpose, unless the step that follows applies the same backward again: the
+    # step settles it.
+    keep_shared = s.pending_zero is not None and s.pending_zero_shared
     if s.pending_step is not None:
         found.append(Violation("LC103", s.pending_step))
     if s.pending_clip is not None:
@@ -158,9 +175,13 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         unscaled=False,
         consumed=False,
         fresh_this_iteration=True,
-        pending_zero=None,
-        pending_zero_crossed=False,
+        pending_zero=s.pending_zero if keep_shared else None,
+        pending_zero_crossed=s.pending_zero_crossed if keep_shared else False,
+        pending_zero_cause=s.pending_zero_cause if keep_shared else None,
+        pending_zero_shared=keep_shared,
+        pending_zero_passed=keep_shared,
         last_backward=e.where,
+        last_backward_shared=e.shared,
         pending_step=None,
         pending_clip=None,
     )
@@ -168,20 +189,16 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
 
 
 def _maybe_backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
-    return _forget(s), ()
+    """A backward that may or may not have reached this optimizer: fresh or piled-up
+    gradients stay unapplied either way; cleared or applied ones become unknown. Pending
+    suspicions wait for a backward that certainly reaches the optimizer."""
+    if s.grads in (Grads.FRESH, Grads.PILED, Grads.UNKNOWN):
+        return s, ()
+    return replace(s, grads=Grads.UNKNOWN, consumed=False), ()
 
 
 def _opaque(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     return replace(UNKNOWN, stepped_this_iteration=s.stepped_this_iteration), ()
-
-
-def _forget(s: OptState) -> OptState:
-    """No claim on the gradients any more; iteration bookkeeping survives."""
-    return replace(
-        UNKNOWN,
-        stepped_this_iteration=s.stepped_this_iteration,
-        pending_sched=s.pending_sched,
-    )
 
 
 def _clip(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
@@ -205,8 +222,12 @@ def _step(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     found: list[Violation] = []
     pending_step = s.pending_step
     if s.pending_zero is not None:
-        if not s.pending_zero_crossed:
-            found.append(Violation("LC102", s.pending_zero, s.last_backward))
+        if s.pending_zero_passed:
+            if s.last_backward == s.pending_zero_cause:
+                # the same shared backward again: a micro-batch lost inside accumulation
+                found.append(Violation("LC108", s.pending_zero, s.pending_zero_cause))
+        elif not s.pending_zero_crossed:
+            found.append(Violation("LC102", s.pending_zero, s.pending_zero_cause))
     if s.grads is Grads.PILED:
         found.append(Violation("LC101", e.where))
     elif s.grads in (Grads.CLEAR, Grads.STALE) and pending_step is None:
@@ -227,6 +248,9 @@ def _step(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         stepped_via_scaler=s.stepped_via_scaler or e.via_scaler,
         pending_zero=None,
         pending_zero_crossed=False,
+        pending_zero_cause=None,
+        pending_zero_shared=False,
+        pending_zero_passed=False,
         pending_step=pending_step,
         pending_sched=None,
     )

@@ -10,7 +10,7 @@ import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from loopcheck.cache import (
     content_hash,
 )
 from loopcheck.cli import main
-from loopcheck.diagnostic import Diagnostic
+from loopcheck.diagnostic import Diagnostic, Edit, Fix, Span
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"
@@ -99,17 +99,22 @@ def test_an_entry_is_stale_when_a_dependency_changes_or_leaves_the_run(tmp_path:
 
 
 def test_every_diagnostic_field_survives_the_cache(tmp_path: Path) -> None:
-    full = Diagnostic("nb.ipynb", 2, 3, "LC102", "m", "name", 4, 5, fix="move it", cell=7)
+    fix = Fix("move it", (Edit("", 2, 1, 3, 1), Edit("    opt.zero_grad()\n", 5, 1, 5, 1)))
+    full = Diagnostic(
+        "nb.ipynb", 2, 3, "LC102", "m", "name", 4, 5, fix=fix, related=Span(6, 7, 8, 9), cell=3
+    )
     unset = [f.name for f in fields(Diagnostic) if getattr(full, f.name) == f.default]
     assert unset == [], "a new Diagnostic field: set it here and make the cache keep it"
     cache = LintCache(tmp_path / "cache")
     cache.store("nb.ipynb", "s", "h", (full, FINDING), {})
-    assert cache.lookup("nb.ipynb", "s", "h", lambda _: None) == (full, FINDING)
+    found = cache.lookup("nb.ipynb", "s", "h", lambda _: None)
+    assert found is not None
+    assert [asdict(d) for d in found] == [asdict(full), asdict(FINDING)]  # fix: no compare
 
 
 def test_a_finding_json_cannot_hold_is_not_stored_and_not_a_crash(tmp_path: Path) -> None:
     cache = LintCache(tmp_path / "cache")
-    odd = Diagnostic("a.py", 1, 1, "LC102", "m", fix=object())  # type: ignore[arg-type]
+    odd = Diagnostic("a.py", 1, 1, "LC102", "m", cell=object())  # type: ignore[arg-type]
     cache.store("a.py", "s", "h", (odd,), {})
     assert cache.problem is not None and "cannot store" in cache.problem
     assert cache.lookup("a.py", "s", "h", lambda _: None) is None
@@ -126,6 +131,13 @@ def test_a_finding_json_cannot_hold_is_not_stored_and_not_a_crash(tmp_path: Path
         b'{"path": "a.py", "content": "h", "dependencies": {}, "diagnostics": [{"line": "1"}]}',
         b'{"path": "a.py", "content": "h", "dependencies": {}, "diagnostics": [{"evil": 1}]}',
         b'{"path": "a.py", "content": "h", "dependencies": {}, "diagnostics": [{}]}',
+        b'{"path": "a.py", "content": "h", "dependencies": {}, "diagnostics": '
+        b'[{"path": "a.py", "line": 1, "column": 1, "code": "X", "message": "m", "fix": "f"}]}',
+        b'{"path": "a.py", "content": "h", "dependencies": {}, "diagnostics": '
+        b'[{"path": "a.py", "line": 1, "column": 1, "code": "X", "message": "m", '
+        b'"related": {"line": 1}}]}',
+        b'{"path": "a.py", "content": "h", "dependencies": {}, "diagnostics": '
+        b'[{"path": "a.py", "line": true, "column": 1, "code": "X", "message": "m"}]}',
         b"[" * 100_000,
     ],
 )

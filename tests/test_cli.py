@@ -209,7 +209,8 @@ def test_rules_lists_every_rule(run) -> None:
     )
     records = json.loads(run("rules", "--format", "json").out)
     assert {record["code"] for record in records} == {rule.code for rule in ALL_RULES}
-    assert set(records[0]) == {"code", "name", "summary", "default_enabled", "url"}
+    fields = {"code", "name", "summary", "default_enabled", "fixable", "fix", "url"}
+    assert set(records[0]) == fields
 
 
 # -- machine-readable formats -------------------------------------------------------------------

@@ -21,10 +21,15 @@ _CODE_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 @dataclass(frozen=True)
 class Finding:
-    """What a rule reports: where, and a message in its own words."""
+    """What a rule reports: where, and a message in its own words. ``path`` is set when the
+    place is in another linted file than the one analysed (a helper it calls). ``related`` is
+    another place in the same file that the finding concerns, for its fix: the backward whose
+    gradients a clear loses (LC102, LC108), the loop that should clear (LC101)."""
 
     span: Span
     message: str
+    path: str | None = None
+    related: Span | None = None
 
 
 class Rule:
@@ -72,7 +77,14 @@ class ProtocolRule(Rule):
     def check(self, model: FileModel) -> Iterable[Finding]:
         for record in model.violations(self.code):
             if self.keep(model, record):
-                yield Finding(record.site.span, self.message.format(call=record.site.text))
+                message = self.message.format(call=record.site.text)
+                related = self.related(model, record)
+                yield Finding(record.site.span, message, record.site.path, related)
 
     def keep(self, model: FileModel, record: Record) -> bool:
         return True
+
+    def related(self, model: FileModel, record: Record) -> Span | None:
+        """The place a fix needs besides the finding's own: the earlier move it concerns."""
+        cause = record.cause
+        return cause.span if cause is not None and cause.path == record.site.path else None

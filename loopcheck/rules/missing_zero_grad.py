@@ -8,6 +8,7 @@ from loopcheck.protocol import Move
 from loopcheck.rules._base import ProtocolRule
 
 if TYPE_CHECKING:
+    from loopcheck.diagnostic import Span
     from loopcheck.static.model import FileModel, LoopSummary, Record
 
 
@@ -59,6 +60,15 @@ class MissingZeroGrad(ProtocolRule):
     def keep(self, model: FileModel, record: Record) -> bool:
         loop = _loop_with_backward(record.loop, record.key)
         return loop is not None and not loop.clears(record.key)
+
+    def related(self, model: FileModel, record: Record) -> Span | None:
+        """The loop to clear in, when it steps one optimizer (the fix needs one)."""
+        loop = _loop_with_backward(record.loop, record.key)
+        if loop is None or len(set(loop.steps.values())) != 1 or loop.has_any(Move.OPAQUE):
+            return None
+        if loop.site.path != record.site.path:
+            return None
+        return loop.site.span
 
 
 def _loop_with_backward(loop: LoopSummary | None, key: str) -> LoopSummary | None:

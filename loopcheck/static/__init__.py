@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
-from loopcheck.static.model import FileModel, analyze
+from loopcheck.static.analysis import analyze
+from loopcheck.static.model import FileModel
+from loopcheck.static.project import Project
 
-__all__ = ["FileModel", "analyze"]
+__all__ = ["FileModel", "Project", "analyze"]

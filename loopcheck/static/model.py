@@ -1,6 +1,7 @@
 """The file model: what the static observer learned about one file, for the rules to query.
 
-Built once per file by :func:`analyze`; rules never walk the syntax tree, they ask this model:
+Built once per file by :func:`loopcheck.static.analysis.analyze`; rules never walk the syntax
+tree, they ask this model:
 which protocol violations were seen on which paths, what each loop contains, and what each
 entry point (the module body, every function) did as a whole.
 """
@@ -17,20 +18,26 @@ from loopcheck.protocol import Move
 
 
 class Site:
-    """Where a move happened: a syntax node, with its span and a short rendering of it for
-    messages computed only when asked (most sites are never reported)."""
+    """Where a move happened: a syntax node of some linted file, with its span and a short
+    rendering of it for messages computed only when asked (most sites are never reported)."""
 
-    __slots__ = ("_node", "_locate", "_render")
+    __slots__ = ("_node", "_locate", "_render", "path")
 
     def __init__(
         self,
         node: cst.CSTNode,
         locate: Callable[[cst.CSTNode], Span],
         render: Callable[[cst.CSTNode], str],
+        path: str,
     ) -> None:
         self._node = node
         self._locate = locate
         self._render = render
+        self.path = path
+
+    @property
+    def node(self) -> cst.CSTNode:
+        return self._node
 
     @property
     def span(self) -> Span:
@@ -93,6 +100,7 @@ class RootSummary:
     name: str
     referenced: bool  # called or named elsewhere in the file: its callers give it context
     stepped: bool = False  # some STEP, opaque optimizer call or unresolved .step() was seen
+    stepped_keys: set[str] = field(default_factory=set)  # optimizers stepped (STEP events)
     # each backward inside a loop: its site, the outermost loop, an optimizer in its scope
     backwards_in_loops: list[tuple[Site, LoopSummary, bool]] = field(default_factory=list)
 
@@ -132,10 +140,3 @@ class FileModel:
         """The deepest loop in which ``site`` was seen."""
         holding = [loop for loop in self.loops if site in loop.sites]
         return max(holding, key=lambda loop: loop.depth, default=None)
-
-
-def analyze(module: cst.Module) -> FileModel:
-    """Build the model of one parsed file."""
-    from loopcheck.static.interpreter import analyze_module
-
-    return analyze_module(module)

@@ -10,10 +10,15 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import libcst as cst
 
+from loopcheck.static.syntax import dotted as _dotted
 from loopcheck.static.tree import is_expression, kids
+
+if TYPE_CHECKING:
+    from loopcheck.static.index import ClassInfo
 
 
 class Role(enum.Enum):
@@ -24,19 +29,24 @@ class Role(enum.Enum):
     ACCELERATOR = "accelerator"  # Accelerate's Accelerator, Lightning Fabric
     ENGINE = "engine"  # DeepSpeed engine: backward and step (which also clears) on itself
     LIGHTNING = "lightning"  # ``self`` inside a LightningModule
-    INSTANCE = "instance"  # an instance of a class defined in this file
+    INSTANCE = "instance"  # an instance of a class defined in a linted file
+    FACTORY = "factory"  # a class or factory (``optimizer_cls = torch.optim.AdamW``): ``builds``
 
 
 @dataclass(frozen=True)
 class Obj:
     """A value with a role. ``key`` identifies the object across calls (an optimizer passed to
     a helper keeps its key); ``models`` are the keys of the models whose parameters an
-    optimizer was built from; ``cls`` names a class defined in this file."""
+    optimizer was built from; ``cls`` is the class (defined in a linted file) of an instance;
+    ``members`` are the keys of the optimizers a container of optimizers holds, when known;
+    ``builds`` is the role of what calling a factory returns."""
 
     role: Role
     key: str
     models: frozenset[str] = field(default_factory=frozenset)
-    cls: str | None = None
+    cls: ClassInfo | None = None
+    members: tuple[str, ...] = ()
+    builds: Role | None = None
 
 
 class Imports:
@@ -89,19 +99,6 @@ def _walk_imports(module: cst.Module):
             continue
         stack.extend(kids(node))
 
-
-def _dotted(expr: cst.CSTNode | None) -> str | None:
-    parts: list[str] = []
-    while isinstance(expr, cst.Attribute):
-        parts.append(expr.attr.value)
-        expr = expr.value
-    if not isinstance(expr, cst.Name):
-        return None
-    parts.append(expr.value)
-    return ".".join(reversed(parts))
-
-
-dotted_name = _dotted
 
 # --- what a constructor or factory builds ---------------------------------------------------
 
@@ -187,7 +184,7 @@ def is_model_method(name: str) -> bool:
 
 _NAME_ROLES: tuple[tuple[re.Pattern[str], Role], ...] = (
     (
-        re.compile(r"^(optimi[sz]er|optim|opt)([_A-Z0-9]\w*)?$|^\w+_(optimi[sz]er|optim|opt)$"),
+        re.compile(r"^(optimi[sz]ers?|optim|opt)([_A-Z0-9]\w*)?$|^\w+_(optimi[sz]ers?|optim|opt)$"),
         Role.OPTIMIZER,
     ),
     (
@@ -200,11 +197,26 @@ _NAME_ROLES: tuple[tuple[re.Pattern[str], Role], ...] = (
     (
         re.compile(
             r"^(model|net|network|module|generator|discriminator|encoder|decoder|policy"
-            r"|actor|critic|classifier|backbone|unet|transformer|gpt)([_A-Z0-9]\w*)?$"
-            r"|^\w+_(model|net|network)$|^net[A-Z]\w*$"
+            r"|actor|critic|classifier|backbone|unet|transformer|gpt)"
+            r"([A-Z0-9][A-Za-z0-9]{0,3}|_[A-Za-z0-9]{1,3}|_(ema|without_ddp|module|engine"
+            r"|wrapped|unwrapped|raw|orig|base|teacher|student|target|online|ddp|fsdp"
+            r"|compiled|copy|[a-z]+_(model|net|network)))?$"
+            r"|^\w+_(model|net|network)$|^net[A-Z]\w{0,3}$"
         ),
         Role.MODEL,
     ),
+)
+
+
+# Names that hold settings or pieces of a role, not the role itself: ``opt_args``,
+# ``optimizer_config``, ``scheduler_type``, ``model_name``.
+_NOT_A_ROLE = re.compile(
+    r"(?i)_(args?|kwargs|kw|kws|config|configs|cfg|conf|params?|parameters|param_groups|groups?"
+    r"|cls|class|classes|type|types|name|names|state|states|state_dict|dict|fn|func|factory"
+    r"|builder|spec|options|settings|hparams|id|idx|lr|lrs|path|file|dir|kind|mode|init|level"
+    r"|steps?|step_size|ckpt|checkpoint|str|list|key|keys|fns|hook|hooks|wrapper|ids"
+    r"|out|outs|output|outputs|in|inp|input|inputs|dim|dims|size|loss|losses|logits|pred|preds"
+    r"|rate|period|freq|frequency|interval|type|version|cache|dtype|device)$"
 )
 
 
@@ -222,6 +234,8 @@ def role_from_name(name: str, annotation: str | None = None) -> Role | None:
             return Role.SCHEDULER
         if last in {"Module", "LightningModule", "PreTrainedModel"}:
             return Role.MODEL
+    if _NOT_A_ROLE.search(name):
+        return None
     for pattern, role in _NAME_ROLES:
         if pattern.match(name):
             return role

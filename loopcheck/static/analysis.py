@@ -1,0 +1,121 @@
+"""The entry points of a file's analysis: the module body, every function, every method in the
+context of each class that inherits it, and methods a framework calls in a loop of its own."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import libcst as cst
+
+from loopcheck.static.frames import Frame, module_frame
+from loopcheck.static.index import ClassInfo, FileContext
+from loopcheck.static.interpreter import Interpreter
+from loopcheck.static.model import FileModel, RootSummary
+from loopcheck.static.project import Project
+from loopcheck.static.roles import Role
+from loopcheck.static.syntax import all_params
+from loopcheck.static.tree import walk
+
+# Parameters a framework passes as the iteration counter of its own loop.
+_FRAMEWORK_COUNTERS = ("batch_idx", "batch_nb", "batch_index")
+
+
+def analyze(module: cst.Module, path: str = "<stdin>", project: Project | None = None) -> FileModel:
+    """Build the model of one parsed file (``project``: the files linted with it)."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 4000))
+    try:
+        ctx = project.context(path, module) if project is not None else FileContext(module, path)
+        return _analyze(ctx)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _analyze(ctx: FileContext) -> FileModel:
+    model = FileModel()
+    interp = Interpreter(model)
+    top = module_frame(ctx)
+    root = RootSummary("<module>", referenced=False)
+    model.roots.append(root)
+    interp.run_root(top, ctx.module.body, root)
+    for func, cls, scope in _entry_points(ctx):
+        frame = Frame(ctx, func, cls, {}, top, scope)
+        root = RootSummary(scope, referenced=func.name.value in ctx.referenced)
+        model.roots.append(root)
+        implicit = _implicit_loop(ctx, func, cls, scope)
+        body = func.body.body if isinstance(func.body, cst.IndentedBlock) else [func.body]
+        if implicit:
+            interp.run_root(frame, body, root, implicit_loop=func, counter=_counter(func))
+        else:
+            interp.run_root(frame, body, root)
+    return model
+
+
+def _entry_points(ctx: FileContext) -> Iterator[tuple[cst.FunctionDef, ClassInfo | None, str]]:
+    """Each relevant function, each relevant method in its own class, and each inherited
+    method in the context of a subclass that overrides something (``self.run_step()`` in a
+    base class's loop then runs the subclass's ``run_step``)."""
+    for func in ctx.functions.values():
+        if id(func) in ctx.relevant:
+            yield func, None, func.name.value
+    for info in ctx.classes.values():
+        for method in info.methods.values():
+            if id(method) in ctx.relevant:
+                yield method, info, f"{info.name}.{method.name.value}"
+        if not info.methods:
+            continue
+        for base in list(info.mro())[1:]:
+            for name, method in base.methods.items():
+                if name in info.methods or id(method) not in base.ctx.relevant:
+                    continue
+                if base.ctx is not ctx:
+                    continue  # analysed with the base's own file
+                owner = info.method(name)
+                if owner is not None and owner[1] is method:
+                    yield method, info, f"{info.name}.{name}"
+
+
+def _implicit_loop(
+    ctx: FileContext, func: cst.FunctionDef, cls: ClassInfo | None, scope: str
+) -> bool:
+    """A method that steps an optimizer its instance owns, and that nothing in this file calls
+    in a loop, is the body of a loop some framework runs (Lightning, RL algorithms, trainers).
+    A function stepping a local optimizer or one passed in is not: its caller owns the loop."""
+    if cls is None or func.name.value in ctx.called_in_loop or func.name.value == "__init__":
+        return False
+    return _steps_owned(ctx, func, cls, scope, depth=0)
+
+
+def _steps_owned(
+    ctx: FileContext, func: cst.FunctionDef, cls: ClassInfo, scope: str, depth: int
+) -> bool:
+    """Whether a method (or a method of ``self`` it calls) steps an optimizer held by the
+    instance: ``self.optimizer.step()``, ``self.policy.optimizer.step()``, Lightning's
+    ``self.optimizers()``."""
+    frame = Frame(ctx, func, cls, {}, module_frame(ctx), scope)
+    for node in walk(func.body):
+        if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)):
+            continue
+        method = node.func.attr.value
+        receiver = node.func.value
+        if method == "step":
+            obj = frame.resolve(receiver)
+            if obj is not None and obj.role is Role.SCALER and node.args:
+                obj = frame.resolve(node.args[0].value)  # ``scaler.step(self.optimizer)``
+            if obj is None or obj.role not in (Role.OPTIMIZER, Role.ENGINE):
+                continue
+            # attribute keys are ``Class.attr``; locals and parameters are ``scope:name``
+            if obj.key.startswith(f"{cls.name}.") and ":" not in obj.key:
+                return True
+        elif depth == 0 and isinstance(receiver, cst.Name) and receiver.value == "self":
+            found = cls.method(method)
+            if found is not None and id(found[1]) in found[0].ctx.relevant:
+                if _steps_owned(found[0].ctx, found[1], cls, scope, depth + 1):
+                    return True
+    return False
+
+
+def _counter(func: cst.FunctionDef) -> str | None:
+    names = {p.name.value for p in all_params(func)}
+    return next((n for n in _FRAMEWORK_COUNTERS if n in names), None)

@@ -1,0 +1,167 @@
+"""Branch conditions as facts a path carries: their keys, step guards read as residues of a
+counter, conditions decided by literal arguments, and how facts are forgotten or shifted."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import libcst as cst
+
+from loopcheck.static.syntax import chains_in, contains
+
+Facts = frozenset[tuple[str, bool]]
+Render = Callable[[cst.CSTNode], str]
+
+
+def condition_key(code: Render, test: cst.BaseExpression) -> tuple[str | None, bool]:
+    """A branch condition as a fact: its text without a leading ``not``, and its polarity.
+    ``None`` for conditions that may change between two evaluations (they call something)."""
+    polarity = True
+    while isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+        test, polarity = test.expression, not polarity
+    if contains(test, cst.Call):
+        return None, polarity
+    return code(test), polarity
+
+
+def modular(code: Render, test: cst.BaseExpression) -> tuple[str, bool, set[str]] | None:
+    """A step guard on a counter, ``(i + k) % N == r`` (or ``!=``), as a fact about ``i``:
+    its key names the counter, the modulus and the offset ``k - r``."""
+    polarity = True
+    while isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+        test, polarity = test.expression, not polarity
+    if not (isinstance(test, cst.Comparison) and len(test.comparisons) == 1):
+        return None
+    comp = test.comparisons[0]
+    if not isinstance(comp.operator, (cst.Equal, cst.NotEqual)):
+        return None
+    if not isinstance(comp.comparator, cst.Integer):
+        return None
+    mod = test.left
+    if not (isinstance(mod, cst.BinaryOperation) and isinstance(mod.operator, cst.Modulo)):
+        return None
+    counter, offset = mod.left, 0
+    if (
+        isinstance(counter, cst.BinaryOperation)
+        and isinstance(counter.operator, cst.Add)
+        and isinstance(counter.right, cst.Integer)
+    ):
+        counter, offset = counter.left, int(counter.right.evaluated_value)
+    if not isinstance(counter, cst.Name) or contains(mod.right, cst.Call):
+        return None
+    if isinstance(comp.operator, cst.NotEqual):
+        polarity = not polarity
+    offset -= int(comp.comparator.evaluated_value)
+    key = f"%{counter.value}%{code(mod.right)}%{offset}"
+    return key, polarity, {counter.value} | chains_in(mod.right)
+
+
+def modulus_of(key: str) -> str:
+    """``%i%N`` for the fact ``%i%N%k``: which counter and modulus a guard tests."""
+    return key.rpartition("%")[0]
+
+
+def truth(test: cst.BaseExpression, constants: dict[str, object]) -> bool | None:
+    """The value of a branch condition made only of parameters with literal values."""
+    if not constants:
+        return None
+    if isinstance(test, cst.Name):
+        return bool(constants[test.value]) if test.value in constants else None
+    if isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+        inner = truth(test.expression, constants)
+        return None if inner is None else not inner
+    if (
+        isinstance(test, cst.Comparison)
+        and len(test.comparisons) == 1
+        and isinstance(test.left, cst.Name)
+        and test.left.value in constants
+    ):
+        comp = test.comparisons[0]
+        is_none = isinstance(comp.comparator, cst.Name) and comp.comparator.value == "None"
+        if is_none and isinstance(comp.operator, cst.Is):
+            return constants[test.left.value] is None
+        if is_none and isinstance(comp.operator, cst.IsNot):
+            return constants[test.left.value] is not None
+    if isinstance(test, cst.BooleanOperation):
+        left, right = truth(test.left, constants), truth(test.right, constants)
+        if isinstance(test.operator, cst.And):
+            if left is False or right is False:
+                return False
+            return True if left and right else None
+        if left or right:
+            return True
+        return False if left is False and right is False else None
+    return None
+
+
+def known(facts: Facts, text: str | None) -> bool | None:
+    """What the facts say of a condition: True, False, or None when nothing was decided."""
+    for fact_text, value in facts:
+        if fact_text == text:
+            return value
+    return None
+
+
+def residue_excludes(facts: Facts, text: str) -> bool | None:
+    """False when another offset of the same counter and modulus is known to hit zero: a
+    counter has one residue at a time (moduli are taken to exceed the small offsets)."""
+    head = modulus_of(text)
+    offset = text.rpartition("%")[2]
+    for fact_text, value in facts:
+        if value and modulus_of(fact_text) == head and fact_text.rpartition("%")[2] != offset:
+            return False
+    return None
+
+
+def shifted(facts: Facts, counter: str, fact_names: dict[str, set[str]]) -> Facts:
+    """The counter grew by one: ``(i + 1) % N != 0`` now is ``i % N != 0`` next time."""
+    prefix = f"%{counter}%"
+    out = set()
+    for text, value in facts:
+        if text.startswith(prefix):
+            head, _, offset = text.rpartition("%")
+            if int(offset) < -3:
+                continue  # too old to matter
+            new = f"{head}%{int(offset) - 1}"
+            fact_names.setdefault(new, fact_names.get(text, set()))
+            out.add((new, value))
+        else:
+            out.add((text, value))
+    return frozenset(out)
+
+
+_NO_NAMES: set[str] = set()
+
+
+def _touches(mentioned: set[str], assigned: frozenset[str]) -> bool:
+    """Whether assigning ``assigned`` may change something a condition mentions: the same
+    chain, a longer one (``self.cfg = ...`` changes ``self.cfg.flag``) or a shorter one."""
+    for chain in mentioned:
+        if chain in assigned:
+            return True
+        for name in assigned:
+            if chain.startswith(name + ".") or name.startswith(chain + "."):
+                return True
+    return False
+
+
+def forget(
+    facts: Facts,
+    names: frozenset[str],
+    fact_names: dict[str, set[str]],
+    keep: Iterable[str] = (),
+) -> Facts:
+    """Drop the facts that mention a name just assigned, except the modular facts of the
+    counters in ``keep`` (they are shifted instead)."""
+    if not names or not facts:
+        return facts
+    if not any(_touches(fact_names.get(text, _NO_NAMES), names) for text, _ in facts):
+        return facts
+    prefixes = tuple(f"%{c}%" for c in keep)
+    kept = frozenset(
+        f
+        for f in facts
+        if not _touches(fact_names.get(f[0], _NO_NAMES), names)
+        or (prefixes and f[0].startswith(prefixes))
+    )
+    return facts if len(kept) == len(facts) else kept

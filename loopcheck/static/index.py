@@ -1,0 +1,450 @@
+"""The index of one file: its functions, classes, imports, positions, which functions can take
+part in a training step, and which branch conditions repeat — computed once, in one walk."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import libcst as cst
+from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
+
+from loopcheck.diagnostic import Span
+from loopcheck.static.conditions import condition_key, modular, modulus_of
+from loopcheck.static.model import Site
+from loopcheck.static.roles import Imports
+from loopcheck.static.syntax import (
+    all_params,
+    assignments,
+    chains_in,
+    evaluation_order,
+    incremented,
+    loop_assigned,
+    nested_defs,
+)
+from loopcheck.static.tree import kids
+
+if TYPE_CHECKING:
+    from loopcheck.static.project import Project
+
+CLEARING_NAMES = ("zero_grad", "reset_grad", "clear_grad", "zero_grads", "clear_grads")
+
+# Method names that real code calls on models and optimizers all the time: ``model.train()``
+# does not mean that a trainer's own ``train`` method is called from this file.
+_MODULE_API = {
+    "train",
+    "eval",
+    "step",
+    "forward",
+    "zero_grad",
+    "backward",
+    "update",
+    "to",
+    "cuda",
+    "parameters",
+    "state_dict",
+    "load_state_dict",
+}
+
+# Words without which a function cannot take part in a training step.
+MOVE_WORDS = {
+    "backward",
+    "step",
+    "zero_grad",
+    "grad",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "clip_grad_norm",
+    "clip_grads_with_norm_",
+    "clip_gradients",
+    "unscale_",
+    "manual_backward",
+    "first_step",
+    "second_step",
+    *CLEARING_NAMES,
+}
+
+_MODULE_BASES = {"Module", "LightningModule", "PreTrainedModel"}
+
+
+@dataclass(eq=False)
+class ClassInfo:
+    """A class defined in some linted file."""
+
+    name: str
+    node: cst.ClassDef
+    ctx: FileContext
+    base_names: list[str]  # qualified through the file's imports
+    methods: dict[str, cst.FunctionDef]
+    attr_values: dict[str, list[tuple[cst.BaseExpression, cst.FunctionDef]]]
+    class_values: dict[str, cst.BaseExpression] = field(default_factory=dict)
+    _bases: list[ClassInfo] | None = None
+
+    @property
+    def bases(self) -> list[ClassInfo]:
+        """The base classes defined in linted files (this one or another)."""
+        if self._bases is None:
+            self._bases = []  # guards against cycles while resolving
+            found = [self.ctx.resolve_class(name) for name in self.base_names]
+            self._bases = [b for b in found if b is not None and b is not self]
+        return self._bases
+
+    def mro(self) -> Iterator[ClassInfo]:
+        seen: set[int] = set()
+        stack = [self]
+        while stack:
+            info = stack.pop(0)
+            if id(info) in seen:
+                continue
+            seen.add(id(info))
+            yield info
+            stack.extend(info.bases)
+
+    def _any_base(self, names: set[str]) -> bool:
+        return any(b.rsplit(".", 1)[-1] in names for info in self.mro() for b in info.base_names)
+
+    @property
+    def is_module(self) -> bool:
+        return self._any_base(_MODULE_BASES)
+
+    @property
+    def is_lightning(self) -> bool:
+        return self._any_base({"LightningModule"})
+
+    @property
+    def is_optimizer(self) -> bool:
+        return self._any_base({"Optimizer"})
+
+    @property
+    def unresolved_bases(self) -> bool:
+        """Some base class is defined outside the linted files (it may define anything)."""
+        for info in self.mro():
+            for name in info.base_names:
+                last = name.rsplit(".", 1)[-1]
+                if last in _MODULE_BASES or last in {"object", "ABC", "Generic", "Protocol"}:
+                    continue
+                if info.ctx.resolve_class(name) is None:
+                    return True
+        return False
+
+    def method(self, name: str) -> tuple[ClassInfo, cst.FunctionDef] | None:
+        """The method ``name`` as this class resolves it (own, then its bases')."""
+        for info in self.mro():
+            if name in info.methods:
+                return info, info.methods[name]
+        return None
+
+    def attribute_values(
+        self, attr: str
+    ) -> Iterator[tuple[ClassInfo, cst.BaseExpression, cst.FunctionDef | None]]:
+        """Every value assigned to ``self.<attr>`` (or the class attribute) along the MRO."""
+        for info in self.mro():
+            for value, method in info.attr_values.get(attr, ()):
+                yield info, value, method
+            if attr in info.class_values:
+                yield info, info.class_values[attr], None
+
+
+@dataclass
+class FunctionInfo:
+    """What one function's text says, independent of any call context (computed once)."""
+
+    local_values: dict[str, list[cst.BaseExpression]]
+    tuple_values: dict[str, list[tuple[int, cst.BaseExpression]]]
+    local_defs: dict[str, cst.FunctionDef]
+    params: dict[str, str | None]
+    loop_targets: dict[str, cst.BaseExpression]  # ``for x in <iter>``: the iterable of x
+
+
+class FileContext:
+    """Definitions, imports and positions of one file, computed once."""
+
+    def __init__(self, module: cst.Module, path: str = "<stdin>", project: Project | None = None):
+        self.module = module
+        self.path = path
+        self.project = project
+        self._positions: Mapping[cst.CSTNode, CodeRange] | None = None
+        self._functions_info: dict[int, FunctionInfo] = {}
+        self._loop_assigned: dict[int, set[str]] = {}
+        self._target_names: dict[int, frozenset[str]] = {}
+        self._evaluation: dict[int, list[cst.CSTNode]] = {}
+        self._incremented: dict[int, set[str]] = {}
+        self._code: dict[int, str] = {}
+        self.imports = Imports(module)
+        self.functions: dict[str, cst.FunctionDef] = {}
+        self.classes: dict[str, ClassInfo] = {}
+        self.referenced: set[str] = set()
+        self.called_in_loop: set[str] = set()  # names called somewhere inside a loop body
+        self.tracked_conditions: set[str] = set()
+        self.relevant: set[int] = set()  # ids of the functions that may take part in a step
+        self.tracked_moduli: set[str] = set()  # counter%modulus pairs guarding two branches
+        self.fact_names: dict[str, set[str]] = {}
+        self.module_frame: object = None  # set by the frames module on first use
+        _Indexer(self).index(module)
+
+    # definitions across files
+
+    def resolve_class(self, qualname: str) -> ClassInfo | None:
+        """A class named by a qualified name of this file: defined here, or in a linted file."""
+        if qualname in self.classes:
+            return self.classes[qualname]
+        if self.project is None or "." not in qualname and qualname not in self.imports.aliases:
+            return None
+        found = self.project.definition(self, qualname)
+        return found[1] if found is not None and isinstance(found[1], ClassInfo) else None
+
+    def external(self, qualname: str) -> tuple[FileContext, cst.FunctionDef | ClassInfo] | None:
+        """A function or class of another linted file that an imported name refers to."""
+        if self.project is None:
+            return None
+        return self.project.definition(self, qualname)
+
+    def subclasses(self, info: ClassInfo) -> list[ClassInfo]:
+        """Classes of this file that derive from ``info`` (directly or not)."""
+        return [c for c in self.classes.values() if c is not info and info in list(c.mro())]
+
+    # cached per-node facts
+
+    def function_info(self, func: cst.FunctionDef | None) -> FunctionInfo:
+        key = id(func)
+        info = self._functions_info.get(key)
+        if info is None:
+            info = self._functions_info[key] = _function_info(self, func)
+        return info
+
+    def target_names(self, stmt: cst.CSTNode, targets: list[cst.BaseExpression]) -> frozenset[str]:
+        key = id(stmt)
+        names = self._target_names.get(key)
+        if names is None:
+            names = frozenset().union(*(chains_in(t) for t in targets)) if targets else frozenset()
+            self._target_names[key] = names
+        return names
+
+    def loop_assigned(self, stmt: cst.CSTNode) -> set[str]:
+        key = id(stmt)
+        names = self._loop_assigned.get(key)
+        if names is None:
+            names = self._loop_assigned[key] = loop_assigned(stmt)
+        return names
+
+    def incremented(self, body: cst.CSTNode) -> set[str]:
+        key = id(body)
+        names = self._incremented.get(key)
+        if names is None:
+            names = self._incremented[key] = incremented(body)
+        return names
+
+    def evaluation_order(self, expr: cst.CSTNode) -> list[cst.CSTNode]:
+        key = id(expr)
+        nodes = self._evaluation.get(key)
+        if nodes is None:
+            nodes = self._evaluation[key] = evaluation_order(expr)
+        return nodes
+
+    # positions
+
+    def span(self, node: cst.CSTNode) -> Span:
+        if self._positions is None:
+            # Positions need a full code generation pass: only files with findings pay it.
+            wrapper = MetadataWrapper(self.module, unsafe_skip_copy=True)
+            self._positions = wrapper.resolve(PositionProvider)
+        rng = self._positions[node]
+        return Span(rng.start.line, rng.start.column + 1, rng.end.line, rng.end.column + 1)
+
+    def site(self, node: cst.CSTNode) -> Site:
+        return Site(node, self.span, self.module.code_for_node, self.path)
+
+    def code(self, node: cst.CSTNode) -> str:
+        key = id(node)
+        text = self._code.get(key)
+        if text is None:
+            text = self._code[key] = self.module.code_for_node(node).strip()
+        return text
+
+
+class _Indexer:
+    """One pass over the file: definitions, references, repeated branch conditions."""
+
+    def __init__(self, ctx: FileContext) -> None:
+        self.ctx = ctx
+        self.condition_counts: dict[str, int] = {}
+        self.moduli_counts: dict[str, int] = {}
+
+    def index(self, module: cst.Module) -> None:
+        for stmt in module.body:
+            if isinstance(stmt, cst.FunctionDef):
+                self.ctx.functions.setdefault(stmt.name.value, stmt)
+            elif isinstance(stmt, cst.ClassDef):
+                self._class(stmt)
+        # One walk: references, repeated conditions, and per function (the innermost one
+        # around each node) whether it mentions a move and which names it calls.
+        mentions: dict[int, bool] = {}
+        calls: dict[int, set[str]] = {}
+        enclosing: dict[int, int | None] = {}
+        by_name: dict[str, list[int]] = {}
+        stack: list[tuple[cst.CSTNode, int | None, bool]] = [(module, None, False)]
+        while stack:
+            node, owner, in_loop = stack.pop()
+            kind = type(node)
+            if kind is cst.Name:
+                self.ctx.referenced.add(node.value)
+                if owner is not None and node.value in MOVE_WORDS:
+                    mentions[owner] = True
+                continue
+            if kind is cst.Attribute:
+                attr = node.attr.value
+                value = node.value
+                on_self = type(value) is cst.Name and value.value == "self"
+                if on_self or attr not in _MODULE_API:
+                    self.ctx.referenced.add(attr)
+                if owner is not None and attr in MOVE_WORDS:
+                    mentions[owner] = True
+                stack.append((value, owner, in_loop))
+                continue
+            if kind is cst.FunctionDef:
+                key = id(node)
+                mentions.setdefault(key, False)
+                calls.setdefault(key, set())
+                enclosing[key] = owner
+                by_name.setdefault(node.name.value, []).append(key)
+                stack.extend((c, key, False) for c in kids(node) if c is not node.name)
+                continue
+            if kind is cst.ClassDef:
+                stack.extend((c, owner, in_loop) for c in kids(node) if c is not node.name)
+                continue
+            if kind is cst.Call:
+                func = node.func
+                name = None
+                if type(func) is cst.Name:
+                    name = func.value
+                elif type(func) is cst.Attribute:
+                    name = func.attr.value
+                if name is not None:
+                    if owner is not None:
+                        calls[owner].add(name)
+                    if in_loop:
+                        self.ctx.called_in_loop.add(name)
+            elif kind is cst.If or kind is cst.While:
+                self._condition(node.test)
+            if kind is cst.For or kind is cst.While:
+                body = node.body
+                stack.extend((c, owner, in_loop or c is body) for c in kids(node))
+                continue
+            stack.extend((c, owner, in_loop) for c in kids(node))
+        self.ctx.tracked_conditions = {t for t, n in self.condition_counts.items() if n > 1}
+        self.ctx.tracked_moduli = {m for m, n in self.moduli_counts.items() if n > 1}
+        self.ctx.relevant = _relevant(mentions, calls, enclosing, by_name, self._external(calls))
+
+    def _condition(self, test: cst.BaseExpression) -> None:
+        guard = modular(self.ctx.code, test)
+        if guard is not None:
+            modulus = modulus_of(guard[0])
+            self.moduli_counts[modulus] = self.moduli_counts.get(modulus, 0) + 1
+        text = condition_key(self.ctx.code, test)[0]
+        if text is not None:
+            self.condition_counts[text] = self.condition_counts.get(text, 0) + 1
+            if self.condition_counts[text] == 2:
+                self.ctx.fact_names[text] = chains_in(test)
+
+    def _external(self, calls: dict[int, set[str]]) -> set[str]:
+        """Names imported from other linted files that take part in a training step."""
+        if self.ctx.project is None:
+            return set()
+        called = set().union(*calls.values()) if calls else set()
+        out: set[str] = set()
+        for local, qual in self.ctx.imports.aliases.items():
+            if local not in called and local not in self.ctx.referenced:
+                continue
+            if self.ctx.project.takes_part(self.ctx, qual):
+                out.add(local)
+        return out
+
+    def _class(self, node: cst.ClassDef) -> None:
+        bases = [self.ctx.imports.qualify(a.value) or "" for a in node.bases]
+        methods: dict[str, cst.FunctionDef] = {}
+        class_values: dict[str, cst.BaseExpression] = {}
+        for stmt in node.body.body:
+            if isinstance(stmt, cst.FunctionDef):
+                methods[stmt.name.value] = stmt
+            elif isinstance(stmt, cst.SimpleStatementLine):
+                for small in stmt.body:
+                    if isinstance(small, (cst.Assign, cst.AnnAssign)) and small.value is not None:
+                        targets = (
+                            [t.target for t in small.targets]
+                            if isinstance(small, cst.Assign)
+                            else [small.target]
+                        )
+                        for target in targets:
+                            if isinstance(target, cst.Name):
+                                class_values[target.value] = small.value
+        attrs: dict[str, list[tuple[cst.BaseExpression, cst.FunctionDef]]] = {}
+        for method in methods.values():
+            for target, value in assignments(method.body):
+                if (
+                    isinstance(target, cst.Attribute)
+                    and isinstance(target.value, cst.Name)
+                    and target.value.value == "self"
+                ):
+                    attrs.setdefault(target.attr.value, []).append((value, method))
+        self.ctx.classes[node.name.value] = ClassInfo(
+            node.name.value, node, self.ctx, bases, methods, attrs, class_values
+        )
+
+
+def _relevant(
+    mentions: dict[int, bool],
+    calls: dict[int, set[str]],
+    enclosing: dict[int, int | None],
+    by_name: dict[str, list[int]],
+    external: set[str],
+) -> set[int]:
+    """Functions that can take part in a training step: those that mention a move (directly
+    or in a nested function), and those that call, by name, a function that can (of this file
+    or imported from another linted file)."""
+    relevant = {key for key, yes in mentions.items() if yes}
+    for key in list(relevant):
+        parent = enclosing.get(key)
+        while parent is not None:
+            relevant.add(parent)
+            parent = enclosing.get(parent)
+    changed = True
+    while changed:
+        changed = False
+        names = {name for name, keys in by_name.items() if any(k in relevant for k in keys)}
+        names |= external
+        for key, called in calls.items():
+            if key not in relevant and called & names:
+                relevant.add(key)
+                changed = True
+    return relevant
+
+
+def _function_info(ctx: FileContext, func: cst.FunctionDef | None) -> FunctionInfo:
+    body = func.body if func is not None else ctx.module
+    info = FunctionInfo({}, {}, {}, {}, {})
+    for target, value in assignments(body):
+        if isinstance(target, cst.Name):
+            info.local_values.setdefault(target.value, []).append(value)
+        elif isinstance(target, (cst.Tuple, cst.List)):
+            for i, el in enumerate(target.elements):
+                if isinstance(el.value, cst.Name):
+                    info.tuple_values.setdefault(el.value.value, []).append((i, value))
+    stack: list[cst.CSTNode] = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)) and node is not func:
+            continue
+        if isinstance(node, cst.For) and isinstance(node.target, cst.Name):
+            info.loop_targets.setdefault(node.target.value, node.iter)
+        if not isinstance(node, cst.BaseExpression):
+            stack.extend(kids(node))
+    if func is not None:
+        for node in nested_defs(func.body):
+            info.local_defs.setdefault(node.name.value, node)
+        for p in all_params(func):
+            ann = None
+            if p.annotation is not None:
+                ann = ctx.imports.qualify(p.annotation.annotation)
+            info.params[p.name.value] = ann
+    return info

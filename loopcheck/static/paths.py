@@ -1,0 +1,114 @@
+"""Path states: the protocol state of every optimizer on one path through the code, the branch
+facts decided on it, and how sets of paths are joined and kept bounded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from loopcheck.protocol import UNKNOWN, OptState
+
+MAX_STATES = 96
+
+
+class PathState:
+    """The protocol state of every optimizer on one path, plus the branch facts decided on it.
+    Immutable. Paths live in sets that are joined over and over: the hash is computed once."""
+
+    __slots__ = ("opts", "facts", "last_zeroed", "_hash")
+
+    def __init__(
+        self,
+        opts: tuple[tuple[str, OptState], ...] = (),
+        facts: frozenset[tuple[str, bool]] = frozenset(),
+        last_zeroed: frozenset[str] = frozenset(),
+    ) -> None:
+        self.opts = opts
+        self.facts = facts
+        # the optimizers cleared by the latest run of consecutive clears (a ``reset_grad()``
+        # helper clears several): a backward right after them feeds them
+        self.last_zeroed = last_zeroed
+        self._hash = 0
+
+    def __hash__(self) -> int:
+        if not self._hash:
+            self._hash = hash((self.opts, self.facts, self.last_zeroed)) or 1
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, PathState)
+            and hash(self) == hash(other)
+            and self.opts == other.opts
+            and self.facts == other.facts
+            and self.last_zeroed == other.last_zeroed
+        )
+
+    def __repr__(self) -> str:
+        return f"PathState({self.opts!r}, {sorted(self.facts)!r}, {sorted(self.last_zeroed)!r})"
+
+    def get(self, key: str) -> OptState:
+        for k, s in self.opts:
+            if k == key:
+                return s
+        return UNKNOWN
+
+    def with_opt(self, key: str, state: OptState) -> PathState:
+        opts = tuple((k, s) for k, s in self.opts if k != key) + ((key, state),)
+        opts = tuple(sorted(opts, key=lambda item: item[0]))
+        return PathState(opts, self.facts, self.last_zeroed)
+
+    def with_facts(self, facts: frozenset[tuple[str, bool]]) -> PathState:
+        return self if facts is self.facts else PathState(self.opts, facts, self.last_zeroed)
+
+    def with_fact(self, text: str, value: bool) -> PathState:
+        return PathState(self.opts, self.facts | {(text, value)}, self.last_zeroed)
+
+    def with_zeroed(self, last_zeroed: frozenset[str]) -> PathState:
+        if last_zeroed == self.last_zeroed:
+            return self
+        return PathState(self.opts, self.facts, last_zeroed)
+
+    def keys(self) -> list[str]:
+        return [k for k, _ in self.opts]
+
+
+@dataclass
+class Flow:
+    """Where the paths of a block went."""
+
+    normal: set[PathState] = field(default_factory=set)
+    breaks: set[PathState] = field(default_factory=set)
+    continues: set[PathState] = field(default_factory=set)
+    returns: set[PathState] = field(default_factory=set)
+
+
+def merge(a: Flow, b: Flow) -> Flow:
+    return Flow(
+        normal=a.normal | b.normal,
+        breaks=a.breaks | b.breaks,
+        continues=a.continues | b.continues,
+        returns=a.returns | b.returns,
+    )
+
+
+def cap(states: set[PathState]) -> set[PathState]:
+    """Keep the number of paths bounded: first join paths whose protocol states agree (keeping
+    the branch facts they share), then keep a stable subset. Paths are dropped rather than
+    their facts forgotten: a path without its facts may take branches together that the code
+    never takes together (a false alarm), a dropped path can only hide a finding."""
+    if len(states) <= MAX_STATES:
+        return states
+    joined: dict[tuple[object, ...], PathState] = {}
+    for state in states:
+        key = (state.opts, state.last_zeroed)
+        other = joined.get(key)
+        joined[key] = state if other is None else other.with_facts(other.facts & state.facts)
+    states = set(joined.values())
+    if len(states) <= MAX_STATES:
+        return states
+    return set(sorted(states, key=_order)[:MAX_STATES])
+
+
+def _order(state: PathState) -> tuple[int, str]:
+    # paths that know more about their conditions first; then a stable order
+    return (-len(state.facts), repr(state))

@@ -1,0 +1,164 @@
+"""The files linted together: import names resolved to the linted files that define them, each
+parsed and indexed once, on demand, so that calls are followed across files."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import libcst as cst
+
+from loopcheck.static.index import ClassInfo, FileContext
+
+# A file that never mentions one of these defines no function that takes part in a step.
+_MOVES = re.compile(rb"backward|zero_grad|\.step\(|\bstep\(|clip_grad|unscale_")
+_MAX_REEXPORTS = 4
+
+Definition = tuple[FileContext, "cst.FunctionDef | ClassInfo"]
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return None
+
+
+class Project:
+    """The set of linted files. ``definition`` finds what an imported name refers to;
+    ``reads`` lists, since the last ``begin``, the other files an analysis looked into (a
+    cache entry of one file depends on them)."""
+
+    def __init__(self, paths: Iterable[str], read: Callable[[str], bytes | None] = _read) -> None:
+        self._paths: dict[str, str] = {}
+        for path in paths:
+            self._paths.setdefault(_normal(path), path)
+        self._read = read
+        self._contexts: dict[str, FileContext | None] = {}
+        self._sources: dict[str, bytes | None] = {}
+        self._current: str | None = None
+        self.reads: set[str] = set()
+
+    def __contains__(self, path: str) -> bool:
+        return _normal(path) in self._paths
+
+    def begin(self, path: str) -> None:
+        """Start the analysis of one linted file: forget which files the last one read."""
+        self._current = _normal(path)
+        self.reads = set()
+
+    def context(self, path: str, module: cst.Module) -> FileContext:
+        """The index of a linted file parsed by the caller."""
+        key = _normal(path)
+        ctx = self._contexts.get(key)
+        if ctx is None or ctx.module is not module:
+            self._contexts[key] = None  # files importing this one back see it as opaque
+            ctx = FileContext(module, path, self)
+            self._contexts[key] = ctx
+        return ctx
+
+    def source(self, path: str) -> bytes | None:
+        key = _normal(path)
+        if key not in self._sources:
+            self._sources[key] = self._read(self._paths.get(key, path))
+        return self._sources[key]
+
+    def _load(self, key: str, need_moves: bool) -> FileContext | None:
+        if key in self._contexts:
+            ctx = self._contexts[key]
+        else:
+            raw = self.source(key)
+            if raw is None or (need_moves and not _MOVES.search(raw)):
+                return None
+            self._contexts[key] = None  # guards import cycles while indexing
+            try:
+                module = cst.parse_module(raw.decode("utf-8-sig"))
+            except (cst.ParserSyntaxError, UnicodeDecodeError, RecursionError, ValueError):
+                module = None
+            ctx = FileContext(module, self._paths[key], self) if module is not None else None
+            self._contexts[key] = ctx
+        if ctx is not None and key != self._current:
+            self.reads.add(ctx.path)
+        return ctx
+
+    # names
+
+    def definition(self, ctx: FileContext, qualname: str, depth: int = 0) -> Definition | None:
+        """The function or class of a linted file that ``qualname`` (a name qualified through
+        ``ctx``'s imports) refers to, following re-exports by package ``__init__`` files."""
+        if depth > _MAX_REEXPORTS:
+            return None
+        for module_key, names in self._candidates(ctx.path, qualname):
+            other = self._load(module_key, need_moves=False)
+            if other is None or other is ctx:
+                continue
+            found = _defined(other, names)
+            if found is not None:
+                return other, found
+            alias = other.imports.aliases.get(names[0])
+            if alias is not None and len(names) == 1:
+                return self.definition(other, alias, depth + 1)
+        return None
+
+    def takes_part(self, ctx: FileContext, qualname: str) -> bool:
+        """Whether an imported name is a function (or a class with a method) of a linted file
+        that may take part in a training step."""
+        for module_key, _ in self._candidates(ctx.path, qualname):
+            raw = self.source(module_key)
+            if raw is None or not _MOVES.search(raw):
+                continue
+            found = self.definition(ctx, qualname)
+            if found is None:
+                return False
+            other, definition = found
+            if isinstance(definition, ClassInfo):
+                return any(id(m) in other.relevant for m in definition.methods.values())
+            return id(definition) in other.relevant
+        return False
+
+    def _candidates(self, importer: str, qualname: str) -> Iterable[tuple[str, list[str]]]:
+        """(linted file, names inside it) pairs ``qualname`` may denote, nearest first."""
+        dots = len(qualname) - len(qualname.lstrip("."))
+        parts = [p for p in qualname.lstrip(".").split(".") if p]
+        if not parts:
+            return
+        here = os.path.dirname(_normal(importer))
+        if dots:
+            for _ in range(dots - 1):
+                here = os.path.dirname(here)
+            roots = [here]
+        else:
+            roots = []
+            while True:
+                roots.append(here)
+                parent = os.path.dirname(here)
+                if parent == here:
+                    break
+                here = parent
+        for split in range(len(parts) - 1, 0, -1):
+            module, names = parts[:split], parts[split:]
+            for root in roots:
+                base = os.path.join(root, *module)
+                for candidate in (base + ".py", os.path.join(base, "__init__.py")):
+                    if candidate in self._paths:
+                        yield candidate, names
+        if dots and len(parts) >= 1:
+            # ``from . import helpers`` then ``helpers.train(...)`` arrives as ``.helpers.train``
+            init = os.path.join(roots[0], "__init__.py")
+            if init in self._paths:
+                yield init, parts
+
+
+def _defined(ctx: FileContext, names: list[str]) -> cst.FunctionDef | ClassInfo | None:
+    head = names[0]
+    if len(names) == 1:
+        if head in ctx.functions:
+            return ctx.functions[head]
+        return ctx.classes.get(head)
+    return None
+
+
+def _normal(path: str) -> str:
+    return os.path.normpath(os.path.abspath(path))

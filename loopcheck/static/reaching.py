@@ -1,0 +1,156 @@
+"""Which assignments of a name can reach a statement of one function: reaching definitions,
+approximated on the block structure (an unconditional assignment before the statement hides
+the earlier ones; assignments in branches and loop bodies may reach)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import libcst as cst
+
+from loopcheck.static.syntax import names_in
+from loopcheck.static.tree import kids
+
+Statement = cst.CSTNode
+
+
+@dataclass(frozen=True)
+class Definition:
+    """One assignment of a name: the statement holding it and the value assigned (for a loop
+    target, the iterable; ``augmented`` for ``x += value``)."""
+
+    statement: Statement
+    value: cst.BaseExpression
+    augmented: bool = False
+    loop_target: bool = False
+
+
+class Layout:
+    """The blocks of one function body: where each statement stands, and what it assigns."""
+
+    def __init__(self, function: cst.FunctionDef | cst.Module) -> None:
+        # statement id -> (its block, its index there, the compound statement owning the block)
+        self.place: dict[int, tuple[list[Statement], int, Statement | None]] = {}
+        self._direct: dict[int, dict[str, list[Definition]]] = {}
+        self._nested: dict[int, dict[str, list[Definition]]] = {}
+        self._blocks(function, None)
+
+    def _blocks(self, node: cst.CSTNode, owner: Statement | None) -> None:
+        for block in _child_blocks(node):
+            for i, stmt in enumerate(block):
+                self.place[id(stmt)] = (block, i, owner)
+                if not isinstance(stmt, cst.SimpleStatementLine) and not isinstance(
+                    stmt, (cst.FunctionDef, cst.ClassDef)
+                ):
+                    self._blocks(stmt, stmt)
+
+    def reaching(self, name: str, at: Statement) -> list[Definition] | None:
+        """The definitions of ``name`` that may reach ``at``; None when the value may come
+        from the function's entry (a parameter, a global, a closure variable)."""
+        found: list[Definition] = []
+        current: Statement | None = at
+        while current is not None and id(current) in self.place:
+            block, index, owner = self.place[id(current)]
+            for stmt in reversed(block[:index]):
+                direct = self.direct(stmt).get(name)
+                if direct:
+                    found.extend(direct)
+                    if not any(d.augmented for d in direct):
+                        return found
+                    continue
+                found.extend(self.nested(stmt).get(name, ()))
+            if isinstance(owner, cst.For) and name in names_in(owner.target):
+                found.append(Definition(owner, owner.iter, loop_target=True))
+                return found
+            if isinstance(owner, (cst.For, cst.While)):
+                # the back edge: what the rest of the loop body assigns reaches the top
+                found.extend(self.nested(owner).get(name, ()))
+            current = owner
+        return found or None
+
+    def direct(self, stmt: Statement) -> dict[str, list[Definition]]:
+        """Assignments that certainly run when ``stmt`` does (a ``with`` body is unconditional)."""
+        key = id(stmt)
+        if key not in self._direct:
+            out: dict[str, list[Definition]] = {}
+            if isinstance(stmt, cst.SimpleStatementLine):
+                for small in stmt.body:
+                    for target, value, aug in _assigned(small):
+                        for name in _target_names(target):
+                            out.setdefault(name, []).append(Definition(stmt, value, aug))
+            elif isinstance(stmt, cst.With) and isinstance(stmt.body, cst.IndentedBlock):
+                for inner in stmt.body.body:
+                    for name, defs in self.direct(inner).items():
+                        out[name] = defs  # the latest one in the body wins
+            self._direct[key] = out
+        return self._direct[key]
+
+    def nested(self, stmt: Statement) -> dict[str, list[Definition]]:
+        """Every assignment inside a statement (in branches, loops, handlers)."""
+        key = id(stmt)
+        if key not in self._nested:
+            out: dict[str, list[Definition]] = {}
+            stack: list[cst.CSTNode] = [stmt]
+            while stack:
+                node = stack.pop()
+                if isinstance(node, cst.SimpleStatementLine):
+                    for name, defs in self.direct(node).items():
+                        out.setdefault(name, []).extend(defs)
+                    continue
+                if isinstance(node, (cst.FunctionDef, cst.ClassDef)) or isinstance(
+                    node, cst.BaseExpression
+                ):
+                    continue
+                if isinstance(node, cst.For):
+                    for name in names_in(node.target):
+                        out.setdefault(name, []).append(Definition(node, node.iter, False, True))
+                stack.extend(kids(node))
+            self._nested[key] = out
+        return self._nested[key]
+
+
+def _child_blocks(node: cst.CSTNode) -> list[list[Statement]]:
+    """The statement lists directly inside a function body or compound statement."""
+    out: list[list[Statement]] = []
+    if isinstance(node, cst.Module):
+        return [list(node.body)]
+    stack = list(kids(node))
+    while stack:
+        child = stack.pop(0)
+        if isinstance(child, cst.IndentedBlock):
+            out.append(list(child.body))
+        elif isinstance(child, cst.SimpleStatementSuite):
+            out.append([child])
+        elif isinstance(child, (cst.Else, cst.ExceptHandler, cst.ExceptStarHandler, cst.Finally)):
+            stack.insert(0, child.body)
+        elif isinstance(child, cst.MatchCase):
+            stack.insert(0, child.body)
+        elif isinstance(child, cst.If) and isinstance(node, cst.If):
+            out.append([child])  # ``elif``: a statement of its own in the else branch
+    return out
+
+
+def _assigned(
+    small: cst.CSTNode,
+) -> list[tuple[cst.BaseExpression, cst.BaseExpression, bool]]:
+    if isinstance(small, cst.Assign):
+        return [(t.target, small.value, False) for t in small.targets]
+    if isinstance(small, cst.AnnAssign) and small.value is not None:
+        return [(small.target, small.value, False)]
+    if isinstance(small, cst.AugAssign):
+        return [(small.target, small.value, True)]
+    return []
+
+
+def _target_names(target: cst.BaseExpression) -> list[str]:
+    if isinstance(target, cst.Name):
+        return [target.value]
+    if isinstance(target, (cst.Tuple, cst.List)):
+        out: list[str] = []
+        for element in target.elements:
+            value = element.value
+            if isinstance(value, cst.StarredElement):
+                value = value.value
+            out.extend(_target_names(value))  # type: ignore[arg-type]
+        return out
+    return []

@@ -1,0 +1,316 @@
+"""Questions about libcst syntax alone: no roles, no paths, no state (names, calls, assignments,
+loop counters, literal values)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import libcst as cst
+
+from loopcheck.static.tree import kids
+
+# Values that are plain data, whatever the variable they are stored in is called.
+DATA_NODES = (
+    cst.List,
+    cst.Dict,
+    cst.Tuple,
+    cst.Set,
+    cst.ListComp,
+    cst.DictComp,
+    cst.SetComp,
+    cst.GeneratorExp,
+    cst.SimpleString,
+    cst.ConcatenatedString,
+    cst.FormattedString,
+    cst.Integer,
+    cst.Float,
+    cst.BinaryOperation,
+    cst.Comparison,
+)
+
+_LITERALS: dict[str, object] = {"True": True, "False": False, "None": None}
+
+
+def dotted(expr: cst.CSTNode | None) -> str | None:
+    """``a.b.c`` for a chain of names and attributes; None for anything else."""
+    parts: list[str] = []
+    while isinstance(expr, cst.Attribute):
+        parts.append(expr.attr.value)
+        expr = expr.value
+    if not isinstance(expr, cst.Name):
+        return None
+    parts.append(expr.value)
+    return ".".join(reversed(parts))
+
+
+def contains(node: cst.CSTNode, kind: type) -> bool:
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, kind):
+            return True
+        stack.extend(kids(n))
+    return False
+
+
+def names_in(node: cst.CSTNode) -> set[str]:
+    out: set[str] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, cst.Name):
+            out.add(n.value)
+        stack.extend(kids(n))
+    return out
+
+
+def chains_in(node: cst.CSTNode) -> set[str]:
+    """The names and attribute chains an expression mentions, each as long as it goes:
+    ``self.cfg.flag and x`` gives ``self.cfg.flag`` and ``x``. A fact about a condition is
+    forgotten when one of its chains is assigned (``self.step = 0`` does not forget
+    ``self.train_agent``)."""
+    out: set[str] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, (cst.Name, cst.Attribute)):
+            chain = dotted(n)
+            if chain is not None:
+                out.add(chain)
+                continue
+        stack.extend(kids(n))
+    return out
+
+
+def assignments(body: cst.CSTNode) -> Iterator[tuple[cst.BaseExpression, cst.BaseExpression]]:
+    """(target, value) pairs of the plain assignments in a body, nested defs excluded."""
+    stack: list[cst.CSTNode] = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+            continue
+        if isinstance(node, cst.Assign):
+            for t in node.targets:
+                yield t.target, node.value
+        elif isinstance(node, cst.AnnAssign) and node.value is not None:
+            yield node.target, node.value
+        elif isinstance(node, cst.BaseExpression):
+            continue
+        stack.extend(kids(node))
+
+
+def call_args(call: cst.Call) -> tuple[list[cst.BaseExpression], dict[str, cst.BaseExpression]]:
+    positional: list[cst.BaseExpression] = []
+    keywords: dict[str, cst.BaseExpression] = {}
+    for arg in call.args:
+        if arg.keyword is not None:
+            keywords[arg.keyword.value] = arg.value
+        elif not arg.star:
+            positional.append(arg.value)
+    return positional, keywords
+
+
+def nested_defs(body: cst.CSTNode) -> Iterator[cst.FunctionDef]:
+    stack: list[cst.CSTNode] = list(kids(body))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, cst.FunctionDef):
+            yield node
+            continue
+        if isinstance(node, (cst.ClassDef, cst.BaseExpression)):
+            continue
+        stack.extend(kids(node))
+
+
+def roots_of(expr: cst.CSTNode) -> Iterator[cst.BaseExpression]:
+    """The receivers at the bottom of attribute and call chains inside an expression:
+    ``model.encoder.parameters()`` gives ``model``; ``self.model.parameters()`` gives
+    ``self.model``."""
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, cst.Attribute):
+            if isinstance(node.value, cst.Name) and node.value.value == "self":
+                yield node
+                continue
+            stack.append(node.value)
+            continue
+        if isinstance(node, cst.Name):
+            yield node
+            continue
+        if isinstance(node, cst.Call):
+            stack.append(node.func)
+            stack.extend(a.value for a in node.args)
+            continue
+        stack.extend(kids(node))
+
+
+def evaluation_order(expr: cst.CSTNode) -> list[cst.CSTNode]:
+    """Calls and ``.grad`` reads inside an expression, innermost first, left to right; lambdas
+    and nested definitions are not evaluated here. ``autograd.grad(...)`` is a call, not a read
+    of ``.grad``."""
+    out: list[cst.CSTNode] = []
+
+    def visit(node: cst.CSTNode) -> None:
+        if isinstance(node, (cst.Lambda, cst.FunctionDef, cst.ClassDef)):
+            return
+        if isinstance(node, cst.Call):
+            func = node.func
+            if isinstance(func, cst.Attribute) and func.attr.value == "grad":
+                visit(func.value)  # ``torch.autograd.grad`` / ``x.grad(...)``: not a .grad read
+            else:
+                visit(func)
+            for arg in node.args:
+                visit(arg.value)
+            out.append(node)
+            return
+        for child in kids(node):
+            visit(child)
+        if isinstance(node, cst.Attribute) and node.attr.value == "grad":
+            out.append(node)
+
+    visit(expr)
+    return out
+
+
+def loop_assigned(stmt: cst.CSTNode) -> set[str]:
+    """Names assigned anywhere in a loop body: their branch facts do not survive the back edge."""
+    body = stmt.body if isinstance(stmt, (cst.For, cst.While, cst.FunctionDef)) else stmt
+    names: set[str] = set()
+    for target, _ in assignments(body):
+        names |= chains_in(target)
+    stack: list[cst.CSTNode] = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, cst.AugAssign):
+            names |= chains_in(node.target)
+        elif isinstance(node, cst.For):
+            names |= chains_in(node.target)
+        if not isinstance(node, cst.BaseExpression):
+            stack.extend(kids(node))
+    return names
+
+
+def is_increment(stmt: cst.AugAssign) -> bool:
+    return (
+        isinstance(stmt.target, cst.Name)
+        and isinstance(stmt.operator, cst.AddAssign)
+        and isinstance(stmt.value, cst.Integer)
+        and stmt.value.value == "1"
+    )
+
+
+def incremented(body: cst.CSTNode) -> set[str]:
+    """Names a loop body increments by one (``step += 1``)."""
+    out: set[str] = set()
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, cst.AugAssign) and is_increment(node):
+            out.add(node.target.value)  # type: ignore[union-attr]
+        elif isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.BaseExpression)):
+            continue
+        stack.extend(kids(node))
+    return out
+
+
+def counter_of(stmt: cst.For | cst.While) -> str | None:
+    """The loop variable that grows by one per iteration: ``for i in range(...)``,
+    ``for i, x in enumerate(...)``."""
+    if not isinstance(stmt, cst.For) or not isinstance(stmt.iter, cst.Call):
+        return None
+    func = dotted(stmt.iter.func)
+    target = stmt.target
+    if func == "range" and isinstance(target, cst.Name):
+        return target.value
+    if func == "enumerate" and isinstance(target, cst.Tuple) and target.elements:
+        first = target.elements[0].value
+        return first.value if isinstance(first, cst.Name) else None
+    return None
+
+
+def ends_with_continue(stmt: cst.CSTNode) -> bool:
+    return isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[-1], cst.Continue)
+
+
+def is_grad_of(expr: cst.BaseExpression, var: str) -> bool:
+    return (
+        isinstance(expr, cst.Attribute)
+        and expr.attr.value == "grad"
+        and isinstance(expr.value, cst.Name)
+        and expr.value.value == var
+    )
+
+
+def body_clears(body: cst.CSTNode, var: str) -> bool:
+    """Whether a loop body sets ``var.grad`` to None or zeroes it."""
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, cst.Assign):
+            for t in node.targets:
+                if is_grad_of(t.target, var):
+                    return True
+        if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
+            if node.func.attr.value == "zero_":
+                inner = node.func.value
+                if isinstance(inner, cst.Attribute) and inner.attr.value == "data":
+                    inner = inner.value
+                if is_grad_of(inner, var):
+                    return True
+        stack.extend(kids(node))
+    return False
+
+
+def is_true(test: cst.BaseExpression) -> bool:
+    return (isinstance(test, cst.Name) and test.value == "True") or (
+        isinstance(test, cst.Integer) and test.value != "0"
+    )
+
+
+def literal(expr: cst.BaseExpression | None) -> tuple[bool, object]:
+    """(is a literal, its value) for True/False/None and numbers."""
+    if isinstance(expr, cst.Name) and expr.value in _LITERALS:
+        return True, _LITERALS[expr.value]
+    if isinstance(expr, (cst.Integer, cst.Float)):
+        return True, float(expr.value.replace("_", "")) if "." in expr.value else 1
+    return False, None
+
+
+def params_of(func: cst.FunctionDef | cst.Lambda) -> list[cst.Param]:
+    p = func.params
+    return [*p.posonly_params, *p.params]
+
+
+def all_params(func: cst.FunctionDef | cst.Lambda) -> list[cst.Param]:
+    p = func.params
+    return [*p.posonly_params, *p.params, *p.kwonly_params]
+
+
+def is_abstract(func: cst.FunctionDef) -> bool:
+    """A body that only documents, passes or raises: an abstract method to be overridden."""
+    body = func.body
+    if not isinstance(body, cst.IndentedBlock):
+        return False
+    for stmt in body.body:
+        if not isinstance(stmt, cst.SimpleStatementLine):
+            return False
+        for small in stmt.body:
+            if isinstance(small, (cst.Pass, cst.Raise)):
+                continue
+            if isinstance(small, cst.Expr) and isinstance(
+                small.value, (cst.SimpleString, cst.ConcatenatedString, cst.Ellipsis)
+            ):
+                continue
+            return False
+    return True
+
+
+def decorators(func: cst.FunctionDef) -> Iterable[str]:
+    for deco in func.decorators:
+        node = deco.decorator
+        if isinstance(node, cst.Call):
+            node = node.func
+        name = dotted(node)
+        if name is not None:
+            yield name
