@@ -81,7 +81,8 @@ def analyse(
 
     The seam for cross-file analysis: following calls into the other files of ``linted``, the
     analysis reports the ones it read, and the cache keeps the findings only while those files
-    are unchanged. Until it follows such calls it reads none.
+    are unchanged. It is not given the other files yet (``lint_source``'s ``project``), so it
+    reads none.
     """
     return FileLint(tuple(lint_source(source, path, rules)))
 
