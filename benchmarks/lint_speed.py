@@ -1,21 +1,33 @@
-"""How fast the linter goes through a large real tree, beside TorchFix on the same tree.
+"""How fast the linter goes through a large real tree: cold on one core, cold on every core, and
+warm from the cache, beside TorchFix on the same tree, and on training-heavy files.
 
 By default the tree is the installed torch package's Python files (thousands of files, most of
-which hold no training loop: the prefilter's job). Both tools run as command-line programs on
-the same file list, one process each, measured in the same run; the in-process figure shows
-where loopcheck's own time goes (prefilter, parse, analysis).
+which hold no training loop: the prefilter's job). Every figure comes from the same run on the
+same file list: the library in this process (where the time goes), then the command line as a
+user runs it — with an empty cache and ``--jobs 1``, with an empty cache and all cores, and
+again with the cache the last run left (an unchanged tree). The three command-line runs must
+print the same findings; the script says so. The training-heavy set is the project's fixtures
+(bugs, clean idioms, notebooks) plus the tree's files that hold a training step: every file
+there goes through the full analysis.
 
-    python benchmarks/lint_speed.py [--tree DIR] [--limit N] [--repeat K]
+    python benchmarks/lint_speed.py [--tree DIR] [--limit N] [--repeat K] [--jobs N]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "fixtures"
+TRAINING_STEP = [re.compile(p) for p in (rb"zero_grad", rb"\.backward\(", rb"\.step\(")]
 
 
 def default_tree() -> Path:
@@ -30,6 +42,19 @@ def python_files(tree: Path, limit: int | None) -> list[Path]:
     return files[:limit] if limit else files
 
 
+def training_heavy(tree_files: list[Path]) -> list[Path]:
+    """The fixtures and the tree's files that clear gradients, backprop and step."""
+    fixtures = sorted(
+        p for p in FIXTURES.rglob("*") if p.suffix in (".py", ".ipynb") and p.is_file()
+    )
+    steps = [p for p in tree_files if all(r.search(p.read_bytes()) for r in TRAINING_STEP)]
+    return fixtures + steps
+
+
+def count_lines(files: list[Path]) -> int:
+    return sum(p.read_bytes().count(b"\n") for p in files)
+
+
 def in_process(files: list[Path]) -> dict[str, float]:
     """loopcheck's library call on every file, and how many files passed the prefilter."""
     from loopcheck.api import _PREFILTER, lint_source
@@ -42,38 +67,85 @@ def in_process(files: list[Path]) -> dict[str, float]:
     return {"seconds": seconds, "parsed": parsed, "findings": findings}
 
 
-def timed(command: list[str]) -> tuple[float, int]:
+def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, bytes]:
+    """Wall time and standard output of one run."""
     start = time.perf_counter()
-    result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start, result.returncode
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    return time.perf_counter() - start, result.stdout
+
+
+def loopcheck_command(files: list[Path], *options: str) -> list[str]:
+    command = [sys.executable, "-m", "loopcheck", "check", "--exit-zero", "--format", "concise"]
+    return [*command, *options, *map(str, files)]
+
+
+def cli_runs(files: list[Path], jobs: int, repeat: int) -> dict[str, tuple[float, bytes]]:
+    """Best-of-``repeat`` wall times of the three user-facing runs, each cold one with a cache
+    directory of its own; the warm run reuses the last cold one's."""
+    results: dict[str, tuple[float, bytes]] = {}
+    with tempfile.TemporaryDirectory(prefix="loopcheck-bench-") as scratch:
+        for name, jobs_option in (("cold, --jobs 1", 1), (f"cold, --jobs {jobs}", jobs)):
+            best: tuple[float, bytes] | None = None
+            for attempt in range(repeat):
+                cache = Path(scratch) / f"{jobs_option}-{attempt}"
+                env = {**os.environ, "LOOPCHECK_CACHE_DIR": str(cache)}
+                run = timed(loopcheck_command(files, "--jobs", str(jobs_option)), env)
+                best = run if best is None or run[0] < best[0] else best
+            assert best is not None
+            results[name] = best
+        warm_env = {**os.environ, "LOOPCHECK_CACHE_DIR": str(cache)}
+        warm = [
+            timed(loopcheck_command(files, "--jobs", str(jobs)), warm_env) for _ in range(repeat)
+        ]
+        results["warm (cache)"] = min(warm, key=lambda run: run[0])
+    return results
+
+
+def rate(files: list[Path], lines: int, seconds: float) -> str:
+    return f"{seconds:7.2f} s  {len(files) / seconds:8.0f} files/s  {lines / seconds:9.0f} lines/s"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", type=Path, default=None, help="directory to lint")
     parser.add_argument("--limit", type=int, default=None, help="lint only the first N files")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per tool (best is kept)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per measure (best is kept)")
+    parser.add_argument("--jobs", type=int, default=None, help="all cores (default: usable cores)")
     args = parser.parse_args()
+    from loopcheck.runner import default_jobs
 
+    jobs = args.jobs or default_jobs()
     tree = args.tree or default_tree()
     files = python_files(tree, args.limit)
-    lines = sum(p.read_bytes().count(b"\n") for p in files)
-    print(f"tree: {tree}  ({len(files)} files, {lines} lines)")
+    lines = count_lines(files)
+    print(f"tree: {tree}  ({len(files)} files, {lines} lines); all cores = {jobs}")
 
     stats = in_process(files)
     print(
-        f"loopcheck (in process): {stats['seconds']:.2f} s, "
-        f"{len(files) / stats['seconds']:.0f} files/s, {lines / stats['seconds']:.0f} lines/s; "
+        f"loopcheck (in process):     {rate(files, lines, stats['seconds'])}; "
         f"{stats['parsed']:.0f} of {len(files)} files passed the prefilter and were parsed; "
         f"{stats['findings']:.0f} findings"
     )
 
-    ours = [sys.executable, "-m", "loopcheck", "check", "--exit-zero", "--format", "concise"]
-    ours += [str(p) for p in files]
-    best_ours = min(timed(ours)[0] for _ in range(args.repeat))
+    runs = cli_runs(files, jobs, args.repeat)
+    for name, (seconds, _) in runs.items():
+        print(f"loopcheck (CLI, {name + '):':<16} {rate(files, lines, seconds)}")
+    cold_one, cold_all, warm = (seconds for seconds, _ in runs.values())
+    same = len({out for _, out in runs.values()}) == 1
     print(
-        f"loopcheck (CLI):        {best_ours:.2f} s, {len(files) / best_ours:.0f} files/s, "
-        f"{lines / best_ours:.0f} lines/s"
+        f"ratios: all cores is {cold_one / cold_all:.2f}x one job; warm is {cold_one / warm:.0f}x "
+        f"cold with one job, {cold_all / warm:.0f}x cold with all cores; "
+        f"outputs identical: {'yes' if same else 'NO'}"
+    )
+
+    heavy = training_heavy(files)
+    heavy_lines = count_lines(heavy)
+    with tempfile.TemporaryDirectory(prefix="loopcheck-bench-") as scratch:
+        env = {**os.environ, "LOOPCHECK_CACHE_DIR": scratch}
+        heavy_seconds, _ = timed(loopcheck_command(heavy, "--jobs", "1"), env)
+    print(
+        f"training-heavy ({len(heavy)} files: fixtures + the tree's files with a training step), "
+        f"CLI cold, --jobs 1: {rate(heavy, heavy_lines, heavy_seconds)}"
     )
 
     if importlib.util.find_spec("torchfix") is None:
@@ -81,11 +153,8 @@ def main() -> None:
         return
     theirs = [sys.executable, "-m", "torchfix", "--jobs", "1", *[str(p) for p in files]]
     best_theirs = min(timed(theirs)[0] for _ in range(args.repeat))
-    print(
-        f"TorchFix (CLI, 1 job):  {best_theirs:.2f} s, {len(files) / best_theirs:.0f} files/s, "
-        f"{lines / best_theirs:.0f} lines/s"
-    )
-    print(f"ratio: loopcheck is {best_theirs / best_ours:.1f}x the speed of TorchFix")
+    print(f"TorchFix (CLI, 1 job):      {rate(files, lines, best_theirs)}")
+    print(f"ratio: loopcheck (cold, --jobs 1) is {best_theirs / cold_one:.1f}x TorchFix's speed")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from loopcheck import __version__
+from loopcheck.cache import CACHE_DIR_ENV, LintCache, cache_directory
 from loopcheck.config import Config, ConfigError, Selection, load_config, parse_selectors
 from loopcheck.diagnostic import Diagnostic
 from loopcheck.files import is_excluded
@@ -32,7 +33,13 @@ from loopcheck.output import (
     summary,
 )
 from loopcheck.rules import ALL_RULES, get_rule
-from loopcheck.runner import FileReport, MissingPathsError, check_paths, check_source
+from loopcheck.runner import (
+    FileReport,
+    MissingPathsError,
+    check_paths,
+    check_source,
+    default_jobs,
+)
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 STDIN = "-"
@@ -47,8 +54,8 @@ def add_check_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "check",
         help="lint files and directories (the default command)",
-        description="Lint Python files for training-loop bugs. Directories are searched for "
-        "*.py files; '-' reads standard input.",
+        description="Lint Python files and Jupyter notebooks for training-loop bugs. "
+        "Directories are searched for *.py and *.ipynb files; '-' reads standard input.",
     )
     parser.add_argument(
         "paths", nargs="*", metavar="PATH", help="files or directories (default: .)"
@@ -95,20 +102,51 @@ def add_check_command(commands: argparse._SubParsersAction) -> None:
         help="print those fixes as a unified diff and write nothing; exit 1 when there is "
         "something to fix, 0 otherwise",
     )
+    parser.add_argument(
+        "--jobs",
+        "-j",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="lint in N processes (default: one per core; the output does not depend on it)",
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="lint every file again, ignoring and not updating the cache "
+        f"(.loopcheck_cache at the project root, or ${CACHE_DIR_ENV})",
+    )
     parser.set_defaults(handler=run_check)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of processes, got {text!r}")
+    return value
 
 
 def run_check(args: argparse.Namespace) -> int:
     config = _settings(args)
     paths = args.paths or ["."]
+    cache = None if args.no_cache else LintCache(cache_directory(config.root))
     try:
         reports = check_paths(
-            [path for path in paths if path != STDIN], config, force_exclude=args.force_exclude
+            [path for path in paths if path != STDIN],
+            config,
+            force_exclude=args.force_exclude,
+            jobs=args.jobs or default_jobs(),
+            cache=cache,
         )
     except MissingPathsError as exc:
         for path in exc.paths:
             _error(f"{path}: no such file or directory")
         return EXIT_ERROR
+    if cache is not None and cache.problem is not None:
+        _warn(f"{cache.problem} (linting went on without it)")
     stdin_report = _check_stdin(args, config) if STDIN in paths else None
     if stdin_report is not None:
         reports.append(stdin_report)

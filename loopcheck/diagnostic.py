@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import total_ordering
 
 DOCS_URL = "https://github.com/loopcheck/loopcheck/blob/main/docs/rules/{code}.md"
 
@@ -41,13 +42,16 @@ class Fix:
     applicability: str = "safe"
 
 
-@dataclass(frozen=True, order=True)
+@total_ordering
+@dataclass(frozen=True)
 class Diagnostic:
     """A finding. Lines and columns are 1-based; ``end_*`` close the flagged span.
 
     ``fix`` is the checked fix, when one exists; ``related`` is another place the finding
     concerns that a fix may need (see :class:`loopcheck.rules.Finding`). Neither takes part in
-    equality or ordering."""
+    equality or ordering. In a notebook, ``cell`` is the cell's number (from 1, every cell
+    counted, as Jupyter and ruff number them) and the lines are the cell's own. Diagnostics
+    sort by place: path, cell, line, column, then code."""
 
     path: str
     line: int
@@ -59,6 +63,25 @@ class Diagnostic:
     end_column: int = 0
     fix: Fix | None = field(default=None, compare=False)
     related: Span | None = field(default=None, compare=False)
+    cell: int | None = None
+
+    def _order(self) -> tuple:
+        return (
+            self.path,
+            self.cell or 0,
+            self.line,
+            self.column,
+            self.code,
+            self.message,
+            self.name,
+            self.end_line,
+            self.end_column,
+        )
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Diagnostic):
+            return NotImplemented
+        return self._order() < other._order()
 
     @property
     def url(self) -> str:

@@ -19,6 +19,7 @@ SKIPPED_DIRS = frozenset(
         ".git-rewrite",
         ".hg",
         ".ipynb_checkpoints",
+        ".loopcheck_cache",
         ".mypy_cache",
         ".nox",
         ".pants.d",
@@ -41,6 +42,9 @@ SKIPPED_DIRS = frozenset(
         "venv",
     }
 )
+
+# What a directory search picks up: Python files and Jupyter notebooks (as ruff does).
+LINTED_SUFFIXES = (".py", ".ipynb")
 
 
 @lru_cache(maxsize=256)
@@ -132,7 +136,8 @@ def _is_skipped_dir(directory: str, exclude: Iterable[str], root: Path) -> bool:
 def _walk(
     directory: str, exclude: tuple[str, ...], root: Path, unreadable: list[tuple[str, str]]
 ) -> Iterator[str]:
-    """The ``*.py`` files below ``directory``, in sorted order, pruning skipped directories.
+    """The Python files and notebooks below ``directory``, in sorted order, pruning skipped
+    directories.
 
     Symbolic links to directories are not followed (no cycles); links to files are listed, and
     a broken one is reported by the reader, not here. Directories that cannot be listed are
@@ -150,7 +155,7 @@ def _walk(
         )
         for name in sorted(filenames):
             file = os.path.join(current, name)
-            if name.endswith(".py") and not matches_any(file, exclude, root):
+            if name.endswith(LINTED_SUFFIXES) and not matches_any(file, exclude, root):
                 yield os.path.normpath(file)
 
 
@@ -172,8 +177,9 @@ def collect_files(
 ) -> Collected:
     """The files to lint under ``paths``, in a stable order without duplicates.
 
-    Directories are searched for ``*.py`` files, skipping virtual environments, VCS and build
-    directories and ``exclude`` patterns (relative to ``root``, the current directory by default).
+    Directories are searched for ``*.py`` and ``*.ipynb`` files, skipping virtual environments,
+    VCS and build directories and ``exclude`` patterns (relative to ``root``, the current
+    directory by default).
     A file named explicitly is always linted, whatever its suffix, unless ``force_exclude``
     applies the skipped directories and patterns to it too.
     """
@@ -207,3 +213,11 @@ def is_excluded(path: str, exclude: Iterable[str], root: Path) -> bool:
     depth = len(parts) if absolute.is_dir() else len(parts) - 1
     directories = [root.joinpath(*parts[: end + 1]) for end in range(depth)]
     return any(d.name in SKIPPED_DIRS or is_virtualenv(d) for d in directories)
+
+
+@dataclass(frozen=True)
+class LintedFiles:
+    """Every file linted in one run, in order: what one file's analysis may read to follow calls
+    into the others. Small and picklable: each worker process gets it once."""
+
+    paths: tuple[str, ...] = ()

@@ -2,7 +2,10 @@
 
 Every formatter takes the sorted diagnostics and returns the whole output as one string; the
 text formatters read the offending line from ``sources`` (path → file bytes) when it is there.
-Field names follow ruff's, so tools that read ruff's JSON or SARIF read ours.
+Field names follow ruff's, so tools that read ruff's JSON or SARIF read ours. A finding in a
+notebook is placed by cell as ruff places it: ``train.ipynb:cell 3:5:9:`` in text, ``"cell": 3``
+in JSON (null elsewhere), the line and column being the cell's own; SARIF carries the cell in
+the location's properties, and SARIF and GitHub messages start with ``cell 3:``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from loopcheck import __version__
 from loopcheck.diagnostic import DOCS_URL, Diagnostic, Edit, Fix
 from loopcheck.fix import get_fixer
 from loopcheck.noqa import split_lines
+from loopcheck.notebook import cell_lines
 from loopcheck.rules import Rule
 
 INFORMATION_URI = "https://github.com/loopcheck/loopcheck"
@@ -35,33 +39,51 @@ def _end(d: Diagnostic) -> tuple[int, int]:
 
 
 def _heading(d: Diagnostic) -> str:
-    """``path:line:col: CODE message`` on one line, whatever the message holds; ``[*]`` before
-    the message when ``--fix`` can fix it (as ruff marks it)."""
+    """``path:line:col: CODE message`` (``path:cell N:line:col: ...`` in a notebook) on one
+    line, whatever the message holds; ``[*]`` before the message when ``--fix`` can fix it (as
+    ruff marks it)."""
     message = re.sub(r"\s*[\r\n]+\s*", " ", d.message)
+    cell = "" if d.cell is None else f"cell {d.cell}:"
     fixable = "[*] " if d.fix is not None else ""
-    return f"{d.path}:{d.line}:{d.column}: {d.code} {fixable}{message}"
+    return f"{d.path}:{cell}{d.line}:{d.column}: {d.code} {fixable}{message}"
+
+
+def _cell_message(d: Diagnostic) -> str:
+    """The message, said to be in its cell when it is in a notebook."""
+    return d.message if d.cell is None else f"cell {d.cell}: {d.message}"
 
 
 # -- text ----------------------------------------------------------------------------------------
 
 
 class _Lines:
-    """Source lines by path, decoded once; binary or unreadable files have none."""
+    """Source lines by path (and by cell in a notebook), decoded once; binary or unreadable
+    files have none."""
 
     def __init__(self, sources: Sources) -> None:
         self._sources = sources
-        self._lines: dict[str, list[str] | None] = {}
+        self._lines: dict[str, Sequence[str] | None] = {}
+        self._cells: dict[str, Mapping[int, Sequence[str]]] = {}
 
-    def get(self, path: str, line: int) -> str | None:
+    def get(self, path: str, line: int, cell: int | None = None) -> str | None:
+        lines = self._file(path) if cell is None else self._cell(path, cell)
+        if lines is None or not 1 <= line <= len(lines):
+            return None
+        return lines[line - 1]
+
+    def _file(self, path: str) -> Sequence[str] | None:
         if path not in self._lines:
             raw = self._sources.get(path)
             usable = raw is not None and b"\x00" not in raw
             text = raw.decode("utf-8-sig", errors="replace") if usable else None
             self._lines[path] = split_lines(text) if text is not None else None
-        lines = self._lines[path]
-        if lines is None or not 1 <= line <= len(lines):
-            return None
-        return lines[line - 1]
+        return self._lines[path]
+
+    def _cell(self, path: str, cell: int) -> Sequence[str] | None:
+        if path not in self._cells:
+            raw = self._sources.get(path)
+            self._cells[path] = cell_lines(raw) if raw is not None else {}
+        return self._cells[path].get(cell)
 
 
 def _printable(text: str) -> str:
@@ -93,7 +115,7 @@ def format_text(diagnostics: Sequence[Diagnostic], sources: Sources) -> str:
     blocks = []
     for d in diagnostics:
         block = [_heading(d)]
-        line_text = lines.get(d.path, d.line)
+        line_text = lines.get(d.path, d.line, d.cell)
         if line_text is not None:
             block += code_frame(d, line_text)
         if d.fix is not None:
@@ -152,6 +174,7 @@ def json_record(d: Diagnostic) -> dict[str, Any]:
         "code": d.code,
         "message": d.message,
         "filename": d.path,
+        "cell": d.cell,
         "location": {"row": d.line, "column": d.column},
         "end_location": {"row": end_row, "column": end_col},
         "fix": None if d.fix is None else fix_record(d.fix),
@@ -204,7 +227,7 @@ def format_github(diagnostics: Sequence[Diagnostic], sources: Sources) -> str:
         props = ",".join(
             f"{key}={_escape_property(str(value))}" for key, value in properties.items()
         )
-        out.append(f"::error {props}::{_escape_data(d.message)}\n")
+        out.append(f"::error {props}::{_escape_data(_cell_message(d))}\n")
     return "".join(out)
 
 
@@ -235,20 +258,21 @@ def _sarif_result(d: Diagnostic, index: Mapping[str, int]) -> dict[str, Any]:
     if d.code in index:
         result["ruleIndex"] = index[d.code]
     result["level"] = "error"
-    result["message"] = {"text": d.message}
-    result["locations"] = [
-        {
-            "physicalLocation": {
-                "artifactLocation": {"uri": _artifact_uri(d.path)},
-                "region": {
-                    "startLine": d.line,
-                    "startColumn": d.column,
-                    "endLine": end_row,
-                    "endColumn": end_col,
-                },
-            }
+    result["message"] = {"text": _cell_message(d)}
+    location: dict[str, Any] = {
+        "physicalLocation": {
+            "artifactLocation": {"uri": _artifact_uri(d.path)},
+            "region": {
+                "startLine": d.line,
+                "startColumn": d.column,
+                "endLine": end_row,
+                "endColumn": end_col,
+            },
         }
-    ]
+    }
+    if d.cell is not None:
+        location["properties"] = {"cell": d.cell}
+    result["locations"] = [location]
     if d.fix is not None:
         result["fixes"] = [_sarif_fix(d.path, d.fix)]
     return result

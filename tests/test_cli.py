@@ -21,6 +21,7 @@ import pytest
 import loopcheck
 from loopcheck import runner
 from loopcheck.api import lint_source
+from loopcheck.cache import CACHE_DIR_ENV
 from loopcheck.cli import main, with_default_command
 from loopcheck.config import Config
 from loopcheck.files import collect_files
@@ -47,6 +48,7 @@ class Result:
 @pytest.fixture(autouse=True)
 def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(CACHE_DIR_ENV, raising=False)  # the cache goes in tmp_path
     return tmp_path
 
 
@@ -223,6 +225,7 @@ def test_json_format(run) -> None:
         "code",
         "message",
         "filename",
+        "cell",
         "location",
         "end_location",
         "fix",
@@ -230,6 +233,7 @@ def test_json_format(run) -> None:
         "noqa_row",
     }
     assert record["filename"] == "train.py"
+    assert record["cell"] is None  # ruff's field: the cell number in a notebook
     assert record["location"] == {"row": 1, "column": broken_column()}
     assert record["noqa_row"] == 1
     assert record["fix"] is None

@@ -1,34 +1,26 @@
 """The linter on annotated fixture scripts: each `# error: LCxxx` comment is a finding expected on
-its line; every other line must stay silent. Compares sets of (line, code)."""
+its line, at the column `tests/annotations.py` derives from the line (the flagged call's first
+character); every other line must stay silent. Compares sets of (line, column, code)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
+from annotations import expected_codes as expected  # the name other fixture tests import
+from annotations import expected_column, expected_findings
 
 from loopcheck.api import lint_source
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-_EXPECT = re.compile(r"#\s*error:\s*(LC\d{3}(?:\s*,\s*LC\d{3})*)")
-
-
-def expected(source: str) -> set[tuple[int, str]]:
-    found = set()
-    for lineno, line in enumerate(source.splitlines(), start=1):
-        match = _EXPECT.search(line)
-        if match:
-            found |= {(lineno, code.strip()) for code in match.group(1).split(",")}
-    return found
 
 
 def fixture_files(kind: str) -> list[Path]:
     return sorted((FIXTURES / kind).glob("*.py"))
 
 
-def findings(path: Path) -> set[tuple[int, str]]:
-    return {(d.line, d.code) for d in lint_source(path.read_bytes(), str(path))}
+def findings(path: Path) -> set[tuple[int, int, str]]:
+    return {(d.line, d.column, d.code) for d in lint_source(path.read_bytes(), str(path))}
 
 
 @pytest.mark.parametrize("path", fixture_files("clean"), ids=lambda p: p.stem)
@@ -39,9 +31,19 @@ def test_clean_fixture_is_silent(path: Path) -> None:
 
 @pytest.mark.parametrize("path", fixture_files("bugs"), ids=lambda p: p.stem)
 def test_bug_fixture_reports_exactly_its_bugs(path: Path) -> None:
-    want = expected(path.read_text(errors="replace"))
+    source = path.read_text(errors="replace")
+    want = expected_findings(source)
     assert want, "a bug fixture names the findings it expects"
     assert findings(path) == want
+
+
+def test_a_shifted_column_fails_the_harness() -> None:
+    """The harness pins columns: the same finding one column off is not what a fixture expects."""
+    source = (FIXTURES / "bugs" / "lc102_plain_loop.py").read_text()
+    ((line, code),) = expected(source)
+    column = expected_column(source, line, code)
+    assert source.splitlines()[line - 1][column - 1 :].startswith("optimizer.zero_grad()")
+    assert (line, column + 1, code) not in expected_findings(source)
 
 
 def test_every_rule_has_a_bug_fixture() -> None:

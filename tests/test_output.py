@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,34 @@ for x, y in loader:
     opt.zero_grad()  # comment
     opt.step()
 """
+
+
+NOTEBOOK = json.dumps(
+    {
+        "cells": [
+            {"cell_type": "markdown", "metadata": {}, "source": ["# Training\n"]},
+            {
+                "cell_type": "code",
+                "metadata": {},
+                "execution_count": 1,
+                "outputs": [],
+                "source": ["%matplotlib inline\n", "for x, y in loader:\n", "    loss.backward()"],
+            },
+            {"cell_type": "markdown", "metadata": {}, "source": "Then:"},
+            {
+                "cell_type": "code",
+                "metadata": {},
+                "execution_count": 2,
+                "outputs": [],
+                "source": "opt.zero_grad()\nopt.step()\n",
+            },
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    },
+    indent=1,
+).encode()
 
 
 class FakeZeroAfterBackward(Rule):
@@ -92,12 +121,17 @@ def diagnostics() -> list[Diagnostic]:
         ),
         Diagnostic("src/train.py", 5, 5, "LC105", "spans two lines", "missing-step", 6, 8),
         Diagnostic("other dir/broken, 100%.py", 1, 1, "LC900", "syntax error: a\nb", "parse-error"),
+        # in a notebook: cell 4's first line comes after cell 2's last
+        Diagnostic(
+            "train.ipynb", 1, 1, "LC102", "in cell 4", "zero-grad-after-backward", 1, 16, cell=4
+        ),
+        Diagnostic("train.ipynb", 3, 5, "LC105", "in cell 2", "missing-step", 3, 20, cell=2),
     ]
 
 
 @pytest.mark.parametrize("output_format", FORMATS)
 def test_golden(output_format: str) -> None:
-    sources = {"src/train.py": SOURCE, "other dir/broken, 100%.py": None}
+    sources = {"src/train.py": SOURCE, "other dir/broken, 100%.py": None, "train.ipynb": NOTEBOOK}
     out = render(sorted(diagnostics()), output_format, sources=sources, rules=RULES)
     if output_format == "sarif":  # the golden file must not change with each release
         out = out.replace(json.dumps(__version__), '"<version>"')
@@ -161,12 +195,15 @@ def test_json_has_ruffs_fields() -> None:
         "code": "LC102",
         "message": "msg",
         "filename": "a.py",
+        "cell": None,
         "location": {"row": 2, "column": 3},
         "end_location": {"row": 2, "column": 9},
         "fix": None,
         "url": d.url,
         "noqa_row": 2,
     }
+    in_notebook = json_record(replace(d, path="a.ipynb", cell=3))
+    assert (in_notebook["cell"], in_notebook["location"]) == (3, {"row": 2, "column": 3})
 
 
 def test_json_end_defaults_to_the_start_when_unset() -> None:
@@ -195,13 +232,29 @@ def test_sarif_lists_rules_and_points_results_at_them() -> None:
     assert rules[0]["help"]["text"] == FakeZeroAfterBackward.doc()
     assert rules[0]["helpUri"].endswith("LC102.md")
     assert rules[1]["defaultConfiguration"]["enabled"] is False
-    by_rule = {result["ruleId"]: result for result in run["results"]}
+    by_rule = {
+        result["ruleId"]: result
+        for result in run["results"]
+        if not result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"].endswith(
+            ".ipynb"
+        )
+    }
     assert by_rule["LC102"]["ruleIndex"] == 0
     assert "ruleIndex" not in by_rule["LC900"]  # not in the rules given
     region = by_rule["LC102"]["locations"][0]["physicalLocation"]["region"]
     assert region == {"startLine": 6, "startColumn": 5, "endLine": 6, "endColumn": 20}
+    assert "properties" not in by_rule["LC102"]["locations"][0]
     location = by_rule["LC900"]["locations"][0]["physicalLocation"]["artifactLocation"]
     assert location["uri"] == "other%20dir/broken%2C%20100%25.py"
+
+
+def test_sarif_places_a_notebook_finding_in_its_cell() -> None:
+    d = Diagnostic("nb.ipynb", 2, 5, "LC102", "msg", end_line=2, end_column=9, cell=3)
+    (result,) = json.loads(format_sarif([d], RULES))["runs"][0]["results"]
+    (location,) = result["locations"]
+    assert location["properties"] == {"cell": 3}
+    assert location["physicalLocation"]["region"]["startLine"] == 2  # the cell's own line
+    assert result["message"]["text"] == "cell 3: msg"
 
 
 def test_sarif_uri_of_an_absolute_path_is_a_file_uri(tmp_path: Path) -> None:
