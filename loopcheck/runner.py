@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from loopcheck.cache import LintCache, content_hash
 from loopcheck.config import Config
@@ -52,12 +53,14 @@ class FileLint:
     dependencies: frozenset[str] = frozenset()
 
 
-def lint_source(source: str | bytes, path: str, rules: tuple[type[Rule], ...]) -> list[Diagnostic]:
+def lint_source(
+    source: str | bytes, path: str, rules: tuple[type[Rule], ...], project: Any = None
+) -> list[Diagnostic]:
     """:func:`loopcheck.api.lint_source`, imported on first use: a run the cache answers
     never pays for importing libcst."""
     from loopcheck.api import lint_source as lint
 
-    return lint(source, path, rules)
+    return lint(source, path, rules, project)
 
 
 def file_error(path: str, message: str, line: int = 1, column: int = 1) -> Diagnostic:
@@ -77,14 +80,28 @@ def file_error(path: str, message: str, line: int = 1, column: int = 1) -> Diagn
 def analyse(
     source: str | bytes, path: str, rules: tuple[type[Rule], ...], linted: LintedFiles
 ) -> FileLint:
-    """The static analysis of one program, in a run that lints ``linted``.
+    """The static analysis of one program, in a run that lints ``linted``: calls into the other
+    files of ``linted`` are followed, the files read are reported (the cache keeps the
+    findings only while they are unchanged), and a finding may lie in one of them."""
+    if len(linted.paths) < 2:
+        return FileLint(tuple(lint_source(source, path, rules)))
+    project = _project(linted)
+    project.begin(path)
+    found = lint_source(source, path, rules, project)
+    return FileLint(tuple(found), frozenset(project.reads))
 
-    The seam for cross-file analysis: following calls into the other files of ``linted``, the
-    analysis reports the ones it read, and the cache keeps the findings only while those files
-    are unchanged. It is not given the other files yet (``lint_source``'s ``project``), so it
-    reads none.
-    """
-    return FileLint(tuple(lint_source(source, path, rules)))
+
+_PROJECT: tuple[LintedFiles, Any] | None = None
+
+
+def _project(linted: LintedFiles) -> Any:
+    """One index of the linted files per process and run: each file is parsed once."""
+    global _PROJECT
+    if _PROJECT is None or not (_PROJECT[0] is linted or _PROJECT[0] == linted):
+        from loopcheck.static import Project
+
+        _PROJECT = (linted, Project(linted.paths))
+    return _PROJECT[1]
 
 
 def lint_file_source(
@@ -102,10 +119,14 @@ def lint_file_source(
             lint = _lint_notebook(source, path, rules, linted)
         else:
             lint = analyse(source, path, rules, linted)
-            lint = replace(lint, diagnostics=_unsilenced(lint.diagnostics, source))
+            own = [d for d in lint.diagnostics if d.path == path]
+            foreign = [d for d in lint.diagnostics if d.path != path]
+            lint = replace(lint, diagnostics=(*_unsilenced(own, source), *foreign))
     except Exception as exc:  # a bug of ours: report it for this file, keep linting the others
         lint = FileLint((file_error(path, f"internal error: {type(exc).__name__}: {exc}"),))
-    found = sorted(d for d in lint.diagnostics if d.code in codes)
+    # Findings in other linted files (a helper misbehaving in this file's loop) are kept as
+    # they are: their own file's settings and noqa comments judge them (see ``check_paths``).
+    found = sorted(d for d in lint.diagnostics if d.path != path or d.code in codes)
     return FileLint(tuple(found), lint.dependencies - {path})
 
 
@@ -135,7 +156,9 @@ def _lint_notebook(
     if notebook is None:  # a notebook in another language
         return FileLint(())
     lint = analyse(notebook.program, path, rules, linted)
-    found = [notebook.locate(d) for d in _unsilenced(lint.diagnostics, notebook.program)]
+    own = [d for d in lint.diagnostics if d.path == path]
+    found = [notebook.locate(d) for d in _unsilenced(own, notebook.program)]
+    found += [d for d in lint.diagnostics if d.path != path]
     for cell in notebook.broken_cells:
         errors = _unsilenced(lint_source(cell.text, path, rules), cell.text)
         found += [replace(d, cell=cell.number) for d in errors]
@@ -222,11 +245,41 @@ def check_paths(
         if cache is not None:
             states = {dep: hashes.get(dep) for dep in sorted(lint.dependencies)}
             cache.store(path, settings[path], hashes[path], lint.diagnostics, states)
-    ordered = [reports[path] for path in collected.files]
+    ordered = _place_findings([reports[path] for path in collected.files], sources, config)
     for directory, reason in collected.unreadable:
         found = [file_error(directory, f"cannot read directory: {reason}")]
         ordered.append(FileReport(directory, None, _enabled(found, directory, config)))
     return ordered
+
+
+def _place_findings(
+    reports: list[FileReport], sources: dict[str, bytes], config: Config
+) -> list[FileReport]:
+    """Move each finding into the report of the file it lies in (the analysis of one file may
+    find a bug in a helper of another), judged by that file's settings and noqa comments, once
+    however many files exposed it."""
+    moved: dict[str, set[Diagnostic]] = {}
+    kept: list[FileReport] = []
+    for report in reports:
+        own = tuple(d for d in report.diagnostics if d.path == report.path)
+        for d in report.diagnostics:
+            if d.path != report.path:
+                moved.setdefault(d.path, set()).add(d)
+        kept.append(
+            replace(report, diagnostics=own) if len(own) < len(report.diagnostics) else report
+        )
+    if not moved:
+        return reports
+    out = []
+    for report in kept:
+        extra = moved.get(report.path)
+        if extra and report.path in sources:
+            codes = config.codes_for(report.path)
+            judged = _unsilenced((d for d in extra if d.code in codes), sources[report.path])
+            merged = sorted(set(report.diagnostics) | set(judged))
+            report = replace(report, diagnostics=tuple(merged))
+        out.append(report)
+    return out
 
 
 def _settings_key(config: Config, path: str) -> str:

@@ -55,9 +55,11 @@ def lint_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = runner.lint_source
 
-    def counting(source: bytes | str, path: str, rules: tuple) -> list[Diagnostic]:
+    def counting(
+        source: bytes | str, path: str, rules: tuple, project: object = None
+    ) -> list[Diagnostic]:
         calls.append(path)
-        return real(source, path, rules)
+        return real(source, path, rules, project)
 
     monkeypatch.setattr(runner, "lint_source", counting)
     return calls

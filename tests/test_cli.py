@@ -629,10 +629,12 @@ def test_an_unlistable_directory_is_a_finding(run, monkeypatch: pytest.MonkeyPat
 def test_an_internal_error_in_one_file_is_a_finding(run, monkeypatch: pytest.MonkeyPatch) -> None:
     real_lint_source = runner.lint_source
 
-    def lint_source(source: bytes, path: str, rules: tuple[type[Rule], ...]) -> list:
+    def lint_source(
+        source: bytes, path: str, rules: tuple[type[Rule], ...], project: object = None
+    ) -> list:
         if "boom" in path:
             raise RuntimeError("rule crashed")
-        return real_lint_source(source, path, rules)
+        return real_lint_source(source, path, rules, project)
 
     monkeypatch.setattr(runner, "lint_source", lint_source)
     write("boom.py", CLEAN)
