@@ -146,8 +146,8 @@ def _zero(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         last_backward_shared=s.last_backward_shared if pending[0] is not None else False,
         pending_step=s.pending_step,
         pending_clip=s.pending_clip,
-        pending_sched=s.pending_sched,
-        pending_sched_crossed=s.pending_sched_crossed,
+        # a clear ends the accumulation window: a scheduler step before it was not between
+        # two micro-batches of one optimizer step
     )
     return new, ()
 

@@ -27,8 +27,9 @@ def expected_column(source: str, line: int, code: str) -> int:
     at `optimizer`, `scaler.scale(loss).backward()` at `scaler` (the whole chain is one call),
     and in `norm = clip_grad_norm_(...)` at `clip_grad_norm_`, not at the assignment's target.
     That is the outermost call that starts on the line, i.e. the leftmost one. A line holding no
-    call (`total += loss`) is flagged at its statement's first character. LC900, a syntax
-    error, is at the column CPython reports for it.
+    call (`total += loss`) is flagged at its statement's first character. A step guard (LC204)
+    is flagged at its condition: `if step % accum == 0:` at `step`. LC900, a syntax error, is
+    at the column CPython reports for it.
     """
     if code == "LC900":
         try:
@@ -39,6 +40,11 @@ def expected_column(source: str, line: int, code: str) -> int:
         raise AssertionError("an LC900 fixture must not compile")
     tree = ast.parse(source)
     text = source.splitlines()[line - 1]
+    if code == "LC204":
+        tests = [n.test for n in ast.walk(tree) if isinstance(n, (ast.If, ast.While))]
+        starts = [t.col_offset for t in tests if t.lineno == line]
+        assert starts, f"line {line} holds no guard: {text!r}"
+        return len(text.encode("utf-8")[: min(starts)].decode("utf-8")) + 1
     starts = [
         node.col_offset
         for node in ast.walk(tree)

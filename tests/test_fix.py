@@ -157,7 +157,6 @@ def test_unfixable_fixture_stays_unfixable(path: Path) -> None:
         "lc106_unfixable_params_after_step",
         "lc107_unfixable_guarded_step",
         "lc301_unfixable_step_in_helper",
-        "lc401_unfixable_guarded_step",
     ],
 )
 def test_the_fixer_itself_refuses_what_is_not_certain(name: str) -> None:

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from loopcheck.rules._base import SECTIONS, Finding, Rule, Span
+from loopcheck.rules.accumulation_off_by_one import AccumulationOffByOne
 from loopcheck.rules.clip_after_step import ClipAfterStep
 from loopcheck.rules.clip_before_backward import ClipBeforeBackward
+from loopcheck.rules.clip_per_microbatch import ClipPerMicrobatch
+from loopcheck.rules.clip_without_unscale import ClipWithoutUnscale
 from loopcheck.rules.missing_backward import MissingBackward
+from loopcheck.rules.missing_scaler_update import MissingScalerUpdate
 from loopcheck.rules.missing_step import MissingStep
 from loopcheck.rules.missing_zero_grad import MissingZeroGrad
 from loopcheck.rules.parse_error import ParseError
+from loopcheck.rules.partial_accumulation_dropped import PartialAccumulationDropped
+from loopcheck.rules.scheduler_before_optimizer import SchedulerBeforeOptimizer
+from loopcheck.rules.scheduler_per_microbatch import SchedulerPerMicrobatch
 from loopcheck.rules.step_before_backward import StepBeforeBackward
+from loopcheck.rules.step_bypasses_scaler import StepBypassesScaler
+from loopcheck.rules.unscale_per_microbatch import UnscalePerMicrobatch
+from loopcheck.rules.unscaled_accumulated_loss import UnscaledAccumulatedLoss
 from loopcheck.rules.zero_grad_after_backward import ZeroGradAfterBackward
 from loopcheck.rules.zero_grad_in_accumulation import ZeroGradInAccumulation
 
@@ -22,6 +32,16 @@ ALL_RULES: tuple[type[Rule], ...] = (
     ClipAfterStep,
     ClipBeforeBackward,
     ZeroGradInAccumulation,
+    UnscaledAccumulatedLoss,
+    SchedulerPerMicrobatch,
+    ClipPerMicrobatch,
+    AccumulationOffByOne,
+    PartialAccumulationDropped,
+    ClipWithoutUnscale,
+    StepBypassesScaler,
+    MissingScalerUpdate,
+    UnscalePerMicrobatch,
+    SchedulerBeforeOptimizer,
     ParseError,
 )
 

@@ -77,9 +77,11 @@ class ProtocolRule(Rule):
     def check(self, model: FileModel) -> Iterable[Finding]:
         for record in model.violations(self.code):
             if self.keep(model, record):
-                message = self.message.format(call=record.site.text)
-                related = self.related(model, record)
-                yield Finding(record.site.span, message, record.site.path, related)
+                yield self.finding(model, record, self.message.format(call=record.site.text))
+
+    def finding(self, model: FileModel, record: Record, message: str) -> Finding:
+        related = self.related(model, record)
+        return Finding(record.site.span, message, record.site.path, related)
 
     def keep(self, model: FileModel, record: Record) -> bool:
         return True

@@ -58,13 +58,13 @@ class ZeroGradInAccumulation(ProtocolRule):
         loop = model.innermost_loop(record.cause) if record.cause is not None else None
         if loop is None or record.site not in loop.sites:
             return False  # cleared outside the micro-batch loop: a dropped partial accumulation
-        if not _steps_around(loop, record.key):
+        if not steps_around(loop, record.key):
             return False  # the loop never steps this optimizer: missing step, not this bug
         # one finding per place: a clear right before a step is LC102
         return not any(other.site == record.site for other in model.violations("LC102"))
 
 
-def _steps_around(loop: LoopSummary | None, key: str) -> bool:
+def steps_around(loop: LoopSummary | None, key: str) -> bool:
     while loop is not None:
         if loop.has(Move.STEP, key):
             return True

@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from loopcheck.protocol import Event, Move
-from loopcheck.static.apis import CLIP_FUNCTIONS, ApiReader, divided
+from loopcheck.static.apis import CLIP_FUNCTIONS, ApiReader
 from loopcheck.static.conditions import touches
-from loopcheck.static.dataflow import Origin, origin
 from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
 from loopcheck.static.model import Site
-from loopcheck.static.moves import Action, Alternatives, Backward, Emit, Follow, Mark
+from loopcheck.static.moves import Action, Alternatives, Emit, Follow, Mark
 from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (
     call_args,
@@ -92,7 +91,11 @@ class Reader:
     def of_expr(self, expr: cst.BaseExpression) -> list[Action]:
         actions: list[Action] = []
         for node in self.ctx.evaluation_order(expr):
-            if isinstance(node, cst.Call):
+            if isinstance(node, cst.Call) and _rescales_grad(node):
+                # ``p.grad.div_(n)``: the accumulated sum normalised by hand
+                actions.append(Mark("grads"))
+                actions.append(Emit(Event(Move.GRAD_RESCALE), None))
+            elif isinstance(node, cst.Call):
                 actions.extend(self.of_call(node))
             elif isinstance(node, cst.Attribute) and node.attr.value == "grad":
                 actions.append(Mark("grads"))
@@ -100,12 +103,17 @@ class Reader:
         return actions
 
     def of_target(
-        self, target: cst.BaseExpression, value: cst.BaseExpression | None
+        self,
+        target: cst.BaseExpression,
+        value: cst.BaseExpression | None,
+        operator: cst.BaseAugOp | None = None,
     ) -> list[Action]:
         """Stores into ``.grad``: clearing one tensor's gradient, or rewriting it by hand."""
         if isinstance(target, cst.Attribute) and target.attr.value == "grad":
             if isinstance(value, cst.Name) and value.value == "None":
                 return [Mark("clears"), Emit(Event(Move.GRAD_ACCESS), None)]
+            if isinstance(operator, (cst.DivideAssign, cst.MultiplyAssign)):
+                return [Mark("grads"), Emit(Event(Move.GRAD_RESCALE), None)]
             return [Mark("grads"), Emit(Event(Move.OPAQUE), None)]
         if isinstance(target, cst.Attribute) and target.attr.value == "data":
             return [Mark("grads")]
@@ -230,10 +238,7 @@ class Reader:
                 return self.apis.clip(call, positional[0] if positional else None)
             if qual in {"torch.autograd.backward", "autograd.backward"}:
                 loss = positional[0] if positional else None
-                if loss is None:
-                    return [Backward(self.site(call), False, None, Origin(frozenset(), False))]
-                found = origin(frame, loss, self.host.at)
-                return [Backward(self.site(call), False, divided(loss), found)]
+                return [self.apis.backward_of(call, loss)]
             if last in CLEARING_NAMES:
                 return [Mark("clears"), *self.apis.unresolved_clear(call)]
         if isinstance(func, cst.Name):
@@ -398,6 +403,20 @@ class Reader:
         if obj.role is Role.FACTORY:
             return []
         return self.apis.opaque_args(call)
+
+
+_RESCALES = {"div_", "mul_"}
+
+
+def _rescales_grad(call: cst.Call) -> bool:
+    """``p.grad.div_(n)``, ``p.grad.data.mul_(s)``: a gradient rescaled in place."""
+    func = call.func
+    if not (isinstance(func, cst.Attribute) and func.attr.value in _RESCALES):
+        return False
+    inner = func.value
+    if isinstance(inner, cst.Attribute) and inner.attr.value == "data":
+        inner = inner.value
+    return isinstance(inner, cst.Attribute) and inner.attr.value == "grad"
 
 
 def _passes_parameters_on(ctx: FileContext, func: cst.FunctionDef) -> bool:

@@ -9,6 +9,7 @@ import libcst as cst
 
 from loopcheck.protocol import Event, Move
 from loopcheck.static.dataflow import Origin, origin
+from loopcheck.static.dataflow import divided as loss_divided
 from loopcheck.static.model import Site
 from loopcheck.static.moves import Action, Backward, Emit, Follow, Mark
 from loopcheck.static.roles import Obj, Role, is_model_method
@@ -130,32 +131,26 @@ class ApiReader:
         if role is Role.ACCELERATOR:
             if method == "backward":
                 loss = positional[0] if positional else keywords.get("loss")
-                found = (
-                    origin(self.frame, loss, self.host.at)
-                    if loss is not None
-                    else Origin(frozenset(), False)
-                )
-                return [Backward(site, False, True, found)]
+                assert isinstance(call.func, cst.Attribute)
+                divides = self.accelerator_divides(call.func.value)
+                return [self.backward_of(call, loss, divides=divides)]
             if method in {"clip_grad_norm_", "clip_grad_value_"}:
-                return self.clip(call, positional[0] if positional else None)
+                return self.clip(call, positional[0] if positional else None, unscales=True)
             if method == "clip_gradients":
                 target = positional[1] if len(positional) > 1 else keywords.get("optimizer")
                 return self.clip(
-                    call, target if target is not None else (positional[0] if positional else None)
+                    call,
+                    target if target is not None else (positional[0] if positional else None),
+                    unscales=True,
                 )
             return []
         if role is Role.LIGHTNING:
             if method == "manual_backward":
-                loss = positional[0] if positional else None
-                found = (
-                    origin(self.frame, loss, self.host.at)
-                    if loss is not None
-                    else Origin(frozenset(), False)
-                )
-                return [Backward(site, False, True, found)]
+                # manual optimisation: Lightning does not divide for accumulation
+                return [self.backward_of(call, positional[0] if positional else None)]
             if method == "clip_gradients":
                 target = positional[0] if positional else keywords.get("optimizer")
-                return self.clip(call, target)
+                return self.clip(call, target, unscales=True)
             if method in {
                 "optimizers",
                 "lr_schedulers",
@@ -221,20 +216,53 @@ class ApiReader:
         return None
 
     def backward(self, call: cst.Call, receiver: cst.BaseExpression) -> Backward:
+        """``loss.backward()`` or ``scaler.scale(loss).backward()``."""
         scaled = False
         loss = receiver
         if isinstance(receiver, cst.Call) and isinstance(receiver.func, cst.Attribute):
             owner = self.frame.resolve(receiver.func.value)
             if receiver.func.attr.value == "scale" and owner is not None:
                 if owner.role is Role.SCALER:
-                    scaled = True
+                    scaled = not _disabled(self.frame.constructor_of(receiver.func.value))
                     if receiver.args:
                         loss = receiver.args[0].value
-        return Backward(
-            self.site(call), scaled, divided(loss), origin(self.frame, receiver, self.host.at)
-        )
+        return self.backward_of(call, loss, scaled=scaled, origin_of=receiver)
 
-    def clip(self, call: cst.Call, params: cst.BaseExpression | None) -> list[Action]:
+    def backward_of(
+        self,
+        call: cst.Call,
+        loss: cst.BaseExpression | None,
+        *,
+        scaled: bool = False,
+        divides: bool = False,
+        origin_of: cst.BaseExpression | None = None,
+    ) -> Backward:
+        """A backward of ``loss``; ``divides``: the framework divides it (DeepSpeed, Accelerate
+        configured to accumulate)."""
+        site = self.site(call)
+        if loss is None:
+            return Backward(site, scaled, True if divides else None, Origin(frozenset(), False))
+        at = self.host.at
+        split = True if divides else loss_divided(self.frame, loss, at)
+        return Backward(site, scaled, split, origin(self.frame, origin_of or loss, at))
+
+    def accelerator_divides(self, receiver: cst.BaseExpression) -> bool:
+        """``accelerator.backward`` divides the loss by the accelerator's own accumulation
+        steps: inside ``accumulate``, or when it was built with more than one."""
+        if self.host.gate is not None and self.host.gate.startswith("<sync:"):
+            return True
+        built = self.frame.constructor_of(receiver)
+        if built is None:
+            return False
+        for arg in built.args:
+            if arg.keyword is not None and arg.keyword.value == "gradient_accumulation_steps":
+                return not (isinstance(arg.value, cst.Integer) and arg.value.value == "1")
+        return False
+
+    def clip(
+        self, call: cst.Call, params: cst.BaseExpression | None, unscales: bool = False
+    ) -> list[Action]:
+        """A clip of ``params`` (``unscales``: by a framework that unscales AMP gradients)."""
         site = self.site(call)
         opts = self.frame.optimizers()
         keys: list[str] = []
@@ -247,9 +275,10 @@ class ApiReader:
                     keys.extend(obj.members or (obj.key,))
                 elif obj.role in (Role.MODEL, Role.LIGHTNING, Role.ENGINE):
                     keys.extend(o.key for o in opts if obj.key in o.models)
+        event = Event(Move.CLIP, site, unscales=unscales)
         if keys:
-            return [Emit(Event(Move.CLIP, site), tuple(dict.fromkeys(keys)))]
-        return [Emit(Event(Move.CLIP, site), None, only_if_single=True)] if len(opts) <= 1 else []
+            return [Emit(event, tuple(dict.fromkeys(keys)))]
+        return [Emit(event, None, only_if_single=True)] if len(opts) <= 1 else []
 
     def unresolved_clear(self, call: cst.Call) -> list[Action]:
         """``something.zero_grad()`` on a receiver we could not resolve: with one optimizer in
@@ -313,10 +342,11 @@ class ApiReader:
         return actions
 
 
-def divided(loss: cst.BaseExpression) -> bool | None:
-    """Whether a loss expression visibly divides (``loss / n``); None when it is just a name."""
-    if isinstance(loss, cst.BinaryOperation) and isinstance(
-        loss.operator, (cst.Divide, cst.Multiply)
-    ):
-        return True
-    return None
+def _disabled(built: cst.Call | None) -> bool:
+    """``GradScaler(enabled=False)``: a scaler that returns the loss as it is."""
+    if built is None:
+        return False
+    for arg in built.args:
+        if arg.keyword is not None and arg.keyword.value == "enabled":
+            return isinstance(arg.value, cst.Name) and arg.value.value == "False"
+    return False

@@ -311,6 +311,11 @@ def _expressions(node: cst.CSTNode) -> list[cst.BaseExpression]:
     return out
 
 
+def function_layout(frame: Frame) -> Layout:
+    """The block layout of the function a frame runs (cached per file)."""
+    return _layout(frame)
+
+
 def _layout(frame: Frame) -> Layout:
     cache = getattr(frame.ctx, "_layouts", None)
     if cache is None:
@@ -373,3 +378,147 @@ def _disables_grad(item: cst.BaseExpression) -> bool:
         return last in {"no_grad", "inference_mode"}
     name = dotted(item) or ""
     return name.rsplit(".", 1)[-1] in {"no_grad", "inference_mode"}
+
+
+# --- whether a loss is divided (by the micro-batch count, a token count, ...) ------------------
+
+_RESULT_METHODS = {"mean", "sum", "float", "double", "half", "bfloat16", "to", "cuda", "clone"}
+
+
+def divided(frame: Frame, expr: cst.BaseExpression, at: Statement | None = None) -> bool | None:
+    """Whether the loss ``expr`` was divided on its way to ``backward()``: True when a
+    division (or a multiplication by a reciprocal) reaches it, False when it is traced back to
+    a fresh loss (a model's output, a criterion) with none, None when part of it is unknown (a
+    helper of another library, a parameter, a factor of unknown value)."""
+    return _Division(frame).expr(expr, at, 0)
+
+
+class _Division:
+    def __init__(self, frame: Frame) -> None:
+        self.frame = frame
+        self.seen: set[tuple[str, int]] = set()
+
+    def expr(self, node: cst.BaseExpression, at: Statement | None, depth: int) -> bool | None:
+        if depth > _MAX_DEPTH:
+            return None
+        if isinstance(node, cst.BinaryOperation):
+            op = node.operator
+            if isinstance(op, cst.Divide):
+                return True
+            if isinstance(op, cst.Multiply):
+                if _reciprocal(node.left) or _reciprocal(node.right):
+                    return True
+                left, right = (self.expr(n, at, depth + 1) for n in (node.left, node.right))
+                if left or right:
+                    return True
+                if left is False and _constant_factor(node.right):
+                    return False
+                if right is False and _constant_factor(node.left):
+                    return False
+                return None
+            if isinstance(op, (cst.Add, cst.Subtract)):
+                return _both(
+                    self.expr(node.left, at, depth + 1), self.expr(node.right, at, depth + 1)
+                )
+            return None
+        if isinstance(node, cst.UnaryOperation):
+            return self.expr(node.expression, at, depth + 1)
+        if isinstance(node, cst.Name):
+            return self.name(node.value, at, depth)
+        if isinstance(node, (cst.Subscript, cst.Attribute)):
+            return self.expr(node.value, at, depth + 1)
+        if isinstance(node, cst.Call):
+            return self.call(node, at, depth)
+        return None
+
+    def name(self, name: str, at: Statement | None, depth: int) -> bool | None:
+        key = (name, id(at))
+        if key in self.seen:
+            return None
+        self.seen.add(key)
+        frame = self.frame
+        defs = _layout(frame).reaching(name, at) if at is not None else None
+        if defs is None:
+            values = frame.local_values.get(name)
+            if not values:
+                return None  # a parameter or a global: unknown
+            defs = [Definition(v, v) for v in values]
+        plain = [d for d in defs if not d.augmented and not d.loop_target]
+        for d in defs:
+            if d.augmented and d.operator is cst.DivideAssign:
+                return True  # ``loss /= accum``
+            if d.augmented and d.operator is cst.MultiplyAssign and _reciprocal(d.value):
+                return True
+        if not plain:
+            return None
+        result: bool | None = True
+        for d in plain:
+            result = _both(result, self.expr(d.value, d.statement, depth + 1))
+        return result
+
+    def call(self, call: cst.Call, at: Statement | None, depth: int) -> bool | None:
+        func = call.func
+        if isinstance(func, cst.Attribute):
+            method = func.attr.value
+            receiver = self.frame.resolve(func.value)
+            if method == "scale" and receiver is not None and receiver.role is Role.SCALER:
+                return self.expr(call.args[0].value, at, depth + 1) if call.args else None
+            if method in _RESULT_METHODS and receiver is None:
+                return self.expr(func.value, at, depth + 1)
+        held = self.frame.resolve(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
+        if held is not None and held.role in _MODEL_ROLES:
+            return False  # a model's output (``outputs.loss``): a fresh loss
+        qual = (
+            self.frame.ctx.imports.qualify(func)
+            if isinstance(func, (cst.Name, cst.Attribute))
+            else None
+        )
+        if qual is not None and qual.startswith(("torch.", "F.")):
+            return False  # ``F.cross_entropy(...)``: a fresh loss
+        name = (qual or "").rsplit(".", 1)[-1]
+        if _LOSS_CALLABLE.search(name):
+            return False  # ``criterion(out, y)``, ``self.loss_fn(...)``
+        if isinstance(func, cst.Name) and func.value in self.frame.ctx.functions:
+            node = self.frame.ctx.functions[func.value]
+            results = [
+                _Division(_callee_frame(self.frame, node)).expr(value, stmt, depth + 1)
+                for stmt, value in _returns(node)
+            ]
+            if results:
+                out: bool | None = True
+                for r in results:
+                    out = _both(out, r)
+                return out
+        return None
+
+
+_LOSS_CALLABLE = re.compile(r"(?i)(loss|criterion|crit)(_?fn|_?func)?$|^(model|net|forward)$")
+
+
+def _callee_frame(frame: Frame, node: cst.FunctionDef) -> Frame:
+    return Frame(frame.ctx, node, None, {}, module_frame(frame.ctx), node.name.value)
+
+
+def _both(a: bool | None, b: bool | None) -> bool | None:
+    if a is False or b is False:
+        return False
+    if a and b:
+        return True
+    return None
+
+
+def _reciprocal(node: cst.BaseExpression) -> bool:
+    """``1 / n``, ``1.0 / accum``, or a literal factor below one (``0.25``)."""
+    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Divide):
+        return isinstance(node.left, (cst.Integer, cst.Float))
+    if isinstance(node, cst.Float):
+        try:
+            return 0 < float(node.value) < 1
+        except ValueError:
+            return False
+    return False
+
+
+def _constant_factor(node: cst.BaseExpression) -> bool:
+    """A factor that is a whole number (``loss * 2``): it scales, it does not normalise."""
+    return isinstance(node, cst.Integer)

@@ -447,6 +447,30 @@ class Frame:
             return Obj(role, key) if role is not None else None
         return None
 
+    def constructor_of(self, expr: cst.BaseExpression) -> cst.Call | None:
+        """The call that built what ``expr`` names (``GradScaler(enabled=False)``,
+        ``Accelerator(gradient_accumulation_steps=4)``), when the code shows one."""
+        if isinstance(expr, cst.Name):
+            frame: Frame | None = self
+            while frame is not None:
+                for value in frame.local_values.get(expr.value, ()):
+                    if isinstance(value, cst.Call):
+                        return value
+                if expr.value in frame.params or expr.value in frame.local_values:
+                    return None
+                frame = frame.parent
+            return None
+        if (
+            isinstance(expr, cst.Attribute)
+            and isinstance(expr.value, cst.Name)
+            and expr.value.value == "self"
+            and self.cls is not None
+        ):
+            for _, value, _ in self.cls.attribute_values(expr.attr.value):
+                if isinstance(value, cst.Call):
+                    return value
+        return None
+
     def module_key(self, expr: cst.BaseExpression) -> str | None:
         """A key for an object of no known role that may be a module, so that an optimizer
         built from its parameters and a loss computed by calling it meet: ``self.qf1``, or a

@@ -14,12 +14,13 @@ from collections.abc import Sequence
 
 import libcst as cst
 
-from loopcheck.protocol import Event, Move, advance
-from loopcheck.static import conditions
+from loopcheck.protocol import Event, Grads, Move, advance
+from loopcheck.static import conditions, guards
 from loopcheck.static.actions import Reader, is_loss_name
+from loopcheck.static.dataflow import function_layout
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import FileContext
-from loopcheck.static.model import FileModel, LoopSummary, RootSummary
+from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary
 from loopcheck.static.moves import Action, Alternatives, Backward, Emit, Follow, Mark
 from loopcheck.static.paths import Flow, PathState, cap, merge
 from loopcheck.static.recording import Recorder
@@ -235,6 +236,9 @@ class Interpreter(Recorder):
             # ``if torch.isfinite(norm): opt.step()``: the skipped gradients are dropped on
             # purpose by the next clear
             states = self.run_actions([Emit(Event(Move.GRAD_ACCESS), None)], states)
+        self.check_step_guard(stmt, states)
+        if guards.flushes(stmt.test) and guards.steps_in(self.frame, stmt.body):
+            self.mark("flush")  # ``or step + 1 == len(loader)``: the last window is stepped
         decided = conditions.truth(stmt.test, self.frame.constants)
         if decided is not None:
             branch: cst.CSTNode | None = stmt.body
@@ -248,6 +252,48 @@ class Interpreter(Recorder):
             return flow
         other = stmt.orelse.body if isinstance(stmt.orelse, cst.Else) else stmt.orelse
         return merge(flow, self.exec_stmt(other, skipped) if skipped else Flow())
+
+    def check_step_guard(self, stmt: cst.If, states: set[PathState]) -> None:
+        """LC204: a step guard on a counter, tested after this iteration's backward, that
+        steps after the wrong micro-batch (see :mod:`loopcheck.static.guards`)."""
+        if not self.loop_stack:
+            return
+        guard = guards.read_guard(self.ctx.code, stmt.test)
+        if guard is None:
+            return
+        other = stmt.orelse.body if isinstance(stmt.orelse, cst.Else) else stmt.orelse
+        body_steps = guards.steps_in(self.frame, stmt.body)
+        other_steps = guards.steps_in(self.frame, other)
+        when_zero, otherwise = (
+            (body_steps, other_steps) if guard.zero else (other_steps, body_steps)
+        )
+        if not (when_zero or otherwise):
+            return
+        after_backward = any(
+            o.fresh_this_iteration and o.grads in (Grads.FRESH, Grads.PILED)
+            for s in states
+            for _, o in s.opts
+        )
+        if not after_backward:
+            return
+        layout = function_layout(self.frame)
+        loops = [s.node for s in self.loop_stack if id(s.node) in layout.place]
+        if (
+            isinstance(self.frame.func, cst.FunctionDef)
+            and self.loop_stack[0].node is self.frame.func
+        ):
+            loops.insert(0, self.frame.func)
+        base = guards.counter_base(guard.counter, loops, stmt, layout.before(stmt, loops))
+        if base is None:
+            return
+        values = self.frame.local_values.get(guard.counter, ())
+        manual = not any(isinstance(n, cst.For) and counter_of(n) == guard.counter for n in loops)
+        if manual and not any(isinstance(v, cst.Integer) and v.value == "0" for v in values):
+            return  # a counter incremented by hand from an unknown start
+        if guards.off_by_one(guard, base, when_zero, otherwise):
+            site = self.ctx.site(stmt.test)
+            loop = self.loop_stack[-1]
+            self.model.add_record(Record("LC204", site, guard.counter, loop, self.root))
 
     def split(
         self, test: cst.BaseExpression, states: set[PathState]
@@ -457,10 +503,9 @@ class Interpreter(Recorder):
         if any(text.startswith(_GATE_PREFIX) for text, _ in facts):
             facts = frozenset(f for f in facts if not f[0].startswith(_GATE_PREFIX))
         state = state.with_facts(facts).with_zeroed(frozenset())
-        for key, opt_state in state.opts:
+        for key, _ in state.opts:
             if summary.has(Move.STEP, key):
-                new, _ = advance(opt_state, Event(Move.ITERATION))
-                state = state.with_opt(key, new)
+                state = self.apply(state, key, Event(Move.ITERATION))  # may complete LC303
         return state
 
     # assignments
@@ -476,8 +521,9 @@ class Interpreter(Recorder):
             targets = [t.target for t in stmt.targets]
         elif isinstance(stmt, (cst.AnnAssign, cst.AugAssign)):
             targets = [stmt.target]
+        operator = stmt.operator if isinstance(stmt, cst.AugAssign) else None
         for target in targets:
-            actions.extend(reader.of_target(target, value))
+            actions.extend(reader.of_target(target, value, operator))
         names = self.ctx.target_names(stmt, targets)
         if self.loop_stack and value is not None and isinstance(stmt, (cst.Assign, cst.AnnAssign)):
             fresh = frozenset(self.ctx.loop_assigned(self.loop_stack[-1].node))

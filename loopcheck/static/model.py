@@ -71,6 +71,7 @@ class LoopSummary:
     clears_by_name: bool = False  # something that looks like clearing on an unresolved receiver
     opaque_model: bool = False  # a call we cannot see into received the model
     grads_read: bool = False  # gradients read or rewritten by hand
+    flushes: bool = False  # a step guard also steps on the last batch (no partial window left)
     sites: set[Site] = field(default_factory=set)  # every move's site seen inside the loop
 
     @property

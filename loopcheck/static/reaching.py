@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import libcst as cst
 
 from loopcheck.static.syntax import names_in
-from loopcheck.static.tree import kids
+from loopcheck.static.tree import kids, walk
 
 Statement = cst.CSTNode
 
@@ -23,6 +23,7 @@ class Definition:
     value: cst.BaseExpression
     augmented: bool = False
     loop_target: bool = False
+    operator: type | None = None  # the operator of ``x op= value`` (cst.DivideAssign, ...)
 
 
 class Layout:
@@ -68,6 +69,21 @@ class Layout:
             current = owner
         return found or None
 
+    def before(self, stmt: Statement, loops: list[cst.CSTNode]) -> set[int]:
+        """The ids of every node of the statements that run before ``stmt`` in the body of the
+        innermost of ``loops`` around it (its earlier siblings, and theirs up the blocks)."""
+        out: set[int] = set()
+        stop = {id(loop) for loop in loops}
+        current: Statement | None = stmt
+        while current is not None and id(current) in self.place:
+            block, index, owner = self.place[id(current)]
+            for earlier in block[:index]:
+                out.update(id(node) for node in walk(earlier))
+            if owner is None or id(owner) in stop:
+                break
+            current = owner
+        return out
+
     def direct(self, stmt: Statement) -> dict[str, list[Definition]]:
         """Assignments that certainly run when ``stmt`` does (a ``with`` body is unconditional)."""
         key = id(stmt)
@@ -75,9 +91,11 @@ class Layout:
             out: dict[str, list[Definition]] = {}
             if isinstance(stmt, cst.SimpleStatementLine):
                 for small in stmt.body:
+                    operator = type(small.operator) if isinstance(small, cst.AugAssign) else None
                     for target, value, aug in _assigned(small):
                         for name in _target_names(target):
-                            out.setdefault(name, []).append(Definition(stmt, value, aug))
+                            definition = Definition(stmt, value, aug, operator=operator)
+                            out.setdefault(name, []).append(definition)
             elif isinstance(stmt, cst.With) and isinstance(stmt.body, cst.IndentedBlock):
                 for inner in stmt.body.body:
                     for name, defs in self.direct(inner).items():

@@ -175,6 +175,8 @@ class Recorder:
                 summary.opaque_model = True
             elif what == "grads":
                 summary.grads_read = True
+            elif what == "flush":
+                summary.flushes = True
         if what == "grads" and self.root is not None:
             self.root.stepped = True  # gradients used by hand: a manual update is possible
 

@@ -1,0 +1,50 @@
+"""LC204 accumulation-off-by-one."""
+
+from __future__ import annotations
+
+from loopcheck.rules._base import ProtocolRule
+
+
+class AccumulationOffByOne(ProtocolRule):
+    """## What it does
+    Flags a step guard on a counter, tested after the micro-batch's backward, that steps after
+    the wrong micro-batch: `i % N == 0` on a 0-based counter (`enumerate`, `range`, a counter
+    incremented after the test) steps after the very first micro-batch, then every N; and an
+    inverted guard (the step in the branch taken on N-1 of N micro-batches) steps almost always.
+
+    ## Why is this bad?
+    The first optimizer step applies one micro-batch instead of N (with the loss divided by N,
+    a step N times too small), every later window is shifted by one, and the trailing partial
+    window is silently different from what the configuration says. An inverted guard turns
+    accumulation into near per-micro-batch updates. Nothing raises.
+
+    ## Example
+    ```python
+    for step, batch in enumerate(loader):
+        loss = model(batch).mean() / accum
+        loss.backward()
+        if step % accum == 0:
+            optimizer.step()
+            optimizer.zero_grad()
+    ```
+
+    ## Use instead
+    ```python
+    for step, batch in enumerate(loader):
+        loss = model(batch).mean() / accum
+        loss.backward()
+        if (step + 1) % accum == 0:
+            optimizer.step()
+            optimizer.zero_grad()
+    ```
+    """
+
+    code = "LC204"
+    name = "accumulation-off-by-one"
+    summary = "step guard `i % N == 0` on a 0-based counter tested after backward, or inverted"
+
+    message = (
+        "`{call}` is an accumulation step guard off by one: tested after the backward on a "
+        "0-based counter it steps after the first micro-batch (or on N-1 of N); use "
+        "`(i + 1) % N == 0`"
+    )

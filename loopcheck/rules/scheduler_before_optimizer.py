@@ -1,0 +1,57 @@
+"""LC401 scheduler-before-optimizer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from loopcheck.rules._base import ProtocolRule
+
+if TYPE_CHECKING:
+    from loopcheck.static.model import FileModel, Record
+
+
+class SchedulerBeforeOptimizer(ProtocolRule):
+    """## What it does
+    Flags an LR scheduler stepped after this iteration's backward but before the optimizer's
+    step.
+
+    ## Why is this bad?
+    Since PyTorch 1.1 a scheduler's `step()` moves to the next learning rate for the *next*
+    optimizer step. Called first, the step that follows already uses the second learning rate:
+    the first value of the schedule (often the warmup's start) is skipped, and with per-epoch
+    schedules every epoch trains at the next epoch's rate. PyTorch only warns once.
+
+    ## Example
+    ```python
+    for x, y in loader:
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        scheduler.step()
+        optimizer.step()
+    ```
+
+    ## Use instead
+    ```python
+    for x, y in loader:
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    ```
+    """
+
+    code = "LC401"
+    name = "scheduler-before-optimizer"
+    summary = "`scheduler.step()` before `optimizer.step()` in the iteration"
+
+    message = (
+        "`{call}` steps the LR schedule before `optimizer.step()`: the first learning rate of "
+        "the schedule is skipped; step the scheduler after the optimizer"
+    )
+
+    def keep(self, model: FileModel, record: Record) -> bool:
+        # one finding per place: a scheduler stepped per micro-batch is LC202 (once per window
+        # it also comes before the step)
+        return not any(other.site == record.site for other in model.violations("LC202"))

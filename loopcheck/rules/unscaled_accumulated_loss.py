@@ -1,0 +1,74 @@
+"""LC201 unscaled-accumulated-loss."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from loopcheck.protocol import Move
+from loopcheck.rules._base import ProtocolRule
+
+if TYPE_CHECKING:
+    from loopcheck.static.model import FileModel, Record
+
+
+class UnscaledAccumulatedLoss(ProtocolRule):
+    """## What it does
+    Flags a `backward()` reached several times before one optimizer step (gradient
+    accumulation: a micro-batch loop or a step guard) whose loss is not divided by the number of
+    micro-batches (or a token or sample count), while nothing else normalises it: no framework
+    that divides (`accelerator.backward` of an accumulating Accelerator, a DeepSpeed engine) and
+    no gradients rescaled by hand before the step.
+
+    ## Why is this bad?
+    `backward()` adds into `.grad`, so N undivided micro-batches produce N times the gradient
+    of one batch. The effective learning rate is N times too large (or, with clipping, the
+    clip threshold is effectively N times too small) and changing the accumulation count
+    changes the training. Nothing raises. Several different losses into one step (a GAN's real
+    and fake halves, auxiliary losses) are not accumulation and are not flagged.
+
+    ## Example
+    ```python
+    import torch
+
+    model = torch.nn.Linear(8, 1)
+    optimizer = torch.optim.AdamW(model.parameters())
+    for batch in loader:
+        optimizer.zero_grad()
+        for micro in batch.split(4):
+            loss = torch.nn.functional.mse_loss(model(micro), micro[:, :1])
+            loss.backward()
+        optimizer.step()
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+
+    model = torch.nn.Linear(8, 1)
+    optimizer = torch.optim.AdamW(model.parameters())
+    for batch in loader:
+        optimizer.zero_grad()
+        micros = batch.split(4)
+        for micro in micros:
+            loss = torch.nn.functional.mse_loss(model(micro), micro[:, :1])
+            (loss / len(micros)).backward()
+        optimizer.step()
+    ```
+    """
+
+    code = "LC201"
+    name = "unscaled-accumulated-loss"
+    summary = (
+        "several backward calls per step with a loss not divided by the number of micro-batches"
+    )
+
+    message = (
+        "`{call}` accumulates undivided losses into one step: the gradient is N times too "
+        "large; divide the loss by the number of micro-batches before backward"
+    )
+
+    def keep(self, model: FileModel, record: Record) -> bool:
+        # gradients rescaled by hand anywhere in the loop that steps (``p.grad.mul_(1 / n)``
+        # for each parameter that has one) normalise the sum, on every path that steps
+        loop = record.loop
+        return loop is None or not loop.has(Move.GRAD_RESCALE, record.key)

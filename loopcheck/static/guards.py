@@ -1,0 +1,120 @@
+"""Step guards read against their counter: with gradient accumulation, which micro-batch a
+guarded ``step()`` really follows (``i % N == 0`` on a 0-based counter tested after the
+backward steps after one micro-batch: LC204)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import libcst as cst
+
+from loopcheck.static.conditions import Render, modular
+from loopcheck.static.frames import Frame
+from loopcheck.static.roles import Role
+from loopcheck.static.syntax import call_args, counter_of, dotted, is_increment
+from loopcheck.static.tree import walk
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A test ``(counter + offset) % modulus == 0`` (``zero``) or ``!= 0`` (not ``zero``)."""
+
+    counter: str
+    modulus: str
+    offset: int
+    zero: bool
+
+
+def read_guard(code: Render, test: cst.BaseExpression) -> Guard | None:
+    found = modular(code, test)
+    if found is None:
+        return None
+    key, polarity, _ = found
+    _, counter, modulus, offset = key.split("%", 3)
+    return Guard(counter, modulus, int(offset), polarity)
+
+
+def steps_in(frame: Frame, branch: cst.CSTNode | None) -> bool:
+    """Whether a branch steps an optimizer (directly, through a GradScaler or an engine)."""
+    if branch is None:
+        return False
+    for node in walk(branch):
+        if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)):
+            continue
+        if node.func.attr.value != "step":
+            continue
+        owner = frame.resolve(node.func.value)
+        if owner is None:
+            continue
+        if owner.role in (Role.OPTIMIZER, Role.ENGINE):
+            return True
+        if owner.role is Role.SCALER and node.args:
+            target = frame.resolve(node.args[0].value)
+            if target is not None and target.role is Role.OPTIMIZER:
+                return True
+    return False
+
+
+def counter_base(
+    counter: str, loops: list[cst.CSTNode], guard_stmt: cst.CSTNode, before: set[int]
+) -> int | None:
+    """The counter's value at the guard in the first iteration: the start of ``range`` or
+    ``enumerate``, or for a counter incremented by hand from 0, 1 when the increment comes
+    before the guard. ``loops`` are the enclosing loops, innermost last; ``before`` the ids of
+    the statements run before the guard in the loop's body. None when it is not known."""
+    for loop in reversed(loops):
+        if not isinstance(loop, (cst.For, cst.While)):
+            continue
+        if isinstance(loop, cst.For) and counter_of(loop) == counter:
+            return _start(loop)
+        increments = [
+            node
+            for node in walk(loop.body)
+            if isinstance(node, cst.AugAssign)
+            and is_increment(node)
+            and isinstance(node.target, cst.Name)
+            and node.target.value == counter
+        ]
+        if increments:
+            if any(id(node) in before for node in increments):
+                return 1
+            return 0
+    return None
+
+
+def _start(loop: cst.For) -> int | None:
+    assert isinstance(loop.iter, cst.Call)
+    func = dotted(loop.iter.func)
+    positional, keywords = call_args(loop.iter)
+    start: cst.BaseExpression | None = None
+    if func == "range":
+        start = positional[0] if len(positional) >= 2 else None
+    elif func == "enumerate":
+        start = keywords.get("start") or (positional[1] if len(positional) > 1 else None)
+    if start is None:
+        return 0
+    if isinstance(start, cst.Integer):
+        return int(start.evaluated_value)
+    return None
+
+
+def off_by_one(guard: Guard, base: int, steps_when_zero: bool, steps_otherwise: bool) -> bool:
+    """Tested after the backward of the micro-batch the counter numbers, a step belongs where
+    ``(counter + 1 - base) % N == 0``: any other offset, or a step in the branch taken on the
+    other N-1 micro-batches, is off by one."""
+    if steps_otherwise:
+        return True
+    return steps_when_zero and guard.offset != 1 - base
+
+
+def flushes(test: cst.BaseExpression) -> bool:
+    """A guard that also steps at the end of the data: ``... or step + 1 == len(loader)``,
+    ``... or is_last_batch``."""
+    if not (isinstance(test, cst.BooleanOperation) and isinstance(test.operator, cst.Or)):
+        return False
+    for node in walk(test):
+        if isinstance(node, cst.Call) and dotted(node.func) == "len":
+            return True
+        if isinstance(node, cst.Name) and ("last" in node.value or "end" in node.value):
+            return True
+    return False
