@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from loopcheck.static.project import Project
 
 # A file that never mentions one of these cannot hold a training step worth checking.
-_PREFILTER = re.compile(rb"backward|zero_grad|\.step\(|\bstep\(")
+_PREFILTER = re.compile(rb"backward|zero_grad|\.step\(|\bstep\(|\.eval\(\)")
 
 
 def _parse_error(path: str, line: int, column: int, message: str) -> Diagnostic:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from loopcheck.rules._base import SECTIONS, Finding, Rule, Span
 from loopcheck.rules.accumulation_off_by_one import AccumulationOffByOne
+from loopcheck.rules.backward_under_no_grad import BackwardUnderNoGrad
 from loopcheck.rules.clip_after_step import ClipAfterStep
 from loopcheck.rules.clip_before_backward import ClipBeforeBackward
 from loopcheck.rules.clip_per_microbatch import ClipPerMicrobatch
 from loopcheck.rules.clip_without_unscale import ClipWithoutUnscale
+from loopcheck.rules.eval_without_no_grad import EvalWithoutNoGrad
+from loopcheck.rules.loss_kept_with_graph import LossKeptWithGraph
 from loopcheck.rules.missing_backward import MissingBackward
 from loopcheck.rules.missing_scaler_update import MissingScalerUpdate
 from loopcheck.rules.missing_step import MissingStep
@@ -18,6 +21,7 @@ from loopcheck.rules.scheduler_before_optimizer import SchedulerBeforeOptimizer
 from loopcheck.rules.scheduler_per_microbatch import SchedulerPerMicrobatch
 from loopcheck.rules.step_before_backward import StepBeforeBackward
 from loopcheck.rules.step_bypasses_scaler import StepBypassesScaler
+from loopcheck.rules.train_mode_not_restored import TrainModeNotRestored
 from loopcheck.rules.unscale_per_microbatch import UnscalePerMicrobatch
 from loopcheck.rules.unscaled_accumulated_loss import UnscaledAccumulatedLoss
 from loopcheck.rules.zero_grad_after_backward import ZeroGradAfterBackward
@@ -42,6 +46,10 @@ ALL_RULES: tuple[type[Rule], ...] = (
     MissingScalerUpdate,
     UnscalePerMicrobatch,
     SchedulerBeforeOptimizer,
+    LossKeptWithGraph,
+    EvalWithoutNoGrad,
+    TrainModeNotRestored,
+    BackwardUnderNoGrad,
     ParseError,
 )
 

@@ -15,7 +15,7 @@ from loopcheck.static.apis import CLIP_FUNCTIONS, ApiReader
 from loopcheck.static.conditions import touches
 from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
 from loopcheck.static.model import Site
-from loopcheck.static.moves import Action, Alternatives, Emit, Follow, Mark
+from loopcheck.static.moves import Action, Alternatives, Emit, Follow, Forward, Mark
 from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (
     call_args,
@@ -66,6 +66,8 @@ class Host:
     follows: int
     gate: str | None
     at: cst.CSTNode | None  # the statement being run, in the current frame
+    grad_enabled: bool
+    no_grad_blocks: list[cst.CSTNode]
 
 
 class Reader:
@@ -236,6 +238,8 @@ class Reader:
             last = qual.rsplit(".", 1)[-1]
             if last in CLIP_FUNCTIONS and ("torch" in qual or qual == last):
                 return self.apis.clip(call, positional[0] if positional else None)
+            if last == "grad" and "autograd" in qual:
+                return [Mark("autograd"), *self.apis.opaque_args(call)]
             if qual in {"torch.autograd.backward", "autograd.backward"}:
                 loss = positional[0] if positional else None
                 return [self.apis.backward_of(call, loss)]
@@ -245,6 +249,10 @@ class Reader:
             obj = frame.resolve_name(func.value)
             if obj is not None:
                 return self.called_object(obj, call)
+        if isinstance(func, cst.Attribute):
+            held = frame.resolve(func)
+            if held is not None and held.role in (Role.MODEL, Role.ENGINE, Role.LIGHTNING):
+                return [Forward(self.site(call), held.key)]  # ``self.model(x)``
         if qual is not None and _harmless(qual):
             return []
         if frame.value_role(call, None) is not None:
@@ -399,7 +407,7 @@ class Reader:
 
     def called_object(self, obj: Obj, call: cst.Call) -> list[Action]:
         if obj.role in (Role.MODEL, Role.ENGINE, Role.LIGHTNING):
-            return [Mark("forward")]
+            return [Forward(self.site(call), obj.key)]
         if obj.role is Role.FACTORY:
             return []
         return self.apis.opaque_args(call)

@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from loopcheck.protocol import Event, Move
-from loopcheck.static.dataflow import Origin, origin
+from loopcheck.static.dataflow import Origin, function_layout, origin
 from loopcheck.static.dataflow import divided as loss_divided
 from loopcheck.static.model import Site
-from loopcheck.static.moves import Action, Backward, Emit, Follow, Mark
+from loopcheck.static.moves import Action, Backward, Emit, Follow, Forward, Mark, Mode
 from loopcheck.static.roles import Obj, Role, is_model_method
 from loopcheck.static.syntax import body_clears, roots_of
+from loopcheck.static.tree import walk
 
 if TYPE_CHECKING:
     from loopcheck.static.actions import Host
@@ -119,7 +120,7 @@ class ApiReader:
             if method == "zero_grad":
                 return [Emit(Event(Move.ZERO, site), keys)]
             if method == "forward":
-                return [Mark("forward")]
+                return [Forward(site, owner.key)]
             return []
         if role is Role.SCHEDULER:
             if method == "step":
@@ -167,15 +168,16 @@ class ApiReader:
                 return None  # a method defined in a linted file: follow it
             if role is Role.INSTANCE:
                 return None
-            if method == "forward" or method in {"generate", "loss", "compute_loss"}:
-                return (
-                    [Mark("forward"), Mark("opaque_model")]
-                    if method != "forward"
-                    else [Mark("forward")]
-                )
+            forward = Forward(site, owner.key)
+            if method == "forward":
+                return [forward]
+            if method in {"generate", "loss", "compute_loss"}:
+                return [forward, Mark("opaque_model")]
+            if method in {"eval", "train"}:
+                return [Mode(site, owner.key, _training(method, positional, keywords))]
             if method in _MODEL_HARMLESS or is_model_method(method):
                 return []
-            return [Mark("forward"), Mark("opaque_model"), *self.opaque_args(call)]
+            return [forward, Mark("opaque_model"), *self.opaque_args(call)]
         return None
 
     def scaler_call(self, method: str, site: Site, positional: list) -> list[Action]:
@@ -244,7 +246,22 @@ class ApiReader:
             return Backward(site, scaled, True if divides else None, Origin(frozenset(), False))
         at = self.host.at
         split = True if divides else loss_divided(self.frame, loss, at)
-        return Backward(site, scaled, split, origin(self.frame, origin_of or loss, at))
+        found = origin(self.frame, origin_of or loss, at)
+        inside = self._computed_in_no_grad(loss)
+        return Backward(site, scaled, split, found, inside)
+
+    def _computed_in_no_grad(self, loss: cst.BaseExpression) -> bool:
+        """Whether the loss was computed inside the no-grad region the backward runs in: inline
+        (``model(x).sum().backward()``), or assigned only there."""
+        blocks = self.host.no_grad_blocks
+        if not blocks or self.host.grad_enabled:
+            return False
+        inside = _node_ids(blocks[-1])
+        if not isinstance(loss, cst.Name):
+            return True
+        at = self.host.at
+        defs = function_layout(self.frame).reaching(loss.value, at) if at is not None else None
+        return bool(defs) and all(id(d.statement) in inside for d in defs)
 
     def accelerator_divides(self, receiver: cst.BaseExpression) -> bool:
         """``accelerator.backward`` divides the loss by the accelerator's own accumulation
@@ -340,6 +357,26 @@ class ApiReader:
         if model:
             actions.append(Mark("opaque_model"))
         return actions
+
+
+_IDS: dict[int, frozenset[int]] = {}
+
+
+def _node_ids(node: cst.CSTNode) -> frozenset[int]:
+    found = _IDS.get(id(node))
+    if found is None:
+        if len(_IDS) > 256:
+            _IDS.clear()
+        found = _IDS[id(node)] = frozenset(id(n) for n in walk(node))
+    return found
+
+
+def _training(method: str, positional: list, keywords: dict) -> bool:
+    """``model.train()`` / ``train(True)`` trains, ``model.eval()`` / ``train(False)`` does not."""
+    if method == "eval":
+        return False
+    flag = positional[0] if positional else keywords.get("mode")
+    return not (isinstance(flag, cst.Name) and flag.value == "False")
 
 
 def _disabled(built: cst.Call | None) -> bool:

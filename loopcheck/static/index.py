@@ -3,6 +3,7 @@ part in a training step, and which branch conditions repeat — computed once, i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -66,6 +67,8 @@ MOVE_WORDS = {
 }
 
 _MODULE_BASES = {"Module", "LightningModule", "PreTrainedModel"}
+# ``evaluate``, ``validate``, ``run_validation``, ``test`` or ``*_test`` (not pytest's ``test_*``)
+EVALUATING = re.compile(r"(?i)(eval|valid|predict|infer)|^test$|_test$")
 
 
 @dataclass(eq=False)
@@ -184,6 +187,8 @@ class FileContext:
         self.moves_cache: dict[int, bool] = {}  # methods that step or clear (interpreter)
         self.probes_cache: dict[int, bool] = {}  # blocks asserting that .grad is None
         self.passes_cache: dict[int, bool] = {}  # functions handing parameters to calls
+        self.backprop_cache: dict[int, frozenset[str]] = {}  # names reaching a backward
+        self.evaluates_cache: dict[int, bool] = {}  # functions evaluating a model
         _Indexer(self).index(module)
 
     # definitions across files
@@ -302,8 +307,8 @@ class _Indexer:
                 on_self = type(value) is cst.Name and value.value == "self"
                 if on_self or attr not in _MODULE_API:
                     self.ctx.referenced.add(attr)
-                if owner is not None and attr in MOVE_WORDS:
-                    mentions[owner] = True
+                if owner is not None and (attr in MOVE_WORDS or attr == "eval"):
+                    mentions[owner] = True  # ``.eval()``: an evaluation pass (LC502, LC503)
                 stack.append((value, owner, in_loop))
                 continue
             if kind is cst.FunctionDef:
@@ -313,6 +318,8 @@ class _Indexer:
                 enclosing[key] = owner
                 by_name.setdefault(node.name.value, []).append(key)
                 params[key] = {p.name.value for p in all_params(node)}
+                if EVALUATING.search(node.name.value):
+                    mentions[key] = True
                 stack.extend((c, key, False) for c in kids(node) if c is not node.name)
                 continue
             if kind is cst.ClassDef:

@@ -15,20 +15,22 @@ from collections.abc import Sequence
 import libcst as cst
 
 from loopcheck.protocol import Event, Grads, Move, advance
-from loopcheck.static import conditions, guards
+from loopcheck.static import conditions, guards, tensors
 from loopcheck.static.actions import Reader, is_loss_name
 from loopcheck.static.dataflow import function_layout
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary
-from loopcheck.static.moves import Action, Alternatives, Backward, Emit, Follow, Mark
+from loopcheck.static.moves import Action, Alternatives, Backward, Emit, Follow, Forward, Mark, Mode
 from loopcheck.static.paths import Flow, PathState, cap, merge
 from loopcheck.static.recording import Recorder
 from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (
     chains_in,
     counter_of,
+    decorators,
     ends_with_continue,
+    grad_context,
     is_increment,
     is_true,
 )
@@ -67,6 +69,8 @@ class Interpreter(Recorder):
         self.registry: dict[str, Obj] = {}  # optimizers seen, by key
         self.at: cst.CSTNode | None = None  # the statement being run (for reaching values)
         self._forgotten: dict[tuple[object, ...], frozenset[tuple[str, bool]]] = {}
+        self.grad_modes: list[bool] = []
+        self.no_grad_blocks: list[cst.CSTNode] = []
 
     @property
     def ctx(self) -> FileContext:
@@ -93,6 +97,8 @@ class Interpreter(Recorder):
         self.root = root
         self.loop_stack = []
         self.gates = []
+        self.grad_modes, self.no_grad_blocks = [], []
+        self.enter_function(frame.func)
         self.follow_stack = [frame.func] if frame.func is not None else []
         self.follows = 0
         states = {PathState()}
@@ -169,23 +175,49 @@ class Interpreter(Recorder):
         if isinstance(stmt, cst.Assert):
             return Flow(normal=self.run_actions(reader.of_assert(stmt.test), states))
         if isinstance(stmt, cst.Expr):
+            self.check_kept_graph(stmt)
             return Flow(normal=self.run_actions(reader.of_expr(stmt.value), states))
         if isinstance(stmt, (cst.Assign, cst.AnnAssign, cst.AugAssign)):
             return Flow(normal=self.exec_assign(stmt, states))
         return Flow(normal=states)
 
     def exec_with(self, stmt: cst.With, states: set[PathState]) -> Flow:
-        pushed = 0
+        pushed = modes = 0
         for item in stmt.items:
             states = self.run_actions(self.reader.of_expr(item.item), states)
             gate = self.gate_of_context(item.item)
             if gate is not None:
                 self.gates.append(gate)
                 pushed += 1
+            enabled = grad_context(item.item)
+            if enabled is not None:
+                self.grad_modes.append(enabled)
+                modes += 1
+        blocks = len(self.no_grad_blocks)
+        if modes and not self.grad_enabled:
+            self.no_grad_blocks.append(stmt)
         try:
             return self.exec_stmt(stmt.body, states)
         finally:
             del self.gates[len(self.gates) - pushed :]
+            del self.grad_modes[len(self.grad_modes) - modes :]
+            del self.no_grad_blocks[blocks:]
+
+    def enter_function(self, func: cst.FunctionDef | None) -> int:
+        """A function decorated with ``@torch.no_grad()`` or ``@torch.inference_mode()`` runs
+        with gradients off; the number of modes pushed (for the caller to pop)."""
+        if func is None:
+            return 0
+        for name in decorators(func):
+            last = name.rsplit(".", 1)[-1]
+            if last in {"no_grad", "inference_mode"}:
+                self.grad_modes.append(False)
+                self.no_grad_blocks.append(func)
+                return 1
+            if last == "enable_grad":
+                self.grad_modes.append(True)
+                return 1
+        return 0
 
     def gate_of_context(self, item: cst.BaseExpression) -> str | None:
         """``with accelerator.accumulate(model):``: prepared optimizers and schedulers act
@@ -416,6 +448,7 @@ class Interpreter(Recorder):
         if summary is None:
             parent = self.loop_stack[-1] if self.loop_stack else None
             summary = LoopSummary(node, self.ctx.site(node), parent)
+            summary.eval_like = tensors.evaluates(self.ctx, self.frame.func)
             self.summaries[id(node)] = summary
             self.model.loops.append(summary)
         return summary
@@ -510,7 +543,22 @@ class Interpreter(Recorder):
 
     # assignments
 
+    def check_kept_graph(self, stmt: cst.CSTNode) -> None:
+        """LC501: a loss summed or collected across iterations with its graph, never
+        backpropagated (memory grows every step)."""
+        if not self.loop_stack or not self.grad_enabled:
+            return
+        found = tensors.kept_graph(self.frame, stmt, self.at)
+        if found is None:
+            return
+        name, node = found
+        if name in tensors.backpropagated(self.ctx, self.frame.func):
+            return  # a differentiable total, backpropagated later
+        record = Record("LC501", self.ctx.site(node), name, self.loop_stack[-1], self.root)
+        self.model.add_record(record)
+
     def exec_assign(self, stmt: cst.CSTNode, states: set[PathState]) -> set[PathState]:
+        self.check_kept_graph(stmt)
         reader = self.reader
         actions: list[Action] = []
         value = getattr(stmt, "value", None)
@@ -547,7 +595,14 @@ class Interpreter(Recorder):
                 states = self.emit_all(states, action)
             elif isinstance(action, Backward):
                 self.note_backward(action.site)
+                self.backward_under_no_grad(action, action.computed_without_grad)
                 states = {self.backward(s, action) for s in states}
+            elif isinstance(action, Forward):
+                states = self.forward(states, action)
+            elif isinstance(action, Mode):
+                for summary in self.loop_stack:
+                    summary.sites.add(action.site)
+                states = {self.mode(s, action) for s in states}
             elif isinstance(action, Follow):
                 states = self.follow(action, states)
             elif isinstance(action, Alternatives):
@@ -588,11 +643,14 @@ class Interpreter(Recorder):
         self.frames.append(frame)
         self.follow_stack.append(node)
         saved_gates, saved_at = self.gates, self.at
+        saved_modes = (list(self.grad_modes), list(self.no_grad_blocks))
         self.gates = list(saved_gates)
+        self.enter_function(node)
         try:
             flow = self.exec_stmt(node.body, states)
         finally:
             self.gates, self.at = saved_gates, saved_at
+            self.grad_modes, self.no_grad_blocks = saved_modes
             self.follow_stack.pop()
             self.frames.pop()
         return cap(flow.normal | flow.returns)

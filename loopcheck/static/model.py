@@ -72,6 +72,11 @@ class LoopSummary:
     opaque_model: bool = False  # a call we cannot see into received the model
     grads_read: bool = False  # gradients read or rewritten by hand
     flushes: bool = False  # a step guard also steps on the last batch (no partial window left)
+    autograd: bool = False  # gradients taken with torch.autograd.grad (MAML, penalties)
+    eval_like: bool = False  # in a function that evaluates (named so, or calling .eval())
+    # each model forward seen in the loop: where, with gradients on, the entry point it was
+    # analysed from, and whether through a call from that entry point (the caller's context)
+    forwards: list[tuple[Site, bool, RootSummary | None, bool]] = field(default_factory=list)
     sites: set[Site] = field(default_factory=set)  # every move's site seen inside the loop
 
     @property

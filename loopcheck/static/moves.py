@@ -37,6 +37,7 @@ class Backward:
     scaled: bool
     divided: bool | None
     origin: Origin
+    computed_without_grad: bool = False  # the loss was computed in the no-grad block it is in
 
 
 @dataclass(frozen=True)
@@ -67,4 +68,21 @@ class Mark:
     what: str
 
 
-Action = Emit | Backward | Follow | Alternatives | Mark
+@dataclass(frozen=True)
+class Forward:
+    """A model run forward (called): which model (its key, when known) and where."""
+
+    site: Site
+    key: str | None
+
+
+@dataclass(frozen=True)
+class Mode:
+    """``model.eval()`` or ``model.train()``: the model's mode on the paths from here."""
+
+    site: Site
+    key: str
+    training: bool
+
+
+Action = Emit | Backward | Follow | Alternatives | Mark | Forward | Mode

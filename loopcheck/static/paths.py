@@ -14,24 +14,28 @@ class PathState:
     """The protocol state of every optimizer on one path, plus the branch facts decided on it.
     Immutable. Paths live in sets that are joined over and over: the hash is computed once."""
 
-    __slots__ = ("opts", "facts", "last_zeroed", "_hash")
+    __slots__ = ("opts", "facts", "last_zeroed", "evaluating", "_hash")
 
     def __init__(
         self,
         opts: tuple[tuple[str, OptState], ...] = (),
         facts: frozenset[tuple[str, bool]] = frozenset(),
         last_zeroed: frozenset[str] = frozenset(),
+        evaluating: frozenset[tuple[str, object]] = frozenset(),
     ) -> None:
         self.opts = opts
         self.facts = facts
         # the optimizers cleared by the latest run of consecutive clears (a ``reset_grad()``
         # helper clears several): a backward right after them feeds them
         self.last_zeroed = last_zeroed
+        # models put in eval mode on this path, each with the ``eval()`` call that did it
+        self.evaluating = evaluating
         self._hash = 0
 
     def __hash__(self) -> int:
         if not self._hash:
-            self._hash = hash((self.opts, self.facts, self.last_zeroed)) or 1
+            key = (self.opts, self.facts, self.last_zeroed, self.evaluating)
+            self._hash = hash(key) or 1
         return self._hash
 
     def __eq__(self, other: object) -> bool:
@@ -41,10 +45,16 @@ class PathState:
             and self.opts == other.opts
             and self.facts == other.facts
             and self.last_zeroed == other.last_zeroed
+            and self.evaluating == other.evaluating
         )
 
     def __repr__(self) -> str:
         return f"PathState({self.opts!r}, {sorted(self.facts)!r}, {sorted(self.last_zeroed)!r})"
+
+    def with_evaluating(self, evaluating: frozenset[tuple[str, object]]) -> PathState:
+        if evaluating == self.evaluating:
+            return self
+        return PathState(self.opts, self.facts, self.last_zeroed, evaluating)
 
     def get(self, key: str) -> OptState:
         for k, s in self.opts:
@@ -55,18 +65,20 @@ class PathState:
     def with_opt(self, key: str, state: OptState) -> PathState:
         opts = tuple((k, s) for k, s in self.opts if k != key) + ((key, state),)
         opts = tuple(sorted(opts, key=lambda item: item[0]))
-        return PathState(opts, self.facts, self.last_zeroed)
+        return PathState(opts, self.facts, self.last_zeroed, self.evaluating)
 
     def with_facts(self, facts: frozenset[tuple[str, bool]]) -> PathState:
-        return self if facts is self.facts else PathState(self.opts, facts, self.last_zeroed)
+        if facts is self.facts:
+            return self
+        return PathState(self.opts, facts, self.last_zeroed, self.evaluating)
 
     def with_fact(self, text: str, value: bool) -> PathState:
-        return PathState(self.opts, self.facts | {(text, value)}, self.last_zeroed)
+        return PathState(self.opts, self.facts | {(text, value)}, self.last_zeroed, self.evaluating)
 
     def with_zeroed(self, last_zeroed: frozenset[str]) -> PathState:
         if last_zeroed == self.last_zeroed:
             return self
-        return PathState(self.opts, self.facts, last_zeroed)
+        return PathState(self.opts, self.facts, last_zeroed, self.evaluating)
 
     def keys(self) -> list[str]:
         return [k for k, _ in self.opts]
@@ -100,7 +112,7 @@ def cap(states: set[PathState]) -> set[PathState]:
         return states
     joined: dict[tuple[object, ...], PathState] = {}
     for state in states:
-        key = (state.opts, state.last_zeroed)
+        key = (state.opts, state.last_zeroed, state.evaluating)
         other = joined.get(key)
         joined[key] = state if other is None else other.with_facts(other.facts & state.facts)
     states = set(joined.values())

@@ -11,7 +11,7 @@ from loopcheck.static import conditions
 from loopcheck.static.frames import Frame
 from loopcheck.static.index import FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, Site
-from loopcheck.static.moves import Backward, Emit
+from loopcheck.static.moves import Backward, Emit, Forward, Mode
 from loopcheck.static.paths import PathState
 from loopcheck.static.roles import Obj, Role, role_from_name
 from loopcheck.static.tree import walk
@@ -27,9 +27,53 @@ class Recorder:
     root: RootSummary | None
     registry: dict[str, Obj]
 
+    grad_modes: list[bool]  # innermost last: False under no_grad / inference_mode
+    no_grad_blocks: list[cst.CSTNode]  # the ``with torch.no_grad():`` blocks being run
+
     @property
     def frame(self) -> Frame:
         return self.frames[-1]
+
+    @property
+    def grad_enabled(self) -> bool:
+        return self.grad_modes[-1] if self.grad_modes else True
+
+    def forward(self, states: set[PathState], action: Forward) -> set[PathState]:
+        """A model run forward: noted in the loops (LC104, LC502); a training forward of a
+        model some path left in eval mode is LC503, at the ``eval()`` that did it."""
+        followed = len(self.frames) > 1
+        for summary in self.loop_stack:
+            summary.forward = True
+            summary.sites.add(action.site)
+            summary.forwards.append((action.site, self.grad_enabled, self.root, followed))
+        if action.key is None or not self.grad_enabled or not self.loop_stack:
+            return states
+        loop = self.loop_stack[-1]
+        for state in states:
+            for key, eval_site in state.evaluating:
+                if overlap(frozenset({key}), frozenset({action.key})):
+                    record = Record("LC503", eval_site, key, loop, self.root, action.site)
+                    self.model.add_record(record)
+        return states
+
+    def mode(self, state: PathState, action: Mode) -> PathState:
+        kept = frozenset(
+            (key, site)
+            for key, site in state.evaluating
+            if not overlap(frozenset({key}), frozenset({action.key}))
+        )
+        if not action.training:
+            kept |= {(action.key, action.site)}
+        return state.with_evaluating(kept)
+
+    def backward_under_no_grad(self, action: Backward, receiver_inside: bool) -> None:
+        """LC504: a backward run with gradients off, of a loss computed in the same no-grad
+        region (a graph was never built: it raises, or with ``requires_grad_()`` forced, the
+        parameters get nothing)."""
+        if self.grad_enabled or not receiver_inside:
+            return
+        loop = self.loop_stack[-1] if self.loop_stack else None
+        self.model.add_record(Record("LC504", action.site, "", loop, self.root))
 
     def known(self) -> list[str]:
         """The keys of the optimizers in sight (containers of known members excluded)."""
@@ -177,6 +221,8 @@ class Recorder:
                 summary.grads_read = True
             elif what == "flush":
                 summary.flushes = True
+            elif what == "autograd":
+                summary.autograd = True
         if what == "grads" and self.root is not None:
             self.root.stepped = True  # gradients used by hand: a manual update is possible
 

@@ -314,3 +314,23 @@ def decorators(func: cst.FunctionDef) -> Iterable[str]:
         name = dotted(node)
         if name is not None:
             yield name
+
+
+def grad_context(item: cst.BaseExpression) -> bool | None:
+    """What a ``with`` item does to autograd: False for ``torch.no_grad()``,
+    ``torch.inference_mode()``, ``torch.set_grad_enabled(False)``; True for
+    ``torch.enable_grad()``, ``set_grad_enabled(True)``; None for anything else."""
+    node = item.func if isinstance(item, cst.Call) else item
+    last = (dotted(node) or "").rsplit(".", 1)[-1]
+    if last in {"no_grad", "inference_mode"}:
+        if isinstance(item, cst.Call) and last == "inference_mode" and item.args:
+            flag = item.args[0].value
+            return not (isinstance(flag, cst.Name) and flag.value == "False")
+        return False
+    if last == "enable_grad":
+        return True
+    if last == "set_grad_enabled" and isinstance(item, cst.Call) and item.args:
+        flag = item.args[0].value
+        if isinstance(flag, cst.Name) and flag.value in {"True", "False"}:
+            return flag.value == "True"
+    return None

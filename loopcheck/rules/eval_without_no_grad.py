@@ -1,0 +1,95 @@
+"""LC502 eval-without-no-grad."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from loopcheck.protocol import Move
+from loopcheck.rules._base import Finding, Rule
+
+if TYPE_CHECKING:
+    from loopcheck.static.model import FileModel, LoopSummary
+
+
+class EvalWithoutNoGrad(Rule):
+    """## What it does
+    Flags an evaluation loop — in a function that evaluates (`evaluate`, `validate`, `test`, or
+    one that calls `model.eval()`) — that runs the model forward with gradients on: no
+    `torch.no_grad()` / `torch.inference_mode()` block or decorator around it, here or in the
+    caller. Loops that backpropagate, step or take `torch.autograd.grad` (MAML, saliency) need
+    their gradients and are not flagged.
+
+    ## Why is this bad?
+    With gradients on, every forward records its autograd graph and keeps the activations it
+    needs: evaluation uses several times the memory it should (often running out of memory on
+    the first validation, with a batch size that trains fine) and runs slower. `model.eval()`
+    only switches dropout and batch-norm behaviour; it does not turn gradients off.
+
+    ## Example
+    ```python
+    def evaluate(model, loader):
+        model.eval()
+        correct = 0
+        for x, y in loader:
+            logits = model(x)
+            correct += (logits.argmax(-1) == y).sum().item()
+        return correct
+    ```
+
+    ## Use instead
+    ```python
+    @torch.no_grad()
+    def evaluate(model, loader):
+        model.eval()
+        correct = 0
+        for x, y in loader:
+            logits = model(x)
+            correct += (logits.argmax(-1) == y).sum().item()
+        return correct
+    ```
+    """
+
+    code = "LC502"
+    name = "eval-without-no-grad"
+    summary = "an evaluation pass (no backward) outside `torch.no_grad()`/`inference_mode()`"
+
+    def check(self, model: FileModel) -> Iterable[Finding]:
+        reported: set[object] = set()
+        for loop in model.loops:
+            if not loop.eval_like or _needs_gradients(loop):
+                continue
+            decisive = [
+                site
+                for site, enabled, root, followed in loop.forwards
+                if enabled and (followed or root is None or not root.referenced)
+            ]
+            if not decisive:
+                continue  # gradients off, or only seen alone while callers decide
+            silenced = any(
+                not enabled and followed for _, enabled, _, followed in loop.forwards
+            ) and not any(followed for _, enabled, _, followed in loop.forwards if enabled)
+            if silenced:
+                continue
+            site = decisive[0]
+            if site in reported:
+                continue
+            reported.add(site)
+            yield Finding(
+                site.span,
+                f"`{site.text}` runs an evaluation forward with gradients on: wrap the "
+                "evaluation in `torch.no_grad()` (or `torch.inference_mode()`)",
+                site.path,
+            )
+
+
+def _needs_gradients(loop: LoopSummary) -> bool:
+    return bool(
+        loop.backwards
+        or loop.has_any(Move.BACKWARD)
+        or loop.has_any(Move.MAYBE_BACKWARD)
+        or loop.has_any(Move.STEP)
+        or loop.grads_read
+        or loop.autograd
+        or loop.opaque_model
+    )
