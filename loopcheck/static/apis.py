@@ -12,6 +12,7 @@ from loopcheck.static.dataflow import Origin, function_layout, origin
 from loopcheck.static.dataflow import divided as loss_divided
 from loopcheck.static.model import Site
 from loopcheck.static.moves import Action, Backward, Emit, Follow, Forward, Mark, Mode
+from loopcheck.static.ownership import constructor_of
 from loopcheck.static.roles import Obj, Role, is_model_method
 from loopcheck.static.syntax import body_clears, roots_of
 from loopcheck.static.tree import walk
@@ -225,7 +226,7 @@ class ApiReader:
             owner = self.frame.resolve(receiver.func.value)
             if receiver.func.attr.value == "scale" and owner is not None:
                 if owner.role is Role.SCALER:
-                    scaled = not _disabled(self.frame.constructor_of(receiver.func.value))
+                    scaled = not _disabled(constructor_of(self.frame, receiver.func.value))
                     if receiver.args:
                         loss = receiver.args[0].value
         return self.backward_of(call, loss, scaled=scaled, origin_of=receiver)
@@ -268,7 +269,7 @@ class ApiReader:
         steps: inside ``accumulate``, or when it was built with more than one."""
         if self.host.gate is not None and self.host.gate.startswith("<sync:"):
             return True
-        built = self.frame.constructor_of(receiver)
+        built = constructor_of(self.frame, receiver)
         if built is None:
             return False
         for arg in built.args:

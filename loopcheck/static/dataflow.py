@@ -10,6 +10,7 @@ import libcst as cst
 
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import ClassInfo, FileContext
+from loopcheck.static.ownership import module_key
 from loopcheck.static.reaching import Definition, Layout, Statement
 from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import all_params, dotted, literal, params_of
@@ -173,7 +174,7 @@ class _Tracer:
                         return (
                             helper if helper is not None else self.instance_models(receiver) | args
                         )
-                    key = self.frame.module_key(func)  # ``self.qf1(obs)``: a module attribute
+                    key = module_key(self.frame, func)  # ``self.qf1(obs)``: a module attribute
                     return (Origin(frozenset({key}), True) if key else UNKNOWN) | args
                 return args  # ``scaler.scale(loss)``, ``accelerator.gather(loss)``
             callee = self.frame.resolve(func)
@@ -193,7 +194,7 @@ class _Tracer:
                     return helper
                 # what it returns depends on its arguments, and on whatever models it reaches
                 return args if args.models else Origin(args.models, False)
-            key = self.frame.module_key(func) if callee is None else None
+            key = module_key(self.frame, func) if callee is None else None
             if key is not None:
                 return Origin(frozenset({key}), True) | args  # ``critic = Critic(); critic(x)``
             return args

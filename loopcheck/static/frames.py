@@ -9,6 +9,7 @@ from dataclasses import replace
 import libcst as cst
 
 from loopcheck.static.index import ClassInfo, FileContext
+from loopcheck.static.ownership import configured_models, models_in
 from loopcheck.static.roles import (
     Obj,
     Role,
@@ -17,7 +18,7 @@ from loopcheck.static.roles import (
     is_model_wrapper,
     role_from_name,
 )
-from loopcheck.static.syntax import DATA_NODES, call_args, dotted, roots_of
+from loopcheck.static.syntax import DATA_CALLS, call_args, dotted, is_data
 from loopcheck.static.tree import walk
 
 _MODEL_ROLES = (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
@@ -30,11 +31,6 @@ _SETTINGS = re.compile(
     r"|_(args|cfg|config|conf|hparams|opts|options|settings)$"
 )
 # Calls that return settings or data, never an optimizer, whatever the variable is called.
-_DATA_CALLS = re.compile(
-    r"^(parse_args|parse_known_args|get_args|get_parser|parse|load|loads|safe_load|full_load"
-    r"|load_config|get_config|from_yaml|from_json|to_container|create|to_dict|Namespace|EasyDict"
-    r"|edict|dict|defaultdict|OrderedDict|SimpleNamespace|vars|deepcopy|copy|getattr_or_none)$"
-)
 _CONTAINER_METHODS = {"values", "items", "__iter__", "get", "pop"}
 _OPTIMIZER_MODULE_PREFIXES = (
     "torch.optim",
@@ -121,7 +117,7 @@ class Frame:
             return self.self_obj()
         local = name in self.params or name in self.local_values or name in self.tuple_values
         values = self.local_values.get(name, ())
-        if values and all(_is_data(v) for v in values):
+        if values and all(is_data(v) for v in values):
             return None  # ``optimizer_grouped_parameters = [...]`` holds data, not an optimizer
         if self.parent is not None and not local and name not in self.loop_targets:
             return self.parent.resolve_name(name)
@@ -209,7 +205,7 @@ class Frame:
         if found is None:
             role = role_from_name(attr)
             values = [v for _, v, _ in cls.attribute_values(attr)]
-            if role is not None and not (values and all(_is_data(v) for v in values)):
+            if role is not None and not (values and all(is_data(v) for v in values)):
                 found = Obj(role, f"{cls.name}.{attr}")
         cache[key] = found
         return found
@@ -356,7 +352,7 @@ class Frame:
             cls = self._class_named(qual)
             if cls is not None:
                 if cls.is_optimizer:
-                    return Obj(Role.OPTIMIZER, key, self.models_in(value))
+                    return Obj(Role.OPTIMIZER, key, models_in(self, value))
                 role = Role.MODEL if cls.is_module else Role.INSTANCE
                 return Obj(role, key, cls=cls)
             if is_model_wrapper(qual) and positional:
@@ -364,7 +360,7 @@ class Frame:
                 if inner is not None and inner.role is Role.MODEL:
                     return inner
                 return Obj(Role.MODEL, key)
-            if _DATA_CALLS.match(last):
+            if DATA_CALLS.match(last):
                 return None
             role = constructed_role(qual)
             if role is not None:
@@ -376,7 +372,7 @@ class Frame:
         if owner.role in (Role.MODEL, Role.ENGINE) and is_model_method(method):
             return owner
         if owner.role is Role.LIGHTNING and method == "optimizers":
-            models = self._configured(owner, None)
+            models = configured_models(self, owner, None)
             return Obj(Role.OPTIMIZER, f"{owner.key}.optimizers", models)
         if owner.role is Role.LIGHTNING and method == "lr_schedulers":
             return Obj(Role.SCHEDULER, f"{owner.key}.lr_schedulers")
@@ -398,7 +394,7 @@ class Frame:
 
     def _built(self, role: Role | None, key: str, call: cst.Call) -> Obj | None:
         if role is Role.OPTIMIZER:
-            return Obj(role, key, self.models_in(call))
+            return Obj(role, key, models_in(self, call))
         if role is Role.SCHEDULER:
             return Obj(role, key, self._optimizers_in(call))
         return Obj(role, key) if role is not None else None
@@ -436,7 +432,7 @@ class Frame:
             ):
                 return self.resolve(positional[index]) if index < len(positional) else None
             if owner is not None and owner.role is Role.LIGHTNING and method == "optimizers":
-                models = self._configured(owner, index)
+                models = configured_models(self, owner, index)
                 return Obj(Role.OPTIMIZER, f"{owner.key}.optimizers[{index}]", models)
         qual = (
             self.ctx.imports.qualify(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
@@ -446,107 +442,6 @@ class Frame:
             role = roles.get(index)
             return Obj(role, key) if role is not None else None
         return None
-
-    def constructor_of(self, expr: cst.BaseExpression) -> cst.Call | None:
-        """The call that built what ``expr`` names (``GradScaler(enabled=False)``,
-        ``Accelerator(gradient_accumulation_steps=4)``), when the code shows one."""
-        if isinstance(expr, cst.Name):
-            frame: Frame | None = self
-            while frame is not None:
-                for value in frame.local_values.get(expr.value, ()):
-                    if isinstance(value, cst.Call):
-                        return value
-                if expr.value in frame.params or expr.value in frame.local_values:
-                    return None
-                frame = frame.parent
-            return None
-        if (
-            isinstance(expr, cst.Attribute)
-            and isinstance(expr.value, cst.Name)
-            and expr.value.value == "self"
-            and self.cls is not None
-        ):
-            for _, value, _ in self.cls.attribute_values(expr.attr.value):
-                if isinstance(value, cst.Call):
-                    return value
-        return None
-
-    def module_key(self, expr: cst.BaseExpression) -> str | None:
-        """A key for an object of no known role that may be a module, so that an optimizer
-        built from its parameters and a loss computed by calling it meet: ``self.qf1``, or a
-        name built by a constructor we do not know (``critic = Critic(...)``)."""
-        if (
-            isinstance(expr, cst.Attribute)
-            and isinstance(expr.value, cst.Name)
-            and expr.value.value == "self"
-            and self.cls is not None
-        ):
-            if self.cls.method(expr.attr.value) is None:
-                return f"{self.cls.name}.{expr.attr.value}"
-            return None
-        if not isinstance(expr, cst.Name):
-            return None
-        name = expr.value
-        values = self.local_values.get(name)
-        if values:
-            if all(isinstance(v, cst.Call) and not _is_data(v) for v in values):
-                return f"{self.scope}:{name}"
-            return None
-        if name in self.params and name not in self.bound:
-            return f"{self.scope}:{name}"  # ``def train(G, D, ...)``: modules passed in
-        local = name in self.params or name in self.tuple_values or name in self.loop_targets
-        if not local and name not in self.bound and self.parent is not None:
-            return self.parent.module_key(expr)
-        return None
-
-    def _configured(self, owner: Obj, index: int | None) -> frozenset[str]:
-        """The models of the optimizer Lightning's ``self.optimizers()`` hands back, read from
-        what ``configure_optimizers`` returns (element ``index`` of a tuple or list)."""
-        cls = owner.cls
-        found = cls.method("configure_optimizers") if cls is not None else None
-        if found is None:
-            return frozenset()
-        info, method = found
-        frame = Frame(info.ctx, method, cls, {}, module_frame(info.ctx), f"{cls.name}.configure")
-        for node in walk(method.body):
-            if not isinstance(node, cst.Return) or node.value is None:
-                continue
-            value = node.value
-            if isinstance(value, (cst.Tuple, cst.List)) and index is not None:
-                if index >= len(value.elements):
-                    continue
-                value = value.elements[index].value
-            elif index is not None:
-                continue
-            obj = frame.value_role(value, None)
-            if obj is not None and obj.role is Role.OPTIMIZER:
-                return obj.models
-        return frozenset()
-
-    def models_in(self, expr: cst.CSTNode) -> frozenset[str]:
-        """Keys of the models whose parameters an expression (an optimizer constructor's
-        arguments, a parameter group list) reaches, through local names."""
-        keys: set[str] = set()
-        seen: set[str] = set()
-        stack: list[cst.CSTNode] = [expr]
-        while stack:
-            node = stack.pop()
-            receivers = {id(r) for r in _parameter_owners(node)}
-            for root in roots_of(node):
-                obj = self.resolve(root) if not isinstance(root, cst.Call) else None
-                if obj is not None and obj.role in _MODEL_ROLES:
-                    keys.add(obj.key)
-                elif obj is not None and obj.role is Role.INSTANCE and obj.cls is not None:
-                    keys.add(obj.key)
-                elif obj is None:
-                    key = self.module_key(root) if id(root) in receivers else None
-                    if key is not None:
-                        keys.add(key)
-                    if isinstance(root, cst.Name) and root.value not in seen:
-                        seen.add(root.value)
-                        stack.extend(self.local_values.get(root.value, ()))
-                        stack.extend(v for _, v in self.tuple_values.get(root.value, ()))
-        return frozenset(keys)
 
     def _optimizers_in(self, call: cst.Call) -> frozenset[str]:
         keys: set[str] = set()
@@ -610,28 +505,6 @@ def _attribute_cache(ctx: FileContext) -> dict[tuple[int, str], Obj | None]:
         cache = {}
         ctx._attribute_cache = cache  # type: ignore[attr-defined]
     return cache
-
-
-def _is_data(value: cst.BaseExpression) -> bool:
-    if isinstance(value, DATA_NODES):
-        return True
-    if isinstance(value, cst.Call):
-        name = dotted(value.func)
-        return name is not None and bool(_DATA_CALLS.match(name.rsplit(".", 1)[-1]))
-    return False
-
-
-_PARAMETER_METHODS = {"parameters", "named_parameters", "modules", "children"}
-
-
-def _parameter_owners(expr: cst.CSTNode) -> list[cst.BaseExpression]:
-    """The roots of ``X.parameters()``-like receivers in an expression: what an optimizer's
-    parameters belong to (not the learning rate or other settings it is given)."""
-    out: list[cst.BaseExpression] = []
-    for node in walk(expr):
-        if isinstance(node, cst.Attribute) and node.attr.value in _PARAMETER_METHODS:
-            out.extend(roots_of(node.value))
-    return out
 
 
 def _literal_index(subscript: cst.Subscript) -> object:

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 
 import libcst as cst
 
-from loopcheck.protocol import Event, Grads, Move, advance
+from loopcheck.protocol import Event, Move, advance
 from loopcheck.static import conditions, guards, tensors
 from loopcheck.static.actions import Reader, is_loss_name
-from loopcheck.static.dataflow import function_layout
+from loopcheck.static.checks import Checks
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import FileContext
-from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary
+from loopcheck.static.model import FileModel, LoopSummary, RootSummary
 from loopcheck.static.moves import Action, Alternatives, Backward, Emit, Follow, Forward, Mark, Mode
 from loopcheck.static.paths import Flow, PathState, cap, merge
 from loopcheck.static.recording import Recorder
@@ -50,7 +50,7 @@ _STATEMENTS = (
 )
 
 
-class Interpreter(Recorder):
+class Interpreter(Recorder, Checks):
     """Walks statements over sets of path states (see the module docstring)."""
 
     def __init__(self, model: FileModel) -> None:
@@ -285,48 +285,6 @@ class Interpreter(Recorder):
         other = stmt.orelse.body if isinstance(stmt.orelse, cst.Else) else stmt.orelse
         return merge(flow, self.exec_stmt(other, skipped) if skipped else Flow())
 
-    def check_step_guard(self, stmt: cst.If, states: set[PathState]) -> None:
-        """LC204: a step guard on a counter, tested after this iteration's backward, that
-        steps after the wrong micro-batch (see :mod:`loopcheck.static.guards`)."""
-        if not self.loop_stack:
-            return
-        guard = guards.read_guard(self.ctx.code, stmt.test)
-        if guard is None:
-            return
-        other = stmt.orelse.body if isinstance(stmt.orelse, cst.Else) else stmt.orelse
-        body_steps = guards.steps_in(self.frame, stmt.body)
-        other_steps = guards.steps_in(self.frame, other)
-        when_zero, otherwise = (
-            (body_steps, other_steps) if guard.zero else (other_steps, body_steps)
-        )
-        if not (when_zero or otherwise):
-            return
-        after_backward = any(
-            o.fresh_this_iteration and o.grads in (Grads.FRESH, Grads.PILED)
-            for s in states
-            for _, o in s.opts
-        )
-        if not after_backward:
-            return
-        layout = function_layout(self.frame)
-        loops = [s.node for s in self.loop_stack if id(s.node) in layout.place]
-        if (
-            isinstance(self.frame.func, cst.FunctionDef)
-            and self.loop_stack[0].node is self.frame.func
-        ):
-            loops.insert(0, self.frame.func)
-        base = guards.counter_base(guard.counter, loops, stmt, layout.before(stmt, loops))
-        if base is None:
-            return
-        values = self.frame.local_values.get(guard.counter, ())
-        manual = not any(isinstance(n, cst.For) and counter_of(n) == guard.counter for n in loops)
-        if manual and not any(isinstance(v, cst.Integer) and v.value == "0" for v in values):
-            return  # a counter incremented by hand from an unknown start
-        if guards.off_by_one(guard, base, when_zero, otherwise):
-            site = self.ctx.site(stmt.test)
-            loop = self.loop_stack[-1]
-            self.model.add_record(Record("LC204", site, guard.counter, loop, self.root))
-
     def split(
         self, test: cst.BaseExpression, states: set[PathState]
     ) -> tuple[set[PathState], set[PathState]]:
@@ -542,20 +500,6 @@ class Interpreter(Recorder):
         return state
 
     # assignments
-
-    def check_kept_graph(self, stmt: cst.CSTNode) -> None:
-        """LC501: a loss summed or collected across iterations with its graph, never
-        backpropagated (memory grows every step)."""
-        if not self.loop_stack or not self.grad_enabled:
-            return
-        found = tensors.kept_graph(self.frame, stmt, self.at)
-        if found is None:
-            return
-        name, node = found
-        if name in tensors.backpropagated(self.ctx, self.frame.func):
-            return  # a differentiable total, backpropagated later
-        record = Record("LC501", self.ctx.site(node), name, self.loop_stack[-1], self.root)
-        self.model.add_record(record)
 
     def exec_assign(self, stmt: cst.CSTNode, states: set[PathState]) -> set[PathState]:
         self.check_kept_graph(stmt)

@@ -3,6 +3,7 @@ loop counters, literal values)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 
 import libcst as cst
@@ -26,6 +27,13 @@ DATA_NODES = (
     cst.Float,
     cst.BinaryOperation,
     cst.Comparison,
+)
+
+# Calls that return settings or data, never an optimizer, whatever the variable is called.
+DATA_CALLS = re.compile(
+    r"^(parse_args|parse_known_args|get_args|get_parser|parse|load|loads|safe_load|full_load"
+    r"|load_config|get_config|from_yaml|from_json|to_container|create|to_dict|Namespace|EasyDict"
+    r"|edict|dict|defaultdict|OrderedDict|SimpleNamespace|vars|deepcopy|copy|getattr_or_none)$"
 )
 
 _LITERALS: dict[str, object] = {"True": True, "False": False, "None": None}
@@ -334,3 +342,13 @@ def grad_context(item: cst.BaseExpression) -> bool | None:
         if isinstance(flag, cst.Name) and flag.value in {"True", "False"}:
             return flag.value == "True"
     return None
+
+
+def is_data(value: cst.BaseExpression) -> bool:
+    """Plain data, whatever the name it is stored in says (a list, ``parse_args()``)."""
+    if isinstance(value, DATA_NODES):
+        return True
+    if isinstance(value, cst.Call):
+        name = dotted(value.func)
+        return name is not None and bool(DATA_CALLS.match(name.rsplit(".", 1)[-1]))
+    return False

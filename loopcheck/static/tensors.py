@@ -11,6 +11,7 @@ from loopcheck.static.dataflow import function_layout, origin
 from loopcheck.static.frames import Frame
 from loopcheck.static.index import EVALUATING as _EVALUATING
 from loopcheck.static.index import FileContext
+from loopcheck.static.ownership import constructor_of
 from loopcheck.static.reaching import Statement
 from loopcheck.static.roles import Role
 from loopcheck.static.syntax import dotted, names_in
@@ -100,7 +101,7 @@ def _surely_a_graph(
     qual = frame.ctx.imports.qualify(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
     if qual is not None and qual.startswith(("torch.nn.functional.", "torch.")):
         return any(_surely_a_graph(frame, a.value, at, depth + 1) for a in expr.args)
-    built = frame.constructor_of(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
+    built = constructor_of(frame, func) if isinstance(func, (cst.Name, cst.Attribute)) else None
     maker = frame.ctx.imports.qualify(built.func) or "" if built is not None else ""
     loss_like = (maker.startswith("torch.nn.") and maker.endswith("Loss")) or bool(
         _LOSS_NAME.search((qual or "").rsplit(".", 1)[-1])

@@ -1,0 +1,143 @@
+"""What stands for a module and what an optimizer owns: keys for modules held by name or
+attribute, the models whose parameters an optimizer is built from (also through Lightning's
+``configure_optimizers``), and the call that built an object."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import libcst as cst
+
+from loopcheck.static.roles import Obj, Role
+from loopcheck.static.syntax import is_data, roots_of
+from loopcheck.static.tree import walk
+
+if TYPE_CHECKING:
+    from loopcheck.static.frames import Frame
+    from loopcheck.static.index import FileContext
+
+_MODEL_ROLES = (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
+
+
+def constructor_of(frame: Frame, expr: cst.BaseExpression) -> cst.Call | None:
+    """The call that built what ``expr`` names (``GradScaler(enabled=False)``,
+    ``Accelerator(gradient_accumulation_steps=4)``), when the code shows one."""
+    if isinstance(expr, cst.Name):
+        current: Frame | None = frame
+        while current is not None:
+            for value in current.local_values.get(expr.value, ()):
+                if isinstance(value, cst.Call):
+                    return value
+            if expr.value in current.params or expr.value in current.local_values:
+                return None
+            current = current.parent
+        return None
+    if (
+        isinstance(expr, cst.Attribute)
+        and isinstance(expr.value, cst.Name)
+        and expr.value.value == "self"
+        and frame.cls is not None
+    ):
+        for _, value, _ in frame.cls.attribute_values(expr.attr.value):
+            if isinstance(value, cst.Call):
+                return value
+    return None
+
+
+def module_key(frame: Frame, expr: cst.BaseExpression) -> str | None:
+    """A key for an object of no known role that may be a module, so that an optimizer
+    built from its parameters and a loss computed by calling it meet: ``frame.qf1``, or a
+    name built by a constructor we do not know (``critic = Critic(...)``)."""
+    if (
+        isinstance(expr, cst.Attribute)
+        and isinstance(expr.value, cst.Name)
+        and expr.value.value == "self"
+        and frame.cls is not None
+    ):
+        if frame.cls.method(expr.attr.value) is None:
+            return f"{frame.cls.name}.{expr.attr.value}"
+        return None
+    if not isinstance(expr, cst.Name):
+        return None
+    name = expr.value
+    values = frame.local_values.get(name)
+    if values:
+        if all(isinstance(v, cst.Call) and not is_data(v) for v in values):
+            return f"{frame.scope}:{name}"
+        return None
+    if name in frame.params and name not in frame.bound:
+        return f"{frame.scope}:{name}"  # ``def train(G, D, ...)``: modules passed in
+    local = name in frame.params or name in frame.tuple_values or name in frame.loop_targets
+    if not local and name not in frame.bound and frame.parent is not None:
+        return module_key(frame.parent, expr)
+    return None
+
+
+def configured_models(frame: Frame, owner: Obj, index: int | None) -> frozenset[str]:
+    """The models of the optimizer Lightning's ``frame.optimizers()`` hands back, read from
+    what ``configure_optimizers`` returns (element ``index`` of a tuple or list)."""
+    cls = owner.cls
+    found = cls.method("configure_optimizers") if cls is not None else None
+    if found is None:
+        return frozenset()
+    info, method = found
+    frame = type(frame)(info.ctx, method, cls, {}, _module_frame(info.ctx), f"{cls.name}.configure")
+    for node in walk(method.body):
+        if not isinstance(node, cst.Return) or node.value is None:
+            continue
+        value = node.value
+        if isinstance(value, (cst.Tuple, cst.List)) and index is not None:
+            if index >= len(value.elements):
+                continue
+            value = value.elements[index].value
+        elif index is not None:
+            continue
+        obj = frame.value_role(value, None)
+        if obj is not None and obj.role is Role.OPTIMIZER:
+            return obj.models
+    return frozenset()
+
+
+def models_in(frame: Frame, expr: cst.CSTNode) -> frozenset[str]:
+    """Keys of the models whose parameters an expression (an optimizer constructor's
+    arguments, a parameter group list) reaches, through local names."""
+    keys: set[str] = set()
+    seen: set[str] = set()
+    stack: list[cst.CSTNode] = [expr]
+    while stack:
+        node = stack.pop()
+        receivers = {id(r) for r in _parameter_owners(node)}
+        for root in roots_of(node):
+            obj = frame.resolve(root) if not isinstance(root, cst.Call) else None
+            if obj is not None and obj.role in _MODEL_ROLES:
+                keys.add(obj.key)
+            elif obj is not None and obj.role is Role.INSTANCE and obj.cls is not None:
+                keys.add(obj.key)
+            elif obj is None:
+                key = module_key(frame, root) if id(root) in receivers else None
+                if key is not None:
+                    keys.add(key)
+                if isinstance(root, cst.Name) and root.value not in seen:
+                    seen.add(root.value)
+                    stack.extend(frame.local_values.get(root.value, ()))
+                    stack.extend(v for _, v in frame.tuple_values.get(root.value, ()))
+    return frozenset(keys)
+
+
+_PARAMETER_METHODS = {"parameters", "named_parameters", "modules", "children"}
+
+
+def _parameter_owners(expr: cst.CSTNode) -> list[cst.BaseExpression]:
+    """The roots of ``X.parameters()``-like receivers in an expression: what an optimizer's
+    parameters belong to (not the learning rate or other settings it is given)."""
+    out: list[cst.BaseExpression] = []
+    for node in walk(expr):
+        if isinstance(node, cst.Attribute) and node.attr.value in _PARAMETER_METHODS:
+            out.extend(roots_of(node.value))
+    return out
+
+
+def _module_frame(ctx: FileContext) -> Frame:
+    from loopcheck.static.frames import module_frame  # frames uses this module
+
+    return module_frame(ctx)
