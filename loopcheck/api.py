@@ -92,8 +92,8 @@ def lint_source(
     configuration, no ``# noqa``: those are the caller's (see ``loopcheck.runner``).
     """
     raw = source.encode("utf-8") if isinstance(source, str) else source
-    if not _PREFILTER.search(raw):
-        return []
+    if not _PREFILTER.search(raw) and not (project is not None and project.imports_linted(raw)):
+        return []  # neither a move nor a helper of the linted files that may make one
     text = _decode(raw, path)
     if isinstance(text, Diagnostic):
         return [text]

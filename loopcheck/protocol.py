@@ -308,7 +308,10 @@ def _grad_access(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]
 
 def _loop_entry(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     # Clearing gradients a loop inherited (a trailing partial accumulation, at epoch start)
-    # is not clearing inside the micro-batch loop: LC205's question, not LC108's.
+    # is not clearing inside the micro-batch loop: LC205's question, not LC108's. A scheduler
+    # stepped before the loop (once per epoch) was not stepped between its micro-batches.
+    if s.pending_sched is not None:
+        s = replace(s, pending_sched=None, pending_sched_crossed=False)
     if s.grads in (Grads.FRESH, Grads.PILED):
         return replace(s, consumed=True), ()
     return s, ()

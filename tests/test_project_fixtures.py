@@ -35,13 +35,21 @@ def expected_in(project: Path) -> Found:
     }
 
 
+def _default_rules(project: Path) -> tuple:
+    """The default rules, plus an off-by-default one the project is named after."""
+    from loopcheck.rules import ALL_RULES
+
+    named = project.name.split("_")[0].upper()
+    return tuple(r for r in ALL_RULES if r.default_enabled or r.code == named)
+
+
 def lint_in_order(project: Path, order: list[Path]) -> Found:
     """Lint every file of ``project`` in ``order`` with one Project of all of them, as a run over
     the directory does; findings are keyed by the file they lie in, which may be another one."""
     linted = Project(str(path) for path in order)
     found: Found = set()
     for path in order:
-        for d in lint_source(path.read_bytes(), str(path), project=linted):
+        for d in lint_source(path.read_bytes(), str(path), _default_rules(project), linted):
             where = Path(d.path).resolve().relative_to(project.resolve()).as_posix()
             found.add((where, d.line, d.code))
     return found

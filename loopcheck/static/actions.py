@@ -267,7 +267,9 @@ class Reader:
         keywords: dict[str, cst.BaseExpression],
     ) -> list[Action]:
         """A call to functions defined in linted files (several: overrides in subclasses)."""
-        relevant = [c for c in callee if id(c[1]) in c[0].relevant]
+        relevant = [
+            c for c in callee if id(c[1]) in c[0].relevant or self._calls_a_callable(c[1], call)
+        ]
         if not relevant:
             if not any(_passes_parameters_on(c[0], c[1]) for c in callee):
                 # ``adjust_learning_rate(optimizer, ...)`` sets param_groups: no move at all
@@ -284,6 +286,27 @@ class Reader:
             # a step closure called once more (for a metric): its gradients are not for a step
             actions.append(Emit(Event(Move.GRAD_ACCESS), None))
         return actions
+
+    def _calls_a_callable(self, node: cst.FunctionDef, call: cst.Call) -> bool:
+        """A helper that calls an object it is handed, when this call hands it an instance
+        whose ``__call__`` takes part in a step (a loss scaler passed to ``train_one_epoch``)."""
+        handed = set()
+        params = [p.name.value for p in params_of(node)]
+        positional = [a for a in call.args if a.keyword is None and not a.star]
+        for name, arg in zip(params, positional, strict=False):
+            handed.add((name, arg.value))
+        for arg in call.args:
+            if arg.keyword is not None:
+                handed.add((arg.keyword.value, arg.value))
+        called = _called_names(node)
+        for name, value in handed:
+            if name not in called:
+                continue
+            obj = self.frame.resolve(value)
+            method = obj.cls.method("__call__") if obj is not None and obj.cls else None
+            if method is not None and id(method[1]) in method[0].ctx.relevant:
+                return True
+        return False
 
     def is_closure(self, name: str) -> bool:
         func = self.frame.func
@@ -425,6 +448,14 @@ def _rescales_grad(call: cst.Call) -> bool:
     if isinstance(inner, cst.Attribute) and inner.attr.value == "data":
         inner = inner.value
     return isinstance(inner, cst.Attribute) and inner.attr.value == "grad"
+
+
+def _called_names(func: cst.FunctionDef) -> set[str]:
+    return {
+        node.func.value
+        for node in walk(func.body)
+        if isinstance(node, cst.Call) and isinstance(node.func, cst.Name)
+    }
 
 
 def _passes_parameters_on(ctx: FileContext, func: cst.FunctionDef) -> bool:

@@ -15,7 +15,7 @@ from loopcheck.static.model import FileModel, RootSummary
 from loopcheck.static.project import Project
 from loopcheck.static.roles import Role
 from loopcheck.static.syntax import all_params
-from loopcheck.static.tree import walk
+from loopcheck.static.tree import kids
 
 # Parameters a framework passes as the iteration counter of its own loop.
 _FRAMEWORK_COUNTERS = ("batch_idx", "batch_nb", "batch_index")
@@ -93,10 +93,11 @@ def _steps_owned(
     ctx: FileContext, func: cst.FunctionDef, cls: ClassInfo, scope: str, depth: int
 ) -> bool:
     """Whether a method (or a method of ``self`` it calls) steps an optimizer held by the
-    instance: ``self.optimizer.step()``, ``self.policy.optimizer.step()``, Lightning's
-    ``self.optimizers()``."""
+    instance, outside any loop of its own: ``self.optimizer.step()``,
+    ``self.policy.optimizer.step()``, Lightning's ``self.optimizers()``. A method whose step is
+    inside its own loop (an epoch loop in ``fit``) runs that loop itself."""
     frame = Frame(ctx, func, cls, {}, module_frame(ctx), scope)
-    for node in walk(func.body):
+    for node in _outside_loops(func.body):
         if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)):
             continue
         method = node.func.attr.value
@@ -116,6 +117,19 @@ def _steps_owned(
                 if _steps_owned(found[0].ctx, found[1], cls, scope, depth + 1):
                     return True
     return False
+
+
+def _outside_loops(body: cst.CSTNode) -> list[cst.CSTNode]:
+    """The nodes of a body that are not inside one of its loops (nor nested definitions)."""
+    out: list[cst.CSTNode] = []
+    stack: list[cst.CSTNode] = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (cst.For, cst.While, cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+            continue
+        out.append(node)
+        stack.extend(kids(node))
+    return out
 
 
 def _counter(func: cst.FunctionDef) -> str | None:

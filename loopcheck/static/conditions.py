@@ -30,6 +30,14 @@ def modular(code: Render, test: cst.BaseExpression) -> tuple[str, bool, set[str]
     polarity = True
     while isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
         test, polarity = test.expression, not polarity
+    if isinstance(test, cst.BinaryOperation) and isinstance(test.operator, cst.Modulo):
+        # ``if (i + 1) % n:`` is ``!= 0``
+        test = cst.Comparison(
+            left=test,
+            comparisons=[
+                cst.ComparisonTarget(operator=cst.NotEqual(), comparator=cst.Integer("0"))
+            ],
+        )
     if not (isinstance(test, cst.Comparison) and len(test.comparisons) == 1):
         return None
     comp = test.comparisons[0]
@@ -118,6 +126,8 @@ def shifted(facts: Facts, counter: str, fact_names: dict[str, set[str]]) -> Fact
     prefix = f"%{counter}%"
     out = set()
     for text, value in facts:
+        if text == positive_key(counter):
+            continue  # grown by one: positive from now on (set below)
         if text.startswith(prefix):
             head, _, offset = text.rpartition("%")
             if int(offset) < -3:
@@ -127,7 +137,42 @@ def shifted(facts: Facts, counter: str, fact_names: dict[str, set[str]]) -> Fact
             out.add((new, value))
         else:
             out.add((text, value))
+    out.add((positive_key(counter), True))
     return frozenset(out)
+
+
+def positive_key(counter: str) -> str:
+    """The fact that a counter is above zero (``i > 0``: not the first iteration)."""
+    return f"%{counter}%pos"
+
+
+def counter_sign(test: cst.BaseExpression) -> tuple[str, bool, set[str]] | None:
+    """``i > 0``, ``i >= 1``, ``i != 0``, ``i`` (and their negations, ``i == 0``, ``i < 1``)
+    as the fact that the counter ``i`` is positive."""
+    polarity = True
+    while isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+        test, polarity = test.expression, not polarity
+    if isinstance(test, cst.Name):
+        return positive_key(test.value), polarity, {test.value}
+    if not (isinstance(test, cst.Comparison) and len(test.comparisons) == 1):
+        return None
+    comp = test.comparisons[0]
+    if not (isinstance(test.left, cst.Name) and isinstance(comp.comparator, cst.Integer)):
+        return None
+    bound = comp.comparator.value
+    op = type(comp.operator)
+    positive = {
+        (cst.GreaterThan, "0"): True,
+        (cst.GreaterThanEqual, "1"): True,
+        (cst.NotEqual, "0"): True,
+        (cst.Equal, "0"): False,
+        (cst.LessThan, "1"): False,
+        (cst.LessThanEqual, "0"): False,
+    }.get((op, bound))
+    if positive is None:
+        return None
+    name = test.left.value
+    return positive_key(name), polarity == positive, {name}
 
 
 _NO_NAMES: set[str] = set()

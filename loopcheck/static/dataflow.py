@@ -466,6 +466,17 @@ class _Division:
                 return self.expr(call.args[0].value, at, depth + 1) if call.args else None
             if method in _RESULT_METHODS and receiver is None:
                 return self.expr(func.value, at, depth + 1)
+        if isinstance(func, cst.Name) and func.value in self.frame.ctx.functions:
+            node = self.frame.ctx.functions[func.value]
+            results = [
+                _Division(_callee_frame(self.frame, node)).expr(value, stmt, depth + 1)
+                for stmt, value in _returns(node)
+            ]
+            if results:  # a helper of this file: what its returns say
+                out: bool | None = True
+                for r in results:
+                    out = _both(out, r)
+                return out
         held = self.frame.resolve(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
         if held is not None and held.role in _MODEL_ROLES:
             return False  # a model's output (``outputs.loss``): a fresh loss
@@ -479,17 +490,6 @@ class _Division:
         name = (qual or "").rsplit(".", 1)[-1]
         if _LOSS_CALLABLE.search(name):
             return False  # ``criterion(out, y)``, ``self.loss_fn(...)``
-        if isinstance(func, cst.Name) and func.value in self.frame.ctx.functions:
-            node = self.frame.ctx.functions[func.value]
-            results = [
-                _Division(_callee_frame(self.frame, node)).expr(value, stmt, depth + 1)
-                for stmt, value in _returns(node)
-            ]
-            if results:
-                out: bool | None = True
-                for r in results:
-                    out = _both(out, r)
-                return out
         return None
 
 

@@ -349,7 +349,7 @@ class Frame:
                 return self._built(callee.builds, key, value)
         if qual is not None:
             last = qual.rsplit(".", 1)[-1]
-            cls = self._class_named(qual)
+            cls = self._class_named(func, qual)
             if cls is not None:
                 if cls.is_optimizer:
                     return Obj(Role.OPTIMIZER, key, models_in(self, value))
@@ -399,10 +399,11 @@ class Frame:
             return Obj(role, key, self._optimizers_in(call))
         return Obj(role, key) if role is not None else None
 
-    def _class_named(self, qual: str) -> ClassInfo | None:
+    def _class_named(self, func: cst.BaseExpression, qual: str) -> ClassInfo | None:
+        """The class a constructor call names: of this file, or imported from a linted one."""
         if qual in self.ctx.classes:
             return self.ctx.classes[qual]
-        head = qual.split(".")[0]
+        head = (dotted(func) or "").split(".")[0]
         if head in self.ctx.imports.aliases:
             return self.ctx.resolve_class(qual)
         return None

@@ -82,6 +82,13 @@ def counter_base(
     return None
 
 
+def loop_start(loop: cst.CSTNode) -> int | None:
+    """The first value of a ``range`` or ``enumerate`` loop's counter, when it is a literal."""
+    if isinstance(loop, cst.For) and counter_of(loop) is not None:
+        return _start(loop)
+    return None
+
+
 def _start(loop: cst.For) -> int | None:
     assert isinstance(loop.iter, cst.Call)
     func = dotted(loop.iter.func)

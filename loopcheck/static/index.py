@@ -360,6 +360,12 @@ class _Indexer:
         self.ctx.relevant = _relevant(mentions, calls, enclosing, by_name, external)
 
     def _condition(self, test: cst.BaseExpression) -> None:
+        inner = test
+        while isinstance(inner, cst.UnaryOperation) and isinstance(inner.operator, cst.Not):
+            inner = inner.expression
+        if isinstance(inner, cst.BooleanOperation):  # each operand is decided on its own
+            self._condition(inner.left)
+            self._condition(inner.right)
         guard = modular(self.ctx.code, test)
         if guard is not None:
             modulus = modulus_of(guard[0])

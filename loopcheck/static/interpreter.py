@@ -37,6 +37,7 @@ from loopcheck.static.syntax import (
 
 MAX_FOLLOW_DEPTH = 6
 MAX_LOOP_ROUNDS = 6
+_PRESENT = object()  # the value of a parameter known to hold an optimizer, scaler, model...
 _GATE_PREFIX = "<"  # facts about framework gates: decided anew every iteration
 _STATEMENTS = (
     cst.SimpleStatementLine,
@@ -271,7 +272,9 @@ class Interpreter(Recorder, Checks):
         self.check_step_guard(stmt, states)
         if guards.flushes(stmt.test) and guards.steps_in(self.frame, stmt.body):
             self.mark("flush")  # ``or step + 1 == len(loader)``: the last window is stepped
-        decided = conditions.truth(stmt.test, self.frame.constants)
+        # a parameter bound to a real object is not None (``if scaler is not None:``)
+        present = {k: _PRESENT for k, v in self.frame.bound.items() if v is not None}
+        decided = conditions.truth(stmt.test, {**present, **self.frame.constants})
         if decided is not None:
             branch: cst.CSTNode | None = stmt.body
             if not decided:
@@ -291,12 +294,30 @@ class Interpreter(Recorder, Checks):
         """The paths that take a branch and those that skip it, with what each learns."""
         ctx = self.ctx
         test, ctx = self.caller_condition(test, ctx)
+        inner, negated = test, False
+        while isinstance(inner, cst.UnaryOperation) and isinstance(inner.operator, cst.Not):
+            inner, negated = inner.expression, not negated
+        if isinstance(inner, cst.BooleanOperation):
+            # each operand decided on its own: ``i > 0 and i % n == 0``
+            left_taken, left_skipped = self.split(inner.left, states)
+            if isinstance(inner.operator, cst.And):
+                right_taken, right_skipped = self.split(inner.right, left_taken)
+                taken, skipped = right_taken, left_skipped | right_skipped
+            else:
+                right_taken, right_skipped = self.split(inner.right, left_skipped)
+                taken, skipped = left_taken | right_taken, right_skipped
+            return (skipped, taken) if negated else (taken, skipped)
+        sign = conditions.counter_sign(test)
         guard = conditions.modular(ctx.code, test)
         if guard is not None and conditions.modulus_of(guard[0]) not in ctx.tracked_moduli:
             guard = None
         gate = self.gate_condition(test)
         if gate is not None:
             text, polarity = gate
+            tracked = True
+        elif sign is not None:
+            text, polarity, names = sign
+            self.fact_names.setdefault(text, names)
             tracked = True
         elif guard is not None:
             text, polarity, names = guard
@@ -431,6 +452,11 @@ class Interpreter(Recorder, Checks):
         self.loop_stack.append(summary)
         try:
             entry = {self.forget(self.enter(s), assigned) for s in states}
+            start = guards.loop_start(node) if counter else None
+            if start is not None:  # ``for i, x in enumerate(...)``: i == 0 the first time
+                key = conditions.positive_key(counter)  # type: ignore[arg-type]
+                self.fact_names.setdefault(key, {counter})  # type: ignore[arg-type]
+                entry = {s.with_fact(key, start > 0) for s in entry}
             seen = set(entry)
             after_body: set[PathState] = set()  # loops are assumed to run at least once
             breaks: set[PathState] = set()

@@ -15,6 +15,7 @@ from loopcheck.static.index import ClassInfo, FileContext
 # A file that never mentions one of these defines no function that takes part in a step.
 _MOVES = re.compile(rb"backward|zero_grad|\.step\(|\bstep\(|clip_grad|unscale_")
 _MAX_REEXPORTS = 4
+_IMPORTS = re.compile(rb"^[ \t]*(?:from[ \t]+(\.*[\w.]*)[ \t]+import|import[ \t]+([\w.]+))", re.M)
 
 Definition = tuple[FileContext, "cst.FunctionDef | ClassInfo"]
 
@@ -39,7 +40,25 @@ class Project:
         self._contexts: dict[str, FileContext | None] = {}
         self._sources: dict[str, bytes | None] = {}
         self._current: str | None = None
+        self._stems: frozenset[str] | None = None
         self.reads: set[str] = set()
+
+    def imports_linted(self, raw: bytes) -> bool:
+        """Whether a file's text imports a module named like one of the linted files (its
+        loop may call a helper that makes the moves)."""
+        if len(self._paths) < 2:
+            return False
+        if self._stems is None:
+            stems = set()
+            for path in self._paths:
+                stem = os.path.splitext(os.path.basename(path))[0]
+                stems.add(os.path.basename(os.path.dirname(path)) if stem == "__init__" else stem)
+            self._stems = frozenset(stems)
+        for match in _IMPORTS.finditer(raw):
+            dotted = (match.group(1) or match.group(2) or b"").decode("ascii", "replace")
+            if dotted.startswith(".") or any(p in self._stems for p in dotted.split(".")):
+                return True
+        return False
 
     def __contains__(self, path: str) -> bool:
         return _normal(path) in self._paths
