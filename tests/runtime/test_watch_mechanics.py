@@ -380,11 +380,11 @@ def test_import_without_torch(tmp_path):
 def test_calls_through_an_installed_library(tmp_path, monkeypatch, make_net, data):
     """A finding points at the user's line that called the library (Accelerate's backward, say);
     calls from two user lines through one library line are two places."""
-    from loopcheck.runtime import watcher
+    from loopcheck.runtime import sites
 
     (tmp_path / "fakelib.py").write_text("def backward(loss):\n    loss.backward()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(watcher, "_INSTALLED", (str(tmp_path) + os.sep,))
+    monkeypatch.setattr(sites, "INSTALLED", (str(tmp_path) + os.sep,))
     import fakelib
 
     x, y = data
@@ -410,12 +410,12 @@ def test_calls_through_an_installed_library(tmp_path, monkeypatch, make_net, dat
 
 
 def test_an_internal_error_stops_the_watch_not_the_training(monkeypatch, make_net, data):
-    from loopcheck.runtime.watcher import Watch
+    from loopcheck.runtime.sources.optimizer import OptimizerEvents
 
     def broken(self, o):
         raise ZeroDivisionError("a bug of the watch's own")
 
-    monkeypatch.setattr(Watch, "_judge_step", broken)
+    monkeypatch.setattr(OptimizerEvents, "judge_step", broken)
     monkeypatch.setenv("LOOPCHECK_STRICT", "0")
     net = make_net()
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
