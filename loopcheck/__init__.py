@@ -11,12 +11,12 @@ from typing import Any
 from loopcheck.errors import LoopcheckError, LoopcheckWarning
 
 __version__ = "0.1.0"
-__all__ = ["LoopcheckError", "LoopcheckWarning", "__version__", "watch"]
+__all__ = ["LoopcheckError", "LoopcheckWarning", "__version__", "watch", "watch_all"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "watch":
-        from loopcheck.runtime import watch
+    if name in ("watch", "watch_all"):
+        from loopcheck import runtime
 
-        return watch
+        return getattr(runtime, name)
     raise AttributeError(f"module 'loopcheck' has no attribute {name!r}")

@@ -16,7 +16,16 @@ if TYPE_CHECKING:
 
     from loopcheck.runtime.watcher import Watch
 
-__all__ = ["Finding", "watch"]
+__all__ = ["Finding", "watch", "watch_all"]
+
+
+def _require_torch(what: str) -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"{what} needs PyTorch: pip install 'loopcheck[torch]' (the linter does not)"
+        ) from exc
 
 
 def watch(
@@ -39,12 +48,28 @@ def watch(
             train()
         assert not w.findings, w.report()
     """
-    try:
-        import torch  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(
-            "loopcheck.watch needs PyTorch: pip install 'loopcheck[torch]' (the linter does not)"
-        ) from exc
+    _require_torch("loopcheck.watch")
     from loopcheck.runtime.watcher import Watch
 
     return Watch(opt, model, mode=mode, scalers=scaler, schedulers=scheduler)
+
+
+def watch_all(*, mode: str = "warn", max_steps: int | None = None) -> Watch:
+    """Watch every optimizer, LR scheduler and GradScaler constructed while the ``with`` block
+    runs, from its construction, and the modules whose forward runs in it::
+
+        with loopcheck.watch_all(mode="raise") as w:
+            model = Net()
+            opt = torch.optim.AdamW(model.parameters())
+            train(model, opt)
+
+    An optimizer made before the block is watched from its first ``step()``. A parameter that
+    receives a gradient but is in no optimizer is LC602. ``max_steps`` ends the block (with
+    :class:`~loopcheck.runtime.watcher.StepLimitReached`, which the block's exit swallows) at
+    the start of the iteration after an optimizer's ``max_steps``-th step. This is what
+    ``loopcheck run`` and the pytest marker use.
+    """
+    _require_torch("loopcheck.watch_all")
+    from loopcheck.runtime.watcher import Watch
+
+    return Watch(None, mode=mode, scope=True, max_steps=max_steps)

@@ -129,14 +129,18 @@ def finite_loss(core: Core, loss: Tensor, site: Site) -> None:
     finite(core, loss, found)
 
 
-def orphans(core: Core, positions: list[int], site: Site, reported: set[int]) -> None:
-    """LC602: parameters that a backward reached and no watched optimizer holds, once each."""
-    new = [i for i in positions if i not in reported]
-    if not new:
-        return
-    reported.update(new)
-    names = [core.name(core.params[i]) for i in new]
-    core.emit("LC602", Where(site, core.step_index(), None), shown(names))
+def orphans(core: Core) -> None:
+    """LC602: parameters a backward reached that still belong to no watched optimizer when one
+    steps (by then every optimizer that steps has been adopted), reported once each."""
+    by_site: dict[Site, list[int]] = {}
+    for i, site in sorted(core.orphan_candidates.items()):
+        if not core.owners[i] and i not in core.orphans_reported:
+            by_site.setdefault(site, []).append(i)
+    core.orphan_candidates.clear()
+    for site, positions in by_site.items():
+        core.orphans_reported.update(positions)
+        names = [core.name(core.params[i]) for i in positions]
+        core.emit("LC602", Where(site, core.step_index(), None), shown(names))
 
 
 def _norm(grads: list[Tensor], norm_type: float) -> Tensor:

@@ -14,6 +14,7 @@ import operator
 import os
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +62,6 @@ class OptRecord:
         self.stepping: object = None  # the optimizer whose step() is in flight
         self.closure = False  # that step has a closure: judge it when the closure has run
         self.via_scaler = False  # inside scaler.step(opt)
-        self.scaler_found = False  # ... one found at this step (loopcheck run)
         self.step_ran = False  # a step hook ran inside the current scaler.step(opt)
         self.positions: list[int] = []  # of the parameters in the watch's list
         self.position_set: frozenset[int] = frozenset()
@@ -82,9 +82,22 @@ class OptRecord:
         self.held: list[Where] = []  # LC108 before the first step (see Core.feed)
         self.site_steps: dict[Site, int] = {}  # the step of the latest event at each site
         self.had_grads = False  # gradients were there when last seen: a clear can be noticed
+        self.zeroed = False  # its own zero_grad() was called during the watch
+        self.retired = False  # a newer optimizer took its parameters over (see Core.retire)
 
     def __repr__(self) -> str:
         return f"<optimizer {self.index}: {type(self.opt).__name__}>"
+
+
+class StepLimitReached(BaseException):
+    """Raised at the start of the iteration after the ``max_steps``-th optimizer step: ends the
+    watched code early (``loopcheck run --max-steps``). A ``BaseException``, like
+    ``KeyboardInterrupt``, so that the script's own ``except Exception`` lets it through; the
+    watch that raised it swallows it on exit."""
+
+    def __init__(self, core: Core) -> None:
+        super().__init__(f"loopcheck: {core.max_steps} optimizer steps: stopping")
+        self.core = core
 
 
 class Guard:
@@ -134,6 +147,15 @@ class Core:
         self.owners: list[tuple[OptRecord, ...]] = []  # the optimizers holding each one
         self.names: list[str] = []
         self.backward_count = 0
+        # parameters a backward reached that no optimizer holds (position -> the backward's
+        # site), judged at the next step, once every optimizer that steps has been adopted
+        self.orphan_candidates: dict[int, Site] = {}
+        self.orphans_reported: set[int] = set()
+        self.namer: Callable[[Tensor], str | None] | None = None  # names from known modules
+        # the next forward begins an iteration (after a step; and the first one is shown)
+        self.awaiting_forward = True
+        self.max_steps: int | None = None
+        self.limit_reached = False
         self.checks = DeferredChecks(read_now=mode == "raise")
         self.trace = Trace()
         self._transitions: dict[tuple, tuple[protocol.OptState, tuple]] = {}
@@ -171,10 +193,30 @@ class Core:
         o.position_set = frozenset(o.positions)
         return o
 
+    def retire(self, old: OptRecord) -> None:
+        """A newer optimizer holds ``old``'s parameters (an optimizer made again for a new
+        phase): ``old`` no longer receives their events, until it steps again."""
+        old.retired = True
+        old.state = protocol.UNKNOWN
+        old.had_grads = False
+        old.after_step = False
+        for i in old.positions:
+            self.owners[i] = tuple(o for o in self.owners[i] if o is not old)
+
+    def revive(self, o: OptRecord) -> None:
+        """A retired optimizer stepped after all: watch it again, from no claim."""
+        o.retired = False
+        for i in o.positions:
+            if o not in self.owners[i]:
+                self.owners[i] += (o,)
+
     def name(self, param: Tensor) -> str:
         i = self.index.get(id(param))
         if i is not None and self.names[i]:
             return self.names[i]
+        named = self.namer(param) if self.namer is not None else None
+        if named:
+            return named
         for o in self.opts:
             for g, group in enumerate(o.opt.param_groups):
                 for j, p in enumerate(group["params"]):
@@ -213,6 +255,7 @@ class Core:
             self.trace.event(self.label(label or move.value, o))
         if move is Move.STEP:
             o.after_step = True
+            self.awaiting_forward = True
         for violation in violations:
             if violation.code in ignore:
                 continue
@@ -250,6 +293,8 @@ class Core:
         return known
 
     def new_iteration(self, o: OptRecord) -> None:
+        if self.limit_reached:
+            raise StepLimitReached(self)
         o.after_step = False
         o.state, _ = self._advance(o.state, Move.ITERATION, NO_SITE)
 

@@ -8,19 +8,17 @@ temporary wrappers into protocol moves, :mod:`loopcheck.protocol` owns the order
 
 from __future__ import annotations
 
-import gc
-import sys
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from typing import Any
 
 import torch
-from torch.optim.lr_scheduler import LRScheduler
 
 from loopcheck.runtime import patching
-from loopcheck.runtime.core import MODES, Core, OptRecord
+from loopcheck.runtime.core import MODES, Core, OptRecord, StepLimitReached
 from loopcheck.runtime.sites import NO_SITE, Where
 from loopcheck.runtime.sources.clipping import ClipEvents
+from loopcheck.runtime.sources.construction import ConstructionEvents
 from loopcheck.runtime.sources.modules import ModuleEvents
 from loopcheck.runtime.sources.optimizer import OptimizerEvents
 from loopcheck.runtime.sources.parameters import GradientEvents
@@ -28,7 +26,7 @@ from loopcheck.runtime.sources.scaler import ScalerEvents
 from loopcheck.runtime.sources.scheduler import SchedulerEvents
 from loopcheck.runtime.trace import render_json, render_text
 
-__all__ = ["MODES", "Watch"]
+__all__ = ["MODES", "StepLimitReached", "Watch"]
 
 
 def _as_list(value: Any, kind: type, what: str) -> list:
@@ -62,13 +60,17 @@ class Watch(Core):
         mode: str = "warn",
         scalers: Any = None,
         schedulers: Any = None,
-        discover: bool = False,
+        scope: bool = False,
+        max_steps: int | None = None,
     ) -> None:
         super().__init__(mode)
         opts = _as_list(optimizers, torch.optim.Optimizer, "opt")
-        if not opts and not discover:
+        if not opts and not scope:
             raise ValueError("loopcheck.watch: give at least one optimizer")
-        self._discover = discover
+        if max_steps is not None and max_steps < 1:
+            raise ValueError(f"loopcheck: max_steps must be at least 1, got {max_steps}")
+        self.max_steps = max_steps
+        self._scope = scope
         self._models: list[torch.nn.Module] = _as_list(models, torch.nn.Module, "model")
         self._scalers: list[Any] = _several(scalers)
         self._schedulers: list[Any] = _several(schedulers)
@@ -76,12 +78,17 @@ class Watch(Core):
         self._done = False
         self.clipping = ClipEvents(self)
         self.gradients = GradientEvents(self)
-        self.optimizers = OptimizerEvents(self, self.clipping, self._adopt if discover else None)
+        self.optimizers = OptimizerEvents(self, self.clipping, self._adopt if scope else None)
         self.scaler_events = ScalerEvents(self, self.optimizers, self.gradients.scaled)
         self.scheduler_events = SchedulerEvents(self, self.optimizers)
         self.modules = ModuleEvents(self)
-        if discover:
-            self.optimizers.scaler_in_flight = self._discover_scaler
+        self.construction = ConstructionEvents(
+            self, self._adopt_constructed, self._adopt_scheduler, self._adopt_scaler
+        )
+        self.scheduler_events.constructing = lambda: self.construction.depth > 0
+        if scope:
+            self.modules.found = self._adopt_module
+            self.namer = self.modules.name_of
         for opt in opts:
             self.add_optimizer(opt)
         for number, model in enumerate(self._models):
@@ -104,14 +111,21 @@ class Watch(Core):
             raise
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         stack, self._stack = self._stack, None
         self._done = True
+        ended = isinstance(exc, StepLimitReached) and exc.core is self  # max_steps reached
         try:
             if stack is not None:
                 stack.close()
         finally:
-            self._finish(failed=exc_type is not None)
+            self._finish(failed=exc_type is not None and not ended)
+        return ended
+
+    @property
+    def checked(self) -> bool:
+        """Did any watched optimizer step? If none did, nothing was checked."""
+        return any(o.steps for o in self.opts)
 
     def report(self, format: str = "text") -> str:
         """The per-step trace of events and the findings, as ``"text"`` or ``"json"``."""
@@ -121,6 +135,7 @@ class Watch(Core):
             "steps": [o.steps for o in self.opts],
             "mode": self.mode,
             "stopped": self.stopped,
+            "checked": self.checked,
         }
         if format == "json":
             return render_json(self.trace, self.findings, self.counts_list, summary)
@@ -132,6 +147,8 @@ class Watch(Core):
             f"loopcheck watch: optimizers ({names}), steps ({steps}), "
             f"{len(self.findings)} finding(s)"
         )
+        if not self.checked:
+            header += "\nnothing was checked: no optimizer stepped"
         if self.stopped:
             header += f"\nstopped checking after an internal error: {self.stopped}"
         return render_text(self.trace, self.findings, self.counts_list, header, self.multi)
@@ -150,49 +167,68 @@ class Watch(Core):
         self.optimizers.install(stack)
         self.gradients.install(stack, self._wrap)
         for o in self.opts:
-            self.optimizers.install_optimizer(o, self._wrap)
+            self.optimizers.install_optimizer(o, self._wrap_method)
         for i in range(len(self.params)):
             self.gradients.hook_param(i)
+        self.modules.install(self._models, self._scope, stack, self._wrap)
         for model in self._models:
-            self.modules.install_model(model, stack, self._wrap)
-        if self._discover and not self._models:
-            self.modules.install_global(stack)
+            self.modules.install_model(model, self._wrap_method)
+        if self._scope:
+            self.construction.install(self._wrap)
         self.clipping.install(self._wrap)
         for scaler in self._scalers:
-            self.scaler_events.install_scaler(scaler, self._wrap)
+            self.scaler_events.install_scaler(scaler, self._wrap_method)
         for scheduler in self._schedulers:
-            self.scheduler_events.install_scheduler(scheduler, self._wrap)
+            self.scheduler_events.install_scheduler(scheduler, self._wrap_method)
 
     def _wrap(self, owner: object, attr: str, around: Callable[..., Any]) -> None:
         assert self._stack is not None
         self._stack.callback(patching.wrap(owner, attr, around).remove)
 
+    def _wrap_method(self, instance: object, attr: str, around: Callable[..., Any]) -> None:
+        assert self._stack is not None
+        self._stack.callback(patching.wrap_method(instance, attr, around).remove)
+
+    # ----------------------------------------------------------------- adopting (watch_all)
+
     def _adopt(self, opt: torch.optim.Optimizer) -> OptRecord:
-        """Start watching an optimizer seen for the first time at its step (``loopcheck run``)."""
+        """Start watching an optimizer: made during the watch, or made before it and seen at
+        its first step."""
         first = len(self.params)
         o = self.add_optimizer(opt)
-        self.optimizers.install_optimizer(o, self._wrap)
+        self.optimizers.install_optimizer(o, self._wrap_method)
         for i in range(first, len(self.params)):
             self.gradients.hook_param(i)
-        for ref in gc.get_referrers(opt):  # its LR schedulers, made before the first step
-            if isinstance(ref, LRScheduler) and ref.optimizer is opt:
-                self.scheduler_events.install_scheduler(ref, self._wrap)
+        for older in self.opts[:-1]:
+            if not older.retired and not older.ids.isdisjoint(o.ids):
+                self.retire(older)
         return o
 
-    def _discover_scaler(self) -> bool:
-        """Is the step in flight made by a GradScaler we do not wrap yet? Then wrap it."""
-        frame = sys._getframe(2)
-        for _ in range(8):
-            if frame is None:
-                return False
-            if frame.f_code.co_name in ("step", "_maybe_opt_step"):
-                owner = frame.f_locals.get("self")
-                if isinstance(owner, torch.amp.GradScaler):
-                    if owner not in self.scaler_events.scalers:
-                        self.scaler_events.install_scaler(owner, self._wrap)
-                    return True
-            frame = frame.f_back
-        return False
+    def _adopt_constructed(self, opt: torch.optim.Optimizer) -> None:
+        if self.by_opt.get(id(opt)) is not None:
+            return
+        groups = {id(g) for g in opt.param_groups}
+        for o in self.opts:
+            if not groups.isdisjoint(map(id, o.opt.param_groups)):
+                # built on another optimizer's own parameter groups (SAM's base optimizer):
+                # its steps are that optimizer's
+                self.by_opt[id(opt)] = o
+                self.seen.append(opt)
+                return
+        self._adopt(opt)
+
+    def _adopt_scheduler(self, scheduler: Any) -> None:
+        if self.construction.depth == 0:  # not a part of a scheduler being built
+            self.scheduler_events.install_scheduler(scheduler, self._wrap_method)
+
+    def _adopt_scaler(self, scaler: Any) -> None:
+        self.scaler_events.install_scaler(scaler, self._wrap_method)
+
+    def _adopt_module(self, module: torch.nn.Module) -> None:
+        """A module ran its forward: watch its own parameters' gradients (orphans, LC602)."""
+        for param in module.parameters(recurse=False):
+            if param.requires_grad and id(param) not in self.index:
+                self.gradients.hook_param(self.add_param(param, ""))
 
     # ----------------------------------------------------------------- the end
 
@@ -207,7 +243,9 @@ class Watch(Core):
                 self.checks.flush()
             if not failed and not self.stopped:
                 for o in self.opts:
-                    if o.steps == 0 and o.backwards >= 2:
+                    # made during watch_all: it must have been cleared to be part of a loop
+                    adopted_unused = self._scope and not o.zeroed
+                    if o.steps == 0 and o.backwards >= 2 and not o.retired and not adopted_unused:
                         where = Where(NO_SITE, 0, o.index)
                         self.emit("LC105", where, f"{o.backwards} backward passes, no step")
         finally:

@@ -79,6 +79,12 @@ def leftovers(opt, net, scaler=None) -> list[str]:
         for owner in objects:
             if owner is not None and attr in vars(owner):
                 found.append(f"{type(owner).__name__}.{attr}")
+    classes = (torch.optim.Optimizer, nn.Module, torch.amp.GradScaler)
+    classes += tuple(torch.optim.lr_scheduler.LRScheduler.__subclasses__())
+    for cls in (*classes, torch.optim.lr_scheduler.LRScheduler):
+        for name, value in vars(cls).items():
+            if getattr(value, "__loopcheck_wrapper__", False):
+                found.append(f"{cls.__name__}.{name}")
     if getattr(torch.autograd.backward, "__loopcheck_wrapper__", False):
         found.append("torch.autograd.backward")
     for module in (clip_grad_module, nn.utils):
@@ -120,10 +126,36 @@ def test_nothing_left_after_exit(make_net, data):
     before = leftovers(opt, net, scaler)
     with loopcheck.watch(opt, net, scaler=scaler, scheduler=sched, mode="record"):
         assert leftovers(opt, net, scaler)  # the check sees what a watch installs
-        assert "step" in vars(sched)
         train(net, opt, data, scaler=scaler)
     assert leftovers(opt, net, scaler) == before == []
-    assert "step" not in vars(sched)
+
+
+def test_watched_objects_save_and_copy_as_usual(tmp_path, data):
+    """The watch stores nothing in the instances it watches: checkpoints hold no wrapper
+    (a scheduler's state_dict is its __dict__) and a deep copy made while watching (an EMA
+    model) is a plain object."""
+    import copy
+
+    net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu")
+    sched = torch.optim.lr_scheduler.StepLR(opt, 5)
+    train(net, opt, data, steps=1, scaler=scaler)  # the objects' own lazy attributes
+    attributes = [dict(vars(owner)) for owner in (net, opt, scaler, sched)]
+    with loopcheck.watch(opt, net, scaler=scaler, scheduler=sched, mode="raise"):
+        train(net, opt, data, steps=2, scaler=scaler)
+        for owner, before in zip((net, opt, scaler, sched), attributes, strict=True):
+            assert vars(owner).keys() == before.keys()
+            assert all(vars(owner)[k] is v for k, v in before.items() if callable(v))
+        torch.save(
+            {"model": net, "opt": opt, "sched": sched.state_dict(), "scaler": scaler},
+            tmp_path / "checkpoint.pt",
+        )
+        ema = copy.deepcopy(net)
+        train(net, opt, data, steps=2, scaler=scaler)
+    assert "zero_grad" not in vars(ema)
+    loaded = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert set(loaded["sched"]) == set(sched.state_dict())
 
 
 @pytest.mark.parametrize("mode", ["record", "raise"])
@@ -307,6 +339,39 @@ def test_torch_compile(backend, watch_compiled, make_net, data):
     assert [f.code for f in watches[2].findings] == ["LC102"]
     # the compiled module's own forward hook runs outside the graph; the inner one's inside
     assert ("forward" in watches[1].report()) == watch_compiled
+
+
+@pytest.mark.parametrize("kind", ["compiled", "inner", "watch_all"])
+def test_torch_compile_no_recompilation_and_no_torch_warning(kind, make_net, data):
+    """The hooks that compiled code reaches read nothing dynamo guards on: a module compiled
+    before the watch is not recompiled when the watch begins, runs or ends, and torch has
+    nothing to warn about."""
+    compiles = []
+
+    def backend(graph, inputs):
+        compiles.append(graph)
+        return graph.forward
+
+    net = make_net()
+    compiled = torch.compile(net, backend=backend)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    train(compiled, opt, data, steps=2)  # compiled here, before any watch
+    assert len(compiles) == 1
+    if kind == "watch_all":
+        watch = loopcheck.watch_all(mode="record")
+    else:
+        watch = loopcheck.watch(opt, compiled if kind == "compiled" else net, mode="record")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with watch:
+            train(compiled, opt, data, steps=5)
+            train(compiled, opt, data, steps=1, bug=True)
+        train(compiled, opt, data, steps=2)
+    assert len(compiles) == 1
+    assert [str(w.message) for w in caught] == []
+    assert [f.code for f in watch.findings] == ["LC102"]
+    trace = watch.report().split("findings")[0]
+    assert ("zero forward backward" in trace) == (kind != "inner")
 
 
 def test_deferred_checks_run_in_order_once_ready():

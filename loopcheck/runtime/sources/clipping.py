@@ -102,7 +102,7 @@ class ClipEvents:
             return None
         with core.guard:
             ids = frozenset(map(id, params))
-            reached = [o for o in core.opts if not o.ids.isdisjoint(ids)]
+            reached = [o for o in core.opts if not o.retired and not o.ids.isdisjoint(ids)]
             site = user_site()
             for o in reached:
                 core.settle(o, site, at_backward=False)

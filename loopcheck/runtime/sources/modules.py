@@ -1,18 +1,26 @@
-"""FORWARD moves and a model's ``zero_grad``: forward pre-hooks mark where iterations begin.
+"""FORWARD moves, modules' ``zero_grad``, and the models of ``watch_all``: module hooks.
 
-An optimizer's iteration begins at the first forward pass (or ``zero_grad``) after its step.
-A given model gets a forward pre-hook and its ``zero_grad`` wrapped per instance; with no model
-(``loopcheck run``), a global forward pre-hook sees every module's forward. A hook that runs
-inside a compiled graph does nothing (so that it never breaks a graph).
+An optimizer's iteration begins at the first forward pass (or ``zero_grad``) after its step. One
+global forward pre-hook sees the forward of the models given (a hook stored in the module would
+be saved by ``torch.save(model)`` and copied by ``copy.deepcopy``), and a given model's
+``zero_grad`` is wrapped. With no model given (``watch_all``, ``loopcheck run``), the hook sees
+every module's forward: each module seen for the first time has its parameters handed to the
+watch (so that a backward reaching parameters of no optimizer shows them: LC602), and
+``Module.zero_grad`` is wrapped for every module. A hook that runs inside a compiled graph
+returns before reading anything dynamo would guard on, so that it causes no recompilation and
+never breaks a graph.
 """
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.nn.modules.module import register_module_forward_pre_hook
 
 from loopcheck.protocol import Move
@@ -20,51 +28,122 @@ from loopcheck.runtime.core import Core
 from loopcheck.runtime.sites import user_site
 from loopcheck.runtime.sources import Wrap
 
+_is_compiling = torch.compiler.is_compiling
+
+
+# torch warns at every call of a torch.compile'd module while a global module hook exists: ours
+# returns at once inside compiled code, and its running for the compiled module itself (outside
+# the graph) is what it is there for.
+_GLOBAL_HOOK_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks on modules"
+
+
+def _quiet_global_hook_warning(stack: ExitStack) -> None:
+    """Silence torch's warning about our global hook while it is installed, and only it."""
+    warnings.filterwarnings("ignore", message=_GLOBAL_HOOK_WARNING, category=UserWarning)
+    entry = warnings.filters[0]
+
+    def remove() -> None:
+        if entry in warnings.filters:
+            warnings.filters.remove(entry)
+            mutated = getattr(warnings, "_filters_mutated", None)  # clears the "once" caches
+            if mutated is not None:
+                mutated()
+
+    stack.callback(remove)
+
 
 class ModuleEvents:
     """Turns forward passes into iteration boundaries and a model's clear into ZERO moves."""
 
     def __init__(self, core: Core) -> None:
         self.core = core
+        self._models: dict[int, torch.nn.Module] = {}  # the models given, by id
+        self._known: dict[int, weakref.ref] = {}  # modules seen (no model given)
+        self.found: Callable[[torch.nn.Module], None] | None = None  # told of each new one
 
-    def install_model(self, model: torch.nn.Module, stack: ExitStack, wrap: Wrap) -> None:
-        stack.enter_context(model.register_forward_pre_hook(self._on_forward))
-        wrap(model, "zero_grad", self._zero_around(model))
+    def install(
+        self, models: list[torch.nn.Module], scope: bool, stack: ExitStack, wrap: Wrap
+    ) -> None:
+        """One global forward pre-hook for the models given or, in a scope with no model, for
+        every module, whose ``zero_grad`` is then seen too."""
+        self._models = {id(m): m for m in models}
+        if models or scope:
+            stack.enter_context(register_module_forward_pre_hook(self._on_forward))
+            _quiet_global_hook_warning(stack)
+        if scope and not models:
+            wrap(torch.nn.Module, "zero_grad", self._around_any_zero)
 
-    def install_global(self, stack: ExitStack) -> None:
-        """Any module's forward after a step begins the next iteration (no model is known)."""
-        stack.enter_context(register_module_forward_pre_hook(self._on_any_forward))
+    def install_model(self, model: torch.nn.Module, wrap_method: Wrap) -> None:
+        ids = {id(p) for p in model.parameters()}
+        wrap_method(model, "zero_grad", lambda call, *a, **k: self._zero(ids, call, a, k))
+
+    def name_of(self, param: Tensor) -> str | None:
+        """The parameter's name in the outermost module seen that holds it."""
+        best: str | None = None
+        for ref in self._known.values():
+            module = ref()
+            if module is None:
+                continue
+            for name, p in module.named_parameters():
+                if p is param and (best is None or len(name) > len(best)):
+                    best = name
+        return best
+
+    # ----------------------------------------------------------------- forward
 
     def _on_forward(self, module: torch.nn.Module, args: Any) -> None:
-        core = self.core
-        if torch.compiler.is_compiling() or core.stopped:
+        # called for every module's forward: kept short
+        if _is_compiling():
             return  # traced into a compiled graph: not seen (docs/runtime.md)
-        with core.guard:
-            for o in core.opts:
-                if o.after_step:
-                    core.new_iteration(o)
-            core.trace.event("forward")
-
-    def _on_any_forward(self, module: torch.nn.Module, args: Any) -> None:
-        # called for every submodule: cheap unless an optimizer has just stepped
-        if any(o.after_step for o in self.core.opts):
-            self._on_forward(module, args)
-
-    def _zero_around(self, model: torch.nn.Module) -> Callable[..., Any]:
         core = self.core
-        model_ids = {id(p) for p in model.parameters()}
-
-        def around(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-            result = call(*args, **kwargs)
-            if core.stopped:
-                return result
+        if self._models:
+            if self._models.get(id(module)) is not module or core.stopped:
+                return
             with core.guard:
-                site = user_site()
-                for o in core.opts:
-                    if o.ids <= model_ids:
-                        core.on_zero(o, site, "model.zero")
-                    elif not o.ids.isdisjoint(model_ids):
-                        core.feed(o, Move.OPAQUE, site, label="model.zero(part)")
-            return result
+                if core.awaiting_forward:
+                    self._begin_iterations()
+                core.trace.event("forward")
+            return
+        ref = self._known.get(id(module))
+        if (ref is None or ref() is not module) and not core.stopped:
+            self._known[id(module)] = weakref.ref(module)
+            if self.found is not None:
+                with core.guard:
+                    self.found(module)
+        if core.awaiting_forward and not core.stopped:
+            with core.guard:
+                self._begin_iterations()
+                core.trace.event("forward")
 
-        return around
+    def _begin_iterations(self) -> None:
+        core = self.core
+        core.awaiting_forward = False
+        for o in core.opts:
+            if o.after_step:
+                core.new_iteration(o)
+
+    # ----------------------------------------------------------------- zero_grad
+
+    def _around_any_zero(self, call: Callable[..., Any], module: Any, *a: Any, **k: Any) -> Any:
+        if self.core.stopped or not self.core.opts:
+            return call(module, *a, **k)
+        ids = {id(p) for p in module.parameters()}
+        return self._zero(ids, lambda *a, **k: call(module, *a, **k), a, k)
+
+    def _zero(
+        self, model_ids: set[int], call: Callable[..., Any], args: tuple, kwargs: dict
+    ) -> Any:
+        result = call(*args, **kwargs)
+        core = self.core
+        if core.stopped:
+            return result
+        with core.guard:
+            site = user_site()
+            for o in core.opts:
+                if o.retired:
+                    continue
+                if o.ids <= model_ids:
+                    core.on_zero(o, site, "model.zero")
+                elif not o.ids.isdisjoint(model_ids):
+                    core.feed(o, Move.OPAQUE, site, label="model.zero(part)")
+        return result

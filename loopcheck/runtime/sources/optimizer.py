@@ -24,7 +24,7 @@ from torch.optim.optimizer import (
 
 from loopcheck.protocol import Move
 from loopcheck.runtime import checks
-from loopcheck.runtime.core import GRAD, VERSION, Core, OptRecord, shown
+from loopcheck.runtime.core import GRAD, VERSION, Core, OptRecord, StepLimitReached, shown
 from loopcheck.runtime.sites import Where, user_site
 from loopcheck.runtime.sources import Wrap, arg
 from loopcheck.runtime.sources.clipping import ClipEvents
@@ -39,15 +39,13 @@ class OptimizerEvents:
         self.core = core
         self.clipping = clipping
         self.adopt = adopt  # set: an optimizer seen stepping for the first time is watched
-        # set by the watch for ``loopcheck run``: is this first step made by a GradScaler?
-        self.scaler_in_flight: Callable[[], bool] | None = None
 
     def install(self, stack: ExitStack) -> None:
         stack.enter_context(register_optimizer_step_pre_hook(self._on_step_pre))
         stack.enter_context(register_optimizer_step_post_hook(self._on_step_post))
 
-    def install_optimizer(self, o: OptRecord, wrap: Wrap) -> None:
-        wrap(o.opt, "zero_grad", self._zero_around(o))
+    def install_optimizer(self, o: OptRecord, wrap_method: Wrap) -> None:
+        wrap_method(o.opt, "zero_grad", self._zero_around(o))
 
     def watch_for(self, opt: object) -> OptRecord | None:
         """The watched optimizer an optimizer's step counts for (adopting it when discovering)."""
@@ -71,8 +69,9 @@ class OptimizerEvents:
 
         def around(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             result = call(*args, **kwargs)
-            if not core.stopped:
+            if not core.stopped and not o.retired:
                 with core.guard:
+                    o.zeroed = True
                     core.on_zero(o, user_site())
             return result
 
@@ -91,16 +90,20 @@ class OptimizerEvents:
                 self._step_ended(opt)
 
     def _step_began(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        core = self.core
         o = self.watch_for(opt)
         if o is None:
             return
         if o.stepping is not None and o.stepping is not opt:
             return  # an inner optimizer stepping inside the watched one's step()
-        self.core.checks.poll()
-        found = self.scaler_in_flight
-        if found is not None and o.steps == 0 and not o.via_scaler and found():
-            # this first step is inside a scaler.step() found just now, which is not wrapped
-            o.via_scaler = o.scaler_found = True
+        if core.max_steps is not None and o.steps >= core.max_steps:
+            # its next step, with no iteration boundary seen since its last one
+            raise StepLimitReached(core)
+        if o.retired:
+            core.revive(o)
+        core.checks.poll()
+        if core.orphan_candidates:
+            checks.orphans(core)
         o.stepping = opt
         o.step_ran = False
         if not o.fused:
@@ -119,8 +122,6 @@ class OptimizerEvents:
             o.closure = False
             self.judge_step(o)
         o.step_ran = True
-        if o.scaler_found:
-            o.via_scaler = o.scaler_found = False
         self.after_step(o, skipped=False)
 
     def judge_step(self, o: OptRecord) -> None:
@@ -173,5 +174,8 @@ class OptimizerEvents:
         o.clip = None
         o.clipped_last = False
         o.rep = None
-        self.core.trace.close(o.index, o.steps)
+        core = self.core
+        core.trace.close(o.index, o.steps)
         o.steps += 1
+        if core.max_steps is not None and o.steps >= core.max_steps:
+            core.limit_reached = True  # the next iteration does not begin

@@ -5,8 +5,8 @@ one of a backward queues a callback that queues another, which runs after DDP's 
 written the gradients: that is the backward's end, where each optimizer whose parameters got a
 gradient gets one BACKWARD. ``torch.autograd.backward`` (which ``loss.backward()`` goes
 through) is wrapped to see the loss: its call site, whether a GradScaler scaled it, whether it
-was divided (LC201), whether it is finite (LC604). Gradients reaching parameters of no
-optimizer are orphans (LC602).
+was divided (LC201), whether it is finite (LC604). Parameters of no optimizer that a backward
+reaches are orphan candidates, judged at the next step (LC602).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ class GradientEvents:
         self._open = False  # a callback waits for the end of the backward in flight
         self._depth = 0  # torch.autograd.backward calls in flight (reentrant checkpointing)
         self._context: tuple[Site, bool, bool | None] | None = None
-        self._orphans: set[int] = set()  # reported already
         self._stack: ExitStack | None = None
 
     def install(self, stack: ExitStack, wrap: Wrap) -> None:
@@ -94,7 +93,8 @@ class GradientEvents:
         core = self.core
         site = user_site()
         for o in core.opts:
-            core.settle(o, site, at_backward=True)
+            if not o.retired:
+                core.settle(o, site, at_backward=True)
         scaled = False
         divided: bool | None = None
         if loss is not None:
@@ -145,7 +145,10 @@ class GradientEvents:
             first = next(i for i in hits if i in o.position_set)
             self._backward_for(o, first, site, scaled, divided)
         if () in keys:
-            checks.orphans(core, [i for i in hits if not owners[i]], site, self._orphans)
+            candidates = core.orphan_candidates
+            for i in hits:
+                if not owners[i]:
+                    candidates.setdefault(i, site)
 
     def _backward_for(
         self, o: OptRecord, first: int, site: Site, scaled: bool, divided: bool | None

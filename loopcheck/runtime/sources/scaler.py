@@ -1,4 +1,4 @@
-"""UNSCALE, scaler STEP and SCALER_UPDATE moves: a GradScaler's methods wrapped per instance.
+"""UNSCALE, scaler STEP and SCALER_UPDATE moves: a GradScaler's methods, for its instance.
 
 ``scale`` marks the losses it returns (so that a backward knows its gradients are scaled),
 ``unscale_`` is an UNSCALE, ``step`` routes the optimizer's step through the scaler (and a step
@@ -40,12 +40,14 @@ class ScalerEvents:
         self.scaled = scaled  # id -> weak reference of each loss scaler.scale returned
         self.scalers: list[Any] = []
 
-    def install_scaler(self, scaler: Any, wrap: Wrap) -> None:
+    def install_scaler(self, scaler: Any, wrap_method: Wrap) -> None:
+        if any(s is scaler for s in self.scalers):
+            return
         self.scalers.append(scaler)
-        wrap(scaler, "scale", self._around_scale)
-        wrap(scaler, "unscale_", self._around_unscale)
-        wrap(scaler, "step", self._around_step)
-        wrap(scaler, "update", self._around_update)
+        wrap_method(scaler, "scale", self._around_scale)
+        wrap_method(scaler, "unscale_", self._around_unscale)
+        wrap_method(scaler, "step", self._around_step)
+        wrap_method(scaler, "update", self._around_update)
 
     def _around_scale(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         result = call(*args, **kwargs)
@@ -100,6 +102,7 @@ class ScalerEvents:
         with core.guard:
             site = user_site()
             for o in core.opts:
-                core.feed(o, Move.SCALER_UPDATE, site, label="")
+                if not o.retired:
+                    core.feed(o, Move.SCALER_UPDATE, site, label="")
             core.trace.event("scaler.update")
         return result
