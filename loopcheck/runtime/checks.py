@@ -44,6 +44,20 @@ _REDUCTIONS = (
 )
 
 
+def _factor_is_one(node: object) -> bool:
+    """Is this division or multiplication by exactly 1 (``accelerator.backward`` dividing by
+    its own accumulation steps, 1 when the user accumulates by hand)? Only a number kept on the
+    CPU is read: a divisor on the device could cost a synchronisation, and is taken as a real
+    division."""
+    try:
+        other = node._saved_other  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):
+        return False
+    if not isinstance(other, Tensor) or other.device.type != "cpu" or other.numel() != 1:
+        return False
+    return bool(other == 1)
+
+
 def divided(loss: Tensor, scaled: bool) -> bool | None:
     """Was the loss divided (or scaled by a factor) before backward? None: cannot tell."""
     node = loss.grad_fn
@@ -51,15 +65,17 @@ def divided(loss: Tensor, scaled: bool) -> bool | None:
         node = node.next_functions[0][0]  # below the GradScaler's multiplication
     frontier = [node]
     seen_reduction = False
-    for _ in range(3):
+    for _ in range(4):
         below = []
         for node in frontier:
             if node is None:
                 continue
             name = type(node).__name__
             if name in _DIVIDERS:
-                return True
-            if name in _COMBINERS:
+                if not _factor_is_one(node):
+                    return True
+                below.append(node.next_functions[0][0])  # divided by 1: look at what was
+            elif name in _COMBINERS:
                 below.extend(n for n, _ in node.next_functions)
             elif name.startswith(_REDUCTIONS):
                 seen_reduction = True

@@ -79,14 +79,24 @@ class OptRecord:
         # p._version) of one parameter, to notice gradients rewritten and parameters moved by
         # hand
         self.rep: tuple[int, int, int, int] | None = None
-        self.held: list[Where] = []  # LC108 before the first step (see Core.feed)
+        # LC108 suspicions (where, the line of the backward whose gradients were cleared),
+        # judged at the next step (see Core.feed)
+        self.held: dict[tuple[Where, object], None] = {}
         self.site_steps: dict[Site, int] = {}  # the step of the latest event at each site
         self.had_grads = False  # gradients were there when last seen: a clear can be noticed
         self.zeroed = False  # its own zero_grad() was called during the watch
+        self.cleared_at: Site | None = None  # the first `p.grad = None` since its gradients
         self.retired = False  # a newer optimizer took its parameters over (see Core.retire)
+        # parameter versions when the watch began watching it: a step the watch could not see
+        # (inside torch.compile'd code) still moves them
+        self.start_versions = list(map(VERSION, self.params))
 
     def __repr__(self) -> str:
         return f"<optimizer {self.index}: {type(self.opt).__name__}>"
+
+    def moved(self) -> bool:
+        """Did any of its parameters change since the watch began watching it?"""
+        return list(map(VERSION, self.params)) != self.start_versions
 
 
 class StepLimitReached(BaseException):
@@ -249,6 +259,8 @@ class Core:
         (None: the move's own, "": not shown)."""
         if o.after_step and move is Move.ZERO:
             self.new_iteration(o)
+        if move is Move.STEP and o.held:
+            self._judge_held(o)
         o.state, violations = self._advance(o.state, move, site, scaled, divided, via_scaler)
         o.site_steps[site] = o.steps
         if label != "":
@@ -266,12 +278,22 @@ class Core:
                 continue
             blamed = violation.where
             where = Where(blamed, o.site_steps.get(blamed, o.steps), o.index)
-            if violation.code == "LC108" and o.steps == 0:
-                # Before the first step, discarded gradients may mean no step at all: the
-                # first step settles it as LC108, the end of the watch as LC105.
-                o.held.append(where)
+            if violation.code == "LC108":
+                o.held[(where, violation.cause)] = None
                 continue
             self.emit(violation.code, where)
+
+    def _judge_held(self, o: OptRecord) -> None:
+        """At a step: gradients of a backward were cleared before any step used them, and a
+        backward from the same line followed (LC108). It is a cleared micro-batch only if this
+        step's gradients come from that line: a generator cleared every iteration, whose
+        gradients from the critic's backward were never meant for it and whose steps follow
+        its own backward (WGAN-GP's n_critic), is not one. Without a step at all, it is LC105
+        at the end of the watch."""
+        for where, cause in o.held:
+            if cause in o.sites:
+                self.emit("LC108", where)
+        o.held.clear()
 
     def _advance(
         self,
@@ -345,7 +367,10 @@ class Core:
             if param.grad is not None:
                 break
         else:
-            self.on_zero(o, site, "zero(by hand)")
+            if o.cleared_at is not None:  # seen being written: its own line
+                self.on_zero(o, o.cleared_at, "p.grad=None")
+            else:
+                self.on_zero(o, site, "zero(by hand)")
             return
         if at_backward and grads is Grads.STALE and self._edited_since_step(o):
             self.feed(o, Move.OPAQUE, site, label="grads-edited")
@@ -369,6 +394,7 @@ class Core:
                 self.feed(o, Move.GRAD_ACCESS, site, label="params-edited")
         self.feed(o, Move.ZERO, site, label=label)
         o.had_grads = False
+        o.cleared_at = None
         o.sites.clear()
         o.clip = None
         o.clipped_last = False
@@ -380,6 +406,7 @@ class Core:
         param = self.params[first]
         grad = param.grad
         o.rep = None if grad is None else (first, id(grad), grad._version, param._version)
+        o.cleared_at = None
 
     def refresh_rep(self, o: OptRecord) -> None:
         """The watch's own sources rewrote ``o``'s gradients (clipping, unscaling): not by hand."""

@@ -23,6 +23,16 @@ Around = Callable[..., Any]
 _MISSING = object()
 
 
+def _never() -> bool:
+    return False
+
+
+# Says when a wrapped call must go straight to the original: while torch.compile traces the
+# caller (set by the watch to torch.compiler.is_compiling), so that compiled code neither
+# breaks its graph on the watch's work nor guards on the watch's state.
+bypass: Callable[[], bool] = _never
+
+
 class _Wrapper:
     def __init__(self, owner: object, attr: str) -> None:
         self.owner = owner
@@ -37,6 +47,8 @@ class _Wrapper:
 
         @functools.wraps(original)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if bypass():
+                return original(*args, **kwargs)
             return _run(chain, original, args, kwargs)
 
         wrapper.__loopcheck_wrapper__ = True  # type: ignore[attr-defined]
@@ -81,6 +93,8 @@ class _MethodWrapper:
 
         @functools.wraps(original)
         def wrapper(self: object, *args: Any, **kwargs: Any) -> Any:
+            if bypass():
+                return original(self, *args, **kwargs)
             entry = instances.get(id(self))
             if entry is None or entry[0] is not self:
                 return original(self, *args, **kwargs)

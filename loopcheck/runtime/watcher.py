@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from loopcheck.runtime import patching
+from loopcheck.runtime import dynamo, patching
 from loopcheck.runtime.core import MODES, Core, OptRecord, StepLimitReached
 from loopcheck.runtime.sites import NO_SITE, Where
+from loopcheck.runtime.sources.clearing import ClearEvents
 from loopcheck.runtime.sources.clipping import ClipEvents
 from loopcheck.runtime.sources.construction import ConstructionEvents
 from loopcheck.runtime.sources.modules import ModuleEvents
@@ -27,6 +28,8 @@ from loopcheck.runtime.sources.scheduler import SchedulerEvents
 from loopcheck.runtime.trace import render_json, render_text
 
 __all__ = ["MODES", "StepLimitReached", "Watch"]
+
+patching.bypass = torch.compiler.is_compiling
 
 
 def _as_list(value: Any, kind: type, what: str) -> list:
@@ -77,6 +80,7 @@ class Watch(Core):
         self._stack: ExitStack | None = None
         self._done = False
         self.clipping = ClipEvents(self)
+        self.clearing = ClearEvents(self)
         self.gradients = GradientEvents(self)
         self.optimizers = OptimizerEvents(self, self.clipping, self._adopt if scope else None)
         self.scaler_events = ScalerEvents(self, self.optimizers, self.gradients.scaled)
@@ -101,6 +105,7 @@ class Watch(Core):
     def __enter__(self) -> Watch:
         if self._stack is not None or self._done:
             raise RuntimeError("a loopcheck watch can be entered once; make a new one")
+        dynamo.keep_out()
         stack = ExitStack()
         self._stack = stack
         try:
@@ -166,13 +171,12 @@ class Watch(Core):
     def _install(self, stack: ExitStack) -> None:
         self.optimizers.install(stack)
         self.gradients.install(stack, self._wrap)
+        self.clearing.install(self._wrap)
         for o in self.opts:
-            self.optimizers.install_optimizer(o, self._wrap_method)
+            self.clearing.install_optimizer(o)
         for i in range(len(self.params)):
             self.gradients.hook_param(i)
-        self.modules.install(self._models, self._scope, stack, self._wrap)
-        for model in self._models:
-            self.modules.install_model(model, self._wrap_method)
+        self.modules.install(self._models, stack)
         if self._scope:
             self.construction.install(self._wrap)
         self.clipping.install(self._wrap)
@@ -196,7 +200,7 @@ class Watch(Core):
         its first step."""
         first = len(self.params)
         o = self.add_optimizer(opt)
-        self.optimizers.install_optimizer(o, self._wrap_method)
+        self.clearing.install_optimizer(o)
         for i in range(first, len(self.params)):
             self.gradients.hook_param(i)
         for older in self.opts[:-1]:
@@ -245,7 +249,13 @@ class Watch(Core):
                 for o in self.opts:
                     # made during watch_all: it must have been cleared to be part of a loop
                     adopted_unused = self._scope and not o.zeroed
-                    if o.steps == 0 and o.backwards >= 2 and not o.retired and not adopted_unused:
+                    if (
+                        o.steps == 0
+                        and o.backwards >= 2
+                        and not o.retired
+                        and not adopted_unused
+                        and not o.moved()  # stepped where the watch cannot see (compiled)
+                    ):
                         where = Where(NO_SITE, 0, o.index)
                         self.emit("LC105", where, f"{o.backwards} backward passes, no step")
         finally:

@@ -50,7 +50,7 @@ def test_schedulers_and_scalers_from_construction(make_net, data):
             plateau.step(loss.item())
     assert codes(w) == {"LC301"}
     assert w.findings[0].step == 0
-    assert "scaler.update sched sched zero forward backward clip scaler.step" in w.report()
+    assert "scaler.update sched x2 zero forward backward clip scaler.step" in w.report()
     assert patching.installed() == 0
 
 

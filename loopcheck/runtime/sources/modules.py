@@ -1,12 +1,12 @@
-"""FORWARD moves, modules' ``zero_grad``, and the models of ``watch_all``: module hooks.
+"""FORWARD moves and the models of ``watch_all``: a global module forward pre-hook.
 
 An optimizer's iteration begins at the first forward pass (or ``zero_grad``) after its step. One
 global forward pre-hook sees the forward of the models given (a hook stored in the module would
-be saved by ``torch.save(model)`` and copied by ``copy.deepcopy``), and a given model's
-``zero_grad`` is wrapped. With no model given (``watch_all``, ``loopcheck run``), the hook sees
-every module's forward: each module seen for the first time has its parameters handed to the
-watch (so that a backward reaching parameters of no optimizer shows them: LC602), and
-``Module.zero_grad`` is wrapped for every module. A hook that runs inside a compiled graph
+be saved by ``torch.save(model)`` and copied by ``copy.deepcopy``). With no model given
+(``watch_all``, ``loopcheck run``), it sees every module's forward: each module seen for the
+first time has its parameters handed to the watch (so that a backward reaching parameters of no
+optimizer shows them: LC602); with no model given to ``watch``, any module's forward after a step
+begins the next iteration. A hook that runs inside a compiled graph
 returns before reading anything dynamo would guard on, so that it causes no recompilation and
 never breaks a graph.
 """
@@ -23,10 +23,7 @@ import torch
 from torch import Tensor
 from torch.nn.modules.module import register_module_forward_pre_hook
 
-from loopcheck.protocol import Move
 from loopcheck.runtime.core import Core
-from loopcheck.runtime.sites import user_site
-from loopcheck.runtime.sources import Wrap
 
 _is_compiling = torch.compiler.is_compiling
 
@@ -61,21 +58,11 @@ class ModuleEvents:
         self._known: dict[int, weakref.ref] = {}  # modules seen (no model given)
         self.found: Callable[[torch.nn.Module], None] | None = None  # told of each new one
 
-    def install(
-        self, models: list[torch.nn.Module], scope: bool, stack: ExitStack, wrap: Wrap
-    ) -> None:
-        """One global forward pre-hook for the models given or, in a scope with no model, for
-        every module, whose ``zero_grad`` is then seen too."""
+    def install(self, models: list[torch.nn.Module], stack: ExitStack) -> None:
+        """One global forward pre-hook: for the models given, or for every module."""
         self._models = {id(m): m for m in models}
-        if models or scope:
-            stack.enter_context(register_module_forward_pre_hook(self._on_forward))
-            _quiet_global_hook_warning(stack)
-        if scope and not models:
-            wrap(torch.nn.Module, "zero_grad", self._around_any_zero)
-
-    def install_model(self, model: torch.nn.Module, wrap_method: Wrap) -> None:
-        ids = {id(p) for p in model.parameters()}
-        wrap_method(model, "zero_grad", lambda call, *a, **k: self._zero(ids, call, a, k))
+        stack.enter_context(register_module_forward_pre_hook(self._on_forward))
+        _quiet_global_hook_warning(stack)
 
     def name_of(self, param: Tensor) -> str | None:
         """The parameter's name in the outermost module seen that holds it."""
@@ -104,10 +91,10 @@ class ModuleEvents:
                     self._begin_iterations()
                 core.trace.event("forward")
             return
-        ref = self._known.get(id(module))
-        if (ref is None or ref() is not module) and not core.stopped:
-            self._known[id(module)] = weakref.ref(module)
-            if self.found is not None:
+        if self.found is not None:
+            ref = self._known.get(id(module))
+            if (ref is None or ref() is not module) and not core.stopped:
+                self._known[id(module)] = weakref.ref(module)
                 with core.guard:
                     self.found(module)
         if core.awaiting_forward and not core.stopped:
@@ -121,29 +108,3 @@ class ModuleEvents:
         for o in core.opts:
             if o.after_step:
                 core.new_iteration(o)
-
-    # ----------------------------------------------------------------- zero_grad
-
-    def _around_any_zero(self, call: Callable[..., Any], module: Any, *a: Any, **k: Any) -> Any:
-        if self.core.stopped or not self.core.opts:
-            return call(module, *a, **k)
-        ids = {id(p) for p in module.parameters()}
-        return self._zero(ids, lambda *a, **k: call(module, *a, **k), a, k)
-
-    def _zero(
-        self, model_ids: set[int], call: Callable[..., Any], args: tuple, kwargs: dict
-    ) -> Any:
-        result = call(*args, **kwargs)
-        core = self.core
-        if core.stopped:
-            return result
-        with core.guard:
-            site = user_site()
-            for o in core.opts:
-                if o.retired:
-                    continue
-                if o.ids <= model_ids:
-                    core.on_zero(o, site, "model.zero")
-                elif not o.ids.isdisjoint(model_ids):
-                    core.feed(o, Move.OPAQUE, site, label="model.zero(part)")
-        return result

@@ -1,4 +1,4 @@
-"""STEP and ZERO moves of optimizers: global step hooks, ``zero_grad`` wrapped per instance.
+"""STEP moves of optimizers: global step pre/post hooks, and the checks of a step.
 
 The step hooks are global, so that an optimizer stepping through another one (SAM's base
 optimizer, a wrapper) counts for the watched one; a ``step(closure)`` is judged when the closure
@@ -14,7 +14,6 @@ import operator
 import weakref
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import Any
 
 import torch
 from torch.optim.optimizer import (
@@ -23,11 +22,13 @@ from torch.optim.optimizer import (
 )
 
 from loopcheck.protocol import Move
-from loopcheck.runtime import checks
+from loopcheck.runtime import checks, dynamo
 from loopcheck.runtime.core import GRAD, VERSION, Core, OptRecord, StepLimitReached, shown
 from loopcheck.runtime.sites import Where, user_site
-from loopcheck.runtime.sources import Wrap, arg
+from loopcheck.runtime.sources import arg
 from loopcheck.runtime.sources.clipping import ClipEvents
+
+_is_compiling = torch.compiler.is_compiling
 
 Adopt = Callable[[torch.optim.Optimizer], OptRecord]
 
@@ -44,9 +45,6 @@ class OptimizerEvents:
         stack.enter_context(register_optimizer_step_pre_hook(self._on_step_pre))
         stack.enter_context(register_optimizer_step_post_hook(self._on_step_post))
 
-    def install_optimizer(self, o: OptRecord, wrap_method: Wrap) -> None:
-        wrap_method(o.opt, "zero_grad", self._zero_around(o))
-
     def watch_for(self, opt: object) -> OptRecord | None:
         """The watched optimizer an optimizer's step counts for (adopting it when discovering)."""
         core = self.core
@@ -62,35 +60,21 @@ class OptimizerEvents:
         core.by_opt[id(opt)] = o
         return o
 
-    # ----------------------------------------------------------------- zero_grad
-
-    def _zero_around(self, o: OptRecord) -> Callable[..., Any]:
-        core = self.core
-
-        def around(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-            result = call(*args, **kwargs)
-            if not core.stopped and not o.retired:
-                with core.guard:
-                    o.zeroed = True
-                    core.on_zero(o, user_site())
-            return result
-
-        return around
-
     # ----------------------------------------------------------------- step
 
     def _on_step_pre(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        if not self.core.stopped:
+        if not _is_compiling() and not self.core.stopped:
             with self.core.guard:
                 self._step_began(opt, args, kwargs)
 
     def _on_step_post(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        if not self.core.stopped:
+        if not _is_compiling() and not self.core.stopped:
             with self.core.guard:
                 self._step_ended(opt)
 
     def _step_began(self, opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         core = self.core
+        dynamo.keep_out()  # torch.compile may have been loaded since the watch began
         o = self.watch_for(opt)
         if o is None:
             return
@@ -130,9 +114,6 @@ class OptimizerEvents:
         core = self.core
         site = user_site()
         where = Where(site, o.steps, o.index)
-        for held in o.held:
-            core.emit("LC108", held)
-        o.held.clear()
         core.settle(o, site, at_backward=False)
         rewritten = core.rewritten(o)
         if rewritten:
@@ -174,6 +155,7 @@ class OptimizerEvents:
         o.clip = None
         o.clipped_last = False
         o.rep = None
+        o.cleared_at = None
         core = self.core
         core.trace.close(o.index, o.steps)
         o.steps += 1

@@ -44,15 +44,17 @@ class ScalerEvents:
         if any(s is scaler for s in self.scalers):
             return
         self.scalers.append(scaler)
-        wrap_method(scaler, "scale", self._around_scale)
+        wrap_method(scaler, "scale", lambda call, *a, **k: self._around_scale(scaler, call, a, k))
         wrap_method(scaler, "unscale_", self._around_unscale)
         wrap_method(scaler, "step", self._around_step)
         wrap_method(scaler, "update", self._around_update)
 
-    def _around_scale(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _around_scale(
+        self, scaler: Any, call: Callable[..., Any], args: tuple, kwargs: dict
+    ) -> Any:
         result = call(*args, **kwargs)
-        if self.core.stopped:
-            return result
+        if self.core.stopped or not scaler.is_enabled():
+            return result  # a disabled scaler (enabled=use_amp, bf16) returns the loss as is
         with self.core.guard:
             scaled = self.scaled
             for tensor in _tensors(result):
