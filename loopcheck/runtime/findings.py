@@ -60,6 +60,12 @@ RULES: dict[str, tuple[str, str, str]] = {
         "divided: the accumulated gradient is N times too large",
         "divide the loss by the number of micro-batches before backward()",
     ),
+    "LC206": (
+        "accumulation-not-equivalent",
+        "the update from the accumulated micro-batches differs from the full-batch update",
+        "make the accumulated loss the full batch's: divide each micro-batch's summed loss by "
+        "the whole batch's count (of samples or tokens), not by its own",
+    ),
     "LC301": (
         "clip-without-unscale",
         "AMP-scaled gradients were clipped without scaler.unscale_(optimizer) first: max_norm "

@@ -457,10 +457,15 @@ def test_import_without_torch(tmp_path):
         from loopcheck.api import lint_source
 
         print(len(lint_source("x = 1\\n")))
-        try:
-            loopcheck.watch(None, None)
-        except ImportError as exc:
-            print("ImportError:", exc)
+        for call in (
+            lambda: loopcheck.watch(None, None),
+            lambda: loopcheck.watch_all(),
+            lambda: loopcheck.assert_equivalent_updates(None, None),
+        ):
+            try:
+                call()
+            except ImportError as exc:
+                print("ImportError:", exc)
         assert "torch" not in sys.modules
         """
     )
@@ -475,7 +480,8 @@ def test_import_without_torch(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == "0"
-    assert "needs PyTorch" in result.stdout
+    for name in ("watch", "watch_all", "assert_equivalent_updates"):
+        assert f"loopcheck.{name} needs PyTorch" in result.stdout
 
 
 def test_calls_through_an_installed_library(tmp_path, monkeypatch, make_net, data):
