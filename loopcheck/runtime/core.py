@@ -26,6 +26,7 @@ from loopcheck.errors import LoopcheckError, LoopcheckWarning
 from loopcheck.protocol import Event, Grads, Move
 from loopcheck.runtime.device import DeferredChecks
 from loopcheck.runtime.findings import Finding, make_finding
+from loopcheck.runtime.norms import Norms
 from loopcheck.runtime.sites import NO_SITE, Site, Where
 from loopcheck.runtime.trace import Trace
 
@@ -168,6 +169,7 @@ class Core:
         self.limit_reached = False
         self.checks = DeferredChecks(read_now=mode == "raise")
         self.trace = Trace()
+        self.norms = Norms()  # what clipping returned, per optimizer and step
         self._transitions: dict[tuple, tuple[protocol.OptState, tuple]] = {}
         self.strict = os.environ.get("LOOPCHECK_STRICT", "") not in ("", "0")
         self.guard = Guard(self)

@@ -26,7 +26,7 @@ EXIT_FINDINGS, EXIT_ERROR, EXIT_UNCHECKED = 1, 2, 3
 
 USAGE = (
     "loopcheck run [--mode warn|raise|record] [--format text|json] [--max-steps N] "
-    "[--report PATH] script.py [args ...]"
+    "[--report PATH] [--html PATH] script.py [args ...]"
 )
 
 
@@ -69,7 +69,13 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--report",
         metavar="PATH",
-        help="write the report to PATH instead of stderr: JSON for .json, else text",
+        help="write the report to PATH instead of stderr: JSON for .json, an HTML page for "
+        ".html, else text",
+    )
+    parser.add_argument(
+        "--html",
+        metavar="PATH",
+        help="also write the picture of the run (one self-contained HTML page) to PATH",
     )
     parser.add_argument("script", help="the Python script to run")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the script's own arguments")
@@ -88,7 +94,10 @@ def _exit_code(code: object) -> int:
 
 def report_format(path: str) -> str:
     """The report format a file name asks for, by its extension."""
-    return "json" if path.lower().endswith(".json") else "text"
+    name = path.lower()
+    if name.endswith(".json"):
+        return "json"
+    return "html" if name.endswith((".html", ".htm")) else "text"
 
 
 def main(argv: list[str]) -> int:
@@ -138,14 +147,21 @@ def main(argv: list[str]) -> int:
     return code
 
 
+def _write(path: str, text: str) -> bool:
+    try:
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(text)
+    except OSError as exc:
+        print(f"loopcheck run: cannot write {path}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def _write_report(watch: Watch, options: argparse.Namespace) -> None:
+    if options.html is not None and _write(options.html, watch.report("html")):
+        print(f"loopcheck run: picture written to {options.html}", file=sys.stderr)
     if options.report is not None:
-        try:
-            with open(options.report, "w", encoding="utf-8") as out:
-                out.write(watch.report(report_format(options.report)))
-        except OSError as exc:
-            print(f"loopcheck run: cannot write {options.report}: {exc}", file=sys.stderr)
-        else:
+        if _write(options.report, watch.report(report_format(options.report))):
             print(
                 f"loopcheck run: report written to {options.report} "
                 f"({len(watch.findings)} finding(s))",

@@ -16,6 +16,7 @@ import torch
 
 from loopcheck.runtime import dynamo, patching
 from loopcheck.runtime.core import MODES, Core, OptRecord, StepLimitReached
+from loopcheck.runtime.picture import render_html
 from loopcheck.runtime.sites import NO_SITE, Where
 from loopcheck.runtime.sources.clearing import ClearEvents
 from loopcheck.runtime.sources.clipping import ClipEvents
@@ -133,7 +134,8 @@ class Watch(Core):
         return any(o.steps for o in self.opts)
 
     def report(self, format: str = "text") -> str:
-        """The per-step trace of events and the findings, as ``"text"`` or ``"json"``."""
+        """The per-step trace of events and the findings, as ``"text"``, ``"json"`` or
+        ``"html"`` (one self-contained page that draws the trace and the clip norms)."""
         self.checks.flush()
         summary = {
             "optimizers": [type(o.opt).__name__ for o in self.opts],
@@ -144,8 +146,10 @@ class Watch(Core):
         }
         if format == "json":
             return render_json(self.trace, self.findings, self.counts_list, summary)
+        if format == "html":
+            return render_html(self.trace, self.findings, self.counts_list, self.norms, summary)
         if format != "text":
-            raise ValueError(f"report format must be 'text' or 'json', got {format!r}")
+            raise ValueError(f"report format must be 'text', 'json' or 'html', got {format!r}")
         names = ", ".join(f"{i}: {n}" for i, n in enumerate(summary["optimizers"])) or "none"
         steps = ", ".join(map(str, summary["steps"])) or "0"
         header = (

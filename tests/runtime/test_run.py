@@ -239,13 +239,17 @@ finally:
 def test_max_steps_ends_the_script_cleanly_and_orphans_are_found(tmp_path, capsys):
     script = tmp_path / "long.py"
     script.write_text(LONG)
-    report = tmp_path / "report.txt"
-    assert main(["--mode", "record", "--max-steps", "3", "--report", str(report), str(script)]) == 1
+    report, picture = tmp_path / "report.txt", tmp_path / "run.html"
+    argv = ["--mode", "record", "--max-steps", "3", "--report", str(report), "--html", str(picture)]
+    assert main([*argv, str(script)]) == 1
     out, err = capsys.readouterr()
     assert "cleanup ran after 3 steps" in out
     text = report.read_text()
     assert "steps (3)" in text
     assert "LC602 orphan-gradients" in text and "2.weight, 2.bias" in text
+    page = picture.read_text()
+    assert page.startswith("<!DOCTYPE html>") and 'data-codes="LC602"' in page
+    assert f"picture written to {picture}" in err
 
 
 @pytest.mark.parametrize("steps", ["0", "x"])

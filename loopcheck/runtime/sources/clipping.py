@@ -95,6 +95,13 @@ class ClipEvents:
                 self._after_clip(reached, params, None)
         return result
 
+    def _record_norm(self, o: OptRecord, clip: Clip) -> None:
+        """The norm clipping returned goes to the report's chart (read without a sync)."""
+        if not isinstance(clip.total, Tensor) or clip.total.numel() != 1:
+            return
+        norms, index, step, max_norm = self.core.norms, o.index, o.steps, clip.max_norm
+        self.core.checks.later(clip.total, lambda value: norms.add(index, step, value, max_norm))
+
     def _before_clip(self, params: list[Tensor]) -> list[OptRecord] | None:
         """The optimizers whose gradients a clipping touches (None: the watch has stopped)."""
         core = self.core
@@ -128,6 +135,7 @@ class ClipEvents:
             if o.state.grads in (Grads.FRESH, Grads.PILED):  # else LC106/LC107 say it all
                 o.clip = clip
                 o.clipped_last = True
+                self._record_norm(o, clip)
         if not reached:
             if all(p.grad is None for p in params):
                 self.stray = (clip, core.backward_count)
