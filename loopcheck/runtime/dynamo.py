@@ -56,4 +56,9 @@ def keep_out() -> None:
     if _done or "torch._dynamo.eval_frame" not in sys.modules:
         return
     _done = True
-    skip_modules(m for name, m in list(sys.modules.items()) if name.startswith("loopcheck.runtime"))
+    skip_modules(
+        m
+        for name, m in list(sys.modules.items())
+        # the wrappers must stay traceable: dynamo inlines them (and goes straight through)
+        if name.startswith("loopcheck.runtime") and name != "loopcheck.runtime.patching"
+    )

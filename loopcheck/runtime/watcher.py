@@ -175,12 +175,12 @@ class Watch(Core):
     def _install(self, stack: ExitStack) -> None:
         self.optimizers.install(stack)
         self.gradients.install(stack, self._wrap)
-        self.clearing.install(self._wrap)
+        self.clearing.install(self._wrap, stack)
         for o in self.opts:
             self.clearing.install_optimizer(o)
         for i in range(len(self.params)):
             self.gradients.hook_param(i)
-        self.modules.install(self._models, stack)
+        self.modules.install(self._models, stack, self._wrap_method)
         if self._scope:
             self.construction.install(self._wrap)
         self.clipping.install(self._wrap)

@@ -91,6 +91,8 @@ def leftovers(opt, net, scaler=None) -> list[str]:
         for name in dir(module):
             if getattr(getattr(module, name), "__loopcheck_wrapper__", False):
                 found.append(f"{module.__name__}.{name}")
+    if "__setattr__" in vars(nn.Parameter):
+        found.append("Parameter.__setattr__")
     if patching.installed():
         found.append("patches")
     return found
@@ -337,16 +339,16 @@ def test_torch_compile(backend, watch_compiled, make_net, data):
     assert all(torch.equal(a, b) for a, b in zip(finals[0], finals[1], strict=True))
     assert watches[1].findings == []
     assert [f.code for f in watches[2].findings] == ["LC102"]
-    # hooks run outside the graph for the compiled module and for a module of the user's own
-    # class (dynamo compiles its forward, not torch's call machinery)
-    assert "zero forward backward" in watches[1].report()
+    # the compiled module's forward runs outside the graph; the inner one's inside it
+    assert ("zero forward backward" in watches[1].report()) == watch_compiled
 
 
 @pytest.mark.parametrize("kind", ["compiled", "inner", "watch_all"])
 def test_torch_compile_no_recompilation_and_no_torch_warning(kind, make_net, data):
     """The hooks that compiled code reaches read nothing dynamo guards on: a module compiled
     before the watch is not recompiled when the watch begins, runs or ends, and torch has
-    nothing to warn about."""
+    nothing to warn about. (Given the module inside the compiled one, the watch wraps its
+    class's forward, which the compiled code called: one recompilation, when it begins.)"""
     compiles = []
 
     def backend(graph, inputs):
@@ -368,10 +370,11 @@ def test_torch_compile_no_recompilation_and_no_torch_warning(kind, make_net, dat
             train(compiled, opt, data, steps=5)
             train(compiled, opt, data, steps=1, bug=True)
         train(compiled, opt, data, steps=2)
-    assert len(compiles) == 1
+    assert len(compiles) == (2 if kind == "inner" else 1)
     assert [str(w.message) for w in caught] == []
     assert [f.code for f in watch.findings] == ["LC102"]
-    assert "zero forward backward" in watch.report().split("findings")[0]
+    trace = watch.report().split("findings")[0]
+    assert ("zero forward backward" in trace) == (kind != "inner")
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # torch's own

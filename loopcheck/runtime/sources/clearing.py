@@ -5,14 +5,15 @@ it: ``zero`` (the optimizer's ``zero_grad``), ``model.zero`` (a module's), ``p.g
 ``zero_grad`` of the optimizers' classes and of ``nn.Module`` are wrapped where they are defined
 while the watch runs; a call on an object that is not a watched optimizer but shares one's
 parameter groups (Lightning's wrapped optimizer, SAM's base optimizer) counts for it.
-``Parameter.__setattr__`` is wrapped to see ``p.grad = None``: the first such write since the
-gradients were produced is remembered, and when all of an optimizer's gradients are gone
-(:meth:`loopcheck.runtime.core.Core.settle`) that is where and what the clear was.
+``Parameter.__setattr__`` is set, while a watch runs, to see ``p.grad = None``: the first such
+write since the gradients were produced is remembered, and when all of an optimizer's gradients
+are gone (:meth:`loopcheck.runtime.core.Core.settle`) that is where and what the clear was.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 import torch
@@ -23,6 +24,8 @@ from loopcheck.runtime.core import Core, OptRecord
 from loopcheck.runtime.sites import user_site
 from loopcheck.runtime.sources import Wrap
 
+_is_compiling = torch.compiler.is_compiling
+
 
 class ClearEvents:
     """Turns ``zero_grad`` calls and gradients set to ``None`` into ZERO moves."""
@@ -32,10 +35,10 @@ class ClearEvents:
         self._wrapped: set[type] = set()  # optimizer classes whose zero_grad is wrapped
         self._zeroing = 0  # zero_grad calls in flight: their own `p.grad = None` are theirs
 
-    def install(self, wrap: Wrap) -> None:
+    def install(self, wrap: Wrap, stack: ExitStack) -> None:
         self._wrap = wrap
         wrap(torch.nn.Module, "zero_grad", self._around_module_zero)
-        wrap(torch.nn.Parameter, "__setattr__", self._around_setattr)
+        _watch_grad_writes(self, stack)
 
     def install_optimizer(self, o: OptRecord) -> None:
         """Wrap ``zero_grad`` where ``o``'s class defines it (once per class)."""
@@ -103,11 +106,9 @@ class ClearEvents:
 
     # ----------------------------------------------------------------- p.grad = None
 
-    def _around_setattr(
-        self, call: Callable[..., Any], param: Tensor, name: str, value: Any
-    ) -> None:
-        call(param, name, value)
-        if name != "grad" or value is not None or self._zeroing:
+    def grad_cleared(self, param: Tensor) -> None:
+        """``param.grad = None`` was written, outside any zero_grad."""
+        if self._zeroing:
             return
         core = self.core
         i = core.index.get(id(param))
@@ -117,3 +118,32 @@ class ClearEvents:
             if o.had_grads and o.cleared_at is None:
                 with core.guard:
                     o.cleared_at = user_site()
+
+
+# `p.grad = None` is seen through Parameter.__setattr__, called for every attribute written on
+# a parameter (zero_grad(set_to_none=True) writes one per parameter, every step): one plain
+# function serves every active watch, kept as short as it can be.
+_writers: list[ClearEvents] = []
+_set = object.__setattr__
+
+
+def _parameter_setattr(param: Tensor, name: str, value: Any) -> None:
+    _set(param, name, value)
+    if value is None and name == "grad" and _writers and not _is_compiling():
+        for writer in _writers:
+            writer.grad_cleared(param)
+
+
+def _watch_grad_writes(writer: ClearEvents, stack: ExitStack) -> None:
+    if "__setattr__" in vars(torch.nn.Parameter) and not _writers:
+        return  # someone else's __setattr__: leave it alone (clears show as by hand)
+    if not _writers:
+        torch.nn.Parameter.__setattr__ = _parameter_setattr  # type: ignore[method-assign,assignment]
+    _writers.append(writer)
+
+    def remove() -> None:
+        _writers.remove(writer)
+        if not _writers and vars(torch.nn.Parameter).get("__setattr__") is _parameter_setattr:
+            del torch.nn.Parameter.__setattr__
+
+    stack.callback(remove)

@@ -1,11 +1,12 @@
 """FORWARD moves and the models of ``watch_all``: a global module forward pre-hook.
 
-An optimizer's iteration begins at the first forward pass (or ``zero_grad``) after its step. One
-global forward pre-hook sees the forward of the models given (a hook stored in the module would
-be saved by ``torch.save(model)`` and copied by ``copy.deepcopy``). With no model given
-(``watch_all``, ``loopcheck run``), it sees every module's forward: each module seen for the
-first time has its parameters handed to the watch (so that a backward reaching parameters of no
-optimizer shows them: LC602); with no model given to ``watch``, any module's forward after a step
+An optimizer's iteration begins at the first forward pass (or ``zero_grad``) after its step. The
+``forward`` of the models given is wrapped where their classes define it, for them only (a hook
+stored in the module would be saved by ``torch.save(model)`` and copied by ``copy.deepcopy``,
+and any global module hook sends every submodule's call down torch's slow path). With no model
+given (``watch_all``, ``loopcheck run``), a global forward pre-hook sees every module's forward:
+each module seen for the first time has its parameters handed to the watch (so that a backward
+reaching parameters of no optimizer shows them: LC602), and any module's forward after a step
 begins the next iteration. A hook that runs inside a compiled graph
 returns before reading anything dynamo would guard on, so that it causes no recompilation and
 never breaks a graph.
@@ -24,6 +25,7 @@ from torch import Tensor
 from torch.nn.modules.module import register_module_forward_pre_hook
 
 from loopcheck.runtime.core import Core
+from loopcheck.runtime.sources import Wrap
 
 _is_compiling = torch.compiler.is_compiling
 
@@ -54,15 +56,18 @@ class ModuleEvents:
 
     def __init__(self, core: Core) -> None:
         self.core = core
-        self._models: dict[int, torch.nn.Module] = {}  # the models given, by id
         self._known: dict[int, weakref.ref] = {}  # modules seen (no model given)
         self.found: Callable[[torch.nn.Module], None] | None = None  # told of each new one
 
-    def install(self, models: list[torch.nn.Module], stack: ExitStack) -> None:
-        """One global forward pre-hook: for the models given, or for every module."""
-        self._models = {id(m): m for m in models}
-        stack.enter_context(register_module_forward_pre_hook(self._on_forward))
-        _quiet_global_hook_warning(stack)
+    def install(self, models: list[torch.nn.Module], stack: ExitStack, wrap_method: Wrap) -> None:
+        """The models' ``forward`` wrapped for them (where their classes define it: nothing is
+        stored in the models, and their submodules keep torch's fast call path); with no model,
+        a global forward pre-hook that sees every module's forward."""
+        for model in models:
+            wrap_method(model, "forward", self._around_model_forward)
+        if not models:
+            stack.enter_context(register_module_forward_pre_hook(self._on_any_forward))
+            _quiet_global_hook_warning(stack)
 
     def name_of(self, param: Tensor) -> str | None:
         """The parameter's name in the outermost module seen that holds it."""
@@ -78,19 +83,20 @@ class ModuleEvents:
 
     # ----------------------------------------------------------------- forward
 
-    def _on_forward(self, module: torch.nn.Module, args: Any) -> None:
-        # called for every module's forward: kept short
-        if _is_compiling():
-            return  # traced into a compiled graph: not seen (docs/runtime.md)
+    def _around_model_forward(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         core = self.core
-        if self._models:
-            if self._models.get(id(module)) is not module or core.stopped:
-                return
+        if not core.stopped:  # (not reached while compiling: see patching.bypass)
             with core.guard:
                 if core.awaiting_forward:
                     self._begin_iterations()
                 core.trace.event("forward")
-            return
+        return call(*args, **kwargs)
+
+    def _on_any_forward(self, module: torch.nn.Module, args: Any) -> None:
+        # called for every module's forward: kept short
+        if _is_compiling():
+            return  # traced into a compiled graph: not seen (docs/runtime.md)
+        core = self.core
         if self.found is not None:
             ref = self._known.get(id(module))
             if (ref is None or ref() is not module) and not core.stopped:
