@@ -70,6 +70,7 @@ class OptRecord:
         # each gradient as the last step left it: (weak reference, _version), or None
         self.applied: list[tuple[weakref.ref, int] | None] = [None] * len(self.params)
         self.before: list[int] = []  # parameter versions when the step began
+        self.grads: list[Tensor | None] | None = None  # what the step in flight reads
         self.backwards = 0  # backward passes that reached this optimizer during the watch
         self.last_backward = 0  # the watch's backward count at the last one of them
         self.empty_steps = 0  # steps with no gradient at all (LC104)

@@ -191,6 +191,8 @@ class Trace:
     _events: list[str] = field(default_factory=list)
     _codes: list[str] = field(default_factory=list)
     _lost: int = 0  # events past _MAX_EVENTS in the current window
+    _last: Entry | None = None  # the window the last step closed (or merged into)
+    _last_events: list[str] = field(default_factory=list)  # and its moves
 
     def event(self, label: str) -> None:
         events = self._events
@@ -217,17 +219,34 @@ class Trace:
 
     def close(self, optimizer: int | None, step: int) -> None:
         """End the current window with step ``step`` of optimizer ``optimizer``."""
-        window = self._window(optimizer, step)
         end = self.tail if self.tail else self.head
         last = end[-1] if end else None
+        if (
+            last is self._last  # the very moves of the last window: no need to read them again
+            and isinstance(last, Window)
+            and last.optimizer == optimizer
+            and last.last_step + 1 == step
+            and self._events == self._last_events
+            and tuple(self._codes) == last.codes
+            and not self._lost
+        ):
+            last.last_step = step
+            last.count += 1
+            self._events.clear()
+            self._codes.clear()
+            return
+        self._last_events = list(self._events)
+        window = self._window(optimizer, step)
         if (
             isinstance(last, Window)
             and last.key() == window.key()
             and last.last_step + 1 == window.first_step
         ):
             last.absorb(window)
+            self._last = last
             return
         _fold(end)  # the entries before this window are complete
+        self._last = window
         if len(self.head) < self.limit and not self.tail:
             self.head.append(window)
             return

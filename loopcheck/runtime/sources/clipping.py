@@ -9,7 +9,7 @@ is kept (LC605 and LC604 reuse it), never recomputed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.utils.clip_grad as clip_grad
@@ -18,7 +18,7 @@ from torch import Tensor
 from loopcheck.protocol import Grads, Move
 from loopcheck.runtime import checks
 from loopcheck.runtime.core import Clip, Core, OptRecord
-from loopcheck.runtime.sites import Where, user_site
+from loopcheck.runtime.sites import Site, Where, user_site
 from loopcheck.runtime.sources import Wrap, arg
 
 
@@ -30,6 +30,12 @@ def _listed_parameters(args: tuple, kwargs: dict) -> tuple[tuple, dict, list[Ten
     if args:
         return (params, *args[1:]), kwargs, params
     return args, {**kwargs, "parameters": params}, params
+
+
+class _Seen(NamedTuple):
+    reached: list[OptRecord]  # the optimizers whose gradients were clipped
+    ids: frozenset[int]  # id() of the parameters clipped
+    site: Site
 
 
 class ClipEvents:
@@ -66,12 +72,12 @@ class ClipEvents:
         max_norm = float(arg(args, kwargs, 1, "max_norm"))
         total = arg(args, kwargs, 2, "total_norm")
         norm_id, norm_type = self._norm_type
-        reached = self._before_clip(params)
+        seen = self._before_clip(params)
         result = call(*args, **kwargs)
-        if reached is not None:
+        if seen is not None:
             norm_type = norm_type if norm_id == id(total) else 2.0
             with self.core.guard:
-                self._after_clip(reached, params, (max_norm, norm_type, total))
+                self._after_clip(seen, params, (max_norm, norm_type, total))
         return result
 
     def _around_clip_grad_norm(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -79,20 +85,20 @@ class ClipEvents:
         args, kwargs, params = _listed_parameters(args, kwargs)
         max_norm = float(arg(args, kwargs, 1, "max_norm"))
         norm_type = float(arg(args, kwargs, 2, "norm_type", 2.0))
-        reached = self._before_clip(params)
+        seen = self._before_clip(params)
         total = call(*args, **kwargs)
-        if reached is not None:
+        if seen is not None:
             with self.core.guard:
-                self._after_clip(reached, params, (max_norm, norm_type, total))
+                self._after_clip(seen, params, (max_norm, norm_type, total))
         return total
 
     def _around_clip_value(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         args, kwargs, params = _listed_parameters(args, kwargs)
-        reached = self._before_clip(params)
+        seen = self._before_clip(params)
         result = call(*args, **kwargs)
-        if reached is not None:
+        if seen is not None:
             with self.core.guard:
-                self._after_clip(reached, params, None)
+                self._after_clip(seen, params, None)
         return result
 
     def _record_norm(self, o: OptRecord, clip: Clip) -> None:
@@ -102,8 +108,9 @@ class ClipEvents:
         norms, index, step, max_norm = self.core.norms, o.index, o.steps, clip.max_norm
         self.core.checks.later(clip.total, lambda value: norms.add(index, step, value, max_norm))
 
-    def _before_clip(self, params: list[Tensor]) -> list[OptRecord] | None:
-        """The optimizers whose gradients a clipping touches (None: the watch has stopped)."""
+    def _before_clip(self, params: list[Tensor]) -> _Seen | None:
+        """The optimizers whose gradients a clipping touches, the clipped parameters and the
+        call's site (None: the watch has stopped)."""
         core = self.core
         if core.stopped:
             return None
@@ -114,23 +121,21 @@ class ClipEvents:
             for o in reached:
                 core.settle(o, site, at_backward=False)
                 core.feed(o, Move.CLIP, site, label="clip")
-            return reached
+            return _Seen(reached, ids, site)
         return None
 
     def _after_clip(
-        self,
-        reached: list[OptRecord],
-        params: list[Tensor],
-        norm: tuple[float, float, Tensor] | None,
+        self, seen: _Seen, params: list[Tensor], norm: tuple[float, float, Tensor] | None
     ) -> None:
         """Record a clipping; ``norm`` is (max_norm, norm_type, the norm it computed), or None
         for clipping by value."""
         core = self.core
+        reached = seen.reached
         for o in reached:
             core.refresh_rep(o)  # clipping rewrites the gradients: not by hand
         if norm is None:
             return
-        clip = Clip(norm[0], norm[1], frozenset(map(id, params)), norm[2])
+        clip = Clip(norm[0], norm[1], seen.ids, norm[2])
         for o in reached:
             if o.state.grads in (Grads.FRESH, Grads.PILED):  # else LC106/LC107 say it all
                 o.clip = clip
@@ -141,7 +146,7 @@ class ClipEvents:
                 self.stray = (clip, core.backward_count)
             return
         if not any(o.state.scaled for o in reached):  # a scaler skips non-finite steps itself
-            where = Where(user_site(), reached[0].steps, reached[0].index)
+            where = Where(seen.site, reached[0].steps, reached[0].index)
 
             def found() -> None:
                 core.emit("LC604", where, "the gradient norm that clipping computed is NaN/Inf")

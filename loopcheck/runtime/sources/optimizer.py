@@ -118,7 +118,7 @@ class OptimizerEvents:
         rewritten = core.rewritten(o)
         if rewritten:
             core.feed(o, Move.GRAD_ACCESS, site, label="grads-edited")
-        grads = list(map(GRAD, o.params))
+        grads = o.grads = list(map(GRAD, o.params))
         has_grad = any(map(operator.is_not, grads, itertools.repeat(None)))
         found_stale = []
         if has_grad and not o.position_set <= o.fresh:
@@ -145,7 +145,9 @@ class OptimizerEvents:
     def after_step(self, o: OptRecord, skipped: bool) -> None:
         """After ``o``'s step (``skipped``: a GradScaler skipped it): did it apply the
         gradients, and what the next step must not find again."""
-        grads = list(map(GRAD, o.params))
+        # the gradients the step read, as judge_step saw them (a skipped step was not judged)
+        grads = o.grads if o.grads is not None and not skipped else list(map(GRAD, o.params))
+        o.grads = None
         if not skipped and not o.fused:
             checks.applied(self.core, o, grads)
         o.applied = [None if g is None else (weakref.ref(g), g._version) for g in grads]

@@ -100,7 +100,8 @@ class GradientEvents:
         if loss is not None:
             ref = self.scaled.get(id(loss))
             scaled = ref is not None and ref() is loss
-            divided = checks.divided(loss, scaled)
+            if any(site in o.sites for o in core.opts):  # accumulation: only then it matters
+                divided = checks.divided(loss, scaled)
             if not scaled and loss.numel() == 1 and loss.is_floating_point():
                 checks.finite_loss(core, loss, site)
         self._context = (site, scaled, divided)
