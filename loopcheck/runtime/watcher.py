@@ -130,8 +130,8 @@ class Watch(Core):
 
     @property
     def checked(self) -> bool:
-        """Did any watched optimizer step? If none did, nothing was checked."""
-        return any(o.steps for o in self.opts)
+        """Did any watched optimizer step (or anything get found)? Else nothing was checked."""
+        return bool(self.findings) or any(o.steps for o in self.opts)
 
     def report(self, format: str = "text") -> str:
         """The per-step trace of events and the findings, as ``"text"``, ``"json"`` or
