@@ -143,6 +143,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         result = yield
     except BaseException as exc:
         _leave(item, exc)
+        if type(exc).__name__ == "LoopcheckError":
+            _end_at_the_users_line(exc)
         raise
     watch = _leave(item, None)
     if watch is not None and watch.mode == "record" and watch.findings:
@@ -155,6 +157,22 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     _leave(item, None)  # setup failed after the watch began: end it all the same
     return (yield)
+
+
+def _end_at_the_users_line(exc: BaseException) -> None:
+    """Cut the traceback after the user's faulty line: the frames of torch and of the watch
+    below it say nothing about the bug."""
+    import torch
+
+    from loopcheck import runtime
+
+    hidden = (os.path.dirname(torch.__file__), os.path.dirname(runtime.__file__))
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        if tb.tb_next.tb_frame.f_code.co_filename.startswith(hidden):
+            tb.tb_next = None
+            return
+        tb = tb.tb_next
 
 
 def _leave(item: pytest.Item, exc: BaseException | None) -> Watch | None:

@@ -78,9 +78,10 @@ def test_marker_fails_a_buggy_test_with_the_finding_and_the_trace(pytester, torc
     result.stdout.fnmatch_lines(
         [
             f"*LoopcheckError: LC102 zero-grad-after-backward at *:{BUG_LINE} (step 0*",
+            "test_training.py:*: LoopcheckError",  # the user's line ends the traceback
             "*loopcheck call*",
             "*trace (events up to and including each optimizer step):*",
-            "*(after the last step)*zero forward backward zero*",
+            "*(since the last step)*zero forward backward zero*",
         ]
     )
 

@@ -78,7 +78,7 @@ def _window_width(window: Window) -> int:
 
 def _steps_text(window: Window) -> str:
     if window.first_step < 0:
-        return "after the last step"
+        return "since the last step"
     if window.first_step == window.last_step:
         return f"step {window.first_step}"
     return f"steps {window.first_step}-{window.last_step}"
@@ -273,7 +273,7 @@ def render_html(
     names = [f"optimizer {o}" for o in optimizers]
     has_open = any(w.first_step < 0 for w in trace.windows())
     if not names or has_open:
-        names.append("after the last step" if names else "no optimizer")
+        names.append("since the last step" if names else "no optimizer")
     page = _Page(findings, counts, len(names))
     steps = ", ".join(map(str, summary.get("steps", []))) or "0"
     head = [

@@ -325,7 +325,7 @@ def _steps_label(window: Window, multi: bool) -> str:
 
 def _window_line(window: Window, multi: bool, in_cycle: bool = False) -> str:
     if window.first_step < 0:
-        label = "(after the last step)"
+        label = "(since the last step)"
     elif in_cycle:
         opt = f"[{window.optimizer}]" if multi and window.optimizer is not None else ""
         label = f"step{opt}" if window.count == 1 else f"steps{opt} (x{window.count} each)"
