@@ -171,7 +171,8 @@ class Core:
         self.checks = DeferredChecks(read_now=mode == "raise")
         self.trace = Trace()
         self.norms = Norms()  # what clipping returned, per optimizer and step
-        self._transitions: dict[tuple, tuple[protocol.OptState, tuple]] = {}
+        self._transitions: dict[tuple, tuple[protocol.OptState, protocol.OptState, tuple]] = {}
+        self._states: dict[protocol.OptState, protocol.OptState] = {}  # one object per state
         self.strict = os.environ.get("LOOPCHECK_STRICT", "") not in ("", "0")
         self.guard = Guard(self)
         self.stopped: str | None = None  # why the watch stopped checking, if it did
@@ -307,15 +308,23 @@ class Core:
         divided: bool | None = None,
         via_scaler: bool = False,
     ) -> tuple[protocol.OptState, tuple[protocol.Violation, ...]]:
-        """protocol.advance, remembered: a training loop repeats the same few transitions."""
-        key = (state, move, site, scaled, divided, via_scaler)
+        """protocol.advance, remembered: a training loop repeats the same few transitions.
+
+        Keyed by the state's identity (hashing its sixteen fields at every move costs more
+        than the rest of the move): new states are interned, so that equal states are one
+        object and a loop's transitions repeat; each entry keeps its state alive and checks it
+        is the same object, so an identity cannot be mistaken for a freed one's."""
+        key = (id(state), move, site, scaled, divided, via_scaler)
         known = self._transitions.get(key)
-        if known is None:
+        if known is None or known[0] is not state:
             if len(self._transitions) >= 4096:
                 self._transitions.clear()
+                self._states.clear()
             event = Event(move, site, scaled, divided, via_scaler)
-            known = self._transitions[key] = protocol.advance(state, event)
-        return known
+            new, violations = protocol.advance(state, event)
+            new = self._states.setdefault(new, new)
+            known = self._transitions[key] = (state, new, violations)
+        return known[1], known[2]
 
     def new_iteration(self, o: OptRecord) -> None:
         if self.limit_reached:
