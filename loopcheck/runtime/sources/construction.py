@@ -2,10 +2,9 @@
 
 For ``loopcheck.watch_all`` (and so ``loopcheck run`` and the pytest marker), the base classes'
 ``__init__`` (``torch.optim.Optimizer``, ``LRScheduler``, ``ReduceLROnPlateau``, which does not
-call it, and ``torch.amp.GradScaler``) are wrapped while the block runs, so that each object is
-watched from the moment it exists: the first iteration is checked like the others. These class
-wrappers are the one exception to wrapping instances only; they are removed on exit like the
-rest.
+call it, and ``torch.amp.GradScaler``) are wrapped while the block runs, for every instance
+made, so that each object is watched from the moment it exists: the first iteration is checked
+like the others. They are removed on exit like the rest.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""FORWARD moves and the models of ``watch_all``: a global module forward pre-hook.
+"""FORWARD moves: where iterations begin, and the models of ``watch_all``, from forward passes.
 
 An optimizer's iteration begins at the first forward pass (or ``zero_grad``) after its step. The
 ``forward`` of the models given is wrapped where their classes define it, for them only (a hook
