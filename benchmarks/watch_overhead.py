@@ -1,28 +1,29 @@
 """What the runtime watch costs: step time watched / unwatched, measured side by side in one run.
 
 The same model and optimizer alternate between blocks of unwatched and watched steps (a fresh
-watch per block, so that entering and leaving are paid too), several rounds each, with a second
-unwatched block per round as a control: the difference between two identical blocks is the
-machine's noise. A first
-figure isolates the watch's own cost in microseconds, on models that do almost no arithmetic.
-Then the ratio of step times on the CPU, for an MLP and a small GPT, and on a GPU (when
-``torch.cuda.is_available()``) for a GPT-2-small-sized model in bf16 autocast, with the peak
-memory watched vs unwatched. The loop is the full protocol: zero_grad, forward, backward,
-clip_grad_norm_, step.
+watch per block, so that entering and leaving are paid too), with a second unwatched block per
+round as a control: what two identical blocks differ by is the machine's noise. Each round runs
+the three blocks in another of their six orders (a block's place in the round moves its time by
+a percent or two on a busy machine), and the figure is the median over rounds of the paired
+ratio watched / unwatched. A first figure isolates the watch's own cost in microseconds, on
+models that do almost no arithmetic. The loop is the full protocol: zero_grad, forward,
+backward, clip_grad_norm_, step; the watch runs in record mode (as warn: no synchronisation).
 
-    python benchmarks/watch_overhead.py [--rounds R] [--steps K] [--models fixed,mlp,gpt,gpt2]
-                                        [--threads N] [--no-cuda]
+    python benchmarks/watch_overhead.py [--device cpu|cuda] [--rounds R] [--steps K]
+                                        [--models fixed,mlp,gpt] [--threads N]
 
-Defaults finish in under two minutes on a 2-core CPU; more rounds and steps give steadier
-figures (on a shared machine, other processes move step times by several percent: the output
-says by how much). Targets (DESIGN.md): under 5% on the CPU, under 1% on the GPU; peak memory
-increase under 1% of the model.
+``--device cpu`` (default): the fixed cost, a 4x512 MLP and a 4x128 GPT on the CPU (about three
+minutes on a 2-core machine). ``--device cuda``: a GPT-2-small-shaped model (12x768, sequence
+1024) in bf16 autocast and the MLP on the GPU, with peak memory watched vs unwatched. Targets
+(DESIGN.md, issue 9): at most 2% on the CPU steps, under 1% on the GPU; peak memory increase
+under 1% of the model.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -175,7 +176,7 @@ def block(case: Case, opt: torch.optim.Optimizer, steps: int, watched: bool) -> 
     the block when watched). CPU time is what a shared machine's other load disturbs least."""
     sync(case.device)
     wall, cpu = time.perf_counter(), time.process_time()
-    with loopcheck.watch(opt, case.model, mode="raise") if watched else contextlib.nullcontext():
+    with loopcheck.watch(opt, case.model, mode="record") if watched else contextlib.nullcontext():
         for _ in range(steps):
             step(case, opt)
         sync(case.device)  # the block ends when the device is done, inside the watch
@@ -189,6 +190,9 @@ def peak_memory(case: Case, opt: torch.optim.Optimizer, watched: bool) -> int:
     return torch.cuda.max_memory_allocated(case.device)
 
 
+ORDERS = list(itertools.permutations(("plain", "watched", "control")))
+
+
 def measure(case: Case, rounds: int, steps: int) -> None:
     opt = torch.optim.AdamW(case.model.parameters(), lr=1e-4)
     params = list(case.model.parameters())
@@ -196,26 +200,24 @@ def measure(case: Case, rounds: int, steps: int) -> None:
     for _ in range(2):  # warm up both paths (allocator, kernels, optimizer state)
         block(case, opt, 2, False)
         block(case, opt, 2, True)
-    # Each round runs an unwatched block, a watched one and a second unwatched one (the
-    # control: what two identical blocks differ by on this machine), in a rotating order.
-    kinds = ("plain", "watched", "control")
-    times: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
+    times: dict[str, list[tuple[float, float]]] = {"plain": [], "watched": [], "control": []}
     for i in range(rounds):
-        for kind in kinds[i % 3 :] + kinds[: i % 3]:
+        for kind in ORDERS[i % len(ORDERS)]:
             times[kind].append(block(case, opt, steps, kind == "watched"))
     print(
         f"{case.name} on {case.device.type}: {len(params)} parameter tensors, "
-        f"{model_bytes / 2**20:.1f} MiB; {rounds} rounds x {steps} steps"
+        f"{model_bytes / 2**20:.1f} MiB; {rounds} rounds x 3 blocks x {steps} steps"
     )
     clocks = ("wall", "cpu") if case.device.type == "cpu" else ("wall",)
     for k, clock in enumerate(clocks):
         plain = [t[k] for t in times["plain"]]
-        watched = _ratios([t[k] for t in times["watched"]], plain)
-        control = _ratios([t[k] for t in times["control"]], plain)
+        watched = _paired([t[k] for t in times["watched"]], plain)
+        control = _paired([t[k] for t in times["control"]], plain)
         print(
             f"  {clock:>4} time: unwatched {statistics.median(plain) * 1e3:8.3f} ms/step; "
-            f"watched/unwatched {_percent(watched[0])} paired, {_percent(watched[1])} fastest "
-            f"(unwatched/unwatched control: {_percent(control[0])}, {_percent(control[1])})"
+            f"watched/unwatched {_percent(watched[1])} (median of paired ratios; quartiles "
+            f"{_percent(watched[0])} .. {_percent(watched[2])}); control unwatched/unwatched "
+            f"{_percent(control[1])} ({_percent(control[0])} .. {_percent(control[2])})"
         )
     if case.device.type == "cuda":
         peak_plain = peak_memory(case, opt, False)
@@ -226,18 +228,14 @@ def measure(case: Case, rounds: int, steps: int) -> None:
             f"{peak_watched / 2**20:.1f} MiB: {extra / 2**20:+.2f} MiB = "
             f"{extra / model_bytes * 100:+.3f}% of the model"
         )
-    else:
-        print(
-            "  peak memory: not measurable on the CPU (no allocator statistics); the watch "
-            "keeps no parameter-sized tensor"
-        )
 
 
-def _ratios(other: list[float], plain: list[float]) -> tuple[float, float]:
+def _paired(other: list[float], plain: list[float]) -> tuple[float, float, float]:
     """Each block against the unwatched block of its round (slow drifts of the machine's load
-    cancel out), and the fastest blocks against each other (the least disturbed)."""
-    paired = statistics.median(o / p for o, p in zip(other, plain, strict=True))
-    return paired, min(other) / min(plain)
+    cancel out): the quartiles and the median of the ratios."""
+    ratios = sorted(o / p for o, p in zip(other, plain, strict=True))
+    low, middle, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return low, middle, high
 
 
 def _percent(ratio: float) -> str:
@@ -246,34 +244,38 @@ def _percent(ratio: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15, help="rounds per model")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--rounds", type=int, default=24, help="rounds per model (6 orders)")
     parser.add_argument("--steps", type=int, default=0, help="steps per block (0: per model)")
     parser.add_argument(
-        "--models", default="fixed,mlp,gpt,gpt2", help="which of fixed, mlp, gpt, gpt2"
+        "--models", default="", help="which of fixed, mlp, gpt (CPU) or gpt2, mlp (CUDA)"
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="CPU threads (default 1: steadiest; 0: torch's)"
     )
-    parser.add_argument("--no-cuda", action="store_true", help="skip the GPU even if present")
     options = parser.parse_args()
     if options.threads:
         torch.set_num_threads(options.threads)
-    models = set(options.models.split(","))
-    cpu = torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    if options.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device")
+        cuda = torch.device("cuda")
+        print(f"GPU: {torch.cuda.get_device_name(cuda)}")
+        models = set((options.models or "gpt2,mlp").split(","))
+        if "gpt2" in models:
+            measure(gpt_case(cuda, small=False), options.rounds, options.steps or 10)
+        if "mlp" in models:
+            measure(mlp_case(cuda), options.rounds, options.steps or 50)
+        return
+    cpu = torch.device("cpu")
+    models = set((options.models or "fixed,mlp,gpt").split(","))
     if "fixed" in models:
         fixed_cost(options.rounds)
     if "mlp" in models:
-        measure(mlp_case(cpu), options.rounds, options.steps or 10)
+        measure(mlp_case(cpu), options.rounds, options.steps or 40)
     if "gpt" in models:
-        measure(gpt_case(cpu, small=True), options.rounds, options.steps or 5)
-    if "gpt2" in models:
-        if torch.cuda.is_available() and not options.no_cuda:
-            cuda = torch.device("cuda")
-            print(f"GPU: {torch.cuda.get_device_name(cuda)}")
-            measure(gpt_case(cuda, small=False), options.rounds, options.steps or 10)
-        else:
-            print("GPT-2 small on a GPU: skipped (no CUDA device)")
+        measure(gpt_case(cpu, small=True), options.rounds, options.steps or 10)
 
 
 if __name__ == "__main__":

@@ -294,10 +294,13 @@ def run_rules(args: argparse.Namespace) -> int:
 def add_run_command(commands: argparse._SubParsersAction) -> None:
     # Listed for --help only: ``main`` hands ``run`` and everything after it to the runtime,
     # whose own parser knows the script's arguments from its own.
+    from loopcheck.runtime.run import USAGE  # no torch: the runtime imports it when run
+
     commands.add_parser(
         "run",
-        help="run a training script with every optimizer watched (needs torch)",
-        description="loopcheck run [--mode warn|raise|record] [--format text|json] script.py ...",
+        help="run a training script with every optimizer watched from construction (needs "
+        "torch); 'loopcheck run --help' for its options",
+        description=USAGE,
         add_help=False,
     )
 

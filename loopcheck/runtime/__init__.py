@@ -6,7 +6,7 @@ missing. The design is in docs/runtime.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from loopcheck.runtime.findings import Finding
@@ -16,7 +16,16 @@ if TYPE_CHECKING:
 
     from loopcheck.runtime.watcher import Watch
 
-__all__ = ["Finding", "watch"]
+__all__ = ["Finding", "assert_equivalent_updates", "watch", "watch_all"]
+
+
+def _require_torch(what: str) -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"{what} needs PyTorch: pip install 'loopcheck[torch]' (the linter does not)"
+        ) from exc
 
 
 def watch(
@@ -39,12 +48,53 @@ def watch(
             train()
         assert not w.findings, w.report()
     """
-    try:
-        import torch  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(
-            "loopcheck.watch needs PyTorch: pip install 'loopcheck[torch]' (the linter does not)"
-        ) from exc
+    _require_torch("loopcheck.watch")
     from loopcheck.runtime.watcher import Watch
 
     return Watch(opt, model, mode=mode, scalers=scaler, schedulers=scheduler)
+
+
+def watch_all(*, mode: str = "warn", max_steps: int | None = None) -> Watch:
+    """Watch every optimizer, LR scheduler and GradScaler constructed while the ``with`` block
+    runs, from its construction, and the modules whose forward runs in it::
+
+        with loopcheck.watch_all(mode="raise") as w:
+            model = Net()
+            opt = torch.optim.AdamW(model.parameters())
+            train(model, opt)
+
+    An optimizer made before the block is watched from its first ``step()``. A parameter that
+    receives a gradient but is in no optimizer is LC602. ``max_steps`` ends the block (with
+    :class:`~loopcheck.runtime.watcher.StepLimitReached`, which the block's exit swallows) at
+    the start of the iteration after an optimizer's ``max_steps``-th step. This is what
+    ``loopcheck run`` and the pytest marker use.
+    """
+    _require_torch("loopcheck.watch_all")
+    from loopcheck.runtime.watcher import Watch
+
+    return Watch(None, mode=mode, scope=True, max_steps=max_steps)
+
+
+def assert_equivalent_updates(
+    full: Callable[[], Any],
+    accumulated: Callable[[], Any],
+    *,
+    rtol: float = 1e-4,
+    atol: float = 1e-6,
+    seed: int = 0,
+) -> None:
+    """Assert that N accumulated micro-batches give the full batch's update (LC206).
+
+    ``full`` and ``accumulated`` run the user's own training code (at least one optimizer
+    step): once on a batch in one go, once on the same batch as N micro-batches. See
+    :func:`loopcheck.runtime.equivalence.assert_equivalent_updates`::
+
+        def test_accumulation_is_the_full_batch():
+            loopcheck.assert_equivalent_updates(
+                lambda: train(batch, micro_batches=1), lambda: train(batch, micro_batches=4)
+            )
+    """
+    _require_torch("loopcheck.assert_equivalent_updates")
+    from loopcheck.runtime import equivalence
+
+    equivalence.assert_equivalent_updates(full, accumulated, rtol=rtol, atol=atol, seed=seed)

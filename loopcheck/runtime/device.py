@@ -1,4 +1,4 @@
-"""Checks whose answer lives on the device, read without making the host wait for it.
+"""Checks and values that live on the device, read without making the host wait for them.
 
 A check is a boolean tensor (``True``: the bug is there) and what to do when it is true. A CPU
 tensor is read at once: it costs no synchronisation. A CUDA tensor is copied to pinned host
@@ -38,6 +38,18 @@ class DeferredChecks:
         event = torch.cuda.Event()
         event.record(torch.cuda.current_stream(flag.device))
         self.defer(Pending(event.query, event.synchronize, lambda: bool(host), on_true))
+
+    def later(self, value: torch.Tensor, use: Callable[[float], None]) -> None:
+        """Call ``use`` with the one-element tensor ``value`` read on the host: at once on the
+        CPU, else once its copy has arrived (nothing is computed for it)."""
+        if self._read_now or value.device.type != "cuda":
+            use(float(value))
+            return
+        host = torch.empty_like(value, device="cpu", pin_memory=True)
+        host.copy_(value.detach(), non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(value.device))
+        self.defer(Pending(event.query, event.synchronize, lambda: True, lambda: use(float(host))))
 
     def defer(self, pending: Pending) -> None:
         self._queue.append(pending)

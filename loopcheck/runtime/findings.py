@@ -72,6 +72,12 @@ RULES: dict[str, tuple[str, str, str]] = {
         "the clip saw a partial sum",
         "clip once, after the last micro-batch's backward() and before step()",
     ),
+    "LC206": (
+        "accumulation-not-equivalent",
+        "the update from the accumulated micro-batches differs from the full-batch update",
+        "make the accumulated loss the full batch's: divide each micro-batch's summed loss by "
+        "the whole batch's count (of samples or tokens), not by its own",
+    ),
     "LC301": (
         "clip-without-unscale",
         "AMP-scaled gradients were clipped without scaler.unscale_(optimizer) first: max_norm "

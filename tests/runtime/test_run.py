@@ -101,9 +101,11 @@ def test_clean_script_keeps_its_exit_code_and_output(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "final loss" in out
     assert "no findings" in err
-    # the optimizer is found at its first step; the next ones are seen whole
-    assert "steps 1-5 (x5)" in err
-    assert "zero backward unscale clip scaler.step" in err
+    # everything is watched from its construction: the first iteration is seen whole
+    trace = err.split("trace (events up to and including each optimizer step):\n")[1]
+    first, rest = trace.splitlines()[:2]
+    assert first.split() == "step 0 zero forward backward unscale clip scaler.step".split()
+    assert rest.split()[:4] == ["steps", "1-5", "(x5)", "scaler.update"]
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
@@ -128,13 +130,15 @@ def test_missing_script(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
-def test_main_in_process_restores_argv(tmp_path, capsys):
+def test_main_in_process_restores_argv_and_says_nothing_was_checked(tmp_path, capsys):
     script = tmp_path / "noop.py"
     script.write_text(textwrap.dedent("import sys\nprint(sys.argv)\n"))
     argv, path = sys.argv[:], sys.path[:]
-    assert main([str(script), "a", "--b"]) == 0
+    assert main([str(script), "a", "--b"]) == 3  # no optimizer stepped: not a pass
     assert sys.argv == argv and sys.path == path
-    assert f"['{script}', 'a', '--b']" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert f"['{script}', 'a', '--b']" in out
+    assert "nothing was checked: no optimizer stepped" in err
 
 
 PLAIN = """
@@ -179,3 +183,78 @@ def test_run_tells_a_clear_before_step_from_a_step_before_backward(tmp_path, cap
     assert main(["--format", "json", "--mode", "record", str(script)]) == 1
     report = json.loads(capsys.readouterr().err)
     assert {f["code"] for f in report["findings"]} == {code}
+
+
+ONE_ITERATION = """
+import torch
+
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+x, y = torch.randn(32, 4), torch.randn(32, 1)
+loss = torch.nn.functional.mse_loss(model(x), y)
+loss.backward()
+opt.zero_grad()
+opt.step()
+"""
+
+
+def test_the_command_checks_the_first_iteration_and_writes_the_report_file(tmp_path):
+    script = tmp_path / "one.py"
+    script.write_text(ONE_ITERATION)
+    report = tmp_path / "out" / "report.json"
+    report.parent.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "loopcheck", "run", "--report", str(report), str(script)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        timeout=180,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "loopcheck watch:" not in result.stderr  # the report went to the file
+    assert f"report written to {report} (1 finding(s))" in result.stderr
+    (finding,) = json.loads(report.read_text())["findings"]
+    assert (finding["code"], finding["step"], finding["line"]) == ("LC102", 0, 10)
+
+
+LONG = """
+import torch
+
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+opt = torch.optim.SGD(net[0].parameters(), lr=0.1)  # the last layer is left out
+x, y = torch.randn(32, 4), torch.randn(32, 1)
+try:
+    for step in range(10**6):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(net(x), y).backward()
+        opt.step()
+finally:
+    print("cleanup ran after", step, "steps")
+"""
+
+
+def test_max_steps_ends_the_script_cleanly_and_orphans_are_found(tmp_path, capsys):
+    script = tmp_path / "long.py"
+    script.write_text(LONG)
+    report, picture = tmp_path / "report.txt", tmp_path / "run.html"
+    argv = ["--mode", "record", "--max-steps", "3", "--report", str(report), "--html", str(picture)]
+    assert main([*argv, str(script)]) == 1
+    out, err = capsys.readouterr()
+    assert "cleanup ran after 3 steps" in out
+    text = report.read_text()
+    assert "steps (3)" in text
+    assert "LC602 orphan-gradients" in text and "2.weight, 2.bias" in text
+    page = picture.read_text()
+    assert page.startswith("<!DOCTYPE html>") and 'data-codes="LC602"' in page
+    assert f"picture written to {picture}" in err
+
+
+@pytest.mark.parametrize("steps", ["0", "x"])
+def test_bad_max_steps_is_a_usage_error(tmp_path, capsys, steps):
+    script = tmp_path / "one.py"
+    script.write_text(ONE_ITERATION)
+    assert main(["--max-steps", steps, str(script)]) == 2
+    assert "--max-steps" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import types
 
 from loopcheck.runtime import patching
 from loopcheck.runtime.findings import RULES, make_finding
-from loopcheck.runtime.trace import Trace, render_json, render_text
+from loopcheck.runtime.trace import Trace, render_json, render_text, tokens
 
 
 class Greeter:
@@ -78,18 +78,68 @@ def test_trace_merges_repeated_steps_and_keeps_its_ends():
         (5, 9, 5),
         (-1, -1, 1),
     ]
-    assert windows[0].events == ("zero", "forward", "backward", "step")
+    assert " ".join(windows[0].events) == "zero forward backward step"
     assert windows[1].codes == ("LC102",)
 
 
 def test_trace_drops_the_middle_of_a_long_run():
     trace = Trace(limit=2)
-    for step in range(10):
-        trace.event("step" if step % 2 else "zero")  # no two windows alike
+    for step in range(30):
+        trace.event(f"move{step}")  # no two windows alike
         trace.close(0, step)
-    assert [w.first_step for w in trace.windows()] == [0, 1, 8, 9]
-    assert trace.dropped == 6
-    assert "... 6 steps not kept ..." in render_text(trace, [], [], "header", multi=False)
+    # the first `limit` entries, and the last ones (`limit` and room to fold a cycle)
+    assert [w.first_step for w in trace.windows()] == [0, 1, *range(20, 30)]
+    assert trace.dropped == 18
+    assert "... 18 steps not kept ..." in render_text(trace, [], [], "header", multi=False)
+
+
+def test_repeated_moves_in_a_window_are_one_token_and_windows_merge_across_counts():
+    """Accumulation's (forward backward) x4; LBFGS's closure evaluations, 3 or 4 per step,
+    fold into one line."""
+    assert [str(t) for t in tokens(["zero", "forward", "backward"] * 2 + ["step"])] == [
+        "(zero forward backward) x2",
+        "step",
+    ]
+    assert [str(t) for t in tokens(["zero", *["forward", "backward"] * 4, "clip", "step"])] == [
+        "zero",
+        "(forward backward) x4",
+        "clip step",
+    ]
+    trace = Trace()
+    for step, evaluations in enumerate([4, 3, 4, 4, 2]):
+        for _ in range(evaluations):
+            for event in ("zero", "forward", "backward"):
+                trace.event(event)
+        trace.event("step")
+        trace.close(0, step)
+    (window,) = trace.windows()
+    assert (window.first_step, window.last_step, window.count) == (0, 4, 5)
+    assert window.events == ("(zero forward backward) x2-4", "step")
+
+
+def test_a_repeating_sequence_of_windows_folds_into_a_cycle():
+    """A critic stepping 5 times per generator step, for 40 generator steps: one cycle."""
+    trace = Trace()
+    critic = generator = 0
+    for _ in range(40):
+        for _ in range(5):
+            for event in ("zero[0]", "forward", "backward[0,1]", "step[0]"):
+                trace.event(event)
+            trace.close(0, critic)
+            critic += 1
+        for event in ("zero[1]", "forward", "backward[0,1]", "step[1]"):
+            trace.event(event)
+        trace.close(1, generator)
+        generator += 1
+    (cycle,) = trace.entries()
+    assert cycle.repeats == 40
+    d, g = cycle.windows
+    assert (d.optimizer, d.first_step, d.last_step, d.count) == (0, 0, 199, 5)
+    assert (g.optimizer, g.first_step, g.last_step, g.count) == (1, 0, 39, 1)
+    text = render_text(trace, [], [], "header", multi=True)
+    assert "40 times (steps[0] 0-199, steps[1] 0-39):" in text
+    assert "steps[0] (x5 each)" in text
+    assert len(trace.head) + len(trace.tail) <= 3  # folded as it went
 
 
 def test_findings_are_worded_from_the_catalog_and_render():

@@ -491,3 +491,22 @@ def test_plateau_scheduler_and_a_list_of_schedulers(make_net, data):
             decay.step()
     assert codes(w) == {"LC401"}
     assert "plateau.step" in Path(__file__).read_text().splitlines()[w.findings[0].line - 1]
+
+
+def test_clipping_norm_type_is_the_one_clipping_used(make_net, data):
+    """LC605 combines norms of the clipping's own type (here the max norm), read from the call
+    whatever name clip_grad_norm_ was imported under."""
+    from torch.nn.utils import clip_grad_norm_
+
+    x, y = data
+    net = make_net()
+    opt = sgd(net)
+    with loopcheck.watch(opt, net, mode="record") as w:
+        opt.zero_grad()
+        mse_loss(net(x), y).backward()
+        clip_grad_norm_(net.body.parameters(), 1e-3, norm_type=float("inf"))
+        missed = max(p.grad.abs().max().item() for p in net.head.parameters())
+        opt.step()
+    (finding,) = w.findings
+    assert finding.code == "LC605"
+    assert f"norm {max(missed, 1e-3):.4g} > max_norm 0.001" in finding.message

@@ -380,4 +380,4 @@ def test_activation_checkpointing(reentrant, make_net, data):
             opt.step()
             losses.append(mse_loss(net(x), y).item())
     assert_silent_and_learning(w, losses)
-    assert "zero backward backward step" in w.report()
+    assert "zero backward x2 step" in w.report()

@@ -79,12 +79,20 @@ def leftovers(opt, net, scaler=None) -> list[str]:
         for owner in objects:
             if owner is not None and attr in vars(owner):
                 found.append(f"{type(owner).__name__}.{attr}")
+    classes = (torch.optim.Optimizer, nn.Module, nn.Parameter, torch.amp.GradScaler)
+    classes += tuple(torch.optim.lr_scheduler.LRScheduler.__subclasses__())
+    for cls in (*classes, torch.optim.lr_scheduler.LRScheduler):
+        for name, value in vars(cls).items():
+            if getattr(value, "__loopcheck_wrapper__", False):
+                found.append(f"{cls.__name__}.{name}")
     if getattr(torch.autograd.backward, "__loopcheck_wrapper__", False):
         found.append("torch.autograd.backward")
     for module in (clip_grad_module, nn.utils):
         for name in dir(module):
             if getattr(getattr(module, name), "__loopcheck_wrapper__", False):
                 found.append(f"{module.__name__}.{name}")
+    if "__setattr__" in vars(nn.Parameter):
+        found.append("Parameter.__setattr__")
     if patching.installed():
         found.append("patches")
     return found
@@ -120,10 +128,36 @@ def test_nothing_left_after_exit(make_net, data):
     before = leftovers(opt, net, scaler)
     with loopcheck.watch(opt, net, scaler=scaler, scheduler=sched, mode="record"):
         assert leftovers(opt, net, scaler)  # the check sees what a watch installs
-        assert "step" in vars(sched)
         train(net, opt, data, scaler=scaler)
     assert leftovers(opt, net, scaler) == before == []
-    assert "step" not in vars(sched)
+
+
+def test_watched_objects_save_and_copy_as_usual(tmp_path, data):
+    """The watch stores nothing in the instances it watches: checkpoints hold no wrapper
+    (a scheduler's state_dict is its __dict__) and a deep copy made while watching (an EMA
+    model) is a plain object."""
+    import copy
+
+    net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu")
+    sched = torch.optim.lr_scheduler.StepLR(opt, 5)
+    train(net, opt, data, steps=1, scaler=scaler)  # the objects' own lazy attributes
+    attributes = [dict(vars(owner)) for owner in (net, opt, scaler, sched)]
+    with loopcheck.watch(opt, net, scaler=scaler, scheduler=sched, mode="raise"):
+        train(net, opt, data, steps=2, scaler=scaler)
+        for owner, before in zip((net, opt, scaler, sched), attributes, strict=True):
+            assert vars(owner).keys() == before.keys()
+            assert all(vars(owner)[k] is v for k, v in before.items() if callable(v))
+        torch.save(
+            {"model": net, "opt": opt, "sched": sched.state_dict(), "scaler": scaler},
+            tmp_path / "checkpoint.pt",
+        )
+        ema = copy.deepcopy(net)
+        train(net, opt, data, steps=2, scaler=scaler)
+    assert "zero_grad" not in vars(ema)
+    loaded = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert set(loaded["sched"]) == set(sched.state_dict())
 
 
 @pytest.mark.parametrize("mode", ["record", "raise"])
@@ -305,8 +339,78 @@ def test_torch_compile(backend, watch_compiled, make_net, data):
     assert all(torch.equal(a, b) for a, b in zip(finals[0], finals[1], strict=True))
     assert watches[1].findings == []
     assert [f.code for f in watches[2].findings] == ["LC102"]
-    # the compiled module's own forward hook runs outside the graph; the inner one's inside
-    assert ("forward" in watches[1].report()) == watch_compiled
+    # the compiled module's forward runs outside the graph; the inner one's inside it
+    assert ("zero forward backward" in watches[1].report()) == watch_compiled
+
+
+@pytest.mark.parametrize("kind", ["compiled", "inner", "watch_all"])
+def test_torch_compile_no_recompilation_and_no_torch_warning(kind, make_net, data):
+    """The hooks that compiled code reaches read nothing dynamo guards on: a module compiled
+    before the watch is not recompiled when the watch begins, runs or ends, and torch has
+    nothing to warn about. (Given the module inside the compiled one, the watch wraps its
+    class's forward, which the compiled code called: one recompilation, when it begins.)"""
+    compiles = []
+
+    def backend(graph, inputs):
+        compiles.append(graph)
+        return graph.forward
+
+    net = make_net()
+    compiled = torch.compile(net, backend=backend)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    train(compiled, opt, data, steps=2)  # compiled here, before any watch
+    assert len(compiles) == 1
+    if kind == "watch_all":
+        watch = loopcheck.watch_all(mode="record")
+    else:
+        watch = loopcheck.watch(opt, compiled if kind == "compiled" else net, mode="record")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with watch:
+            train(compiled, opt, data, steps=5)
+            train(compiled, opt, data, steps=1, bug=True)
+        train(compiled, opt, data, steps=2)
+    assert len(compiles) == (2 if kind == "inner" else 1)
+    assert [str(w.message) for w in caught] == []
+    assert [f.code for f in watch.findings] == ["LC102"]
+    trace = watch.report().split("findings")[0]
+    assert ("zero forward backward" in trace) == (kind != "inner")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # torch's own
+def test_a_compiled_training_step_is_not_broken_nor_accused(make_net, data):
+    """zero_grad and step inside a torch.compile'd function: the watch's wrappers step aside
+    while dynamo traces (no graph break, no warning, no recompilation), and the moves it then
+    cannot see accuse nobody."""
+    compiles = []
+
+    def backend(graph, inputs):
+        compiles.append(graph)
+        return graph.forward
+
+    x, y = data
+    net = make_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+
+    @torch.compile(backend=backend)
+    def train_step():
+        opt.zero_grad()
+        loss = mse_loss(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    train_step()
+    before = len(compiles)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with loopcheck.watch(opt, net, mode="raise") as w:
+            losses = [train_step().item() for _ in range(20)]
+        train_step()
+    assert len(compiles) == before
+    assert [str(c.message) for c in caught] == []
+    assert w.findings == []
+    assert losses[-1] < losses[0]
 
 
 def test_deferred_checks_run_in_order_once_ready():
@@ -356,10 +460,15 @@ def test_import_without_torch(tmp_path):
         from loopcheck.api import lint_source
 
         print(len(lint_source("x = 1\\n")))
-        try:
-            loopcheck.watch(None, None)
-        except ImportError as exc:
-            print("ImportError:", exc)
+        for call in (
+            lambda: loopcheck.watch(None, None),
+            lambda: loopcheck.watch_all(),
+            lambda: loopcheck.assert_equivalent_updates(None, None),
+        ):
+            try:
+                call()
+            except ImportError as exc:
+                print("ImportError:", exc)
         assert "torch" not in sys.modules
         """
     )
@@ -374,17 +483,18 @@ def test_import_without_torch(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == "0"
-    assert "needs PyTorch" in result.stdout
+    for name in ("watch", "watch_all", "assert_equivalent_updates"):
+        assert f"loopcheck.{name} needs PyTorch" in result.stdout
 
 
 def test_calls_through_an_installed_library(tmp_path, monkeypatch, make_net, data):
     """A finding points at the user's line that called the library (Accelerate's backward, say);
     calls from two user lines through one library line are two places."""
-    from loopcheck.runtime import watcher
+    from loopcheck.runtime import sites
 
     (tmp_path / "fakelib.py").write_text("def backward(loss):\n    loss.backward()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(watcher, "_INSTALLED", (str(tmp_path) + os.sep,))
+    monkeypatch.setattr(sites, "INSTALLED", (str(tmp_path) + os.sep,))
     import fakelib
 
     x, y = data
@@ -410,12 +520,12 @@ def test_calls_through_an_installed_library(tmp_path, monkeypatch, make_net, dat
 
 
 def test_an_internal_error_stops_the_watch_not_the_training(monkeypatch, make_net, data):
-    from loopcheck.runtime.watcher import Watch
+    from loopcheck.runtime.sources.optimizer import OptimizerEvents
 
     def broken(self, o):
         raise ZeroDivisionError("a bug of the watch's own")
 
-    monkeypatch.setattr(Watch, "_judge_step", broken)
+    monkeypatch.setattr(OptimizerEvents, "judge_step", broken)
     monkeypatch.setenv("LOOPCHECK_STRICT", "0")
     net = make_net()
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
