@@ -53,3 +53,15 @@ def test_generated_rule_pages_are_up_to_date() -> None:
         assert path.read_text(encoding="utf-8") == text, (
             f"{path} is stale: python -m loopcheck.docs"
         )
+
+
+def test_readme_rules_table_is_up_to_date() -> None:
+    """The README's table lists every rule as its docstring says: `python -m loopcheck.docs`."""
+    from pathlib import Path
+
+    from loopcheck.docs import with_readme_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert with_readme_table(readme) == readme, "README.md is stale: python -m loopcheck.docs"
+    for rule in ALL_RULES:
+        assert f"[{rule.code}](docs/rules/{rule.code}.md)" in readme
