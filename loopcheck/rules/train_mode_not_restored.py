@@ -8,7 +8,7 @@ from loopcheck.protocol import Move
 from loopcheck.rules._base import ProtocolRule
 
 if TYPE_CHECKING:
-    from loopcheck.static.model import FileModel, Record
+    from loopcheck.static.model import FileModel, LoopSummary, Record
 
 
 class TrainModeNotRestored(ProtocolRule):
@@ -61,11 +61,18 @@ class TrainModeNotRestored(ProtocolRule):
     )
 
     def keep(self, model: FileModel, record: Record) -> bool:
-        loop = model.innermost_loop(record.cause) if record.cause is not None else None
+        forward_loop = model.innermost_loop(record.cause) if record.cause is not None else None
+        if forward_loop is None or not _trains(forward_loop):
+            return False  # an evaluation forward (its loop backpropagates nothing)
+        loop: LoopSummary | None = forward_loop
         while loop is not None and record.site not in loop.sites:
             loop = loop.parent
-        # the eval() and the forward in one loop that trains
-        return loop is not None and bool(loop.backwards or loop.has_any(Move.STEP))
+        # the eval() and the training forward in one loop that trains
+        return loop is not None and _trains(loop)
 
     def related(self, model: FileModel, record: Record) -> None:
         return None
+
+
+def _trains(loop: LoopSummary) -> bool:
+    return bool(loop.backwards or loop.has_any(Move.STEP))

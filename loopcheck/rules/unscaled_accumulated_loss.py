@@ -69,6 +69,11 @@ class UnscaledAccumulatedLoss(ProtocolRule):
 
     def keep(self, model: FileModel, record: Record) -> bool:
         # gradients rescaled by hand anywhere in the loop that steps (``p.grad.mul_(1 / n)``
-        # for each parameter that has one) normalise the sum, on every path that steps
+        # for each parameter that has one) normalise the sum, on every path that steps; and
+        # gradients handled by hand (all-reduced with SUM, then a scale-invariant optimizer)
+        # are the author's business
         loop = record.loop
-        return loop is None or not loop.has(Move.GRAD_RESCALE, record.key)
+        if loop is None:
+            return True
+        by_hand = loop.has(Move.GRAD_RESCALE, record.key) or loop.grads_read
+        return not by_hand and not loop.has(Move.OPAQUE, record.key)

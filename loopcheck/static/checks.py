@@ -50,8 +50,8 @@ class Checks:
         when_zero, otherwise = (
             (body_steps, other_steps) if guard.zero else (other_steps, body_steps)
         )
-        if not (when_zero or otherwise):
-            return
+        if not (when_zero or otherwise) or (when_zero and otherwise):
+            return  # steps on no branch, or on both: not an accumulation guard
         after_backward = any(
             o.fresh_this_iteration and o.grads in (Grads.FRESH, Grads.PILED)
             for s in states
