@@ -62,8 +62,10 @@ class TrainModeNotRestored(ProtocolRule):
 
     def keep(self, model: FileModel, record: Record) -> bool:
         forward_loop = model.innermost_loop(record.cause) if record.cause is not None else None
-        if forward_loop is None or not _trains(forward_loop):
-            return False  # an evaluation forward (its loop backpropagates nothing)
+        if forward_loop is None or not any(
+            model.innermost_loop(site) is forward_loop for site in forward_loop.backwards
+        ):
+            return False  # an evaluation forward: no backward in its own loop
         loop: LoopSummary | None = forward_loop
         while loop is not None and record.site not in loop.sites:
             loop = loop.parent

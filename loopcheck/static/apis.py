@@ -110,14 +110,12 @@ class ApiReader:
                 return []
             return [Emit(Event(Move.OPAQUE), keys)]
         if role is Role.ENGINE:
-            boundary = f"<boundary:{owner.key}>"
             if method == "backward":
                 return [Backward(site, False, True, Origin(frozenset({owner.key}), True))]
             if method == "step":
-                return [
-                    Emit(Event(Move.STEP, site), keys, gate=boundary),
-                    Emit(Event(Move.ZERO), keys, gate=boundary),
-                ]
+                # the engine steps at its accumulation boundary, every call unless configured
+                # otherwise (a config the code does not show): taken as stepping and clearing
+                return [Emit(Event(Move.STEP, site), keys), Emit(Event(Move.ZERO), keys)]
             if method == "zero_grad":
                 return [Emit(Event(Move.ZERO, site), keys)]
             if method == "forward":

@@ -189,6 +189,7 @@ class FileContext:
         self.passes_cache: dict[int, bool] = {}  # functions handing parameters to calls
         self.backprop_cache: dict[int, frozenset[str]] = {}  # names reaching a backward
         self.evaluates_cache: dict[int, bool] = {}  # functions evaluating a model
+        self.switches_cache: dict[int, bool] = {}  # functions turning gradients off
         _Indexer(self).index(module)
 
     # definitions across files
@@ -377,8 +378,9 @@ class _Indexer:
                 self.ctx.fact_names[text] = chains_in(test)
 
     def _external(self, calls: dict[int, set[str]]) -> set[str]:
-        """Names imported from other linted files that take part in a training step."""
-        if self.ctx.project is None:
+        """Names imported from other linted files that take part in a training step (one import
+        away: a file indexed for another's sake does not look further)."""
+        if self.ctx.project is None or self.ctx.project.loading > 1:
             return set()
         called = set().union(*calls.values()) if calls else set()
         out: set[str] = set()

@@ -24,7 +24,7 @@ from loopcheck.static.model import FileModel, LoopSummary, RootSummary
 from loopcheck.static.moves import Action, Alternatives, Backward, Emit, Follow, Forward, Mark, Mode
 from loopcheck.static.paths import Flow, PathState, cap, merge
 from loopcheck.static.recording import Recorder
-from loopcheck.static.roles import Obj, Role
+from loopcheck.static.roles import Obj, Role, role_from_name
 from loopcheck.static.syntax import (
     chains_in,
     counter_of,
@@ -49,6 +49,26 @@ _STATEMENTS = (
     cst.TryStar,
     cst.Match,
 )
+
+
+def _enters_no_grad(body: cst.BaseSuite) -> bool:
+    """A with-body whose first statements enter a no-grad context on an ExitStack."""
+    if not isinstance(body, cst.IndentedBlock):
+        return False
+    for stmt in body.body:
+        if not isinstance(stmt, cst.SimpleStatementLine):
+            continue
+        for small in stmt.body:
+            if (
+                isinstance(small, cst.Expr)
+                and isinstance(small.value, cst.Call)
+                and isinstance(small.value.func, cst.Attribute)
+                and small.value.func.attr.value == "enter_context"
+                and small.value.args
+                and grad_context(small.value.args[0].value) is False
+            ):
+                return True
+    return False
 
 
 class Interpreter(Recorder, Checks):
@@ -194,6 +214,10 @@ class Interpreter(Recorder, Checks):
             if enabled is not None:
                 self.grad_modes.append(enabled)
                 modes += 1
+        if _enters_no_grad(stmt.body):
+            # ``with ExitStack() as stack: stack.enter_context(torch.no_grad())``
+            self.grad_modes.append(False)
+            modes += 1
         blocks = len(self.no_grad_blocks)
         if modes and not self.grad_enabled:
             self.no_grad_blocks.append(stmt)
@@ -289,22 +313,27 @@ class Interpreter(Recorder, Checks):
         return merge(flow, self.exec_stmt(other, skipped) if skipped else Flow())
 
     def split(
-        self, test: cst.BaseExpression, states: set[PathState]
+        self, test: cst.BaseExpression, states: set[PathState], substitute: bool = True
     ) -> tuple[set[PathState], set[PathState]]:
-        """The paths that take a branch and those that skip it, with what each learns."""
+        """The paths that take a branch and those that skip it, with what each learns.
+        ``substitute``: names of the callee may stand for conditions of its caller (not once
+        the condition is the caller's own text)."""
         ctx = self.ctx
-        test, ctx = self.caller_condition(test, ctx)
+        if substitute:
+            replaced, ctx = self.caller_condition(test, ctx)
+            substitute = replaced is test
+            test = replaced
         inner, negated = test, False
         while isinstance(inner, cst.UnaryOperation) and isinstance(inner.operator, cst.Not):
             inner, negated = inner.expression, not negated
         if isinstance(inner, cst.BooleanOperation):
             # each operand decided on its own: ``i > 0 and i % n == 0``
-            left_taken, left_skipped = self.split(inner.left, states)
+            left_taken, left_skipped = self.split(inner.left, states, substitute)
             if isinstance(inner.operator, cst.And):
-                right_taken, right_skipped = self.split(inner.right, left_taken)
+                right_taken, right_skipped = self.split(inner.right, left_taken, substitute)
                 taken, skipped = right_taken, left_skipped | right_skipped
             else:
-                right_taken, right_skipped = self.split(inner.right, left_skipped)
+                right_taken, right_skipped = self.split(inner.right, left_skipped, substitute)
                 taken, skipped = left_taken | right_taken, right_skipped
             return (skipped, taken) if negated else (taken, skipped)
         sign = conditions.counter_sign(test)
@@ -415,19 +444,23 @@ class Interpreter(Recorder, Checks):
         return self.run_loop(stmt, stmt.body, states, assigned, counter_of(stmt), orelse, infinite)
 
     def over_optimizers(self, stmt: cst.For) -> bool:
-        element = self.frame.element_role(stmt.iter)
-        if element is None:
+        """``for opt in optimizers:``: a container of optimizers, or a loop variable named as
+        one (each iteration another optimizer, not one optimizer's iterations)."""
+        if not isinstance(stmt.target, cst.Name):
             return False
-        if isinstance(stmt.target, cst.Name):
+        element = self.frame.element_role(stmt.iter)
+        if element is not None:
             return element.role is Role.OPTIMIZER
-        return False
+        return role_from_name(stmt.target.value) is Role.OPTIMIZER
 
     def summary(self, node: cst.CSTNode) -> LoopSummary:
         summary = self.summaries.get(id(node))
         if summary is None:
             parent = self.loop_stack[-1] if self.loop_stack else None
             summary = LoopSummary(node, self.ctx.site(node), parent)
-            summary.eval_like = tensors.evaluates(self.ctx, self.frame.func)
+            summary.eval_like = tensors.evaluates(
+                self.ctx, self.frame.func
+            ) and not tensors.switches_gradients(self.ctx, self.frame.func)
             self.summaries[id(node)] = summary
             self.model.loops.append(summary)
         return summary

@@ -41,6 +41,9 @@ class Project:
         self._sources: dict[str, bytes | None] = {}
         self._current: str | None = None
         self._stems: frozenset[str] | None = None
+        # files being indexed for another's sake: their own imports are not followed further,
+        # so that relevance never walks the whole import graph
+        self.loading = 0
         self.reads: set[str] = set()
 
     def imports_linted(self, raw: bytes) -> bool:
@@ -96,7 +99,11 @@ class Project:
                 module = cst.parse_module(raw.decode("utf-8-sig"))
             except (cst.ParserSyntaxError, UnicodeDecodeError, RecursionError, ValueError):
                 module = None
-            ctx = FileContext(module, self._paths[key], self) if module is not None else None
+            self.loading += 1
+            try:
+                ctx = FileContext(module, self._paths[key], self) if module is not None else None
+            finally:
+                self.loading -= 1
             self._contexts[key] = ctx
         if ctx is not None and key != self._current:
             self.reads.add(ctx.path)

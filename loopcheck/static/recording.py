@@ -7,7 +7,7 @@ from __future__ import annotations
 import libcst as cst
 
 from loopcheck.protocol import Event, Move, advance
-from loopcheck.static import conditions
+from loopcheck.static import conditions, tensors
 from loopcheck.static.frames import Frame
 from loopcheck.static.index import FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, Site
@@ -48,6 +48,8 @@ class Recorder:
             summary.forwards.append((action.site, self.grad_enabled, self.root, followed))
         if action.key is None or not self.grad_enabled or not self.loop_stack:
             return states
+        if tensors.evaluates(self.frame.ctx, self.frame.func):
+            return states  # a forward of an evaluation function is not a training forward
         loop = self.loop_stack[-1]
         for state in states:
             for key, eval_site in state.evaluating:

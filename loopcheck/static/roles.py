@@ -140,6 +140,9 @@ _MODEL_WRAPPERS = {
 }
 _MODEL_METHODS = {"to", "cuda", "cpu", "half", "float", "bfloat16", "double", "train", "eval"}
 _LOSS_CLASS = re.compile(r"(Loss|Criterion|Metric|Accuracy)\w*$")
+_NOT_A_MODEL = re.compile(
+    r"(?i)(tokenizer|processor|pipeline|scheduler|config|feature_?extractor|dataset|sampler)"
+)
 
 
 def constructed_role(qualname: str) -> Role | None:
@@ -163,7 +166,12 @@ def constructed_role(qualname: str) -> Role | None:
         and last[:1].isupper()
     ):
         return Role.MODEL
-    if last == "from_pretrained" or last in {"create_model", "build_model", "get_model"}:
+    if last == "from_pretrained":
+        # ``AutoModel.from_pretrained``, not a tokenizer, processor, config, noise scheduler or
+        # diffusers pipeline (whose call runs under no_grad)
+        owner = qualname.rsplit(".", 2)[-2] if qualname.count(".") >= 1 else ""
+        return None if _NOT_A_MODEL.search(owner) else Role.MODEL
+    if last in {"create_model", "build_model", "get_model"}:
         return Role.MODEL
     if qualname.startswith("torchvision.models.") or qualname.startswith("timm.create_model"):
         return Role.MODEL

@@ -160,8 +160,8 @@ def backpropagated(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[
 def evaluates(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
     """A function that evaluates a model: named so (``validate``, ``evaluate``, ``test``), or
     putting a model in eval mode (``model.eval()``)."""
-    if func is None:
-        return False
+    if func is None or func.name.value.startswith("test_"):
+        return False  # a unit test (memory is no concern there)
     cache = ctx.evaluates_cache
     key = id(func)
     if key not in cache:
@@ -171,6 +171,28 @@ def evaluates(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
             and node.func.attr.value == "eval"
             and not node.args
             and dotted(node.func.value) is not None
+            for node in walk(func.body)
+        )
+    return cache[key]
+
+
+_GRAD_SWITCHES = {"no_grad", "inference_mode", "set_grad_enabled", "requires_grad_"}
+
+
+def switches_gradients(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
+    """A function that turns gradients off by other means than a ``with`` block or decorator
+    around its loop (``torch.set_grad_enabled(False)`` as a statement, an ExitStack context,
+    ``model.requires_grad_(False)``): its forwards are not judged for LC502."""
+    if func is None:
+        return False
+    cache = ctx.switches_cache
+    key = id(func)
+    if key not in cache:
+        cache[key] = any(
+            isinstance(node, cst.Attribute)
+            and node.attr.value in _GRAD_SWITCHES
+            or isinstance(node, cst.Name)
+            and node.value in _GRAD_SWITCHES
             for node in walk(func.body)
         )
     return cache[key]
