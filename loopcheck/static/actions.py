@@ -13,8 +13,8 @@ import libcst as cst
 from loopcheck.protocol import Event, Move
 from loopcheck.static.apis import CLIP_FUNCTIONS, ApiReader
 from loopcheck.static.conditions import touches
+from loopcheck.static.host import Host, HostView
 from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
-from loopcheck.static.model import Site
 from loopcheck.static.moves import Action, Alternatives, Emit, Follow, Forward, Mark
 from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (
@@ -29,7 +29,7 @@ from loopcheck.static.syntax import (
 from loopcheck.static.tree import is_expression, kids, walk
 
 if TYPE_CHECKING:
-    from loopcheck.static.frames import Frame
+    pass
 
 MAX_FOLLOWS_PER_ROOT = 120  # past it, calls are treated as calls we cannot see into
 
@@ -58,35 +58,12 @@ _NONFINITE = re.compile(
 )
 
 
-class Host:
-    """What the reader needs from the interpreter running it (see ``Interpreter``)."""
-
-    frame: Frame
-    discarding: int
-    follows: int
-    gate: str | None
-    at: cst.CSTNode | None  # the statement being run, in the current frame
-    grad_enabled: bool
-    no_grad_blocks: list[cst.CSTNode]
-
-
-class Reader:
+class Reader(HostView):
     """Turns the expressions of the current frame into actions."""
 
     def __init__(self, host: Host) -> None:
-        self.host = host
+        super().__init__(host)
         self.apis = ApiReader(host)
-
-    @property
-    def frame(self) -> Frame:
-        return self.host.frame
-
-    @property
-    def ctx(self) -> FileContext:
-        return self.host.frame.ctx
-
-    def site(self, node: cst.CSTNode) -> Site:
-        return self.ctx.site(node)
 
     # expressions
 

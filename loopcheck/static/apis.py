@@ -10,6 +10,7 @@ import libcst as cst
 from loopcheck.protocol import Event, Move
 from loopcheck.static.dataflow import Origin, function_layout, origin
 from loopcheck.static.dataflow import divided as loss_divided
+from loopcheck.static.host import HostView
 from loopcheck.static.model import Site
 from loopcheck.static.moves import Action, Backward, Emit, Follow, Forward, Mark, Mode
 from loopcheck.static.ownership import constructor_of
@@ -18,9 +19,7 @@ from loopcheck.static.syntax import body_clears, roots_of
 from loopcheck.static.tree import walk
 
 if TYPE_CHECKING:
-    from loopcheck.static.actions import Host
     from loopcheck.static.frames import Frame
-    from loopcheck.static.index import FileContext
 
 CLIP_FUNCTIONS = {
     "clip_grad_norm_",
@@ -67,22 +66,8 @@ _MODEL_HARMLESS = {
 }
 
 
-class ApiReader:
+class ApiReader(HostView):
     """The moves of calls whose receiver's role is known, in the host's current frame."""
-
-    def __init__(self, host: Host) -> None:
-        self.host = host
-
-    @property
-    def frame(self) -> Frame:
-        return self.host.frame
-
-    @property
-    def ctx(self) -> FileContext:
-        return self.host.frame.ctx
-
-    def site(self, node: cst.CSTNode) -> Site:
-        return self.host.frame.ctx.site(node)
 
     def method_call(
         self,

@@ -16,6 +16,17 @@ from loopcheck.static.paths import PathState
 from loopcheck.static.roles import Obj, Role, role_from_name
 from loopcheck.static.tree import walk
 
+# What a ``Mark`` says of a loop, as the field of ``LoopSummary`` it sets.
+_LOOP_FLAGS = {
+    "forward": "forward",
+    "loss": "loss_assigned",
+    "clears": "clears_by_name",
+    "opaque_model": "opaque_model",
+    "grads": "grads_read",
+    "flush": "flushes",
+    "autograd": "autograd",
+}
+
 
 class Recorder:
     """The part of the interpreter that applies events; the walk lives in ``Interpreter``."""
@@ -210,21 +221,10 @@ class Recorder:
         if what == "stepped" and self.root is not None:
             self.root.stepped = True
             return
-        for summary in self.loop_stack:
-            if what == "forward":
-                summary.forward = True
-            elif what == "loss":
-                summary.loss_assigned = True
-            elif what == "clears":
-                summary.clears_by_name = True
-            elif what == "opaque_model":
-                summary.opaque_model = True
-            elif what == "grads":
-                summary.grads_read = True
-            elif what == "flush":
-                summary.flushes = True
-            elif what == "autograd":
-                summary.autograd = True
+        flag = _LOOP_FLAGS.get(what)
+        if flag is not None:
+            for summary in self.loop_stack:
+                setattr(summary, flag, True)
         if what == "grads" and self.root is not None:
             self.root.stepped = True  # gradients used by hand: a manual update is possible
 
