@@ -64,6 +64,13 @@ def fixed_twin(path: Path) -> Path:
     return path.with_name(path.name.removesuffix(".py") + ".fixed.py")
 
 
+def divided_twin(old: str, new: str) -> bool:
+    """Whether ``new`` is ``old`` with a division inserted (LC201's fix) and nothing else
+    but parentheses."""
+    undivided = re.sub(r" / (len\([\w.]+\)|[\w.]+)", "", new, count=1)
+    return undivided != new and re.sub(r"[()]", "", undivided) == re.sub(r"[()]", "", old)
+
+
 BEFORE = sorted(p for p in FIX.glob("*.py") if not p.name.endswith(".fixed.py"))
 PAIRS = [p for p in BEFORE if fixed_twin(p).exists()]
 UNFIXABLE = [p for p in BEFORE if not fixed_twin(p).exists()]
@@ -117,8 +124,14 @@ def test_a_fix_changes_no_line_it_does_not_move_or_insert(path: Path) -> None:
         Counter(split_lines(path.read_text())),
         Counter(split_lines(fixed_twin(path).read_text())),
     )
-    assert before - after == Counter()
+    changed = before - after
     added = after - before
+    if "lc201" in path.name:  # the one fix that edits within a line: the loss given to backward
+        assert len(changed) == len(added) == 1
+        (old,), (new,) = changed, added
+        assert divided_twin(old, new)
+        return
+    assert changed == Counter()
     assert all(re.fullmatch(r"\s*[\w.]+\.(zero_grad|unscale_)\([\w.]*\)\n", line) for line in added)
 
 
@@ -157,6 +170,9 @@ def test_unfixable_fixture_stays_unfixable(path: Path) -> None:
         "lc106_unfixable_params_after_step",
         "lc107_unfixable_guarded_step",
         "lc301_unfixable_step_in_helper",
+        "lc201_unfixable_backward_in_helper",
+        "lc201_unfixable_chunked_micro_batches",
+        "lc201_unfixable_two_guards",
     ],
 )
 def test_the_fixer_itself_refuses_what_is_not_certain(name: str) -> None:
@@ -228,7 +244,9 @@ def test_fixing_the_bug_fixtures() -> None:
         assert all(d.fix is None for d in outcome.remaining), path.name
         if outcome.fixed:
             compile(outcome.text, str(path), "exec")
-            assert Counter(split_lines(text)) - Counter(split_lines(outcome.text)) == Counter()
+            lost = Counter(split_lines(text)) - Counter(split_lines(outcome.text))
+            new = Counter(split_lines(outcome.text)) - Counter(split_lines(text))
+            assert all(any(divided_twin(old, line) for line in new) for old in lost), path.name
             if not outcome.remaining:
                 complete.add(path.stem)
     assert set(FULLY_FIXED) <= complete

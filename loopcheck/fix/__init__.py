@@ -7,8 +7,7 @@ non-overlapping fixes together and lints again, pass after pass.
 
 A new fixer is one module here and one line in ``ALL_FIXERS``. A fix that needs a fact only the
 analysis knows gets it through ``Finding.related``, set by the rule (LC102: the backward whose
-gradients are lost; LC101: the loop to clear in; LC201, when it lands: the accumulation count
-the loss must be divided by).
+gradients are lost; LC101: the loop to clear in).
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from loopcheck.fix.clip_before_backward import ClipBeforeBackward
 from loopcheck.fix.clip_without_unscale import ClipWithoutUnscale
 from loopcheck.fix.missing_zero_grad import MissingZeroGrad
 from loopcheck.fix.scheduler_before_optimizer import SchedulerBeforeOptimizer
+from loopcheck.fix.unscaled_accumulated_loss import UnscaledAccumulatedLoss
 from loopcheck.fix.zero_grad_after_backward import ZeroGradAfterBackward
 
 ALL_FIXERS: tuple[type[Fixer], ...] = (
@@ -28,6 +28,7 @@ ALL_FIXERS: tuple[type[Fixer], ...] = (
     ClipBeforeBackward,
     ClipWithoutUnscale,
     SchedulerBeforeOptimizer,
+    UnscaledAccumulatedLoss,
 )
 
 FIXERS_BY_CODE: dict[str, type[Fixer]] = {fixer.code: fixer for fixer in ALL_FIXERS}

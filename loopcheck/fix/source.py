@@ -183,6 +183,11 @@ class SourceFile:
         end = len(self.lines[-1]) + 1
         return Edit(self.newline + content.rstrip("\r\n"), last, end, last, end)
 
+    def replace(self, node: cst.CSTNode, content: str) -> Edit:
+        """Put ``content`` in place of the code of ``node`` (within or across lines)."""
+        rng = self._positions[node]
+        return Edit(content, rng.start.line, rng.start.column + 1, rng.end.line, rng.end.column + 1)
+
     def statement_text(self, indent: str, code: str) -> str:
         """One new line of code at ``indent``."""
         return f"{indent}{code}{self.newline}"
