@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Hashable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 
 
 class Move(enum.Enum):
@@ -106,7 +106,17 @@ class OptState:
     pending_sched: Hashable = None  # a scheduler step before the optimizer's: LC401 on step
     pending_sched_crossed: bool = False  # ... in an earlier micro-batch's iteration: LC202
     sched_per_micro: bool = False  # LC202 was seen in this accumulation window
+    # the hash, computed once: states are hashed over and over in the sets of paths
+    _hash: int = field(default=0, init=False, compare=False, repr=False)
 
+    def __hash__(self) -> int:
+        if not self._hash:
+            value = hash(tuple(getattr(self, name) for name in _STATE_FIELDS)) or 1
+            object.__setattr__(self, "_hash", value)
+        return self._hash
+
+
+_STATE_FIELDS = tuple(f.name for f in fields(OptState) if f.compare)
 
 UNKNOWN = OptState()
 """The state of an optimizer before anything definite was seen."""

@@ -24,7 +24,7 @@ from loopcheck.static.syntax import (
     loop_assigned,
     nested_defs,
 )
-from loopcheck.static.tree import kids
+from loopcheck.static.tree import kids, walk
 
 if TYPE_CHECKING:
     from loopcheck.static.project import Project
@@ -278,6 +278,7 @@ class _Indexer:
     def __init__(self, ctx: FileContext) -> None:
         self.ctx = ctx
         self.condition_counts: dict[str, int] = {}
+        self.alternatives: set[str] = set()  # conditions choosing between two ways of training
         self.moduli_counts: dict[str, int] = {}
 
     def index(self, module: cst.Module) -> None:
@@ -342,6 +343,10 @@ class _Indexer:
                         self.ctx.called_in_loop.add(name)
             elif kind is cst.If or kind is cst.While:
                 self._condition(node.test)
+                if kind is cst.If and node.orelse is not None and _two_ways(node):
+                    key = condition_key(self.ctx.code, node.test)[0]
+                    if key is not None:
+                        self.alternatives.add(key)
             elif kind is cst.Arg and type(node.value) is cst.Comparison:
                 self._condition(node.value)  # a condition handed to a helper
             if kind is cst.For or kind is cst.While:
@@ -349,7 +354,9 @@ class _Indexer:
                 stack.extend((c, owner, in_loop or c is body) for c in kids(node))
                 continue
             stack.extend((c, owner, in_loop) for c in kids(node))
-        self.ctx.tracked_conditions = {t for t, n in self.condition_counts.items() if n > 1}
+        self.ctx.tracked_conditions = {
+            t for t, n in self.condition_counts.items() if n > 1 or t in self.alternatives
+        }
         self.ctx.tracked_moduli = {m for m, n in self.moduli_counts.items() if n > 1}
         external = self._external(calls)
         if any(
@@ -374,7 +381,7 @@ class _Indexer:
         text = condition_key(self.ctx.code, test)[0]
         if text is not None:
             self.condition_counts[text] = self.condition_counts.get(text, 0) + 1
-            if self.condition_counts[text] == 2:
+            if self.condition_counts[text] == 1:
                 self.ctx.fact_names[text] = chains_in(test)
 
     def _external(self, calls: dict[int, set[str]]) -> set[str]:
@@ -421,6 +428,21 @@ class _Indexer:
         self.ctx.classes[node.name.value] = ClassInfo(
             node.name.value, node, self.ctx, bases, methods, attrs, class_values
         )
+
+
+def _two_ways(node: cst.If) -> bool:
+    """Whether an ``if``/``else`` chooses between two ways of training: both branches call
+    something, and one of them makes a move (``if scaler: scaler(loss, opt) else: ...``). Such
+    a choice is made once for the run, so its condition is followed across iterations."""
+    orelse = node.orelse.body if isinstance(node.orelse, cst.Else) else node.orelse
+    sides = [node.body, orelse]
+    if not all(any(isinstance(n, cst.Call) for n in walk(side)) for side in sides):
+        return False
+    return any(
+        isinstance(n, cst.Attribute) and n.attr.value in MOVE_WORDS
+        for side in sides
+        for n in walk(side)
+    )
 
 
 def _relevant(
