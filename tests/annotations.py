@@ -27,9 +27,10 @@ def expected_column(source: str, line: int, code: str) -> int:
     at `optimizer`, `scaler.scale(loss).backward()` at `scaler` (the whole chain is one call),
     and in `norm = clip_grad_norm_(...)` at `clip_grad_norm_`, not at the assignment's target.
     That is the outermost call that starts on the line, i.e. the leftmost one. A line holding no
-    call (`total += loss`) is flagged at its statement's first character. A step guard (LC204)
-    is flagged at its condition: `if step % accum == 0:` at `step`. LC900, a syntax error, is
-    at the column CPython reports for it.
+    call (`total += loss`) is flagged at its statement's first character, and so is every
+    LC501 finding (the accumulation is the statement: `total += loss * x.size(0)` at `total`).
+    A step guard (LC204) is flagged at its condition: `if step % accum == 0:` at `step`.
+    LC900, a syntax error, is at the column CPython reports for it.
     """
     if code == "LC900":
         try:
@@ -48,7 +49,7 @@ def expected_column(source: str, line: int, code: str) -> int:
     starts = [
         node.col_offset
         for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and node.lineno == line
+        if isinstance(node, ast.Call) and node.lineno == line and code != "LC501"
     ]
     if not starts:
         starts = [

@@ -59,6 +59,7 @@ class MissingBackward(Rule):
                     site.span,
                     f"`{site.text}` steps, but this loop never calls `backward()`: "
                     "no gradient is produced, the step changes nothing",
+                    site.path,
                 )
 
 

@@ -67,4 +67,5 @@ class MissingStep(Rule):
                 site.span,
                 f"`{site.text}` computes gradients that no optimizer step ever applies: "
                 "call `optimizer.step()` after backward",
+                site.path,
             )

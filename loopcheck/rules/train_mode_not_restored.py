@@ -61,16 +61,9 @@ class TrainModeNotRestored(ProtocolRule):
     )
 
     def keep(self, model: FileModel, record: Record) -> bool:
-        forward_loop = model.innermost_loop(record.cause) if record.cause is not None else None
-        if forward_loop is None or not any(
-            model.innermost_loop(site) is forward_loop for site in forward_loop.backwards
-        ):
-            return False  # an evaluation forward: no backward in its own loop
-        loop: LoopSummary | None = forward_loop
-        while loop is not None and record.site not in loop.sites:
-            loop = loop.parent
-        # the eval() and the training forward in one loop that trains
-        return loop is not None and _trains(loop)
+        # the eval() and the backward of a loss of the model in eval mode in one loop that
+        # trains (record.loop: the innermost loop around both)
+        return record.loop is not None and _trains(record.loop)
 
     def related(self, model: FileModel, record: Record) -> None:
         return None

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import libcst as cst
 
 from loopcheck.protocol import Event, Move
 from loopcheck.static.apis import CLIP_FUNCTIONS, ApiReader
 from loopcheck.static.conditions import touches
+from loopcheck.static.frames import instance_of
 from loopcheck.static.host import Host, HostView
 from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
 from loopcheck.static.moves import Action, Alternatives, Emit, Follow, Forward, Mark
@@ -27,9 +27,6 @@ from loopcheck.static.syntax import (
     params_of,
 )
 from loopcheck.static.tree import is_expression, kids, walk
-
-if TYPE_CHECKING:
-    pass
 
 MAX_FOLLOWS_PER_ROOT = 120  # past it, calls are treated as calls we cannot see into
 
@@ -319,11 +316,30 @@ class Reader(HostView):
             owner = frame.resolve(func.value)
             if owner is not None and owner.cls is not None:
                 return self._method(owner, func.attr.value)
+            if owner is not None and owner.role in (Role.MODEL, Role.LIGHTNING, Role.INSTANCE):
+                return self._duck_method(func.attr.value)
             if owner is None and frame.is_module_name(func.value):
                 qual = ctx.imports.qualify(func)
                 if qual is not None:
                     return self._external(qual)
+            if (
+                owner is None
+                and isinstance(func.value, cst.Name)
+                and func.value.value in frame.params
+            ):
+                return self._duck_method(func.attr.value)
         return None
+
+    def _duck_method(
+        self, name: str
+    ) -> list[tuple[FileContext, cst.FunctionDef, ClassInfo | None, Obj | None]] | None:
+        """A method called on an object of unknown class: the one class of this file that
+        defines it and trains in it (an RL agent handed to a runner loop)."""
+        found = self.ctx.sole_method(name)
+        if found is None or is_abstract(found[1]):
+            return None
+        info, node = found
+        return [(self.ctx, node, info, instance_of(info))]
 
     def _method(
         self, owner: Obj, name: str

@@ -41,7 +41,7 @@ def _analyze(ctx: FileContext) -> FileModel:
     interp.run_root(top, ctx.module.body, root)
     for func, cls, scope in _entry_points(ctx):
         frame = Frame(ctx, func, cls, {}, top, scope)
-        root = RootSummary(scope, referenced=func.name.value in ctx.referenced)
+        root = RootSummary(scope, referenced=_referenced(ctx, func, cls))
         model.roots.append(root)
         implicit = _implicit_loop(ctx, func, cls, scope)
         body = func.body.body if isinstance(func.body, cst.IndentedBlock) else [func.body]
@@ -50,6 +50,18 @@ def _analyze(ctx: FileContext) -> FileModel:
         else:
             interp.run_root(frame, body, root)
     return model
+
+
+def _referenced(ctx: FileContext, func: cst.FunctionDef, cls: ClassInfo | None) -> bool:
+    """Whether callers may give a function its context: it is named elsewhere in its file, or
+    it is a public function of the module and other linted files, which may import it, are
+    analysed with it (a method is judged with its class: a base class calls it, or a
+    framework)."""
+    name = func.name.value
+    if name in ctx.referenced:
+        return True
+    public = cls is None and not name.startswith("_")
+    return public and ctx.project is not None and ctx.project.several
 
 
 def _entry_points(ctx: FileContext) -> Iterator[tuple[cst.FunctionDef, ClassInfo | None, str]]:

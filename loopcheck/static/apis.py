@@ -161,6 +161,8 @@ class ApiReader(HostView):
                 return [Mode(site, owner.key, _training(method, positional, keywords))]
             if method in _MODEL_HARMLESS or is_model_method(method):
                 return []
+            if owner.cls is None and self.ctx.sole_method(method) is not None:
+                return None  # the one class of this file with that method: follow it
             return [forward, Mark("opaque_model"), *self.opaque_args(call)]
         return None
 

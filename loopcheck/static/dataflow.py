@@ -241,7 +241,7 @@ class _Tracer:
         )
         tracer = _Tracer(frame, carried, self.helpers + 1)
         out = NOTHING
-        for statement, value in _returns(node):
+        for statement, value in returns_of(node):
             out = out | tracer.expr(value, depth + 1, statement)
         return out
 
@@ -281,7 +281,7 @@ def _settings_parameter(frame: Frame, name: str) -> bool:
     return bool(_SCALAR_NAME.search(name))
 
 
-def _returns(func: cst.FunctionDef) -> list[tuple[cst.CSTNode, cst.BaseExpression]]:
+def returns_of(func: cst.FunctionDef) -> list[tuple[cst.CSTNode, cst.BaseExpression]]:
     """The values a function returns, each with the statement line that returns it."""
     out: list[tuple[cst.CSTNode, cst.BaseExpression]] = []
     stack: list[cst.CSTNode] = [func.body]
@@ -470,7 +470,7 @@ class _Division:
             node = self.frame.ctx.functions[func.value]
             results = [
                 _Division(_callee_frame(self.frame, node)).expr(value, stmt, depth + 1)
-                for stmt, value in _returns(node)
+                for stmt, value in returns_of(node)
             ]
             if results:  # a helper of this file: what its returns say
                 out: bool | None = True

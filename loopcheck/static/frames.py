@@ -130,12 +130,7 @@ class Frame:
 
     def self_obj(self) -> Obj:
         assert self.cls is not None
-        role = (
-            Role.LIGHTNING
-            if self.cls.is_lightning
-            else (Role.MODEL if self.cls.is_module else Role.INSTANCE)
-        )
-        return Obj(role, f"{self.cls.name}.self", cls=self.cls)
+        return instance_of(self.cls)
 
     def is_module_name(self, expr: cst.BaseExpression) -> bool:
         """``torch``, ``optim``, ``nn.utils``: a chain that starts at an imported module."""
@@ -520,3 +515,9 @@ def _literal_index(subscript: cst.Subscript) -> object:
     if isinstance(value, cst.SimpleString):
         return value.evaluated_value
     return None
+
+
+def instance_of(cls: ClassInfo) -> Obj:
+    """An instance of a linted class, as its methods see ``self``."""
+    role = Role.LIGHTNING if cls.is_lightning else (Role.MODEL if cls.is_module else Role.INSTANCE)
+    return Obj(role, f"{cls.name}.self", cls=cls)

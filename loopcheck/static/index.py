@@ -209,6 +209,17 @@ class FileContext:
             return None
         return self.project.definition(self, qualname)
 
+    def sole_method(self, name: str) -> tuple[ClassInfo, cst.FunctionDef] | None:
+        """The method ``name`` when one class of this file alone defines it and it takes part
+        in a training step: what ``agent.update()`` or ``model.validation_step(b)`` runs when
+        the receiver's class is not known."""
+        found = [
+            (info, info.methods[name])
+            for info in self.classes.values()
+            if name in info.methods and id(info.methods[name]) in self.relevant
+        ]
+        return found[0] if len(found) == 1 else None
+
     def subclasses(self, info: ClassInfo) -> list[ClassInfo]:
         """Classes of this file that derive from ``info`` (directly or not)."""
         return [c for c in self.classes.values() if c is not info and info in list(c.mro())]

@@ -477,6 +477,13 @@ class Interpreter(Recorder, Checks):
         framework: bool = False,
     ) -> Flow:
         summary = self.summary(node)
+        if states and not summary.eval_like and all(s.evaluating for s in states):
+            # entered with a model in eval mode on every path: an evaluation loop (LC502),
+            # unless its code turns gradients off by other means, or is a unit test
+            func = self.frame.func
+            summary.eval_like = not tensors.switches_gradients(self.ctx, func) and not (
+                func is not None and func.name.value.startswith("test")
+            )
         # Counters that grow by one per iteration keep their modular facts across the back
         # edge, shifted: ``(i + 1) % N != 0`` now is ``i % N != 0`` next iteration.
         counters = frozenset(self.ctx.incremented(body) | ({counter} if counter else set()))
@@ -599,6 +606,7 @@ class Interpreter(Recorder, Checks):
             elif isinstance(action, Backward):
                 self.note_backward(action.site)
                 self.backward_under_no_grad(action, action.computed_without_grad)
+                self.trained_in_eval_mode(states, action)
                 states = {self.backward(s, action) for s in states}
             elif isinstance(action, Forward):
                 states = self.forward(states, action)

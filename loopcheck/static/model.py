@@ -104,7 +104,7 @@ class RootSummary:
     """One entry point of the analysis: the module body or a function analysed on its own."""
 
     name: str
-    referenced: bool  # called or named elsewhere in the file: its callers give it context
+    referenced: bool  # called elsewhere (its file, or maybe another linted file): callers decide
     stepped: bool = False  # some STEP, opaque optimizer call or unresolved .step() was seen
     stepped_keys: set[str] = field(default_factory=set)  # optimizers stepped (STEP events)
     # each backward inside a loop: its site, the outermost loop, an optimizer in its scope

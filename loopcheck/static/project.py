@@ -63,6 +63,11 @@ class Project:
                 return True
         return False
 
+    @property
+    def several(self) -> bool:
+        """Whether other files are linted with each one (their functions may call its own)."""
+        return len(self._paths) > 1
+
     def __contains__(self, path: str) -> bool:
         return _normal(path) in self._paths
 
@@ -133,8 +138,10 @@ class Project:
         that may take part in a training step."""
         for module_key, _ in self._candidates(ctx.path, qualname):
             raw = self.source(module_key)
-            if raw is None or not _MOVES.search(raw):
+            if raw is None:
                 continue
+            if not _MOVES.search(raw) and os.path.basename(module_key) != "__init__.py":
+                continue  # no move here; a package's __init__ may re-export one from elsewhere
             found = self.definition(ctx, qualname)
             if found is None:
                 return False

@@ -7,7 +7,7 @@ from __future__ import annotations
 import libcst as cst
 
 from loopcheck.protocol import Event, Move, advance
-from loopcheck.static import conditions, tensors
+from loopcheck.static import conditions
 from loopcheck.static.frames import Frame
 from loopcheck.static.index import FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, Site
@@ -50,24 +50,31 @@ class Recorder:
         return self.grad_modes[-1] if self.grad_modes else True
 
     def forward(self, states: set[PathState], action: Forward) -> set[PathState]:
-        """A model run forward: noted in the loops (LC104, LC502); a training forward of a
-        model some path left in eval mode is LC503, at the ``eval()`` that did it."""
+        """A model run forward: noted in the loops (LC104, LC502)."""
         followed = len(self.frames) > 1
         for summary in self.loop_stack:
             summary.forward = True
             summary.sites.add(action.site)
             summary.forwards.append((action.site, self.grad_enabled, self.root, followed))
-        if action.key is None or not self.grad_enabled or not self.loop_stack:
-            return states
-        if tensors.evaluates(self.frame.ctx, self.frame.func):
-            return states  # a forward of an evaluation function is not a training forward
-        loop = self.loop_stack[-1]
+        return states
+
+    def trained_in_eval_mode(self, states: set[PathState], action: Backward) -> None:
+        """LC503, at the ``eval()`` that did it: a backward on a path where a model its loss
+        comes from is still in eval mode. Judged at the backward, not the forward, so that a
+        path that only evaluates (the ``"val"`` phase of a phase loop) is no training path."""
+        models = action.origin.models
+        if not models or not self.grad_enabled or not self.loop_stack:
+            return
         for state in states:
             for key, eval_site in state.evaluating:
-                if overlap(frozenset({key}), frozenset({action.key})):
+                if not overlap(frozenset({key}), models):
+                    continue
+                # the loop where the evaluation and the training meet (seen from here: the
+                # helpers' own loops know nothing of their callers)
+                loop = next((s for s in reversed(self.loop_stack) if eval_site in s.sites), None)
+                if loop is not None:
                     record = Record("LC503", eval_site, key, loop, self.root, action.site)
                     self.model.add_record(record)
-        return states
 
     def mode(self, state: PathState, action: Mode) -> PathState:
         kept = frozenset(

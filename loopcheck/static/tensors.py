@@ -7,15 +7,15 @@ import re
 
 import libcst as cst
 
-from loopcheck.static.dataflow import function_layout, origin
-from loopcheck.static.frames import Frame
+from loopcheck.static.dataflow import function_layout, origin, returns_of
+from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import EVALUATING as _EVALUATING
 from loopcheck.static.index import FileContext
 from loopcheck.static.ownership import constructor_of
 from loopcheck.static.reaching import Statement
 from loopcheck.static.roles import Role
 from loopcheck.static.syntax import dotted, names_in
-from loopcheck.static.tree import walk
+from loopcheck.static.tree import kids, walk
 
 _BACKWARD_CALLS = {"backward", "manual_backward"}
 
@@ -26,34 +26,25 @@ def kept_graph(
     """``total += loss`` / ``total = total + loss`` / ``losses.append(loss)`` where the added
     tensor carries the graph of a model's forward: the accumulator's name and the node to flag."""
     added: cst.BaseExpression | None = None
-    name: str | None = None
+    target: cst.BaseExpression | None = None
     if isinstance(stmt, cst.AugAssign) and isinstance(stmt.operator, cst.AddAssign):
-        if isinstance(stmt.target, cst.Name):
-            name, added = stmt.target.value, stmt.value
+        target, added = stmt.target, stmt.value
     elif isinstance(stmt, cst.Assign) and len(stmt.targets) == 1:
-        target = stmt.targets[0].target
         value = stmt.value
         if (
-            isinstance(target, cst.Name)
-            and isinstance(value, cst.BinaryOperation)
+            isinstance(value, cst.BinaryOperation)
             and isinstance(value.operator, cst.Add)
-            and isinstance(value.left, cst.Name)
-            and value.left.value == target.value
+            and dotted(value.left) is not None
+            and dotted(value.left) == dotted(stmt.targets[0].target)
         ):
-            name, added = target.value, value.right
+            target, added = stmt.targets[0].target, value.right
     elif isinstance(stmt, cst.Expr) and isinstance(stmt.value, cst.Call):
         call = stmt.value
         func = call.func
-        if (
-            isinstance(func, cst.Attribute)
-            and func.attr.value == "append"
-            and isinstance(func.value, cst.Name)
-            and len(call.args) == 1
-        ):
-            name, added = func.value.value, call.args[0].value
+        if isinstance(func, cst.Attribute) and func.attr.value == "append" and len(call.args) == 1:
+            target, added = func.value, call.args[0].value
+    name = _accumulator(frame, target) if target is not None else None
     if name is None or added is None:
-        return None
-    if not _initialised(frame, name):
         return None  # not an accumulator set up before the loop
     found = origin(frame, added, at)
     if not found.models or not found.complete:
@@ -63,7 +54,13 @@ def kept_graph(
     return name, stmt
 
 
-_TENSOR_METHODS = {"mean", "sum", "float", "double", "half", "to", "cuda", "squeeze", "view"}
+# methods of a tensor whose result keeps the tensor's graph
+_TENSOR_METHODS = {
+    "mean", "sum", "float", "double", "half", "bfloat16", "to", "cuda", "clone",
+    "squeeze", "unsqueeze", "view", "reshape", "flatten", "transpose", "permute", "contiguous",
+    "gather", "index_select", "exp", "log", "abs", "pow", "sqrt", "neg", "softmax",
+    "log_softmax", "sigmoid", "tanh", "clamp", "norm",
+}  # fmt: skip
 
 
 def _surely_a_graph(
@@ -99,6 +96,14 @@ def _surely_a_graph(
     if isinstance(func, cst.Attribute) and func.attr.value in _TENSOR_METHODS:
         return _surely_a_graph(frame, func.value, at, depth + 1)
     qual = frame.ctx.imports.qualify(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
+    helper = _helper(frame, func, qual)
+    if helper is not None:  # a function of the linted files: what every return of it is
+        ctx, node = helper
+        callee = Frame(ctx, node, None, {}, module_frame(ctx), node.name.value)
+        returned = returns_of(node)
+        return bool(returned) and all(
+            _surely_a_graph(callee, value, statement, depth + 1) for statement, value in returned
+        )
     if qual is not None and qual.startswith(("torch.nn.functional.", "torch.")):
         return any(_surely_a_graph(frame, a.value, at, depth + 1) for a in expr.args)
     built = constructor_of(frame, func) if isinstance(func, (cst.Name, cst.Attribute)) else None
@@ -111,17 +116,52 @@ def _surely_a_graph(
     return False
 
 
+def _helper(
+    frame: Frame, func: cst.BaseExpression, qual: str | None
+) -> tuple[FileContext, cst.FunctionDef] | None:
+    """The function a call runs when it is one of this file or of another linted file."""
+    if isinstance(func, cst.Name) and func.value in frame.ctx.functions:
+        return frame.ctx, frame.ctx.functions[func.value]
+    if qual is None:
+        return None
+    found = frame.ctx.external(qual)
+    if found is not None and isinstance(found[1], cst.FunctionDef):
+        return found[0], found[1]
+    return None
+
+
 _LOSS_NAME = re.compile(r"(?i)^(criterion|crit|loss_?fn|loss_?func|compute_loss|\w*_loss|loss)$")
 
 
-def _initialised(frame: Frame, name: str) -> bool:
-    """An accumulator starts as a number or an empty list before the loop."""
-    for value in frame.local_values.get(name, ()):
-        if isinstance(value, (cst.Integer, cst.Float)) or (
-            isinstance(value, cst.List) and not value.elements
-        ):
-            return True
-    return False
+def _accumulator(frame: Frame, target: cst.BaseExpression) -> str | None:
+    """The name of an accumulator that starts as a number or an empty list: a local set up
+    before the loop (``total = 0.0``, ``d_sum, g_sum = 0.0, 0.0``) or an attribute of ``self``
+    set up by the class (``self.losses = []`` in ``__init__``)."""
+    values: list[cst.BaseExpression] = []
+    if isinstance(target, cst.Name):
+        values.extend(frame.local_values.get(target.value, ()))
+        for i, value in frame.tuple_values.get(target.value, ()):
+            if isinstance(value, (cst.Tuple, cst.List)) and i < len(value.elements):
+                values.append(value.elements[i].value)
+    elif (
+        isinstance(target, cst.Attribute)
+        and isinstance(target.value, cst.Name)
+        and target.value.value == "self"
+        and frame.cls is not None
+    ):
+        for info in frame.cls.mro():
+            values.extend(value for value, _ in info.attr_values.get(target.attr.value, ()))
+    else:
+        return None
+    if any(_starts_empty(value) for value in values):
+        return dotted(target)
+    return None
+
+
+def _starts_empty(value: cst.BaseExpression) -> bool:
+    return isinstance(value, (cst.Integer, cst.Float)) or (
+        isinstance(value, cst.List) and not value.elements
+    )
 
 
 def backpropagated(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[str]:
@@ -183,16 +223,28 @@ def switches_gradients(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
     """A function that turns gradients off by other means than a ``with`` block or decorator
     around its loop (``torch.set_grad_enabled(False)`` as a statement, an ExitStack context,
     ``model.requires_grad_(False)``): its forwards are not judged for LC502."""
-    if func is None:
-        return False
+    body: cst.CSTNode = func.body if func is not None else ctx.module
     cache = ctx.switches_cache
-    key = id(func)
+    key = id(body)
     if key not in cache:
         cache[key] = any(
             isinstance(node, cst.Attribute)
             and node.attr.value in _GRAD_SWITCHES
             or isinstance(node, cst.Name)
             and node.value in _GRAD_SWITCHES
-            for node in walk(func.body)
+            for node in (walk(body) if func is not None else _own_nodes(body))
         )
     return cache[key]
+
+
+def _own_nodes(body: cst.CSTNode) -> list[cst.CSTNode]:
+    """The nodes of a body outside the functions and classes defined in it."""
+    out: list[cst.CSTNode] = []
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        stack.extend(
+            kid for kid in kids(node) if not isinstance(kid, (cst.FunctionDef, cst.ClassDef))
+        )
+    return out
