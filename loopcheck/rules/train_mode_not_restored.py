@@ -14,9 +14,10 @@ if TYPE_CHECKING:
 class TrainModeNotRestored(ProtocolRule):
     """## What it does
     Flags a `model.eval()` (or `model.train(False)`) reachable inside a training loop, on a path
-    that reaches the next training forward of that model without `model.train()` in between —
-    typically an evaluation run in the middle of each epoch, while `model.train()` is called
-    only once, before the loop.
+    that reaches the next training step of that model (a backward of a loss it computed)
+    without `model.train()` in between — typically an evaluation run at the end of each epoch,
+    inline or in a helper, while `model.train()` is called only once, before the loop. A path
+    that only evaluates (the `"val"` phase of a phase loop) is not a training path.
 
     ## Why is this bad?
     In eval mode dropout is off and batch normalisation uses its running statistics instead of
