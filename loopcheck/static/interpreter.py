@@ -559,7 +559,7 @@ class Interpreter(Recorder, Checks):
         facts = state.facts
         if any(text.startswith(_GATE_PREFIX) for text, _ in facts):
             facts = frozenset(f for f in facts if not f[0].startswith(_GATE_PREFIX))
-        state = state.with_facts(facts).with_zeroed(frozenset())
+        state = self.carry_eval_mode(state.with_facts(facts).with_zeroed(frozenset()), summary)
         for key, _ in state.opts:
             if summary.has(Move.STEP, key):
                 state = self.apply(state, key, Event(Move.ITERATION))  # may complete LC303

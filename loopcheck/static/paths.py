@@ -21,14 +21,15 @@ class PathState:
         opts: tuple[tuple[str, OptState], ...] = (),
         facts: frozenset[tuple[str, bool]] = frozenset(),
         last_zeroed: frozenset[str] = frozenset(),
-        evaluating: frozenset[tuple[str, object]] = frozenset(),
+        evaluating: frozenset[tuple[str, object, bool]] = frozenset(),
     ) -> None:
         self.opts = opts
         self.facts = facts
         # the optimizers cleared by the latest run of consecutive clears (a ``reset_grad()``
         # helper clears several): a backward right after them feeds them
         self.last_zeroed = last_zeroed
-        # models put in eval mode on this path, each with the ``eval()`` call that did it
+        # models put in eval mode on this path: (model, the ``eval()`` call that did it, whether
+        # the back edge of a loop around that call was crossed since)
         self.evaluating = evaluating
         self._hash = 0
 
@@ -51,7 +52,7 @@ class PathState:
     def __repr__(self) -> str:
         return f"PathState({self.opts!r}, {sorted(self.facts)!r}, {sorted(self.last_zeroed)!r})"
 
-    def with_evaluating(self, evaluating: frozenset[tuple[str, object]]) -> PathState:
+    def with_evaluating(self, evaluating: frozenset[tuple[str, object, bool]]) -> PathState:
         if evaluating == self.evaluating:
             return self
         return PathState(self.opts, self.facts, self.last_zeroed, evaluating)

@@ -66,9 +66,9 @@ class Recorder:
         if not models or not self.grad_enabled or not self.loop_stack:
             return
         for state in states:
-            for key, eval_site in state.evaluating:
-                if not overlap(frozenset({key}), models):
-                    continue
+            for key, eval_site, crossed in state.evaluating:
+                if not crossed or not overlap(frozenset({key}), models):
+                    continue  # eval() right before training in one pass: frozen on purpose
                 # the loop where the evaluation and the training meet (seen from here: the
                 # helpers' own loops know nothing of their callers)
                 loop = next((s for s in reversed(self.loop_stack) if eval_site in s.sites), None)
@@ -78,13 +78,25 @@ class Recorder:
 
     def mode(self, state: PathState, action: Mode) -> PathState:
         kept = frozenset(
-            (key, site)
-            for key, site in state.evaluating
-            if not overlap(frozenset({key}), frozenset({action.key}))
+            entry
+            for entry in state.evaluating
+            if not overlap(frozenset({entry[0]}), frozenset({action.key}))
         )
         if not action.training:
-            kept |= {(action.key, action.site)}
+            kept |= {(action.key, action.site, False)}
         return state.with_evaluating(kept)
+
+    def carry_eval_mode(self, state: PathState, summary: LoopSummary) -> PathState:
+        """The back edge of a loop that put a model in eval mode: from here on that mode is
+        left over from an earlier iteration (LC503 if the model trains in it)."""
+        if not any(not crossed and site in summary.sites for _, site, crossed in state.evaluating):
+            return state
+        return state.with_evaluating(
+            frozenset(
+                (key, site, crossed or site in summary.sites)
+                for key, site, crossed in state.evaluating
+            )
+        )
 
     def backward_under_no_grad(self, action: Backward, receiver_inside: bool) -> None:
         """LC504: a backward run with gradients off, of a loss computed in the same no-grad
