@@ -34,6 +34,8 @@ def analyze(module: cst.Module, path: str = "<stdin>", project: Project | None =
 
 def _analyze(ctx: FileContext) -> FileModel:
     model = FileModel()
+    if _other_framework(ctx):
+        return model
     interp = Interpreter(model)
     top = module_frame(ctx)
     root = RootSummary("<module>", referenced=False)
@@ -50,6 +52,19 @@ def _analyze(ctx: FileContext) -> FileModel:
         else:
             interp.run_root(frame, body, root)
     return model
+
+
+# Deep-learning frameworks whose training loops look like PyTorch's but are not (MegEngine's
+# modules have eval() too, TensorFlow's optimizers step).
+_OTHER_FRAMEWORKS = {
+    "megengine", "tensorflow", "keras", "jax", "flax", "paddle", "mindspore", "oneflow", "mxnet",
+}  # fmt: skip
+
+
+def _other_framework(ctx: FileContext) -> bool:
+    """A file written for another framework, importing no torch: nothing here applies."""
+    roots = {qual.split(".", 1)[0] for qual in ctx.imports.aliases.values()}
+    return bool(roots & _OTHER_FRAMEWORKS) and "torch" not in roots
 
 
 def _referenced(ctx: FileContext, func: cst.FunctionDef, cls: ClassInfo | None) -> bool:

@@ -13,7 +13,7 @@ from loopcheck.static.index import ClassInfo, FileContext
 from loopcheck.static.ownership import module_key
 from loopcheck.static.reaching import Definition, Layout, Statement
 from loopcheck.static.roles import Obj, Role
-from loopcheck.static.syntax import all_params, dotted, literal, params_of
+from loopcheck.static.syntax import all_params, dotted, literal, params_of, turns_grad_off
 from loopcheck.static.tree import is_expression, kids
 
 _MODEL_ROLES = (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
@@ -289,7 +289,7 @@ def returns_of(func: cst.FunctionDef) -> list[tuple[cst.CSTNode, cst.BaseExpress
         node = stack.pop()
         if isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
             continue
-        if isinstance(node, cst.SimpleStatementLine):
+        if isinstance(node, (cst.SimpleStatementLine, cst.SimpleStatementSuite)):
             for small in node.body:
                 if isinstance(small, cst.Return) and small.value is not None:
                     out.append((node, small.value))
@@ -376,9 +376,8 @@ def _disables_grad(item: cst.BaseExpression) -> bool:
         last = name.rsplit(".", 1)[-1]
         if last == "set_grad_enabled":
             return bool(item.args) and dotted(item.args[0].value) == "False"
-        return last in {"no_grad", "inference_mode"}
-    name = dotted(item) or ""
-    return name.rsplit(".", 1)[-1] in {"no_grad", "inference_mode"}
+        return turns_grad_off(last)
+    return turns_grad_off(dotted(item) or "")
 
 
 # --- whether a loss is divided (by the micro-batch count, a token count, ...) ------------------
@@ -452,10 +451,12 @@ class _Division:
                 return True
         if not plain:
             return None
-        result: bool | None = True
-        for d in plain:
-            result = _both(result, self.expr(d.value, d.statement, depth + 1))
-        return result
+        results = [self.expr(d.value, d.statement, depth + 1) for d in plain]
+        if any(results):
+            # divided on some path (``if accum > 1: loss = loss / accum``): the division is
+            # the author's, conditional on purpose, as ``loss /= accum`` under an ``if`` is
+            return True
+        return None if None in results else False
 
     def call(self, call: cst.Call, at: Statement | None, depth: int) -> bool | None:
         func = call.func

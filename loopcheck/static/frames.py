@@ -350,6 +350,11 @@ class Frame:
                     return Obj(Role.OPTIMIZER, key, models_in(self, value))
                 role = Role.MODEL if cls.is_module else Role.INSTANCE
                 return Obj(role, key, cls=cls)
+            first = positional[0] if positional else None
+            if isinstance(first, cst.Name) and (
+                first.value in self.local_defs or first.value in self.ctx.functions
+            ):
+                return None  # ``torch.compile(update)``, ``CudaGraphModule(step_fn)``: a function
             if is_model_wrapper(qual) and positional:
                 inner = self.resolve(positional[0])
                 if inner is not None and inner.role is Role.MODEL:

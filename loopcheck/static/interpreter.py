@@ -33,6 +33,7 @@ from loopcheck.static.syntax import (
     grad_context,
     is_increment,
     is_true,
+    turns_grad_off,
 )
 
 MAX_FOLLOW_DEPTH = 6
@@ -41,6 +42,7 @@ _PRESENT = object()  # the value of a parameter known to hold an optimizer, scal
 _GATE_PREFIX = "<"  # facts about framework gates: decided anew every iteration
 _STATEMENTS = (
     cst.SimpleStatementLine,
+    cst.SimpleStatementSuite,
     cst.If,
     cst.For,
     cst.While,
@@ -167,7 +169,8 @@ class Interpreter(Recorder, Checks):
         reader = self.reader
         if isinstance(stmt, _STATEMENTS):
             self.at = stmt
-        if isinstance(stmt, cst.SimpleStatementLine):
+        if isinstance(stmt, (cst.SimpleStatementLine, cst.SimpleStatementSuite)):
+            # a line, or the one-line body of a compound statement (``if x: opt.step()``)
             return self.exec_block(stmt.body, states)
         if isinstance(stmt, cst.IndentedBlock):
             return self.exec_block(stmt.body, states)
@@ -235,7 +238,7 @@ class Interpreter(Recorder, Checks):
             return 0
         for name in decorators(func):
             last = name.rsplit(".", 1)[-1]
-            if last in {"no_grad", "inference_mode"}:
+            if turns_grad_off(last):
                 self.grad_modes.append(False)
                 self.no_grad_blocks.append(func)
                 return 1
@@ -664,4 +667,15 @@ class Interpreter(Recorder, Checks):
             self.grad_modes, self.no_grad_blocks = saved_modes
             self.follow_stack.pop()
             self.frames.pop()
-        return cap(flow.normal | flow.returns)
+        return cap({_forget_locals(s, scope) for s in flow.normal | flow.returns})
+
+
+def _forget_locals(state: PathState, scope: str) -> PathState:
+    """A function returned: the models local to it (keyed ``scope:name``) are gone, and so is
+    the eval mode it left them in (a model loaded and evaluated per call)."""
+    prefix = f"{scope}:"
+    if not any(key.startswith(prefix) for key, _, _ in state.evaluating):
+        return state
+    return state.with_evaluating(
+        frozenset(entry for entry in state.evaluating if not entry[0].startswith(prefix))
+    )

@@ -89,7 +89,7 @@ class Layout:
         key = id(stmt)
         if key not in self._direct:
             out: dict[str, list[Definition]] = {}
-            if isinstance(stmt, cst.SimpleStatementLine):
+            if isinstance(stmt, (cst.SimpleStatementLine, cst.SimpleStatementSuite)):
                 for small in stmt.body:
                     operator = type(small.operator) if isinstance(small, cst.AugAssign) else None
                     for target, value, aug in _assigned(small):
@@ -111,7 +111,7 @@ class Layout:
             stack: list[cst.CSTNode] = [stmt]
             while stack:
                 node = stack.pop()
-                if isinstance(node, cst.SimpleStatementLine):
+                if isinstance(node, (cst.SimpleStatementLine, cst.SimpleStatementSuite)):
                     for name, defs in self.direct(node).items():
                         out.setdefault(name, []).extend(defs)
                     continue

@@ -314,6 +314,13 @@ def is_abstract(func: cst.FunctionDef) -> bool:
     return True
 
 
+def turns_grad_off(name: str) -> bool:
+    """Whether a context manager or decorator named so runs with gradients off:
+    ``torch.no_grad``, ``torch.inference_mode`` and projects' own wrappers of them
+    (YOLOv5's ``smart_inference_mode``)."""
+    return name.rsplit(".", 1)[-1].endswith(("no_grad", "inference_mode"))
+
+
 def decorators(func: cst.FunctionDef) -> Iterable[str]:
     for deco in func.decorators:
         node = deco.decorator
@@ -330,7 +337,7 @@ def grad_context(item: cst.BaseExpression) -> bool | None:
     ``torch.enable_grad()``, ``set_grad_enabled(True)``; None for anything else."""
     node = item.func if isinstance(item, cst.Call) else item
     last = (dotted(node) or "").rsplit(".", 1)[-1]
-    if last in {"no_grad", "inference_mode"}:
+    if turns_grad_off(last):
         if isinstance(item, cst.Call) and last == "inference_mode" and item.args:
             flag = item.args[0].value
             return not (isinstance(flag, cst.Name) and flag.value == "False")

@@ -46,6 +46,8 @@ def kept_graph(
     name = _accumulator(frame, target) if target is not None else None
     if name is None or added is None:
         return None  # not an accumulator set up before the loop
+    if not _names_a_loss(added) and not _LOSSES.search(name):
+        return None  # outputs or features collected: an evaluation's business (LC502)
     found = origin(frame, added, at)
     if not found.models or not found.complete:
         return None
@@ -131,6 +133,20 @@ def _helper(
 
 
 _LOSS_NAME = re.compile(r"(?i)^(criterion|crit|loss_?fn|loss_?func|compute_loss|\w*_loss|loss)$")
+
+
+_LOSSES = re.compile(r"(?i)loss")
+
+
+def _names_a_loss(expr: cst.BaseExpression) -> bool:
+    """Whether a value is named a loss: ``loss``, ``d_loss * n``, ``out.loss``,
+    ``losses["total"]``, ``outputs["loss"]``."""
+    for node in walk(expr):
+        if isinstance(node, cst.Name) and _LOSSES.search(node.value):
+            return True
+        if isinstance(node, cst.SimpleString) and _LOSSES.search(node.value):
+            return True
+    return False
 
 
 def _accumulator(frame: Frame, target: cst.BaseExpression) -> str | None:
