@@ -61,7 +61,9 @@ class Event:
     scaled: bool = False  # BACKWARD of a GradScaler-scaled loss
     divided: bool | None = None  # BACKWARD: loss divided by the micro-batch count (None: unknown)
     via_scaler: bool = False  # STEP through scaler.step(opt)
-    deliberate: bool = False  # ZERO that drops a batch on purpose (then skips the step)
+    # ZERO that drops a batch on purpose (then skips the step); SCHED_STEP told its epoch or
+    # metric (``scheduler.step(epoch)``: the schedule is not shifted by when it is called)
+    deliberate: bool = False
     # BACKWARD of a loss that also feeds other optimizers (a GAN's generator loss reaches the
     # discriminator), or whose origin is not fully known: clearing what it left is no LC108
     shared: bool = False
@@ -105,6 +107,7 @@ class OptState:
     clipped_at: Hashable = None  # a clip of fresh gradients: LC203 if another backward follows
     pending_sched: Hashable = None  # a scheduler step before the optimizer's: LC401 on step
     pending_sched_crossed: bool = False  # ... in an earlier micro-batch's iteration: LC202
+    pending_sched_outer: bool = False  # ... before the loop now running (an epoch's top): LC401
     sched_per_micro: bool = False  # LC202 was seen in this accumulation window
     # the hash, computed once: states are hashed over and over in the sets of paths
     _hash: int = field(default=0, init=False, compare=False, repr=False)
@@ -157,7 +160,10 @@ def _zero(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         pending_step=s.pending_step,
         pending_clip=s.pending_clip,
         # a clear ends the accumulation window: a scheduler step before it was not between
-        # two micro-batches of one optimizer step
+        # two micro-batches of one optimizer step; unless it dropped a window, it is still
+        # before this window's step (LC401)
+        pending_sched=None if unused else s.pending_sched,
+        pending_sched_outer=not unused and s.pending_sched is not None,
     )
     return new, ()
 
@@ -183,7 +189,7 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     if s.clipped_at is not None and not e.shared and repeated:
         found.append(Violation("LC203", s.clipped_at))
     per_micro = s.sched_per_micro
-    if s.pending_sched is not None and not e.shared and repeated:
+    if s.pending_sched is not None and not s.pending_sched_outer and not e.shared and repeated:
         found.append(Violation("LC202", s.pending_sched))
         per_micro = True
     grads = {
@@ -220,6 +226,7 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         clipped_at=None if repeated and not e.shared else s.clipped_at,
         pending_sched=None if repeated and not e.shared else s.pending_sched,
         pending_sched_crossed=False if repeated and not e.shared else s.pending_sched_crossed,
+        pending_sched_outer=False if repeated and not e.shared else s.pending_sched_outer,
         sched_per_micro=per_micro,
     )
     return new, tuple(found)
@@ -298,6 +305,7 @@ def _step(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         pending_zero_passed=False,
         pending_step=pending_step,
         pending_sched=None,
+        pending_sched_outer=False,
     )
     return new, tuple(found)
 
@@ -307,7 +315,13 @@ def _scaler_update(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ..
 
 
 def _sched_step(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
-    if s.grads is Grads.FRESH and not s.stepped_this_iteration and s.pending_sched is None:
+    # fresh gradients await the step, or no step was seen yet at all (the scheduler stepped
+    # at the top of the epoch, before the epoch's training: PyTorch skips the schedule's
+    # first value): LC401 if the optimizer steps after it in the same iteration
+    waiting = s.grads is Grads.FRESH or (
+        s.grads in (Grads.UNKNOWN, Grads.CLEAR) and not e.deliberate
+    )
+    if waiting and not s.stepped_this_iteration and s.pending_sched is None:
         return replace(s, pending_sched=e.where), ()
     return s, ()
 
@@ -321,7 +335,13 @@ def _loop_entry(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]
     # is not clearing inside the micro-batch loop: LC205's question, not LC108's. A scheduler
     # stepped before the loop (once per epoch) was not stepped between its micro-batches.
     if s.pending_sched is not None:
-        s = replace(s, pending_sched=None, pending_sched_crossed=False)
+        if s.grads in (Grads.FRESH, Grads.PILED):
+            # stepped after an epoch whose last window carries over: not between the
+            # micro-batches of the loop now starting
+            s = replace(s, pending_sched=None, pending_sched_crossed=False)
+        else:
+            # stepped before any gradient, at the top of the epoch: LC401 at the first step
+            s = replace(s, pending_sched_outer=True, pending_sched_crossed=False)
     if s.grads in (Grads.FRESH, Grads.PILED):
         return replace(s, consumed=True), ()
     return s, ()
@@ -340,7 +360,7 @@ def _iteration(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     # A scheduler step while gradients accumulate (no optimizer step in this iteration)
     # waits for the next micro-batch: LC202 then.
     accumulating = s.grads is Grads.FRESH and not s.stepped_this_iteration
-    keep_sched = s.pending_sched if accumulating else None
+    keep_sched = s.pending_sched if accumulating or s.pending_sched_outer else None
     return (
         replace(
             s,
@@ -350,7 +370,7 @@ def _iteration(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
             pending_step=None,
             pending_clip=None,
             pending_sched=keep_sched,
-            pending_sched_crossed=keep_sched is not None,
+            pending_sched_crossed=keep_sched is not None and not s.pending_sched_outer,
             scaler_step_at=None,
         ),
         found,

@@ -12,8 +12,11 @@ if TYPE_CHECKING:
 
 class SchedulerBeforeOptimizer(ProtocolRule):
     """## What it does
-    Flags an LR scheduler stepped after this iteration's backward but before the optimizer's
-    step.
+    Flags an LR scheduler stepped before the optimizer's step of the same iteration: after
+    this iteration's backward, or before any gradient at all — at the top of the epoch loop,
+    before the epoch's training (the habit of PyTorch before 1.1). A scheduler told its epoch
+    or metric (`scheduler.step(epoch)`) is not shifted by when it is called and is not flagged
+    there.
 
     ## Why is this bad?
     Since PyTorch 1.1 a scheduler's `step()` moves to the next learning rate for the *next*

@@ -109,7 +109,8 @@ class ApiReader(HostView):
         if role is Role.SCHEDULER:
             if method == "step":
                 targets = tuple(owner.models) or None
-                return [Emit(Event(Move.SCHED_STEP, site), targets, gate=gate)]
+                told = bool(call.args)  # ``step(epoch)``, ``step(val_loss)``
+                return [Emit(Event(Move.SCHED_STEP, site, deliberate=told), targets, gate=gate)]
             return []
         if role is Role.SCALER:
             return self.scaler_call(method, site, positional)

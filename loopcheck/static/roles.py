@@ -153,6 +153,8 @@ def constructed_role(qualname: str) -> Role | None:
         return Role.SCALER
     if qualname in _ACCELERATORS or last in {"Accelerator", "Fabric"}:
         return Role.ACCELERATOR
+    if "pipelining" in qualname or last.startswith("Schedule"):
+        return None  # a pipeline-parallel schedule (ScheduleGPipe): its step() runs the stage
     if "lr_scheduler." in qualname or "schedul" in low or last == "SWALR":
         return Role.SCHEDULER
     if last in _NOT_OPTIMIZER or _LOSS_CLASS.search(last):
