@@ -53,3 +53,18 @@ def make_net():
         return Net()
 
     return make
+
+
+@pytest.fixture
+def make_gan():
+    """Makes a tiny GAN, (generator, discriminator): 4 noise values to the 8 features of
+    ``data``, and 8 features to one logit; the same initial weights on every call."""
+    from torch import nn
+
+    def make() -> tuple[nn.Module, nn.Module]:
+        torch.manual_seed(0)
+        gen = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 8))
+        disc = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+        return gen, disc
+
+    return make

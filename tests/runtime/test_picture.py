@@ -61,13 +61,11 @@ def assert_self_contained(page: Page) -> None:
                 raise AssertionError(f"a resource outside the page: {element}")
 
 
-def test_a_gan_run_drawn_lane_by_lane_with_its_finding_and_norms(data):
+def test_a_gan_run_drawn_lane_by_lane_with_its_finding_and_norms(make_gan, data):
     """A GAN whose critic steps 3 times per generator step, with clipping; at one step the
     critic's gradients are cleared before its step (LC102)."""
     x, _ = data
-    torch.manual_seed(0)
-    gen = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 8))
-    disc = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+    gen, disc = make_gan()
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-3)
     opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3)
     bce = nn.BCEWithLogitsLoss()

@@ -117,15 +117,13 @@ def gradient_penalty(critic, real, fake):
 
 
 @pytest.mark.parametrize("bug", [False, True])
-def test_wgan_gp_with_n_critic(bug, data):
+def test_wgan_gp_with_n_critic(bug, make_gan, data):
     """As in PyTorch-GAN's wgan_gp.py: the critic's loss reaches the generator through fake
     samples that are not detached, and the generator is cleared every iteration though it
     steps every n_critic-th: its cleared gradients were never meant for it (no LC108). A clear
     inside a real accumulation loop still is LC108."""
     real, _ = data
-    torch.manual_seed(0)
-    gen = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 8))
-    critic = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+    gen, critic = make_gan()
     opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3, betas=(0.5, 0.9))
     opt_c = torch.optim.Adam(critic.parameters(), lr=1e-3, betas=(0.5, 0.9))
     with loopcheck.watch([opt_c, opt_g], [gen, critic], mode="record") as w:
@@ -230,11 +228,9 @@ def trace_lines(w) -> list[str]:
     return text.split("\n\n")[0].splitlines()
 
 
-def test_the_report_folds_a_gan_and_lbfgs(make_net, data):
+def test_the_report_folds_a_gan_and_lbfgs(make_net, make_gan, data):
     x, y = data
-    torch.manual_seed(0)
-    gen = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 8))
-    disc = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+    gen, disc = make_gan()
     opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3)
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-3)
     bce = nn.BCEWithLogitsLoss()

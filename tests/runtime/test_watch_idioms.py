@@ -114,13 +114,11 @@ def test_gradient_accumulation(style, make_net, data):
     assert_silent_and_learning(w, losses)
 
 
-def test_gan_two_optimizers_two_backwards_and_n_critic(make_net, data):
+def test_gan_two_optimizers_two_backwards_and_n_critic(make_net, make_gan, data):
     """DCGAN's shape: D gets a real and a fake backward (undivided, from two lines) per step;
     G steps every other D step; G's backward also reaches D's parameters."""
     x, _ = data
-    torch.manual_seed(0)
-    gen = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 8))
-    disc = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+    gen, disc = make_gan()
     opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3)
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-3)
     bce = nn.BCEWithLogitsLoss()
