@@ -62,7 +62,8 @@ class Event:
     divided: bool | None = None  # BACKWARD: loss divided by the micro-batch count (None: unknown)
     via_scaler: bool = False  # STEP through scaler.step(opt)
     # ZERO that drops a batch on purpose (then skips the step); SCHED_STEP told its epoch or
-    # metric (``scheduler.step(epoch)``: the schedule is not shifted by when it is called)
+    # metric (``scheduler.step(epoch)``: the schedule is not shifted by when it is called),
+    # or of a scheduler whose optimizer is unknown
     deliberate: bool = False
     # BACKWARD of a loss that also feeds other optimizers (a GAN's generator loss reaches the
     # discriminator), or whose origin is not fully known: clearing what it left is no LC108
@@ -93,6 +94,9 @@ class OptState:
     unscaled_since_update: bool = False  # scaler.unscale_ since the last scaler.update()
     scaler_step_at: Hashable = None  # scaler.step(opt) since the last scaler.update()
     stepped_this_iteration: bool = False
+    # stepped (or handed to unseen code) earlier in the analysis: a scheduler step is no
+    # longer at the start of training
+    stepped_before: bool = False
     fresh_this_iteration: bool = False  # the fresh gradients come from this iteration's backward
     consumed: bool = False  # gradients read by hand since the last backward
     pending_zero: Hashable = None  # a clear of unused gradients: LC102 or LC108 once settled
@@ -144,10 +148,12 @@ def _zero(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         # iteration's step cannot be LC102, only LC108 if another backward follows.
         pending = (e.where, not s.fresh_this_iteration, s.last_backward)
         shared, passed = s.last_backward_shared, False
+    keep_sched = s.pending_sched if s.pending_sched_outer and not unused else None
     new = replace(
         UNKNOWN,
         grads=Grads.CLEAR,
         stepped_this_iteration=s.stepped_this_iteration,
+        stepped_before=s.stepped_before,
         unscaled_since_update=s.unscaled_since_update,
         scaler_step_at=s.scaler_step_at,
         pending_zero=pending[0],
@@ -160,10 +166,10 @@ def _zero(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         pending_step=s.pending_step,
         pending_clip=s.pending_clip,
         # a clear ends the accumulation window: a scheduler step before it was not between
-        # two micro-batches of one optimizer step; unless it dropped a window, it is still
-        # before this window's step (LC401)
-        pending_sched=None if unused else s.pending_sched,
-        pending_sched_outer=not unused and s.pending_sched is not None,
+        # two micro-batches of one optimizer step; one before the loop of the optimizer's
+        # first step (and unless it dropped a window) is still before that step (LC401)
+        pending_sched=keep_sched,
+        pending_sched_outer=keep_sched is not None,
     )
     return new, ()
 
@@ -242,7 +248,9 @@ def _maybe_backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, .
 
 
 def _opaque(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
-    return replace(UNKNOWN, stepped_this_iteration=s.stepped_this_iteration), ()
+    return replace(
+        UNKNOWN, stepped_this_iteration=s.stepped_this_iteration, stepped_before=True
+    ), ()
 
 
 def _clip(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
@@ -294,6 +302,7 @@ def _step(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         undivided_at=None,
         accumulated_undivided=False,
         stepped_this_iteration=True,
+        stepped_before=True,
         scaler_step_at=e.where if e.via_scaler else s.scaler_step_at,
         clipped_at=None,
         sched_per_micro=False,
@@ -315,11 +324,11 @@ def _scaler_update(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ..
 
 
 def _sched_step(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
-    # fresh gradients await the step, or no step was seen yet at all (the scheduler stepped
-    # at the top of the epoch, before the epoch's training: PyTorch skips the schedule's
-    # first value): LC401 if the optimizer steps after it in the same iteration
+    # fresh gradients await the step, or the optimizer never stepped yet (the scheduler
+    # stepped at the top of the epoch, before the epoch's training: PyTorch skips the
+    # schedule's first value): LC401 if the optimizer steps after it in the same iteration
     waiting = s.grads is Grads.FRESH or (
-        s.grads in (Grads.UNKNOWN, Grads.CLEAR) and not e.deliberate
+        not s.stepped_before and s.grads in (Grads.UNKNOWN, Grads.CLEAR) and not e.deliberate
     )
     if waiting and not s.stepped_this_iteration and s.pending_sched is None:
         return replace(s, pending_sched=e.where), ()
@@ -335,12 +344,12 @@ def _loop_entry(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]
     # is not clearing inside the micro-batch loop: LC205's question, not LC108's. A scheduler
     # stepped before the loop (once per epoch) was not stepped between its micro-batches.
     if s.pending_sched is not None:
-        if s.grads in (Grads.FRESH, Grads.PILED):
+        if s.grads in (Grads.FRESH, Grads.PILED) or s.stepped_before:
             # stepped after an epoch whose last window carries over: not between the
             # micro-batches of the loop now starting
             s = replace(s, pending_sched=None, pending_sched_crossed=False)
         else:
-            # stepped before any gradient, at the top of the epoch: LC401 at the first step
+            # stepped before the first step, at the top of the epoch: LC401 at that step
             s = replace(s, pending_sched_outer=True, pending_sched_crossed=False)
     if s.grads in (Grads.FRESH, Grads.PILED):
         return replace(s, consumed=True), ()
@@ -360,7 +369,10 @@ def _iteration(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     # A scheduler step while gradients accumulate (no optimizer step in this iteration)
     # waits for the next micro-batch: LC202 then.
     accumulating = s.grads is Grads.FRESH and not s.stepped_this_iteration
-    keep_sched = s.pending_sched if accumulating or s.pending_sched_outer else None
+    # One stepped before the loop of the first step is kept only while gradients accumulate:
+    # a loop whose iteration ends without a step and without gradients did not train (an
+    # evaluation loop after an epoch's last scheduler step).
+    keep_sched = s.pending_sched if accumulating else None
     return (
         replace(
             s,

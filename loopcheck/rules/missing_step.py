@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from loopcheck.protocol import Move
 from loopcheck.rules._base import Finding, Rule
 
 if TYPE_CHECKING:
@@ -14,7 +15,9 @@ if TYPE_CHECKING:
 class MissingStep(Rule):
     """## What it does
     Flags a loop that calls `backward()` while an optimizer is at hand, but never steps it
-    (anywhere in the function).
+    (anywhere in the function). With several optimizers (a GAN, an actor and a critic), it
+    also flags one that the loop clears and that a backward certainly feeds, but that never
+    steps while the others do.
 
     ## Why is this bad?
     Gradients are computed and never applied: the parameters never change, the loss never
@@ -67,5 +70,49 @@ class MissingStep(Rule):
                 site.span,
                 f"`{site.text}` computes gradients that no optimizer step ever applies: "
                 "call `optimizer.step()` after backward",
+                site.path,
+            )
+        yield from self.unstepped_optimizers(model, reported)
+
+    def unstepped_optimizers(self, model: FileModel, reported: set[int]) -> Iterable[Finding]:
+        """Other optimizers step, but one that the loop clears and that a backward certainly
+        feeds never does (a GAN whose generator is never stepped): reported once, at the
+        backward that feeds it most specifically."""
+        contexts: dict[tuple[Site, str], list[tuple[RootSummary, LoopSummary | None]]] = {}
+        # preferred: a backward right after the optimizer's clear, feeding the fewest others
+        rank: dict[tuple[Site, str], tuple[bool, int]] = {}
+        for root in model.roots:
+            for bound, (loop, n, cleared) in root.bound_backwards.items():
+                contexts.setdefault(bound, []).append((root, loop))
+                known = rank.get(bound, (True, 0))
+                rank[bound] = (known[0] and not cleared, max(n, known[1]))
+        best: dict[tuple[int, str], tuple[tuple[bool, int, int, int], Site]] = {}
+        for (site, key), seen in contexts.items():
+            if any(
+                loop is None
+                or key in root.stepped_keys
+                or root.stepped_unkeyed
+                or not root.stepped
+                or loop.grads_read
+                or not loop.has(Move.ZERO, key)
+                for root, loop in seen
+            ):
+                continue
+            if all(root.referenced for root, _ in seen):
+                continue
+            loop = seen[0][1]
+            assert loop is not None
+            if id(loop) in reported:
+                continue  # the loop steps nothing at all: reported above
+            order = (*rank[(site, key)], site.span.line, site.span.column)
+            slot = (id(loop), key)
+            if slot not in best or order < best[slot][0]:
+                best[slot] = (order, site)
+        for (_, key), (_, site) in sorted(best.items(), key=lambda item: item[1][0][2:]):
+            name = key.rpartition(":")[2]
+            yield Finding(
+                site.span,
+                f"`{site.text}` computes gradients for `{name}`, which is cleared but never "
+                f"steps while the other optimizers do: call `{name}.step()` after backward",
                 site.path,
             )

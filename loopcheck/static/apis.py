@@ -109,7 +109,9 @@ class ApiReader(HostView):
         if role is Role.SCHEDULER:
             if method == "step":
                 targets = tuple(owner.models) or None
-                told = bool(call.args)  # ``step(epoch)``, ``step(val_loss)``
+                # told its epoch or metric (``step(epoch)``, ``step(val_loss)``), or of an
+                # unknown optimizer: judged only after a backward, not at the epoch's top
+                told = bool(call.args) or targets is None
                 return [Emit(Event(Move.SCHED_STEP, site, deliberate=told), targets, gate=gate)]
             return []
         if role is Role.SCALER:

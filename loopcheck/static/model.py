@@ -106,9 +106,17 @@ class RootSummary:
     name: str
     referenced: bool  # called elsewhere (its file, or maybe another linted file): callers decide
     stepped: bool = False  # some STEP, opaque optimizer call or unresolved .step() was seen
-    stepped_keys: set[str] = field(default_factory=set)  # optimizers stepped (STEP events)
+    stepped_unkeyed: bool = False  # an unresolved .step(), or gradients used by hand
+    # optimizers stepped, or handed to code we cannot see (STEP and OPAQUE events)
+    stepped_keys: set[str] = field(default_factory=set)
     # each backward inside a loop: its site, the outermost loop, an optimizer in its scope
     backwards_in_loops: list[tuple[Site, LoopSummary, bool]] = field(default_factory=list)
+    # each backward inside a loop certainly bound to an optimizer: (its site, the optimizer)
+    # to the outermost loop (None: this code does not own the optimizer's updates), how many
+    # optimizers the backward feeds, and whether the optimizer was cleared right before it
+    bound_backwards: dict[tuple[Site, str], tuple[LoopSummary | None, int, bool]] = field(
+        default_factory=dict
+    )
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,22 @@ class Recorder:
             owned = any(self.owns_update(o) for o in self.frame.optimizers())
             self.root.backwards_in_loops.append((site, self.loop_stack[0], owned))
 
+    def note_bound(self, site: Site, keys: list[str], cleared: frozenset[str] | None) -> None:
+        """Remember the optimizers a backward in a loop certainly feeds, where this code owns
+        their updates (LC105 for an optimizer that never steps while others do)."""
+        if not self.loop_stack or self.root is None:
+            return
+        bound = self.root.bound_backwards
+        for key in keys:
+            just_cleared = cleared is not None and key in cleared
+            known = bound.get((site, key))
+            if known is None:
+                owned = any(o.key == key and self.owns_update(o) for o in self.frame.optimizers())
+                loop = self.loop_stack[0] if owned else None
+                bound[(site, key)] = (loop, len(keys), just_cleared)
+            elif just_cleared and not known[2]:
+                bound[(site, key)] = (known[0], known[1], True)
+
     def owns_update(self, opt: Obj) -> bool:
         """Whether the code being run is where ``opt`` gets its updates: an optimizer local to
         it or passed to it, or one its instance holds when no other method of the class that
@@ -195,6 +211,7 @@ class Recorder:
         found = action.origin
         hit = [k for k in keys if overlap(self.models_of(k), found.models)]
         shared = len(hit) > 1 or not found.complete
+        self.note_bound(action.site, keys if len(keys) == 1 else hit, state.last_zeroed)
         for key in keys:
             if len(keys) == 1:
                 move, key_shared = Move.BACKWARD, False
@@ -227,8 +244,7 @@ class Recorder:
                 summary.steps.setdefault(key, where)
         if event.move in (Move.STEP, Move.OPAQUE) and self.root is not None:
             self.root.stepped = True
-            if event.move is Move.STEP:
-                self.root.stepped_keys.add(key)
+            self.root.stepped_keys.add(key)
         loop = self.loop_stack[-1] if self.loop_stack else None
         for v in violations:
             if isinstance(v.where, Site):
@@ -238,14 +254,15 @@ class Recorder:
 
     def mark(self, what: str) -> None:
         if what == "stepped" and self.root is not None:
-            self.root.stepped = True
+            self.root.stepped = self.root.stepped_unkeyed = True
             return
         flag = _LOOP_FLAGS.get(what)
         if flag is not None:
             for summary in self.loop_stack:
                 setattr(summary, flag, True)
         if what == "grads" and self.root is not None:
-            self.root.stepped = True  # gradients used by hand: a manual update is possible
+            # gradients used by hand: a manual update is possible
+            self.root.stepped = self.root.stepped_unkeyed = True
 
 
 def _steps(ctx: FileContext, method: cst.FunctionDef) -> bool:
