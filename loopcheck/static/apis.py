@@ -246,10 +246,15 @@ class ApiReader(HostView):
         if not blocks or self.host.grad_enabled:
             return False
         inside = _node_ids(blocks[-1])
-        if not isinstance(loss, cst.Name):
-            return True
+        base = loss
+        while isinstance(base, (cst.Attribute, cst.Subscript)):
+            base = base.value  # ``outputs.loss``, ``losses["total"]``: where ``outputs`` was made
+        if not isinstance(base, cst.Name):
+            return True  # computed inline: ``model(x).sum().backward()``
+        if base.value == "self":
+            return False  # a loss kept on the instance: made wherever the instance was
         at = self.host.at
-        defs = function_layout(self.frame).reaching(loss.value, at) if at is not None else None
+        defs = function_layout(self.frame).reaching(base.value, at) if at is not None else None
         return bool(defs) and all(id(d.statement) in inside for d in defs)
 
     def accelerator_divides(self, receiver: cst.BaseExpression) -> bool:
