@@ -150,7 +150,7 @@ class ApiReader(HostView):
                 return []
         if role in (Role.MODEL, Role.LIGHTNING, Role.INSTANCE):
             if method == "zero_grad":
-                return [Mark("clears"), *self.zero_for_model(owner, site)]
+                return self.zero_for_model(owner, site)
             if owner.cls is not None and owner.cls.method(method) is not None:
                 return None  # a method defined in a linted file: follow it
             if role is Role.INSTANCE:
@@ -314,17 +314,21 @@ class ApiReader(HostView):
             return None
         if not body_clears(stmt.body, var):
             return None
-        return [Mark("clears"), *self.zero_for_model(owner, self.site(stmt))]
+        return self.zero_for_model(owner, self.site(stmt))
 
     def zero_for_model(self, model: Obj, site: Site) -> list[Action]:
+        """A model's own clear: the clear of the optimizers over its parameters. While some
+        optimizer's parameters are unknown, the loop is also marked as clearing by name (it
+        may clear that one too)."""
         opts = self.frame.optimizers()
         bound = [o.key for o in opts if model.key in o.models]
-        if bound:
-            return [Emit(self.zero_event(site), tuple(bound))]
         unbound = [o.key for o in opts if not o.models]
         if len(opts) == 1 and unbound:
             return [Emit(self.zero_event(site), tuple(unbound))]
-        return [Emit(Event(Move.OPAQUE), tuple(unbound))] if unbound else []
+        mark: list[Action] = [Mark("clears")] if unbound or not opts else []
+        if bound:
+            return [*mark, Emit(self.zero_event(site), tuple(bound))]
+        return [*mark, Emit(Event(Move.OPAQUE), tuple(unbound))] if unbound else mark
 
     # calls into code of the linted files
 
