@@ -107,6 +107,7 @@ class OptState:
     last_backward: Hashable = None  # the latest backward since the last clear or step
     last_backward_shared: bool = False
     pending_step: Hashable = None  # a step on no fresh gradient: LC103 once a backward follows
+    pending_step_cleared: bool = False  # ... right after a clear: any backward confirms it
     pending_clip: Hashable = None  # a clip of no fresh gradient: LC107 once a backward follows
     clipped_at: Hashable = None  # a clip of fresh gradients: LC203 if another backward follows
     pending_sched: Hashable = None  # a scheduler step before the optimizer's: LC401 on step
@@ -164,6 +165,7 @@ def _zero(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         last_backward=s.last_backward if pending[0] is not None else None,
         last_backward_shared=s.last_backward_shared if pending[0] is not None else False,
         pending_step=s.pending_step,
+        pending_step_cleared=s.pending_step_cleared,
         pending_clip=s.pending_clip,
         # a clear ends the accumulation window: a scheduler step before it was not between
         # two micro-batches of one optimizer step; one before the loop of the optimizer's
@@ -184,8 +186,9 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     # step settles it.
     keep_shared = s.pending_zero is not None and s.pending_zero_shared
     # A step or clip on cleared gradients is confirmed by the optimizer's own backward, not by
-    # a shared one (the generator's loss reaching the discriminator after its step).
-    if s.pending_step is not None and not e.shared:
+    # a shared one (the generator's loss reaching the discriminator after its step); a step
+    # right after a clear (it applies nothing) by any backward that reaches the optimizer.
+    if s.pending_step is not None and (not e.shared or s.pending_step_cleared):
         found.append(Violation("LC103", s.pending_step))
     if s.pending_clip is not None and not e.shared:
         found.append(Violation("LC107", s.pending_clip))
@@ -227,7 +230,8 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         pending_zero_passed=keep_shared,
         last_backward=e.where,
         last_backward_shared=e.shared,
-        pending_step=s.pending_step if e.shared else None,
+        pending_step=s.pending_step if e.shared and not s.pending_step_cleared else None,
+        pending_step_cleared=False,
         pending_clip=s.pending_clip if e.shared else None,
         clipped_at=None if repeated and not e.shared else s.clipped_at,
         pending_sched=None if repeated and not e.shared else s.pending_sched,
@@ -276,6 +280,7 @@ def _unscale(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
 def _step(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     found: list[Violation] = []
     pending_step = s.pending_step
+    pending_step_cleared = s.pending_step_cleared
     if s.pending_zero is not None:
         if s.pending_zero_passed:
             if s.last_backward == s.pending_zero_cause:
@@ -287,6 +292,8 @@ def _step(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         found.append(Violation("LC101", e.where))
     elif s.grads in (Grads.CLEAR, Grads.STALE) and pending_step is None:
         pending_step = e.where
+        # (a clear that dropped this iteration's gradients is LC102's, not this)
+        pending_step_cleared = s.grads is Grads.CLEAR and s.pending_zero is None
     if s.grads in (Grads.FRESH, Grads.PILED):
         if s.scaled and not e.via_scaler:
             found.append(Violation("LC302", e.where))
@@ -313,6 +320,7 @@ def _step(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         pending_zero_shared=False,
         pending_zero_passed=False,
         pending_step=pending_step,
+        pending_step_cleared=pending_step_cleared,
         pending_sched=None,
         pending_sched_outer=False,
     )
@@ -380,6 +388,7 @@ def _iteration(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
             fresh_this_iteration=False,
             pending_zero_crossed=s.pending_zero is not None,
             pending_step=None,
+            pending_step_cleared=False,
             pending_clip=None,
             pending_sched=keep_sched,
             pending_sched_crossed=keep_sched is not None and not s.pending_sched_outer,
