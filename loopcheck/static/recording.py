@@ -162,7 +162,11 @@ class Recorder:
             just_cleared = cleared is not None and key in cleared
             known = bound.get((site, key))
             if known is None:
-                owned = any(o.key == key and self.owns_update(o) for o in self.frame.optimizers())
+                # an optimizer known by its parameters (not a name such as ``opt`` that may
+                # hold options) whose updates this code owns
+                owned = bool(self.known_models(key)) and any(
+                    o.key == key and self.owns_update(o) for o in self.frame.optimizers()
+                )
                 loop = self.loop_stack[0] if owned else None
                 bound[(site, key)] = (loop, len(keys), just_cleared)
             elif just_cleared and not known[2]:
