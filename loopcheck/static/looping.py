@@ -1,0 +1,200 @@
+"""Loops in the path interpreter: a loop runs its body to a fixed point over the back edge,
+telling each optimizer's protocol where a loop starts and where an iteration ends, keeping
+the facts of counters that grow by one and forgetting those of names the loop assigns."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import libcst as cst
+
+from loopcheck.protocol import Event, Move, advance
+from loopcheck.static import conditions, guards, tensors
+from loopcheck.static.model import FileModel, LoopSummary
+from loopcheck.static.paths import Flow, PathState, cap
+from loopcheck.static.roles import Role, role_from_name
+from loopcheck.static.syntax import chains_in, counter_of, is_true
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from loopcheck.static.actions import Reader
+    from loopcheck.static.frames import Frame
+    from loopcheck.static.index import FileContext
+    from loopcheck.static.moves import Action
+
+MAX_LOOP_ROUNDS = 6
+_GATE_PREFIX = "<"  # facts about framework gates: decided anew every iteration
+
+
+class Loops:
+    """The part of the interpreter that runs loops; statements and calls live in
+    ``Interpreter``."""
+
+    model: FileModel
+    frames: list[Frame]
+    loop_stack: list[LoopSummary]
+    summaries: dict[int, LoopSummary]
+    fact_names: dict[str, set[str]]
+    _forgotten: dict
+    reader: Reader
+
+    @property
+    def frame(self) -> Frame:
+        return self.frames[-1]
+
+    @property
+    def ctx(self) -> FileContext:
+        return self.frames[-1].ctx
+
+    def exec_stmt(self, stmt: cst.CSTNode, states: set[PathState]) -> Flow:
+        raise NotImplementedError
+
+    def run_actions(self, actions: Sequence[Action], states: set[PathState]) -> set[PathState]:
+        raise NotImplementedError
+
+    def carry_eval_mode(self, state: PathState, summary: LoopSummary) -> PathState:
+        raise NotImplementedError
+
+    def apply(self, state: PathState, key: str, event: Event) -> PathState:
+        raise NotImplementedError
+
+    def exec_loop(self, stmt: cst.For | cst.While, states: set[PathState]) -> Flow:
+        if isinstance(stmt, cst.For) and self.over_optimizers(stmt):
+            # ``for opt in optimizers: opt.zero_grad()``: one move on each, not a training loop
+            states = self.run_actions(self.reader.of_expr(stmt.iter), states)
+            flow = self.exec_stmt(stmt.body, states)
+            return Flow(normal=flow.normal | flow.continues | flow.breaks, returns=flow.returns)
+        if isinstance(stmt, cst.For):
+            clears = self.reader.apis.clears_all_grads(stmt)
+            if clears is not None:
+                self.summary(stmt)
+                return Flow(normal=self.run_actions(clears, states))
+        head = stmt.iter if isinstance(stmt, cst.For) else stmt.test
+        states = self.run_actions(self.reader.of_expr(head), states)
+        assigned = chains_in(stmt.target) if isinstance(stmt, cst.For) else set()
+        infinite = isinstance(stmt, cst.While) and is_true(stmt.test)
+        orelse = stmt.orelse.body if stmt.orelse is not None else None
+        return self.run_loop(stmt, stmt.body, states, assigned, counter_of(stmt), orelse, infinite)
+
+    def over_optimizers(self, stmt: cst.For) -> bool:
+        """``for opt in optimizers:``: a container of optimizers, or a loop variable named as
+        one (each iteration another optimizer, not one optimizer's iterations)."""
+        if not isinstance(stmt.target, cst.Name):
+            return False
+        element = self.frame.element_role(stmt.iter)
+        if element is not None:
+            return element.role is Role.OPTIMIZER
+        return role_from_name(stmt.target.value) is Role.OPTIMIZER
+
+    def summary(self, node: cst.CSTNode) -> LoopSummary:
+        summary = self.summaries.get(id(node))
+        if summary is None:
+            parent = self.loop_stack[-1] if self.loop_stack else None
+            summary = LoopSummary(node, self.ctx.site(node), parent)
+            summary.eval_like = tensors.evaluates(
+                self.ctx, self.frame.func
+            ) and not tensors.switches_gradients(self.ctx, self.frame.func)
+            self.summaries[id(node)] = summary
+            self.model.loops.append(summary)
+        return summary
+
+    def run_loop(
+        self,
+        node: cst.CSTNode,
+        body: cst.BaseSuite,
+        states: set[PathState],
+        assigned: set[str],
+        counter: str | None,
+        orelse: cst.BaseSuite | None,
+        infinite: bool,
+        framework: bool = False,
+    ) -> Flow:
+        summary = self.summary(node)
+        if states and not summary.eval_like and all(s.evaluating for s in states):
+            # entered with a model in eval mode on every path: an evaluation loop (LC502),
+            # unless its code turns gradients off by other means, or is a unit test
+            func = self.frame.func
+            summary.eval_like = not tensors.switches_gradients(self.ctx, func) and not (
+                func is not None and func.name.value.startswith("test")
+            )
+        # Counters that grow by one per iteration keep their modular facts across the back
+        # edge, shifted: ``(i + 1) % N != 0`` now is ``i % N != 0`` next iteration.
+        counters = frozenset(self.ctx.incremented(body) | ({counter} if counter else set()))
+        forgotten = frozenset(assigned | self.ctx.loop_assigned(node))
+        assigned = frozenset(assigned)
+        self.loop_stack.append(summary)
+        try:
+            entry = {self.forget(self.enter(s), assigned) for s in states}
+            start = guards.loop_start(node) if counter else None
+            if start is not None:  # ``for i, x in enumerate(...)``: i == 0 the first time
+                key = conditions.positive_key(counter)  # type: ignore[arg-type]
+                self.fact_names.setdefault(key, {counter})  # type: ignore[arg-type]
+                entry = {s.with_fact(key, start > 0) for s in entry}
+            seen = set(entry)
+            after_body: set[PathState] = set()  # loops are assumed to run at least once
+            breaks: set[PathState] = set()
+            returns: set[PathState] = set()
+            for _ in range(MAX_LOOP_ROUNDS):
+                flow = self.exec_stmt(body, entry)
+                breaks |= flow.breaks
+                if framework:
+                    # a framework's loop calls the body again after it returns
+                    flow.continues |= flow.returns
+                else:
+                    returns |= flow.returns
+                back = {
+                    self.forget(self.shift(self.iterate(s, summary), counter), forgotten, counters)
+                    for s in flow.normal | flow.continues
+                }
+                after_body |= back
+                new = back - seen
+                if not new:
+                    break
+                seen |= new
+                entry = cap(new)
+        finally:
+            self.loop_stack.pop()
+        exit_states = set() if infinite else after_body
+        if orelse is not None and exit_states:
+            exit_states = self.exec_stmt(orelse, exit_states).normal
+        return Flow(normal=cap(exit_states | breaks), returns=returns)
+
+    def forget(
+        self, state: PathState, names: frozenset[str], keep: frozenset[str] = frozenset()
+    ) -> PathState:
+        if not names or not state.facts:
+            return state
+        memo = (state.facts, names, keep)
+        facts = self._forgotten.get(memo)
+        if facts is None:
+            facts = conditions.forget(state.facts, names, self.fact_names, keep)
+            self._forgotten[memo] = facts
+        return state.with_facts(facts)
+
+    def enter(self, state: PathState) -> PathState:
+        """A loop starts: tell every optimizer's protocol state."""
+        for key, opt_state in state.opts:
+            new, _ = advance(opt_state, Event(Move.LOOP_ENTRY))
+            if new is not opt_state:
+                state = state.with_opt(key, new)
+        return state
+
+    def shift(self, state: PathState, counter: str | None) -> PathState:
+        """The counter grew by one: move its modular facts one step."""
+        if counter is None or not state.facts:
+            return state
+        return state.with_facts(conditions.shifted(state.facts, counter, self.fact_names))
+
+    def iterate(self, state: PathState, summary: LoopSummary) -> PathState:
+        """The back edge: a new iteration for the optimizers this loop steps. Which optimizers
+        were cleared last says nothing about the next iteration's backward, and framework gates
+        are decided anew."""
+        facts = state.facts
+        if any(text.startswith(_GATE_PREFIX) for text, _ in facts):
+            facts = frozenset(f for f in facts if not f[0].startswith(_GATE_PREFIX))
+        state = self.carry_eval_mode(state.with_facts(facts).with_zeroed(frozenset()), summary)
+        for key, _ in state.opts:
+            if summary.has(Move.STEP, key):
+                state = self.apply(state, key, Event(Move.ITERATION))  # may complete LC303
+        return state
