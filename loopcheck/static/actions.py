@@ -124,13 +124,16 @@ class Reader(HostView):
         its gradients still pile up."""
         if not isinstance(value, cst.Call) or len(names) != 1:
             return []
-        if not touches(chains_in(value), fresh):
-            return []
         func = value.func
         if isinstance(func, cst.Attribute) and not self.frame.is_module_name(func.value):
             return []  # ``self.optimizers()``, ``accelerator.prepare(opt)``: not a new one
         name = next(iter(names))
         built = self.frame.value_role(value, name)
+        if built is not None and built.role is Role.SCALER:
+            # a GradScaler built anew in the loop: nothing unscaled or stepped through it yet
+            return [Emit(Event(Move.SCALER_UPDATE), None)]
+        if not touches(chains_in(value), fresh):
+            return []
         if built is None or built.role is not Role.OPTIMIZER or built.members:
             return []
         return [Mark("built_optimizer"), Emit(Event(Move.OPAQUE), (built.key,))]
@@ -535,3 +538,38 @@ def _constants(
 def _harmless(qual: str) -> bool:
     """Calls that receive an optimizer or model only to look at it."""
     return qual in _HARMLESS_CALLS or qual.startswith(_HARMLESS_PREFIXES)
+
+
+_HOOK_REGISTRATIONS = frozenset({"register_post_accumulate_grad_hook", "register_hook"})
+
+
+def steps_in_hooks(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
+    """Whether a function registers gradient hooks on parameters that update them (a fused
+    backward pass: each parameter is stepped as soon as its gradient is ready), so that its
+    backward calls may step optimizers (cached per function)."""
+    if func is None:
+        return False
+    cache = ctx.moves_cache
+    key = ("hooks", id(func))
+    if key not in cache:
+        registers = False
+        hooked: set[str] = set()
+        for node in walk(func.body):
+            if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)):
+                continue
+            if node.func.attr.value in _HOOK_REGISTRATIONS:
+                registers = True
+                if node.args and isinstance(node.args[0].value, cst.Name):
+                    hooked.add(node.args[0].value.value)
+        cache[key] = registers and any(
+            isinstance(node, cst.FunctionDef)
+            and node.name.value in hooked
+            and any(
+                isinstance(call, cst.Call)
+                and isinstance(call.func, cst.Attribute)
+                and call.func.attr.value.startswith("step")
+                for call in walk(node.body)
+            )
+            for node in walk(func.body)
+        )
+    return cache[key]

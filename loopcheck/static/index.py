@@ -184,7 +184,8 @@ class FileContext:
         self.tracked_moduli: set[str] = set()  # counter%modulus pairs guarding two branches
         self.fact_names: dict[str, set[str]] = {}
         self.module_frame: object = None  # set by the frames module on first use
-        self.moves_cache: dict[int, bool] = {}  # methods that step or clear (interpreter)
+        # methods that step or clear, functions that step in gradient hooks (interpreter)
+        self.moves_cache: dict[object, bool] = {}
         self.probes_cache: dict[int, bool] = {}  # blocks asserting that .grad is None
         self.passes_cache: dict[int, bool] = {}  # functions handing parameters to calls
         self.backprop_cache: dict[int, frozenset[str]] = {}  # names reaching a backward

@@ -16,7 +16,7 @@ import libcst as cst
 
 from loopcheck.protocol import Event, Move
 from loopcheck.static import conditions, guards
-from loopcheck.static.actions import Reader, is_loss_name
+from loopcheck.static.actions import Reader, is_loss_name, steps_in_hooks
 from loopcheck.static.checks import Checks
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import FileContext
@@ -196,10 +196,22 @@ class Interpreter(Recorder, Checks, Loops):
             return Flow(normal=self.run_actions(reader.of_assert(stmt.test), states))
         if isinstance(stmt, cst.Expr):
             self.check_kept_graph(stmt)
-            return Flow(normal=self.run_actions(reader.of_expr(stmt.value), states))
+            states = self.run_actions(reader.of_expr(stmt.value), states)
+            if self.exits(stmt.value):
+                return Flow()  # ``sys.exit(0)``: the program ends here, like a raise
+            return Flow(normal=states)
         if isinstance(stmt, (cst.Assign, cst.AnnAssign, cst.AugAssign)):
             return Flow(normal=self.exec_assign(stmt, states))
         return Flow(normal=states)
+
+    def exits(self, value: cst.BaseExpression) -> bool:
+        """A call that ends the program: ``sys.exit()``, ``exit()``, ``quit()``, ``os._exit()``."""
+        if not isinstance(value, cst.Call) or not isinstance(value.func, (cst.Name, cst.Attribute)):
+            return False
+        qual = self.ctx.imports.qualify(value.func)
+        if qual is None and isinstance(value.func, cst.Name):
+            qual = value.func.value
+        return qual in {"sys.exit", "exit", "quit", "os._exit"}
 
     def exec_with(self, stmt: cst.With, states: set[PathState]) -> Flow:
         pushed = modes = 0
@@ -465,6 +477,10 @@ class Interpreter(Recorder, Checks, Loops):
                 self.backward_under_no_grad(action, action.computed_without_grad)
                 self.trained_in_eval_mode(states, action)
                 states = {self.backward(s, action) for s in states}
+                if steps_in_hooks(self.ctx, self.frame.func):
+                    # optimizers stepped by gradient hooks during the backward (a fused
+                    # backward pass): what the backward did to each optimizer is not seen
+                    states = self.emit_all(states, Emit(Event(Move.OPAQUE), None))
             elif isinstance(action, Forward):
                 states = self.forward(states, action)
             elif isinstance(action, Mode):

@@ -126,6 +126,11 @@ class Loops:
         self.loop_stack.append(summary)
         try:
             entry = {self.forget(self.enter(s), assigned) for s in states}
+            # framework gates decided before the loop (a helper loop inside an
+            # ``if accelerator.sync_gradients:`` block) hold for all its iterations
+            outer_gates = frozenset(
+                f for s in entry for f in s.facts if f[0].startswith(_GATE_PREFIX)
+            )
             start = guards.loop_start(node) if counter else None
             if start is not None:  # ``for i, x in enumerate(...)``: i == 0 the first time
                 key = conditions.positive_key(counter)  # type: ignore[arg-type]
@@ -144,7 +149,11 @@ class Loops:
                 else:
                     returns |= flow.returns
                 back = {
-                    self.forget(self.shift(self.iterate(s, summary), counter), forgotten, counters)
+                    self.forget(
+                        self.shift(self.iterate(s, summary, outer_gates), counter),
+                        forgotten,
+                        counters,
+                    )
                     for s in flow.normal | flow.continues
                 }
                 after_body |= back
@@ -186,13 +195,17 @@ class Loops:
             return state
         return state.with_facts(conditions.shifted(state.facts, counter, self.fact_names))
 
-    def iterate(self, state: PathState, summary: LoopSummary) -> PathState:
+    def iterate(
+        self, state: PathState, summary: LoopSummary, outer_gates: frozenset = frozenset()
+    ) -> PathState:
         """The back edge: a new iteration for the optimizers this loop steps. Which optimizers
         were cleared last says nothing about the next iteration's backward, and framework gates
         are decided anew."""
         facts = state.facts
         if any(text.startswith(_GATE_PREFIX) for text, _ in facts):
-            facts = frozenset(f for f in facts if not f[0].startswith(_GATE_PREFIX))
+            facts = frozenset(
+                f for f in facts if not f[0].startswith(_GATE_PREFIX) or f in outer_gates
+            )
         state = self.carry_eval_mode(state.with_facts(facts).with_zeroed(frozenset()), summary)
         for key, _ in state.opts:
             if summary.has(Move.STEP, key):
