@@ -321,8 +321,9 @@ class _Indexer:
                 on_self = type(value) is cst.Name and value.value == "self"
                 if on_self or attr not in _MODULE_API:
                     self.ctx.referenced.add(attr)
-                if owner is not None and (attr in MOVE_WORDS or attr == "eval"):
-                    mentions[owner] = True  # ``.eval()``: an evaluation pass (LC502, LC503)
+                if owner is not None and (attr in MOVE_WORDS or attr in ("eval", "train")):
+                    # ``.eval()``: an evaluation pass (LC502, LC503); ``.train()``: its end
+                    mentions[owner] = True
                 stack.append((value, owner, in_loop))
                 continue
             if kind is cst.FunctionDef:
