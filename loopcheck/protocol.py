@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Hashable
 from dataclasses import dataclass, field, fields, replace
+from operator import attrgetter
 
 
 class Move(enum.Enum):
@@ -69,6 +70,14 @@ class Event:
     # discriminator), or whose origin is not fully known: clearing what it left is no LC108
     shared: bool = False
     unscales: bool = False  # CLIP by a framework that unscales AMP gradients itself
+    # the hash, computed once: observers remember transitions by (state, event)
+    _hash: int = field(default=0, init=False, compare=False, repr=False)
+
+    def __hash__(self) -> int:
+        if not self._hash:
+            value = hash(_event_values(self)) or 1
+            object.__setattr__(self, "_hash", value)
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +128,14 @@ class OptState:
 
     def __hash__(self) -> int:
         if not self._hash:
-            value = hash(tuple(getattr(self, name) for name in _STATE_FIELDS)) or 1
+            value = hash(_state_values(self)) or 1
             object.__setattr__(self, "_hash", value)
         return self._hash
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(OptState) if f.compare)
+_state_values = attrgetter(*_STATE_FIELDS)
+_event_values = attrgetter(*(f.name for f in fields(Event) if f.compare))
 
 UNKNOWN = OptState()
 """The state of an optimizer before anything definite was seen."""

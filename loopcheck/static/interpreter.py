@@ -88,6 +88,7 @@ class Interpreter(Recorder, Checks, Loops):
         self.registry: dict[str, Obj] = {}  # optimizers seen, by key
         self.at: cst.CSTNode | None = None  # the statement being run (for reaching values)
         self._forgotten: dict[tuple[object, ...], frozenset[tuple[str, bool]]] = {}
+        self.transitions = {}  # the protocol's transitions seen in this file, remembered
         self.grad_modes: list[bool] = []
         self.no_grad_blocks: list[cst.CSTNode] = []
 

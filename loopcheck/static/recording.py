@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import libcst as cst
 
-from loopcheck.protocol import Event, Move, advance
+from loopcheck.protocol import Event, Move, OptState, Violation, advance
 from loopcheck.static import conditions
 from loopcheck.static.frames import Frame
 from loopcheck.static.index import FileContext
@@ -37,6 +37,7 @@ class Recorder:
     follow_stack: list[cst.CSTNode]
     root: RootSummary | None
     registry: dict[str, Obj]
+    transitions: dict[tuple[OptState, Event], tuple[OptState, tuple[Violation, ...]]]
 
     grad_modes: list[bool]  # innermost last: False under no_grad / inference_mode
     no_grad_blocks: list[cst.CSTNode]  # the ``with torch.no_grad():`` blocks being run
@@ -238,7 +239,12 @@ class Recorder:
         return state.with_zeroed(frozenset())
 
     def apply(self, state: PathState, key: str, event: Event) -> PathState:
-        new, violations = advance(state.get(key), event)
+        old = state.get(key)
+        memo = (old, event)
+        done = self.transitions.get(memo)
+        if done is None:
+            done = self.transitions[memo] = advance(old, event)  # pure: the same every time
+        new, violations = done
         where = event.where if isinstance(event.where, Site) else None
         for summary in self.loop_stack:
             summary.moves.add((event.move, key))
