@@ -546,7 +546,8 @@ _HOOK_REGISTRATIONS = frozenset({"register_post_accumulate_grad_hook", "register
 def steps_in_hooks(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
     """Whether a function registers gradient hooks on parameters that update them (a fused
     backward pass: each parameter is stepped as soon as its gradient is ready), so that its
-    backward calls may step optimizers (cached per function)."""
+    backward calls may step optimizers (cached per function). The hook, or the factory that
+    makes it, is defined in the function."""
     if func is None:
         return False
     cache = ctx.moves_cache
@@ -559,8 +560,11 @@ def steps_in_hooks(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
                 continue
             if node.func.attr.value in _HOOK_REGISTRATIONS:
                 registers = True
-                if node.args and isinstance(node.args[0].value, cst.Name):
-                    hooked.add(node.args[0].value.value)
+                hook = node.args[0].value if node.args else None
+                if isinstance(hook, cst.Call):
+                    hook = hook.func  # ``create_grad_hook(group)``: a factory of hooks
+                if isinstance(hook, cst.Name):
+                    hooked.add(hook.value)
         cache[key] = registers and any(
             isinstance(node, cst.FunctionDef)
             and node.name.value in hooked
