@@ -61,6 +61,7 @@ class Reader(HostView):
     def __init__(self, host: Host) -> None:
         super().__init__(host)
         self.apis = ApiReader(host)
+        self.gradient_tests: dict[tuple[int, int], tuple[cst.BaseExpression, bool]] = {}
 
     # expressions
 
@@ -140,8 +141,15 @@ class Reader(HostView):
 
     def reads_gradients(self, test: cst.BaseExpression) -> bool:
         """A condition on the gradients themselves (a non-finite norm, a found inf): paths
-        that skip the step drop their gradients on purpose."""
-        return self._about_gradients(names_in(test), depth=0)
+        that skip the step drop their gradients on purpose (remembered per test and
+        function: loops run a body several times)."""
+        key = (id(test), id(self.frame.func))
+        known = self.gradient_tests.get(key)
+        if known is not None and known[0] is test:
+            return known[1]
+        found = self._about_gradients(names_in(test), depth=0)
+        self.gradient_tests[key] = (test, found)
+        return found
 
     def _about_gradients(self, names: set[str], depth: int) -> bool:
         if any(_NONFINITE.search(name) for name in names):
@@ -446,12 +454,24 @@ def _rescales_grad(call: cst.Call) -> bool:
     return isinstance(inner, cst.Attribute) and inner.attr.value == "grad"
 
 
-def _called_names(func: cst.FunctionDef) -> set[str]:
-    return {
+_CALLED: dict[int, tuple[cst.FunctionDef, frozenset[str]]] = {}
+
+
+def _called_names(func: cst.FunctionDef) -> frozenset[str]:
+    """The plain names a function calls (remembered per function: helpers are asked about
+    again at every call)."""
+    known = _CALLED.get(id(func))
+    if known is not None and known[0] is func:
+        return known[1]
+    if len(_CALLED) > 4096:
+        _CALLED.clear()
+    names = frozenset(
         node.func.value
         for node in walk(func.body)
         if isinstance(node, cst.Call) and isinstance(node.func, cst.Name)
-    }
+    )
+    _CALLED[id(func)] = (func, names)
+    return names
 
 
 def _passes_parameters_on(ctx: FileContext, func: cst.FunctionDef) -> bool:
