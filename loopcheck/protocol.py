@@ -74,10 +74,7 @@ class Event:
     _hash: int = field(default=0, init=False, compare=False, repr=False)
 
     def __hash__(self) -> int:
-        if not self._hash:
-            value = hash(_event_values(self)) or 1
-            object.__setattr__(self, "_hash", value)
-        return self._hash
+        return self._hash or _hash_once(self, _event_values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,14 +124,20 @@ class OptState:
     _hash: int = field(default=0, init=False, compare=False, repr=False)
 
     def __hash__(self) -> int:
-        if not self._hash:
-            value = hash(_state_values(self)) or 1
-            object.__setattr__(self, "_hash", value)
-        return self._hash
+        return self._hash or _hash_once(self, _state_values)
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(OptState) if f.compare)
 _state_values = attrgetter(*_STATE_FIELDS)
+
+
+def _hash_once(value: Event | OptState, fields_of: attrgetter) -> int:
+    """Hash a frozen value by its compared fields and keep the hash on it."""
+    found = hash(fields_of(value)) or 1
+    object.__setattr__(value, "_hash", found)
+    return found
+
+
 _event_values = attrgetter(*(f.name for f in fields(Event) if f.compare))
 
 UNKNOWN = OptState()

@@ -8,29 +8,19 @@ import libcst as cst
 from loopcheck.protocol import Grads
 from loopcheck.static import guards, tensors
 from loopcheck.static.dataflow import function_layout
-from loopcheck.static.frames import Frame
-from loopcheck.static.index import FileContext
+from loopcheck.static.frames import FrameStack
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary
 from loopcheck.static.paths import PathState
 from loopcheck.static.syntax import counter_of
 
 
-class Checks:
+class Checks(FrameStack):
     """The part of the interpreter that records these findings; the walk calls it."""
 
     model: FileModel
-    frames: list[Frame]
     loop_stack: list[LoopSummary]
     root: RootSummary | None
     at: cst.CSTNode | None
-
-    @property
-    def frame(self) -> Frame:
-        return self.frames[-1]
-
-    @property
-    def ctx(self) -> FileContext:
-        return self.frames[-1].ctx
 
     @property
     def grad_enabled(self) -> bool:

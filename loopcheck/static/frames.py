@@ -526,3 +526,17 @@ def instance_of(cls: ClassInfo) -> Obj:
     """An instance of a linted class, as its methods see ``self``."""
     role = Role.LIGHTNING if cls.is_lightning else (Role.MODEL if cls.is_module else Role.INSTANCE)
     return Obj(role, f"{cls.name}.self", cls=cls)
+
+
+class FrameStack:
+    """The frames being run, innermost last: what the parts of the interpreter share."""
+
+    frames: list[Frame]
+
+    @property
+    def frame(self) -> Frame:
+        return self.frames[-1]
+
+    @property
+    def ctx(self) -> FileContext:
+        return self.frames[-1].ctx

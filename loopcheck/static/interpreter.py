@@ -93,10 +93,6 @@ class Interpreter(Recorder, Checks, Loops):
         self.no_grad_blocks: list[cst.CSTNode] = []
 
     @property
-    def ctx(self) -> FileContext:
-        return self.frames[-1].ctx
-
-    @property
     def gate(self) -> str | None:
         return self.gates[-1] if self.gates else None
 

@@ -10,6 +10,7 @@ import libcst as cst
 
 from loopcheck.protocol import Event, Move, advance
 from loopcheck.static import conditions, guards, tensors
+from loopcheck.static.frames import FrameStack
 from loopcheck.static.model import FileModel, LoopSummary
 from loopcheck.static.paths import Flow, PathState, cap
 from loopcheck.static.roles import Role, role_from_name
@@ -19,33 +20,22 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from loopcheck.static.actions import Reader
-    from loopcheck.static.frames import Frame
-    from loopcheck.static.index import FileContext
     from loopcheck.static.moves import Action
 
 MAX_LOOP_ROUNDS = 6
 _GATE_PREFIX = "<"  # facts about framework gates: decided anew every iteration
 
 
-class Loops:
+class Loops(FrameStack):
     """The part of the interpreter that runs loops; statements and calls live in
     ``Interpreter``."""
 
     model: FileModel
-    frames: list[Frame]
     loop_stack: list[LoopSummary]
     summaries: dict[int, LoopSummary]
     fact_names: dict[str, set[str]]
     _forgotten: dict
     reader: Reader
-
-    @property
-    def frame(self) -> Frame:
-        return self.frames[-1]
-
-    @property
-    def ctx(self) -> FileContext:
-        return self.frames[-1].ctx
 
     def exec_stmt(self, stmt: cst.CSTNode, states: set[PathState]) -> Flow:
         raise NotImplementedError

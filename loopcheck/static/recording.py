@@ -8,7 +8,7 @@ import libcst as cst
 
 from loopcheck.protocol import Event, Move, OptState, Violation, advance
 from loopcheck.static import conditions
-from loopcheck.static.frames import Frame
+from loopcheck.static.frames import FrameStack
 from loopcheck.static.index import FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, Site
 from loopcheck.static.moves import Backward, Emit, Forward, Mode
@@ -28,11 +28,10 @@ _LOOP_FLAGS = {
 }
 
 
-class Recorder:
+class Recorder(FrameStack):
     """The part of the interpreter that applies events; the walk lives in ``Interpreter``."""
 
     model: FileModel
-    frames: list[Frame]
     loop_stack: list[LoopSummary]
     follow_stack: list[cst.CSTNode]
     root: RootSummary | None
@@ -41,10 +40,6 @@ class Recorder:
 
     grad_modes: list[bool]  # innermost last: False under no_grad / inference_mode
     no_grad_blocks: list[cst.CSTNode]  # the ``with torch.no_grad():`` blocks being run
-
-    @property
-    def frame(self) -> Frame:
-        return self.frames[-1]
 
     @property
     def grad_enabled(self) -> bool:
