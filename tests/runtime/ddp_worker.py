@@ -70,8 +70,12 @@ def main() -> None:
                 "undivided": sorted({f.code for f in undivided.findings}),
                 "losses": [losses[0], losses[-1]],
             }
-        )
+        ),
+        flush=True,
     )
+    # both ranks leave together: a rank that tears gloo down while its peer is still talking
+    # to it aborts the peer ("terminate called without an active exception")
+    dist.barrier()
     dist.destroy_process_group()
 
 
