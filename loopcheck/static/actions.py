@@ -171,14 +171,16 @@ class Reader(HostView):
         """A block with ``assert ... .grad is None`` among its statements: whatever it clears
         was computed in it on purpose (a probe backward), not accumulated."""
         cache = self.ctx.probes_cache
-        key = id(body)
-        if key not in cache:
-            cache[key] = any(
-                isinstance(stmt, cst.SimpleStatementLine)
-                and any(isinstance(s, cst.Assert) and _asserts_no_grad(s.test) for s in stmt.body)
-                for stmt in body
-            )
-        return cache[key]
+        known = cache.get(id(body))
+        if known is not None and known[0] is body:  # a list made for one call may be freed
+            return known[1]
+        found = any(
+            isinstance(stmt, cst.SimpleStatementLine)
+            and any(isinstance(s, cst.Assert) and _asserts_no_grad(s.test) for s in stmt.body)
+            for stmt in body
+        )
+        cache[id(body)] = (body, found)
+        return found
 
     # calls
 

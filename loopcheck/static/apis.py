@@ -357,15 +357,19 @@ class ApiReader(HostView):
         return actions
 
 
-_IDS: dict[int, frozenset[int]] = {}
+# The ids of the nodes under a node, remembered with the node itself: a node that was freed
+# may lend its id to a new one, which must not find the old answer.
+_IDS: dict[int, tuple[cst.CSTNode, frozenset[int]]] = {}
 
 
 def _node_ids(node: cst.CSTNode) -> frozenset[int]:
-    found = _IDS.get(id(node))
-    if found is None:
-        if len(_IDS) > 256:
-            _IDS.clear()
-        found = _IDS[id(node)] = frozenset(id(n) for n in walk(node))
+    known = _IDS.get(id(node))
+    if known is not None and known[0] is node:
+        return known[1]
+    if len(_IDS) > 256:
+        _IDS.clear()
+    found = frozenset(id(n) for n in walk(node))
+    _IDS[id(node)] = (node, found)
     return found
 
 

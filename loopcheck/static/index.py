@@ -186,7 +186,8 @@ class FileContext:
         self.module_frame: object = None  # set by the frames module on first use
         # methods that step or clear, functions that step in gradient hooks (interpreter)
         self.moves_cache: dict[object, bool] = {}
-        self.probes_cache: dict[int, bool] = {}  # blocks asserting that .grad is None
+        # blocks asserting that .grad is None (with the block: see ``probes``)
+        self.probes_cache: dict[int, tuple[object, bool]] = {}
         self.passes_cache: dict[int, bool] = {}  # functions handing parameters to calls
         self.backprop_cache: dict[int, frozenset[str]] = {}  # names reaching a backward
         self.evaluates_cache: dict[int, bool] = {}  # functions evaluating a model
