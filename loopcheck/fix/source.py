@@ -12,9 +12,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import libcst as cst
-from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider
 
 from loopcheck.diagnostic import Diagnostic, Edit, Span
+from loopcheck.static.positions import positions_and_parents
 
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
 _SCOPES = (cst.FunctionDef, cst.ClassDef, cst.Lambda)
@@ -49,9 +49,7 @@ class SourceFile:
     def __init__(self, text: str) -> None:
         self.text = text
         self.module = cst.parse_module(text)
-        wrapper = MetadataWrapper(self.module, unsafe_skip_copy=True)
-        self._positions = wrapper.resolve(PositionProvider)
-        self._parents = wrapper.resolve(ParentNodeProvider)
+        self._positions, self._parents = positions_and_parents(self.module)
         self.lines = split_lines(text)
         self.newline = self.module.default_newline
         self._by_span: dict[tuple[int, int, int, int], list[cst.CSTNode]] | None = None
@@ -62,8 +60,8 @@ class SourceFile:
         """The nodes whose range is exactly ``span``, outermost first."""
         if self._by_span is None:
             self._by_span = {}
-            for node, rng in self._positions.items():
-                key = (rng.start.line, rng.start.column + 1, rng.end.line, rng.end.column + 1)
+            for node, (line, column, end_line, end_column) in self._positions.items():
+                key = (line, column + 1, end_line, end_column + 1)
                 self._by_span.setdefault(key, []).append(node)
         found = self._by_span.get((span.line, span.column, span.end_line, span.end_column), [])
         return sorted(found, key=self.depth)
@@ -142,7 +140,7 @@ class SourceFile:
 
     def first_line(self, stmt: cst.BaseStatement) -> int:
         """The first line of ``stmt``, counting the comment lines right above it as its own."""
-        line = self._positions[stmt].start.line
+        line = self._positions[stmt][0]
         for leading in reversed(stmt.leading_lines):
             if leading.comment is None:
                 break
@@ -150,11 +148,11 @@ class SourceFile:
         return line
 
     def last_line(self, stmt: cst.BaseStatement) -> int:
-        return self._positions[stmt].end.line
+        return self._positions[stmt][2]
 
     def indent(self, stmt: cst.BaseStatement) -> str:
         """The indentation of the line ``stmt`` starts on."""
-        line = self.lines[self._positions[stmt].start.line - 1]
+        line = self.lines[self._positions[stmt][0] - 1]
         return line[: len(line) - len(line.lstrip(" \t"))]
 
     def lines_of(self, stmt: cst.BaseStatement) -> str:
@@ -185,8 +183,8 @@ class SourceFile:
 
     def replace(self, node: cst.CSTNode, content: str) -> Edit:
         """Put ``content`` in place of the code of ``node`` (within or across lines)."""
-        rng = self._positions[node]
-        return Edit(content, rng.start.line, rng.start.column + 1, rng.end.line, rng.end.column + 1)
+        line, column, end_line, end_column = self._positions[node]
+        return Edit(content, line, column + 1, end_line, end_column + 1)
 
     def statement_text(self, indent: str, code: str) -> str:
         """One new line of code at ``indent``."""

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import libcst as cst
-from libcst.metadata import CodeRange, MetadataWrapper, PositionProvider
 
 from loopcheck.diagnostic import Span
 from loopcheck.static.conditions import condition_key, modular, modulus_of
 from loopcheck.static.model import Site
+from loopcheck.static.positions import Range, positions
 from loopcheck.static.roles import Imports
 from loopcheck.static.syntax import (
     all_params,
@@ -167,7 +167,7 @@ class FileContext:
         self.module = module
         self.path = path
         self.project = project
-        self._positions: Mapping[cst.CSTNode, CodeRange] | None = None
+        self._positions: Mapping[cst.CSTNode, Range] | None = None
         self._functions_info: dict[int, FunctionInfo] = {}
         self._loop_assigned: dict[int, set[str]] = {}
         self._target_names: dict[int, frozenset[str]] = {}
@@ -269,10 +269,9 @@ class FileContext:
     def span(self, node: cst.CSTNode) -> Span:
         if self._positions is None:
             # Positions need a full code generation pass: only files with findings pay it.
-            wrapper = MetadataWrapper(self.module, unsafe_skip_copy=True)
-            self._positions = wrapper.resolve(PositionProvider)
-        rng = self._positions[node]
-        return Span(rng.start.line, rng.start.column + 1, rng.end.line, rng.end.column + 1)
+            self._positions = positions(self.module)
+        line, column, end_line, end_column = self._positions[node]
+        return Span(line, column + 1, end_line, end_column + 1)
 
     def site(self, node: cst.CSTNode) -> Site:
         return Site(node, self.span, self.module.code_for_node, self.path)
