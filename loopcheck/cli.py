@@ -140,6 +140,9 @@ def run_check(args: argparse.Namespace) -> int:
             force_exclude=args.force_exclude,
             jobs=args.jobs or default_jobs(),
             cache=cache,
+            # the report marks fixable findings: their fixes are checked where files are
+            # linted, in parallel, and cached with the findings (--fix and --diff redo them)
+            fixes=not (args.fix or args.diff),
         )
     except MissingPathsError as exc:
         for path in exc.paths:
@@ -154,7 +157,8 @@ def run_check(args: argparse.Namespace) -> int:
         _warn("no Python files found under the given paths")
     if args.fix or args.diff:
         return _fix(args, config, reports, stdin_report)
-    reports = [with_fixes(report, config) for report in reports]
+    if stdin_report is not None:
+        reports[-1] = with_fixes(stdin_report, config)
     diagnostics = sorted(d for report in reports for d in report.diagnostics)
     sources = {report.path: report.source for report in reports if report.diagnostics}
     _write(sys.stdout, _report(args, diagnostics, sources))

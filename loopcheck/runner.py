@@ -105,10 +105,15 @@ def _project(linted: LintedFiles) -> Any:
 
 
 def lint_file_source(
-    source: bytes | str, path: str, config: Config, linted: LintedFiles | None = None
+    source: bytes | str,
+    path: str,
+    config: Config,
+    linted: LintedFiles | None = None,
+    fixes: bool = False,
 ) -> FileLint:
     """Lint one file's contents as ``path`` with ``config``'s rules, per-file-ignores and noqa;
-    a ``.ipynb`` path is read as a notebook."""
+    a ``.ipynb`` path is read as a notebook. With ``fixes``, each of the file's own findings
+    that a fixer can fix for certain carries that fix (see :mod:`loopcheck.fix.engine`)."""
     codes = config.codes_for(path)
     if not codes:
         return FileLint(())
@@ -127,7 +132,24 @@ def lint_file_source(
     # Findings in other linted files (a helper misbehaving in this file's loop) are kept as
     # they are: their own file's settings and noqa comments judge them (see ``check_paths``).
     found = sorted(d for d in lint.diagnostics if d.path != path or d.code in codes)
+    if fixes:
+        found = _with_fixes(found, source, path, config)
     return FileLint(tuple(found), lint.dependencies - {path})
+
+
+def _with_fixes(
+    found: list[Diagnostic], source: bytes | str, path: str, config: Config
+) -> list[Diagnostic]:
+    """``found`` with the checked fix attached to each of ``path``'s own fixable findings."""
+    from loopcheck.fix.engine import attach_fixes, python_text
+
+    text = python_text(source, path, found)
+    if text is None:
+        return found
+    try:
+        return sorted(attach_fixes(found, text, path, config.rules))
+    except Exception:  # a bug of ours in a fixer: the findings stand, without fixes
+        return found
 
 
 def check_source(source: bytes | str, path: str, config: Config) -> list[Diagnostic]:
@@ -209,13 +231,15 @@ def check_paths(
     force_exclude: bool = False,
     jobs: int = 1,
     cache: LintCache | None = None,
+    fixes: bool = False,
 ) -> list[FileReport]:
     """Lint every file under ``paths`` (see :func:`loopcheck.files.collect_files`), in that
     order; a directory that cannot be listed is an LC900 finding. Raises
     :class:`MissingPathsError`, before linting anything, when one of ``paths`` does not exist.
 
     Files whose findings ``cache`` holds are not linted again; the others are linted in up to
-    ``jobs`` worker processes (none for a handful of files), and stored in ``cache``.
+    ``jobs`` worker processes (none for a handful of files), and stored in ``cache``. With
+    ``fixes``, findings carry their checked fixes (computed there too, and cached).
     """
     collected = collect_files(paths, config.exclude, config.root, force_exclude=force_exclude)
     if collected.missing:
@@ -234,18 +258,19 @@ def check_paths(
     todo = []
     for path, source in sources.items():
         if cache is not None:
-            settings[path] = _settings_key(config, path)
+            settings[path] = _settings_key(config, path, fixes)
             hit = cache.lookup(path, settings[path], hashes[path], hashes.get)
             if hit is not None:
                 reports[path] = FileReport(path, source, hit)
                 continue
         todo.append(path)
-    for path, lint in zip(todo, _lint_all(todo, sources, config, linted, jobs), strict=True):
+    linting = _lint_all(todo, sources, config, linted, jobs, fixes)
+    for path, lint in zip(todo, linting, strict=True):
         reports[path] = FileReport(path, sources[path], lint.diagnostics)
         if cache is not None:
             states = {dep: hashes.get(dep) for dep in sorted(lint.dependencies)}
             cache.store(path, settings[path], hashes[path], lint.diagnostics, states)
-    ordered = _place_findings([reports[path] for path in collected.files], sources, config)
+    ordered = _place_findings([reports[path] for path in collected.files], sources, config, fixes)
     for directory, reason in collected.unreadable:
         found = [file_error(directory, f"cannot read directory: {reason}")]
         ordered.append(FileReport(directory, None, _enabled(found, directory, config)))
@@ -253,7 +278,7 @@ def check_paths(
 
 
 def _place_findings(
-    reports: list[FileReport], sources: dict[str, bytes], config: Config
+    reports: list[FileReport], sources: dict[str, bytes], config: Config, fixes: bool
 ) -> list[FileReport]:
     """Move each finding into the report of the file it lies in (the analysis of one file may
     find a bug in a helper of another), judged by that file's settings and noqa comments, once
@@ -276,17 +301,23 @@ def _place_findings(
         if extra and report.path in sources:
             codes = config.codes_for(report.path)
             judged = _unsilenced((d for d in extra if d.code in codes), sources[report.path])
+            if fixes:
+                judged = tuple(_with_fixes(list(judged), sources[report.path], report.path, config))
             merged = sorted(set(report.diagnostics) | set(judged))
             report = replace(report, diagnostics=tuple(merged))
         out.append(report)
     return out
 
 
-def _settings_key(config: Config, path: str) -> str:
-    """What, besides the file, decides its findings: the rules that run on it."""
+def _settings_key(config: Config, path: str, fixes: bool = False) -> str:
+    """What, besides the file, decides its findings: the rules that run on it (and those that
+    judge its fixes, when findings carry them)."""
     codes = config.codes_for(path)
     rules = [f"{rule.__module__}.{rule.__qualname__}" for rule in config.rules_for(codes)]
-    return json.dumps([sorted(codes), rules])
+    if not fixes:
+        return json.dumps([sorted(codes), rules])
+    judges = [f"{rule.__module__}.{rule.__qualname__}" for rule in config.rules]
+    return json.dumps([sorted(codes), rules, "fixes", judges])
 
 
 def lint_paths(
@@ -309,20 +340,28 @@ def default_jobs() -> int:
 
 
 def _lint_all(
-    todo: list[str], sources: dict[str, bytes], config: Config, linted: LintedFiles, jobs: int
+    todo: list[str],
+    sources: dict[str, bytes],
+    config: Config,
+    linted: LintedFiles,
+    jobs: int,
+    fixes: bool = False,
 ) -> Iterator[FileLint]:
     """Each file's lint, in ``todo``'s order, in this process or in ``jobs`` workers."""
     workers = min(jobs, len(todo) // FILES_PER_WORKER)
     if workers < 2:
         for path in todo:
-            yield lint_file_source(sources[path], path, config, linted)
+            yield lint_file_source(sources[path], path, config, linted, fixes)
         return
     # Files differ a lot in cost: hand them out one at a time, largest first, so that no big
     # file is left to run alone at the end; the results come back in ``todo``'s order.
     order = sorted(range(len(todo)), key=lambda i: -len(sources[todo[i]]))
     results: dict[int, FileLint] = {}
     with ProcessPoolExecutor(
-        workers, mp_context=_pool_context(), initializer=_start_worker, initargs=(config, linted)
+        workers,
+        mp_context=_pool_context(),
+        initializer=_start_worker,
+        initargs=(config, linted, fixes),
     ) as pool:
         items = ((todo[i], sources[todo[i]]) for i in order)
         for i, lint in zip(order, pool.map(_lint_in_worker, items), strict=True):
@@ -347,16 +386,16 @@ def _single_threaded() -> bool:
         return threading.active_count() == 1
 
 
-_worker_settings: tuple[Config, LintedFiles] | None = None
+_worker_settings: tuple[Config, LintedFiles, bool] | None = None
 
 
-def _start_worker(config: Config, linted: LintedFiles) -> None:
+def _start_worker(config: Config, linted: LintedFiles, fixes: bool) -> None:
     global _worker_settings
-    _worker_settings = (config, linted)
+    _worker_settings = (config, linted, fixes)
 
 
 def _lint_in_worker(item: tuple[str, bytes]) -> FileLint:
     assert _worker_settings is not None, "the pool's initializer sets the settings"
-    config, linted = _worker_settings
+    config, linted, fixes = _worker_settings
     path, source = item
-    return lint_file_source(source, path, config, linted)
+    return lint_file_source(source, path, config, linted, fixes)

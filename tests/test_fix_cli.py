@@ -4,6 +4,7 @@ diff text, standard input, JSON edits, and the rule catalog's word on fixes."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,32 @@ def test_check_marks_fixable_findings(project: Path) -> None:
     assert any(line.startswith("stuck.py:12:13: LC101 `optimizer.step()`") for line in lines)
     assert "  = help: Move `optimizer.zero_grad()` after `optimizer.step()`" in lines
     assert lines[-2:] == ["Found 2 errors.", "[*] 1 fixable with the `--fix` option."]
+
+
+def test_fix_markers_come_back_from_the_cache(project: Path, tmp_path_factory) -> None:
+    """Fixes are checked where files are linted and cached with the findings: a warm run
+    (which lints nothing) marks the same findings fixable, and a changed file is re-judged."""
+    cache = tmp_path_factory.mktemp("cache")
+    command = [sys.executable, "-m", "loopcheck", "check", "buggy.py", "stuck.py"]
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            command,
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "LOOPCHECK_CACHE_DIR": str(cache)},
+        )
+
+    cold = run()
+    entries = [json.loads(p.read_text()) for p in cache.rglob("*.json")]
+    assert any(d.get("fix") for entry in entries for d in entry.get("diagnostics", [])), entries
+    warm = run()
+    assert cold.stdout == warm.stdout
+    assert "[*] 1 fixable with the `--fix` option." in warm.stdout
+    (project / "buggy.py").write_bytes(FIXED.read_bytes())
+    assert "fixable" not in run().stdout
 
 
 def test_diff_prints_the_fix_and_writes_nothing(project: Path) -> None:

@@ -252,13 +252,23 @@ def with_fixes(report: FileReport, config: Config) -> FileReport:
 
 
 def _python_text(report: FileReport) -> str | None:
-    """The text of a report's file, when it has a finding with a fixer. A notebook is JSON
-    whose findings are placed in its cells, not in its bytes: it is never fixed."""
-    if report.source is None or report.path.endswith(".ipynb"):
+    return (
+        None
+        if report.source is None
+        else python_text(report.source, report.path, report.diagnostics)
+    )
+
+
+def python_text(source: bytes | str, path: str, diagnostics: Iterable[Diagnostic]) -> str | None:
+    """The text of a file, when it has a finding with a fixer. A notebook is JSON whose findings
+    are placed in its cells, not in its bytes: it is never fixed."""
+    if path.endswith(".ipynb"):
         return None
-    if not any(get_fixer(d.code) for d in report.diagnostics):
+    if not any(get_fixer(d.code) for d in diagnostics):
         return None
+    if isinstance(source, str):
+        return source
     try:
-        return report.source.decode("utf-8-sig")
+        return source.decode("utf-8-sig")
     except UnicodeDecodeError:
         return None
