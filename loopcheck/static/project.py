@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import libcst as cst
 
@@ -18,6 +19,7 @@ _MAX_REEXPORTS = 4
 _IMPORTS = re.compile(rb"^[ \t]*(?:from[ \t]+(\.*[\w.]*)[ \t]+import|import[ \t]+([\w.]+))", re.M)
 
 Definition = tuple[FileContext, "cst.FunctionDef | ClassInfo"]
+_T = TypeVar("_T")
 
 
 def _read(path: str) -> bytes | None:
@@ -44,7 +46,13 @@ class Project:
         # files being indexed for another's sake: their own imports are not followed further,
         # so that relevance never walks the whole import graph
         self.loading = 0
+        self._building = 0  # files under construction: what they resolve may still change
         self.reads: set[str] = set()
+        # answers of ``definition`` and ``takes_part`` per (file, name), with the files each
+        # answer looked into, so that a later file reusing the answer depends on them too
+        self._answers: dict[tuple[str, FileContext, str], tuple[object, frozenset[str]]] = {}
+        self._touched: set[str] | None = None
+        self._moves: dict[str, bool] = {}
 
     def imports_linted(self, raw: bytes) -> bool:
         """Whether a file's text imports a module named like one of the linted files (its
@@ -82,7 +90,12 @@ class Project:
         ctx = self._contexts.get(key)
         if ctx is None or ctx.module is not module:
             self._contexts[key] = None  # files importing this one back see it as opaque
-            ctx = FileContext(module, path, self)
+            self._answers.clear()  # some may point into the index being replaced
+            self._building += 1
+            try:
+                ctx = FileContext(module, path, self)
+            finally:
+                self._building -= 1
             self._contexts[key] = ctx
         return ctx
 
@@ -105,20 +118,60 @@ class Project:
             except (cst.ParserSyntaxError, UnicodeDecodeError, RecursionError, ValueError):
                 module = None
             self.loading += 1
+            self._building += 1
             try:
                 ctx = FileContext(module, self._paths[key], self) if module is not None else None
             finally:
                 self.loading -= 1
+                self._building -= 1
             self._contexts[key] = ctx
-        if ctx is not None and key != self._current:
-            self.reads.add(ctx.path)
+        if ctx is not None:
+            if self._touched is not None:
+                self._touched.add(ctx.path)
+            if key != self._current:
+                self.reads.add(ctx.path)
         return ctx
+
+    def _has_moves(self, key: str) -> bool:
+        found = self._moves.get(key)
+        if found is None:
+            raw = self.source(key)
+            found = self._moves[key] = raw is not None and _MOVES.search(raw) is not None
+        return found
+
+    def _remembered(
+        self, kind: str, ctx: FileContext, qualname: str, answer: Callable[[], _T]
+    ) -> _T:
+        """``answer()``, computed once per file and name while no file is being indexed; a
+        remembered answer still records the files it looked into as read."""
+        if self._building:
+            return answer()
+        key = (kind, ctx, qualname)
+        hit = self._answers.get(key)
+        if hit is None:
+            outer, self._touched = self._touched, set()
+            try:
+                value = answer()
+            finally:
+                touched, self._touched = self._touched, outer
+            if outer is not None:
+                outer |= touched
+            hit = self._answers[key] = (value, frozenset(touched))
+        else:
+            if self._touched is not None:
+                self._touched |= hit[1]
+            current = self._current
+            self.reads.update(p for p in hit[1] if _normal(p) != current)
+        return hit[0]  # type: ignore[return-value]
 
     # names
 
-    def definition(self, ctx: FileContext, qualname: str, depth: int = 0) -> Definition | None:
+    def definition(self, ctx: FileContext, qualname: str) -> Definition | None:
         """The function or class of a linted file that ``qualname`` (a name qualified through
         ``ctx``'s imports) refers to, following re-exports by package ``__init__`` files."""
+        return self._remembered("def", ctx, qualname, lambda: self._definition(ctx, qualname))
+
+    def _definition(self, ctx: FileContext, qualname: str, depth: int = 0) -> Definition | None:
         if depth > _MAX_REEXPORTS:
             return None
         for module_key, names in self._candidates(ctx.path, qualname):
@@ -130,17 +183,19 @@ class Project:
                 return other, found
             alias = other.imports.aliases.get(names[0])
             if alias is not None and len(names) == 1:
-                return self.definition(other, alias, depth + 1)
+                return self._definition(other, alias, depth + 1)
         return None
 
     def takes_part(self, ctx: FileContext, qualname: str) -> bool:
         """Whether an imported name is a function (or a class with a method) of a linted file
         that may take part in a training step."""
+        return self._remembered("part", ctx, qualname, lambda: self._takes_part(ctx, qualname))
+
+    def _takes_part(self, ctx: FileContext, qualname: str) -> bool:
         for module_key, _ in self._candidates(ctx.path, qualname):
-            raw = self.source(module_key)
-            if raw is None:
+            if self.source(module_key) is None:
                 continue
-            if not _MOVES.search(raw) and os.path.basename(module_key) != "__init__.py":
+            if not self._has_moves(module_key) and os.path.basename(module_key) != "__init__.py":
                 continue  # no move here; a package's __init__ may re-export one from elsewhere
             found = self.definition(ctx, qualname)
             if found is None:
