@@ -95,10 +95,20 @@ class _Checker:
         self.text = text
         self.path = path
         self.rules = rules
-        self.found = lint_source(text, path, rules)
         self.lines = split_lines(text)
-        self._codes = Counter(d.code for d in self.found)
-        self._keys = Counter((d.code, _flagged(d, self.lines)) for d in self.found)
+
+    @cached_property
+    def found(self) -> list[Diagnostic]:
+        """What linting the text finds (only asked for when a fixer proposes something)."""
+        return lint_source(self.text, self.path, self.rules)
+
+    @cached_property
+    def _codes(self) -> Counter[str]:
+        return Counter(d.code for d in self.found)
+
+    @cached_property
+    def _keys(self) -> Counter[tuple[str, str]]:
+        return Counter((d.code, _flagged(d, self.lines)) for d in self.found)
 
     @cached_property
     def source(self) -> SourceFile | None:
