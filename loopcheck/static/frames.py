@@ -475,16 +475,10 @@ class Frame:
         if self.func is not None:
             # optimizers held by other objects, seen where they are cleared or stepped here
             # (``self.critic.optimizer.step()``)
-            for node in walk(self.func.body):
-                if (
-                    isinstance(node, cst.Call)
-                    and isinstance(node.func, cst.Attribute)
-                    and node.func.attr.value in {"step", "zero_grad"}
-                    and isinstance(node.func.value, cst.Attribute)
-                ):
-                    obj = self.resolve(node.func.value)
-                    if obj is not None and obj.role is Role.OPTIMIZER and not obj.members:
-                        found.setdefault(obj.key, obj)
+            for receiver in _stepped_receivers(self.ctx, self.func):
+                obj = self.resolve(receiver)
+                if obj is not None and obj.role is Role.OPTIMIZER and not obj.members:
+                    found.setdefault(obj.key, obj)
         if self.parent is not None:
             for obj in self.parent.optimizers():
                 found.setdefault(obj.key, obj)
@@ -498,6 +492,26 @@ def module_frame(ctx: FileContext) -> Frame:
         frame = Frame(ctx, None, None, {}, None, f"<module:{ctx.path}>")
         ctx.module_frame = frame
     return frame
+
+
+def _stepped_receivers(ctx: FileContext, func: cst.FunctionDef) -> tuple[cst.Attribute, ...]:
+    """The attribute chains a function steps or clears (``self.critic.optimizer`` in
+    ``self.critic.optimizer.step()``), found once per function."""
+    cache = getattr(ctx, "_stepped_receivers", None)
+    if cache is None:
+        cache = {}
+        ctx._stepped_receivers = cache  # type: ignore[attr-defined]
+    found = cache.get(id(func))
+    if found is None:
+        found = cache[id(func)] = tuple(
+            node.func.value
+            for node in walk(func.body)
+            if isinstance(node, cst.Call)
+            and isinstance(node.func, cst.Attribute)
+            and node.func.attr.value in {"step", "zero_grad"}
+            and isinstance(node.func.value, cst.Attribute)
+        )
+    return found
 
 
 def _attribute_cache(ctx: FileContext) -> dict[tuple[int, str], Obj | None]:

@@ -10,7 +10,8 @@ each call does is the reader's business (:mod:`loopcheck.static.actions`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import libcst as cst
 
@@ -36,16 +37,19 @@ from loopcheck.static.syntax import (
 
 MAX_FOLLOW_DEPTH = 6
 _PRESENT = object()  # the value of a parameter known to hold an optimizer, scaler, model...
-_STATEMENTS = (
-    cst.SimpleStatementLine,
-    cst.SimpleStatementSuite,
-    cst.If,
-    cst.For,
-    cst.While,
-    cst.With,
-    cst.Try,
-    cst.TryStar,
-    cst.Match,
+# statements a finding may be placed at (``self.at``)
+_STATEMENT_KINDS = frozenset(
+    {
+        cst.SimpleStatementLine,
+        cst.SimpleStatementSuite,
+        cst.If,
+        cst.For,
+        cst.While,
+        cst.With,
+        cst.Try,
+        cst.TryStar,
+        cst.Match,
+    }
 )
 
 
@@ -159,46 +163,25 @@ class Interpreter(Recorder, Checks, Loops):
         return flow
 
     def exec_stmt(self, stmt: cst.CSTNode, states: set[PathState]) -> Flow:
-        reader = self.reader
-        if isinstance(stmt, _STATEMENTS):
+        kind = type(stmt)
+        if kind in _STATEMENT_KINDS:
             self.at = stmt
-        if isinstance(stmt, (cst.SimpleStatementLine, cst.SimpleStatementSuite)):
-            # a line, or the one-line body of a compound statement (``if x: opt.step()``)
-            return self.exec_block(stmt.body, states)
-        if isinstance(stmt, cst.IndentedBlock):
-            return self.exec_block(stmt.body, states)
-        if isinstance(stmt, cst.If):
-            return self.exec_if(stmt, states)
-        if isinstance(stmt, (cst.For, cst.While)):
-            return self.exec_loop(stmt, states)
-        if isinstance(stmt, cst.With):
-            return self.exec_with(stmt, states)
-        if isinstance(stmt, (cst.Try, cst.TryStar)):
-            return self.exec_try(stmt, states)
-        if isinstance(stmt, cst.Match):
-            return self.exec_match(stmt, states)
-        if isinstance(stmt, (cst.FunctionDef, cst.ClassDef)):
-            return Flow(normal=states)
-        if isinstance(stmt, cst.Break):
-            return Flow(breaks=states)
-        if isinstance(stmt, cst.Continue):
-            return Flow(continues=states)
-        if isinstance(stmt, cst.Return):
-            if stmt.value is not None:
-                states = self.run_actions(reader.of_expr(stmt.value), states)
-            return Flow(returns=states)
-        if isinstance(stmt, cst.Raise):
-            return Flow()
-        if isinstance(stmt, cst.Assert):
-            return Flow(normal=self.run_actions(reader.of_assert(stmt.test), states))
-        if isinstance(stmt, cst.Expr):
-            self.check_kept_graph(stmt)
-            states = self.run_actions(reader.of_expr(stmt.value), states)
-            if self.exits(stmt.value):
-                return Flow()  # ``sys.exit(0)``: the program ends here, like a raise
-            return Flow(normal=states)
-        if isinstance(stmt, (cst.Assign, cst.AnnAssign, cst.AugAssign)):
-            return Flow(normal=self.exec_assign(stmt, states))
+        run = _RUNS.get(kind)
+        return run(self, stmt, states) if run is not None else Flow(normal=states)
+
+    def _exec_return(self, stmt: cst.Return, states: set[PathState]) -> Flow:
+        if stmt.value is not None:
+            states = self.run_actions(self.reader.of_expr(stmt.value), states)
+        return Flow(returns=states)
+
+    def _exec_assert(self, stmt: cst.Assert, states: set[PathState]) -> Flow:
+        return Flow(normal=self.run_actions(self.reader.of_assert(stmt.test), states))
+
+    def _exec_expr(self, stmt: cst.Expr, states: set[PathState]) -> Flow:
+        self.check_kept_graph(stmt)
+        states = self.run_actions(self.reader.of_expr(stmt.value), states)
+        if self.exits(stmt.value):
+            return Flow()  # ``sys.exit(0)``: the program ends here, like a raise
         return Flow(normal=states)
 
     def exits(self, value: cst.BaseExpression) -> bool:
@@ -546,3 +529,42 @@ def _forget_locals(state: PathState, scope: str) -> PathState:
     return state.with_evaluating(
         frozenset(entry for entry in state.evaluating if not entry[0].startswith(prefix))
     )
+
+
+def _run_block(interp: Interpreter, stmt: Any, states: set[PathState]) -> Flow:
+    # a line, an indented block, or the one-line body of a compound statement
+    return interp.exec_block(stmt.body, states)
+
+
+def _run_assign(interp: Interpreter, stmt: Any, states: set[PathState]) -> Flow:
+    return Flow(normal=interp.exec_assign(stmt, states))
+
+
+def _unchanged(interp: Interpreter, stmt: Any, states: set[PathState]) -> Flow:
+    return Flow(normal=states)  # a nested definition runs nothing here
+
+
+# How each kind of statement runs (the statement's exact type: libcst's are never subclassed).
+_RUNS: dict[type, Callable[[Interpreter, Any, set[PathState]], Flow]] = {
+    cst.SimpleStatementLine: _run_block,
+    cst.SimpleStatementSuite: _run_block,
+    cst.IndentedBlock: _run_block,
+    cst.If: Interpreter.exec_if,
+    cst.For: Interpreter.exec_loop,
+    cst.While: Interpreter.exec_loop,
+    cst.With: Interpreter.exec_with,
+    cst.Try: Interpreter.exec_try,
+    cst.TryStar: Interpreter.exec_try,
+    cst.Match: Interpreter.exec_match,
+    cst.FunctionDef: _unchanged,
+    cst.ClassDef: _unchanged,
+    cst.Break: lambda interp, stmt, states: Flow(breaks=states),
+    cst.Continue: lambda interp, stmt, states: Flow(continues=states),
+    cst.Return: Interpreter._exec_return,
+    cst.Raise: lambda interp, stmt, states: Flow(),
+    cst.Assert: Interpreter._exec_assert,
+    cst.Expr: Interpreter._exec_expr,
+    cst.Assign: _run_assign,
+    cst.AnnAssign: _run_assign,
+    cst.AugAssign: _run_assign,
+}

@@ -69,17 +69,28 @@ def is_expression(node: cst.CSTNode) -> bool:
     return known
 
 
-def kids(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+def kids(node: cst.CSTNode) -> list[cst.CSTNode]:
     """The child nodes of ``node`` that carry meaning, in field order (source order for
     expressions)."""
+    out: list[cst.CSTNode] = []
+    known = _IS_NODE
     for name in _fields(type(node)):
         value = getattr(node, name)
-        if type(value) in (tuple, list):
+        kind = type(value)
+        if kind is tuple or kind is list:
             for item in value:
-                if is_node(item):
-                    yield item
-        elif is_node(value):
-            yield value
+                yes = known.get(type(item))
+                if yes is None:
+                    yes = is_node(item)
+                if yes:
+                    out.append(item)
+        else:
+            yes = known.get(kind)
+            if yes is None:
+                yes = is_node(value)
+            if yes:
+                out.append(value)
+    return out
 
 
 def walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
