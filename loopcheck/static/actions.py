@@ -11,6 +11,14 @@ import libcst as cst
 
 from loopcheck.protocol import Event, Move
 from loopcheck.static.apis import CLIP_FUNCTIONS, ApiReader
+from loopcheck.static.callees import (
+    called_names,
+    closure_names,
+    constants_of,
+    maybe_none_values,
+    none_tested,
+    passes_parameters_on,
+)
 from loopcheck.static.conditions import touches
 from loopcheck.static.frames import instance_of
 from loopcheck.static.host import Host, HostView
@@ -22,7 +30,6 @@ from loopcheck.static.syntax import (
     chains_in,
     dotted,
     is_abstract,
-    literal,
     names_in,
     params_of,
 )
@@ -258,7 +265,7 @@ class Reader(HostView):
             c for c in callee if id(c[1]) in c[0].relevant or self._calls_a_callable(c[1], call)
         ]
         if not relevant:
-            if not any(_passes_parameters_on(c[0], c[1]) for c in callee):
+            if not any(passes_parameters_on(c[0], c[1]) for c in callee):
                 # ``adjust_learning_rate(optimizer, ...)`` sets param_groups: no move at all
                 return [Mark("forward")] if self.apis.opaque_args(call) else []
             return self.helper_without_moves(call)
@@ -285,7 +292,7 @@ class Reader(HostView):
         for arg in call.args:
             if arg.keyword is not None:
                 handed.add((arg.keyword.value, arg.value))
-        called = _called_names(node)
+        called = called_names(node)
         for name, value in handed:
             if name not in called:
                 continue
@@ -299,7 +306,7 @@ class Reader(HostView):
         func = self.frame.func
         if func is None or name not in self.frame.local_defs:
             return False
-        return name in _closure_names(self.ctx, func)
+        return name in closure_names(self.ctx, func)
 
     def callee(
         self, func: cst.BaseExpression
@@ -402,9 +409,28 @@ class Reader(HostView):
                 bound[name] = self.frame.resolve(arg)
         bound = {k: v for k, v in bound.items() if v is not None}
         starred = any(arg.star for arg in call.args)
-        constants = () if starred else _constants(node, positional, keywords, cls)
+        constants = () if starred else constants_of(node, positional, keywords, cls)
         conditions = () if starred else self._conditions(node, positional, keywords, cls)
-        return Follow(node, tuple(bound.items()), cls, constants, ctx, conditions)
+        given = dict(zip((p.name.value for p in params), positional, strict=False))
+        given.update((k, v) for k, v in keywords.items() if k in names)
+        maybe_none = frozenset(
+            k for k, arg in given.items() if k in bound and self._maybe_none(arg)
+        )
+        return Follow(node, tuple(bound.items()), cls, constants, ctx, conditions, maybe_none)
+
+    def _maybe_none(self, arg: cst.BaseExpression) -> bool:
+        """An argument the caller may hold as None: a name it assigns None or a conditional
+        expression, or its own parameter when it tests that parameter against None itself
+        (``if scaler is not None:``) or defaults it to None."""
+        if not isinstance(arg, cst.Name):
+            return False
+        values = self.frame.local_values.get(arg.value, ())
+        if maybe_none_values(values):
+            return True
+        func = self.frame.func
+        if values or func is None or arg.value not in self.frame.params:
+            return False
+        return arg.value in none_tested(self.ctx, func)
 
     def _conditions(
         self,
@@ -456,44 +482,6 @@ def _rescales_grad(call: cst.Call) -> bool:
     return isinstance(inner, cst.Attribute) and inner.attr.value == "grad"
 
 
-_CALLED: dict[int, tuple[cst.FunctionDef, frozenset[str]]] = {}
-
-
-def _called_names(func: cst.FunctionDef) -> frozenset[str]:
-    """The plain names a function calls (remembered per function: helpers are asked about
-    again at every call)."""
-    known = _CALLED.get(id(func))
-    if known is not None and known[0] is func:
-        return known[1]
-    if len(_CALLED) > 4096:
-        _CALLED.clear()
-    names = frozenset(
-        node.func.value
-        for node in walk(func.body)
-        if isinstance(node, cst.Call) and isinstance(node.func, cst.Name)
-    )
-    _CALLED[id(func)] = (func, names)
-    return names
-
-
-def _passes_parameters_on(ctx: FileContext, func: cst.FunctionDef) -> bool:
-    """Whether a function hands one of its parameters to a call (which may do anything with
-    an optimizer or model it receives); cached per function."""
-    cache = ctx.passes_cache
-    key = id(func)
-    if key not in cache:
-        names = {p.name.value for p in params_of(func)} | {
-            p.name.value for p in func.params.kwonly_params
-        }
-        names.discard("self")
-        cache[key] = any(
-            isinstance(node, cst.Call)
-            and any(isinstance(a.value, cst.Name) and a.value.value in names for a in node.args)
-            for node in walk(func.body)
-        )
-    return cache[key]
-
-
 def _asserts_no_grad(test: cst.BaseExpression) -> bool:
     for node in walk(test):
         if isinstance(node, cst.Comparison) and isinstance(node.left, cst.Attribute):
@@ -509,93 +497,6 @@ def is_loss_name(name: str) -> bool:
     return bool(_LOSS_NAME.match(name))
 
 
-def _closure_names(ctx: FileContext, func: cst.FunctionDef) -> set[str]:
-    """Names passed as the closure of an optimizer step in a function (``opt.step(closure)``)."""
-    cache = getattr(ctx, "_closures", None)
-    if cache is None:
-        cache = {}
-        ctx._closures = cache  # type: ignore[attr-defined]
-    key = id(func)
-    if key not in cache:
-        names: set[str] = set()
-        for node in walk(func.body):
-            if (
-                isinstance(node, cst.Call)
-                and isinstance(node.func, cst.Attribute)
-                and node.func.attr.value == "step"
-                and node.args
-                and isinstance(node.args[0].value, cst.Name)
-            ):
-                names.add(node.args[0].value.value)
-        cache[key] = names
-    return cache[key]
-
-
-def _constants(
-    node: cst.FunctionDef,
-    positional: Sequence[cst.BaseExpression],
-    keywords: dict[str, cst.BaseExpression],
-    cls: ClassInfo | None,
-) -> tuple[tuple[str, object], ...]:
-    """The parameters of a followed call that hold literal values: literal arguments, and
-    literal defaults of parameters the call does not pass."""
-    params = params_of(node)
-    if cls is not None and params and params[0].name.value in {"self", "cls"}:
-        params = params[1:]
-    out: dict[str, object] = {}
-    for i, param in enumerate([*params, *node.params.kwonly_params]):
-        name = param.name.value
-        if i < len(params) and i < len(positional):
-            arg: cst.BaseExpression | None = positional[i]
-        elif name in keywords:
-            arg = keywords[name]
-        else:
-            arg = param.default
-        ok, value = literal(arg)
-        if ok:
-            out[name] = value
-    return tuple(out.items())
-
-
 def _harmless(qual: str) -> bool:
     """Calls that receive an optimizer or model only to look at it."""
     return qual in _HARMLESS_CALLS or qual.startswith(_HARMLESS_PREFIXES)
-
-
-_HOOK_REGISTRATIONS = frozenset({"register_post_accumulate_grad_hook", "register_hook"})
-
-
-def steps_in_hooks(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
-    """Whether a function registers gradient hooks on parameters that update them (a fused
-    backward pass: each parameter is stepped as soon as its gradient is ready), so that its
-    backward calls may step optimizers (cached per function). The hook, or the factory that
-    makes it, is defined in the function."""
-    if func is None:
-        return False
-    cache = ctx.moves_cache
-    key = ("hooks", id(func))
-    if key not in cache:
-        registers = False
-        hooked: set[str] = set()
-        for node in walk(func.body):
-            if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)):
-                continue
-            if node.func.attr.value in _HOOK_REGISTRATIONS:
-                registers = True
-                hook = node.args[0].value if node.args else None
-                if isinstance(hook, cst.Call):
-                    hook = hook.func  # ``create_grad_hook(group)``: a factory of hooks
-                if isinstance(hook, cst.Name):
-                    hooked.add(hook.value)
-        cache[key] = registers and any(
-            isinstance(node, cst.FunctionDef)
-            and node.name.value in hooked
-            and any(
-                isinstance(call, cst.Call)
-                and isinstance(call.func, cst.Attribute)
-                and call.func.attr.value.startswith("step")
-                for call in walk(node.body)
-            )
-            for node in walk(func.body)
-        )
-    return cache[key]

@@ -72,6 +72,7 @@ class Frame:
         self.constants: dict[str, object] = {}  # parameters known to hold a literal value
         # parameters holding a condition of the caller: (its expression, the caller's file)
         self.conditions: dict[str, tuple[cst.BaseExpression, FileContext]] = {}
+        self.maybe_none: frozenset[str] = frozenset()  # see ``Follow.maybe_none``
         self.origins: dict[tuple[int, int], object] = {}  # loss origins (see dataflow)
         self._optimizers: list[Obj] | None = None
         self._values: dict[tuple[int, str | None], Obj | None] = {}

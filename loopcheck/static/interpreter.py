@@ -17,7 +17,8 @@ import libcst as cst
 
 from loopcheck.protocol import Event, Move
 from loopcheck.static import conditions, guards
-from loopcheck.static.actions import Reader, is_loss_name, steps_in_hooks
+from loopcheck.static.actions import Reader, is_loss_name
+from loopcheck.static.callees import steps_in_hooks
 from loopcheck.static.checks import Checks
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import FileContext
@@ -288,7 +289,11 @@ class Interpreter(Recorder, Checks, Loops):
         if guards.flushes(stmt.test) and guards.steps_in(self.frame, stmt.body):
             self.mark("flush")  # ``or step + 1 == len(loader)``: the last window is stepped
         # a parameter bound to a real object is not None (``if scaler is not None:``)
-        present = {k: _PRESENT for k, v in self.frame.bound.items() if v is not None}
+        present = {
+            k: _PRESENT
+            for k, v in self.frame.bound.items()
+            if v is not None and k not in self.frame.maybe_none
+        }
         decided = conditions.truth(stmt.test, {**present, **self.frame.constants})
         if decided is not None:
             branch: cst.CSTNode | None = stmt.body
@@ -499,6 +504,7 @@ class Interpreter(Recorder, Checks, Loops):
             scope = f"{ctx.path}:{scope}"
         frame = Frame(ctx, node, action.cls, dict(action.bound), parent, scope)
         frame.constants = {k: v for k, v in action.constants if k not in frame.local_values}
+        frame.maybe_none = action.maybe_none
         frame.conditions = {
             name: (expr, ctx)
             for name, expr, ctx in action.conditions

@@ -52,6 +52,9 @@ class Follow:
     # branch on them is a branch on that condition, with the caller's facts
     ctx: FileContext | None = None  # the file that defines it (None: the caller's)
     conditions: tuple[tuple[str, cst.BaseExpression, FileContext], ...] = ()
+    # parameters bound to an object the caller may hold as None (its own parameter, or a name
+    # it sets to None somewhere): ``if scaler is not None:`` is a branch, not a certainty
+    maybe_none: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

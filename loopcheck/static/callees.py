@@ -1,0 +1,174 @@
+"""What a function of the linted files does with what it is given, found once per function:
+the names it calls, whether it hands its parameters on, the closures it steps with, the literal
+values a call binds, the parameters it tests against None, and whether it steps optimizers in
+gradient hooks. The reader asks these at every call site."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import libcst as cst
+
+from loopcheck.static.index import ClassInfo, FileContext
+from loopcheck.static.syntax import literal, params_of
+from loopcheck.static.tree import walk
+
+_CALLED: dict[int, tuple[cst.FunctionDef, frozenset[str]]] = {}
+
+
+def called_names(func: cst.FunctionDef) -> frozenset[str]:
+    """The plain names a function calls (remembered per function: helpers are asked about
+    again at every call)."""
+    known = _CALLED.get(id(func))
+    if known is not None and known[0] is func:
+        return known[1]
+    if len(_CALLED) > 4096:
+        _CALLED.clear()
+    names = frozenset(
+        node.func.value
+        for node in walk(func.body)
+        if isinstance(node, cst.Call) and isinstance(node.func, cst.Name)
+    )
+    _CALLED[id(func)] = (func, names)
+    return names
+
+
+def passes_parameters_on(ctx: FileContext, func: cst.FunctionDef) -> bool:
+    """Whether a function hands one of its parameters to a call (which may do anything with
+    an optimizer or model it receives); cached per function."""
+    cache = ctx.passes_cache
+    key = id(func)
+    if key not in cache:
+        names = {p.name.value for p in params_of(func)} | {
+            p.name.value for p in func.params.kwonly_params
+        }
+        names.discard("self")
+        cache[key] = any(
+            isinstance(node, cst.Call)
+            and any(isinstance(a.value, cst.Name) and a.value.value in names for a in node.args)
+            for node in walk(func.body)
+        )
+    return cache[key]
+
+
+def closure_names(ctx: FileContext, func: cst.FunctionDef) -> set[str]:
+    """Names passed as the closure of an optimizer step in a function (``opt.step(closure)``)."""
+    cache = getattr(ctx, "_closures", None)
+    if cache is None:
+        cache = {}
+        ctx._closures = cache  # type: ignore[attr-defined]
+    key = id(func)
+    if key not in cache:
+        names: set[str] = set()
+        for node in walk(func.body):
+            if (
+                isinstance(node, cst.Call)
+                and isinstance(node.func, cst.Attribute)
+                and node.func.attr.value == "step"
+                and node.args
+                and isinstance(node.args[0].value, cst.Name)
+            ):
+                names.add(node.args[0].value.value)
+        cache[key] = names
+    return cache[key]
+
+
+def constants_of(
+    node: cst.FunctionDef,
+    positional: Sequence[cst.BaseExpression],
+    keywords: dict[str, cst.BaseExpression],
+    cls: ClassInfo | None,
+) -> tuple[tuple[str, object], ...]:
+    """The parameters of a followed call that hold literal values: literal arguments, and
+    literal defaults of parameters the call does not pass."""
+    params = params_of(node)
+    if cls is not None and params and params[0].name.value in {"self", "cls"}:
+        params = params[1:]
+    out: dict[str, object] = {}
+    for i, param in enumerate([*params, *node.params.kwonly_params]):
+        name = param.name.value
+        if i < len(params) and i < len(positional):
+            arg: cst.BaseExpression | None = positional[i]
+        elif name in keywords:
+            arg = keywords[name]
+        else:
+            arg = param.default
+        ok, value = literal(arg)
+        if ok:
+            out[name] = value
+    return tuple(out.items())
+
+
+_HOOK_REGISTRATIONS = frozenset({"register_post_accumulate_grad_hook", "register_hook"})
+
+
+def steps_in_hooks(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
+    """Whether a function registers gradient hooks on parameters that update them (a fused
+    backward pass: each parameter is stepped as soon as its gradient is ready), so that its
+    backward calls may step optimizers (cached per function). The hook, or the factory that
+    makes it, is defined in the function."""
+    if func is None:
+        return False
+    cache = ctx.moves_cache
+    key = ("hooks", id(func))
+    if key not in cache:
+        registers = False
+        hooked: set[str] = set()
+        for node in walk(func.body):
+            if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)):
+                continue
+            if node.func.attr.value in _HOOK_REGISTRATIONS:
+                registers = True
+                hook = node.args[0].value if node.args else None
+                if isinstance(hook, cst.Call):
+                    hook = hook.func  # ``create_grad_hook(group)``: a factory of hooks
+                if isinstance(hook, cst.Name):
+                    hooked.add(hook.value)
+        cache[key] = registers and any(
+            isinstance(node, cst.FunctionDef)
+            and node.name.value in hooked
+            and any(
+                isinstance(call, cst.Call)
+                and isinstance(call.func, cst.Attribute)
+                and call.func.attr.value.startswith("step")
+                for call in walk(node.body)
+            )
+            for node in walk(func.body)
+        )
+    return cache[key]
+
+
+def _none_or_choice(value: cst.BaseExpression | None) -> bool:
+    return isinstance(value, cst.IfExp) or (isinstance(value, cst.Name) and value.value == "None")
+
+
+def maybe_none_values(values: Sequence[cst.BaseExpression]) -> bool:
+    """Whether one of the values assigned to a name is None or a conditional expression."""
+    return any(_none_or_choice(v) for v in values)
+
+
+def none_tested(ctx: FileContext, func: cst.FunctionDef) -> frozenset[str]:
+    """The parameters a function defaults to None or tests against None (``x is None``,
+    ``x is not None``, ``if x:``): what it was given may be None (cached per function)."""
+    cache = ctx.moves_cache
+    key = ("none-tested", id(func))
+    found = cache.get(key)
+    if found is None:
+        names = {p.name.value for p in params_of(func) if _none_or_choice(p.default)}
+        for node in walk(func.body):
+            if isinstance(node, cst.Comparison) and isinstance(node.left, cst.Name):
+                if any(
+                    isinstance(t.operator, (cst.Is, cst.IsNot))
+                    and isinstance(t.comparator, cst.Name)
+                    and t.comparator.value == "None"
+                    for t in node.comparisons
+                ):
+                    names.add(node.left.value)
+            elif isinstance(node, (cst.If, cst.While, cst.IfExp)):
+                test = node.test
+                if isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+                    test = test.expression
+                if isinstance(test, cst.Name):
+                    names.add(test.value)
+        found = cache[key] = frozenset(names)
+    return found  # type: ignore[return-value]
