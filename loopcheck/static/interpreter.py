@@ -30,6 +30,7 @@ from loopcheck.static.recording import Recorder
 from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (
     decorators,
+    dotted,
     ends_with_continue,
     grad_context,
     is_increment,
@@ -447,7 +448,15 @@ class Interpreter(Recorder, Checks, Loops):
             counter = stmt.target.value  # type: ignore[union-attr]
             states = {self.shift(s, counter) for s in states}
             return {self.forget(s, names, frozenset((counter,))) for s in states}
-        return {self.forget(s, names) for s in states}
+        states = {self.forget(s, names) for s in states}
+        flag = _flag_set(stmt)
+        if flag is not None:
+            # ``cfg.use_fp16 = False``: a later ``if cfg.use_fp16:`` (here or in a function
+            # called with ``cfg``) is decided, until the flag is assigned again
+            text, truth = flag
+            self.fact_names.setdefault(text, {text})
+            states = {s.with_fact(text, truth) for s in states}
+        return states
 
     # running actions over states
 
@@ -524,6 +533,21 @@ class Interpreter(Recorder, Checks, Loops):
             self.follow_stack.pop()
             self.frames.pop()
         return cap({_forget_locals(s, scope) for s in flow.normal | flow.returns})
+
+
+_FLAG_VALUES = {"True": True, "False": False, "None": False}
+
+
+def _flag_set(stmt: cst.CSTNode) -> tuple[str, bool] | None:
+    """``flag = True`` or ``cfg.use_amp = False``: the name or attribute chain set and its
+    truth."""
+    if not isinstance(stmt, cst.Assign) or len(stmt.targets) != 1:
+        return None
+    value = stmt.value
+    if not isinstance(value, cst.Name) or value.value not in _FLAG_VALUES:
+        return None
+    text = dotted(stmt.targets[0].target)
+    return (text, _FLAG_VALUES[value.value]) if text is not None else None
 
 
 def _forget_locals(state: PathState, scope: str) -> PathState:
