@@ -481,6 +481,16 @@ class _Division:
         held = self.frame.resolve(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
         if held is not None and held.role in _MODEL_ROLES:
             return False  # a model's output (``outputs.loss``): a fresh loss
+        called = held.cls.method("__call__") if held is not None and held.cls else None
+        if called is not None and held is not None:
+            # an instance of a loss class of the linted files (``compute_loss = ComputeLoss(
+            # model)``): what its ``__call__`` returns (``loss * bs``, a sum, is not fresh)
+            owner, node = called
+            frame = Frame(owner.ctx, node, owner, {"self": held}, module_frame(owner.ctx), "")
+            verdict: bool | None = True
+            for stmt, value in returns_of(node):
+                verdict = _both(verdict, _Division(frame).expr(value, stmt, depth + 1))
+            return verdict if returns_of(node) else None
         qual = (
             self.frame.ctx.imports.qualify(func)
             if isinstance(func, (cst.Name, cst.Attribute))
