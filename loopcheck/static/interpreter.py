@@ -296,6 +296,8 @@ class Interpreter(Recorder, Checks, Loops):
             if v is not None and k not in self.frame.maybe_none
         }
         decided = conditions.truth(stmt.test, {**present, **self.frame.constants})
+        if decided is None:
+            decided = self.requires_grad_test(stmt.test)
         if decided is not None:
             branch: cst.CSTNode | None = stmt.body
             if not decided:
@@ -308,6 +310,19 @@ class Interpreter(Recorder, Checks, Loops):
             return flow
         other = stmt.orelse.body if isinstance(stmt.orelse, cst.Else) else stmt.orelse
         return merge(flow, self.exec_stmt(other, skipped) if skipped else Flow())
+
+    def requires_grad_test(self, test: cst.BaseExpression) -> bool | None:
+        """``if loss.requires_grad:`` (a backward skipped in evaluation): true where gradients
+        are on, false under ``no_grad``, for a loss."""
+        negated = False
+        while isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+            test, negated = test.expression, not negated
+        if not (isinstance(test, cst.Attribute) and test.attr.value == "requires_grad"):
+            return None
+        if not isinstance(test.value, cst.Name) or not is_loss_name(test.value.value):
+            return None
+        grad_on = not self.grad_modes or self.grad_modes[-1]
+        return grad_on != negated
 
     def split(
         self, test: cst.BaseExpression, states: set[PathState], substitute: bool = True
