@@ -56,7 +56,6 @@ _HARMLESS_CALLS = {
     "pprint.pprint",
 }
 _HARMLESS_PREFIXES = ("logging.", "logger.", "log.", "wandb.", "mlflow.", "tqdm.")
-_LOSS_NAME = re.compile(r"(?i)^(\w+_)?loss(_\w+)?$")
 _NONFINITE = re.compile(
     r"(?i)is_?finite|is_?nan|is_?inf|^nan$|^inf$|overflow|found_inf|non_?finite|grad_?norm"
 )
@@ -491,10 +490,6 @@ def _asserts_no_grad(test: cst.BaseExpression) -> bool:
                 if isinstance(comp.operator, cst.Is) and dotted(comp.comparator) == "None":
                     return True
     return False
-
-
-def is_loss_name(name: str) -> bool:
-    return bool(_LOSS_NAME.match(name))
 
 
 def _harmless(qual: str) -> bool:

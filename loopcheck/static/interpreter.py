@@ -17,9 +17,10 @@ import libcst as cst
 
 from loopcheck.protocol import Event, Move
 from loopcheck.static import conditions, guards
-from loopcheck.static.actions import Reader, is_loss_name
+from loopcheck.static.actions import Reader
 from loopcheck.static.callees import steps_in_hooks
 from loopcheck.static.checks import Checks
+from loopcheck.static.facts import flag_set, handed_back, requires_grad_test
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import FileContext
 from loopcheck.static.looping import Loops
@@ -30,10 +31,10 @@ from loopcheck.static.recording import Recorder
 from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (
     decorators,
-    dotted,
     ends_with_continue,
     grad_context,
     is_increment,
+    is_loss_name,
     turns_grad_off,
 )
 
@@ -297,7 +298,8 @@ class Interpreter(Recorder, Checks, Loops):
         }
         decided = conditions.truth(stmt.test, {**present, **self.frame.constants})
         if decided is None:
-            decided = self.requires_grad_test(stmt.test)
+            grad_on = not self.grad_modes or self.grad_modes[-1]
+            decided = requires_grad_test(stmt.test, grad_on)
         if decided is not None:
             branch: cst.CSTNode | None = stmt.body
             if not decided:
@@ -310,19 +312,6 @@ class Interpreter(Recorder, Checks, Loops):
             return flow
         other = stmt.orelse.body if isinstance(stmt.orelse, cst.Else) else stmt.orelse
         return merge(flow, self.exec_stmt(other, skipped) if skipped else Flow())
-
-    def requires_grad_test(self, test: cst.BaseExpression) -> bool | None:
-        """``if loss.requires_grad:`` (a backward skipped in evaluation): true where gradients
-        are on, false under ``no_grad``, for a loss."""
-        negated = False
-        while isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
-            test, negated = test.expression, not negated
-        if not (isinstance(test, cst.Attribute) and test.attr.value == "requires_grad"):
-            return None
-        if not isinstance(test.value, cst.Name) or not is_loss_name(test.value.value):
-            return None
-        grad_on = not self.grad_modes or self.grad_modes[-1]
-        return grad_on != negated
 
     def split(
         self, test: cst.BaseExpression, states: set[PathState], substitute: bool = True
@@ -463,8 +452,10 @@ class Interpreter(Recorder, Checks, Loops):
             counter = stmt.target.value  # type: ignore[union-attr]
             states = {self.shift(s, counter) for s in states}
             return {self.forget(s, names, frozenset((counter,))) for s in states}
+        if names and isinstance(stmt, cst.Assign):
+            names = names - handed_back(self.ctx, stmt)
         states = {self.forget(s, names) for s in states}
-        flag = _flag_set(stmt)
+        flag = flag_set(stmt)
         if flag is not None:
             # ``cfg.use_fp16 = False``: a later ``if cfg.use_fp16:`` (here or in a function
             # called with ``cfg``) is decided, until the flag is assigned again
@@ -548,21 +539,6 @@ class Interpreter(Recorder, Checks, Loops):
             self.follow_stack.pop()
             self.frames.pop()
         return cap({_forget_locals(s, scope) for s in flow.normal | flow.returns})
-
-
-_FLAG_VALUES = {"True": True, "False": False, "None": False}
-
-
-def _flag_set(stmt: cst.CSTNode) -> tuple[str, bool] | None:
-    """``flag = True`` or ``cfg.use_amp = False``: the name or attribute chain set and its
-    truth."""
-    if not isinstance(stmt, cst.Assign) or len(stmt.targets) != 1:
-        return None
-    value = stmt.value
-    if not isinstance(value, cst.Name) or value.value not in _FLAG_VALUES:
-        return None
-    text = dotted(stmt.targets[0].target)
-    return (text, _FLAG_VALUES[value.value]) if text is not None else None
 
 
 def _forget_locals(state: PathState, scope: str) -> PathState:

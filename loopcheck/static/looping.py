@@ -10,6 +10,7 @@ import libcst as cst
 
 from loopcheck.protocol import Event, Move, advance
 from loopcheck.static import conditions, guards, tensors
+from loopcheck.static.facts import handed_back_in
 from loopcheck.static.frames import FrameStack
 from loopcheck.static.model import FileModel, LoopSummary
 from loopcheck.static.paths import Flow, PathState, cap
@@ -111,7 +112,9 @@ class Loops(FrameStack):
         # Counters that grow by one per iteration keep their modular facts across the back
         # edge, shifted: ``(i + 1) % N != 0`` now is ``i % N != 0`` next iteration.
         counters = frozenset(self.ctx.incremented(body) | ({counter} if counter else set()))
-        forgotten = frozenset(assigned | self.ctx.loop_assigned(node))
+        forgotten = frozenset(assigned | self.ctx.loop_assigned(node)) - handed_back_in(
+            self.ctx, node
+        )
         assigned = frozenset(assigned)
         self.loop_stack.append(summary)
         try:

@@ -359,3 +359,11 @@ def is_data(value: cst.BaseExpression) -> bool:
         name = dotted(value.func)
         return name is not None and bool(DATA_CALLS.match(name.rsplit(".", 1)[-1]))
     return False
+
+
+_LOSS_NAME = re.compile(r"(?i)^(\w+_)?loss(_\w+)?$")
+
+
+def is_loss_name(name: str) -> bool:
+    """``loss``, ``total_loss``, ``loss_g``: a name that holds a loss."""
+    return bool(_LOSS_NAME.match(name))

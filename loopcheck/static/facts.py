@@ -1,0 +1,114 @@
+"""What an assignment or a test tells the branch facts beyond its own condition: a flag set
+to a literal (``cfg.use_fp16 = False``), a name a call hands back unchanged (``loss, args =
+train(model, args)``), and ``loss.requires_grad`` decided by the grad mode."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from loopcheck.static.dataflow import returns_of
+from loopcheck.static.index import FileContext
+from loopcheck.static.syntax import dotted, is_loss_name, params_of
+from loopcheck.static.tree import walk
+
+
+def handed_back(ctx: FileContext, stmt: cst.Assign) -> frozenset[str]:
+    """The names a call of a function of this file rebinds to the very object they held:
+    ``loss, args = train(model, args)`` where every ``return`` of ``train`` hands back its
+    ``args`` parameter in that place (what is known of ``args`` stays true)."""
+    value = stmt.value
+    if len(stmt.targets) != 1 or not isinstance(stmt.targets[0].target, cst.Tuple):
+        return frozenset()
+    if not (isinstance(value, cst.Call) and isinstance(value.func, cst.Name)):
+        return frozenset()
+    func = ctx.functions.get(value.func.value)
+    if func is None:
+        return frozenset()
+    elements = stmt.targets[0].target.elements
+    given = {
+        p.name.value: a.value
+        for p, a in zip(params_of(func), value.args, strict=False)
+        if a.keyword is None and not a.star
+    }
+    returns = returns_of(func)
+    kept = set()
+    for i, element in enumerate(elements):
+        target = element.value
+        if not isinstance(target, cst.Name):
+            continue
+        params = {
+            v.elements[i].value.value
+            if isinstance(v, cst.Tuple)
+            and len(v.elements) == len(elements)
+            and isinstance(v.elements[i].value, cst.Name)
+            else None
+            for _, v in returns
+        }
+        if len(params) != 1:
+            continue
+        param = params.pop()
+        arg = given.get(param) if param is not None else None
+        if isinstance(arg, cst.Name) and arg.value == target.value:
+            kept.add(target.value)
+    return frozenset(kept)
+
+
+_FLAG_VALUES = {"True": True, "False": False, "None": False}
+
+
+def flag_set(stmt: cst.CSTNode) -> tuple[str, bool] | None:
+    """``flag = True`` or ``cfg.use_amp = False``: the name or attribute chain set and its
+    truth."""
+    if not isinstance(stmt, cst.Assign) or len(stmt.targets) != 1:
+        return None
+    value = stmt.value
+    if not isinstance(value, cst.Name) or value.value not in _FLAG_VALUES:
+        return None
+    text = dotted(stmt.targets[0].target)
+    return (text, _FLAG_VALUES[value.value]) if text is not None else None
+
+
+def handed_back_in(ctx: FileContext, loop: cst.CSTNode) -> frozenset[str]:
+    """The names a loop rebinds only through calls that hand them back unchanged: their
+    facts survive its back edge (cached per loop)."""
+    cache = ctx.moves_cache
+    key = ("handed-back", id(loop))
+    found = cache.get(key)
+    if found is None:
+        handed: set[str] = set()
+        other: set[str] = set()
+        for node in walk(loop):
+            if isinstance(node, cst.Assign):
+                kept = handed_back(ctx, node)
+                handed |= kept
+                for target in node.targets:
+                    for name in _names(target.target):
+                        if name not in kept:
+                            other.add(name)
+            elif isinstance(node, (cst.AugAssign, cst.AnnAssign)):
+                other |= _names(node.target)
+            elif isinstance(node, cst.For):
+                other |= _names(node.target)
+        found = cache[key] = frozenset(handed - other)
+    return found  # type: ignore[return-value]
+
+
+def _names(target: cst.BaseExpression) -> set[str]:
+    if isinstance(target, cst.Name):
+        return {target.value}
+    if isinstance(target, (cst.Tuple, cst.List)):
+        return {n for el in target.elements for n in _names(el.value)}
+    return set()
+
+
+def requires_grad_test(test: cst.BaseExpression, grad_on: bool) -> bool | None:
+    """``if loss.requires_grad:`` (a backward skipped in evaluation): true where gradients
+    are on, false under ``no_grad``, for a loss."""
+    negated = False
+    while isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+        test, negated = test.expression, not negated
+    if not (isinstance(test, cst.Attribute) and test.attr.value == "requires_grad"):
+        return None
+    if not isinstance(test.value, cst.Name) or not is_loss_name(test.value.value):
+        return None
+    return grad_on != negated
