@@ -10,7 +10,12 @@ print the same findings; the script says so. The training-heavy set is the proje
 (bugs, clean idioms, notebooks) plus the tree's files that hold a training step: every file
 there goes through the full analysis.
 
+With ``--against DIR`` (the root of another loopcheck checkout, e.g. a ``git worktree`` of
+an older commit), the training-heavy files are also linted in process by both versions, each
+in a fresh interpreter, alternating, best of ``--repeat``, and the ratio is printed.
+
     python benchmarks/lint_speed.py [--tree DIR] [--limit N] [--repeat K] [--jobs N]
+                                    [--against DIR] [--heavy-only]
 """
 
 from __future__ import annotations
@@ -101,6 +106,46 @@ def cli_runs(files: list[Path], jobs: int, repeat: int) -> dict[str, tuple[float
     return results
 
 
+# Lints the files named on stdin with whatever loopcheck is first on the path; prints the
+# CPU seconds (parsing and analysis only: reading the files is not timed).
+_IN_PROCESS = """
+import sys, time
+from pathlib import Path
+from loopcheck.api import lint_source
+sources = [(p, Path(p).read_bytes()) for p in sys.stdin.read().split()]
+start = time.process_time()
+for path, source in sources:
+    lint_source(source, path)
+print(time.process_time() - start)
+"""
+
+
+def in_process_with(root: Path | None, files: list[Path]) -> float:
+    """CPU seconds of linting ``files`` in a fresh interpreter importing loopcheck from
+    ``root`` (None: this checkout)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(root or REPO)
+    result = subprocess.run(
+        [sys.executable, "-c", _IN_PROCESS],
+        input="\n".join(map(str, files)).encode(),
+        stdout=subprocess.PIPE,
+        env=env,
+        check=True,
+        cwd=tempfile.gettempdir(),
+    )
+    return float(result.stdout.decode().strip().splitlines()[-1])
+
+
+def against(other: Path, files: list[Path], repeat: int) -> tuple[float, float]:
+    """Best-of-``repeat`` CPU seconds of this checkout and of ``other`` on ``files``, run in
+    turn so that both see the same machine load."""
+    ours, theirs = [], []
+    for _ in range(repeat):
+        ours.append(in_process_with(None, files))
+        theirs.append(in_process_with(other, files))
+    return min(ours), min(theirs)
+
+
 def rate(files: list[Path], lines: int, seconds: float) -> str:
     return f"{seconds:7.2f} s  {len(files) / seconds:8.0f} files/s  {lines / seconds:9.0f} lines/s"
 
@@ -111,6 +156,14 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="lint only the first N files")
     parser.add_argument("--repeat", type=int, default=1, help="runs per measure (best is kept)")
     parser.add_argument("--jobs", type=int, default=None, help="all cores (default: usable cores)")
+    parser.add_argument(
+        "--against", type=Path, default=None, help="another loopcheck checkout to compare with"
+    )
+    parser.add_argument(
+        "--heavy-only",
+        action="store_true",
+        help="only the training-heavy files (minutes, not a quarter of an hour, on a large tree)",
+    )
     args = parser.parse_args()
     from loopcheck.runner import default_jobs
 
@@ -119,6 +172,9 @@ def main() -> None:
     files = python_files(tree, args.limit)
     lines = count_lines(files)
     print(f"tree: {tree}  ({len(files)} files, {lines} lines); all cores = {jobs}")
+    if args.heavy_only:
+        heavy_runs(files, jobs, args)
+        return
 
     stats = in_process(files)
     print(
@@ -138,21 +194,33 @@ def main() -> None:
         f"outputs identical: {'yes' if same else 'NO'}"
     )
 
+    heavy_runs(files, jobs, args)
+
+    torchfix_ratio(files, lines, cold_one, args.repeat)
+
+
+def heavy_runs(files: list[Path], jobs: int, args: argparse.Namespace) -> None:
+    """The training-heavy files: cold through the CLI on one core and on all, warm, and in
+    process beside ``--against``."""
     heavy = training_heavy(files)
     heavy_lines = count_lines(heavy)
-    with tempfile.TemporaryDirectory(prefix="loopcheck-bench-") as scratch:
-        env = {**os.environ, "LOOPCHECK_CACHE_DIR": scratch}
-        heavy_seconds, _ = timed(loopcheck_command(heavy, "--jobs", "1"), env)
-    print(
-        f"training-heavy ({len(heavy)} files: fixtures + the tree's files with a training step), "
-        f"CLI cold, --jobs 1: {rate(heavy, heavy_lines, heavy_seconds)}"
-    )
+    print(f"training-heavy: {len(heavy)} files (fixtures + the tree's files with a training step)")
+    for name, (seconds, _) in cli_runs(heavy, jobs, args.repeat).items():
+        print(f"  CLI, {name + ':':<16} {rate(heavy, heavy_lines, seconds)}")
+    if args.against is not None:
+        ours, theirs = against(args.against, heavy, args.repeat)
+        print(
+            f"  in process (CPU): this checkout {ours:.2f} s, {args.against} {theirs:.2f} s; "
+            f"ratio {ours / theirs:.2f}x"
+        )
 
+
+def torchfix_ratio(files: list[Path], lines: int, cold_one: float, repeat: int) -> None:
     if importlib.util.find_spec("torchfix") is None:
         print("TorchFix is not installed (pip install torchfix): no ratio")
         return
     theirs = [sys.executable, "-m", "torchfix", "--jobs", "1", *[str(p) for p in files]]
-    best_theirs = min(timed(theirs)[0] for _ in range(args.repeat))
+    best_theirs = min(timed(theirs)[0] for _ in range(repeat))
     print(f"TorchFix (CLI, 1 job):      {rate(files, lines, best_theirs)}")
     print(f"ratio: loopcheck (cold, --jobs 1) is {best_theirs / cold_one:.1f}x TorchFix's speed")
 
