@@ -79,5 +79,7 @@ class Checks(FrameStack):
         name, node = found
         if name in tensors.backpropagated(self.ctx, self.frame.func):
             return  # a differentiable total, backpropagated later
+        if tensors.unrolls_graph(self.ctx, self.frame.func):
+            return  # an unrolled inner loop: its graphs are kept to differentiate through
         record = Record("LC501", self.ctx.site(node), name, self.loop_stack[-1], self.root)
         self.model.add_record(record)

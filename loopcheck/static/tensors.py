@@ -180,6 +180,28 @@ def _starts_empty(value: cst.BaseExpression) -> bool:
     )
 
 
+def unrolls_graph(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
+    """Whether a function differentiates through its own steps (``torch.autograd.grad(...,
+    create_graph=True)``: MAML-style inner loops), so that its losses keep their graphs on
+    purpose (cached per function)."""
+    cache = ctx.moves_cache
+    key = ("unrolls", id(func))
+    if key not in cache:
+        body = func.body if func is not None else ctx.module
+        cache[key] = any(
+            isinstance(node, cst.Call)
+            and (dotted(node.func) or "").endswith("autograd.grad")
+            and any(
+                arg.keyword is not None
+                and arg.keyword.value == "create_graph"
+                and not (isinstance(arg.value, cst.Name) and arg.value.value == "False")
+                for arg in node.args
+            )
+            for node in walk(body)
+        )
+    return cache[key]
+
+
 def backpropagated(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[str]:
     """Names whose value reaches a ``backward()`` in a function: the receivers and arguments of
     backward calls, and the names assigned into them (``loss = total / n``)."""
