@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import libcst as cst
 
 from loopcheck.static.index import ClassInfo, FileContext
-from loopcheck.static.syntax import literal, params_of
+from loopcheck.static.syntax import literal, params_of, without_not
 from loopcheck.static.tree import walk
 
 _CALLED: dict[int, tuple[cst.FunctionDef, frozenset[str]]] = {}
@@ -165,9 +165,7 @@ def none_tested(ctx: FileContext, func: cst.FunctionDef) -> frozenset[str]:
                 ):
                     names.add(node.left.value)
             elif isinstance(node, (cst.If, cst.While, cst.IfExp)):
-                test = node.test
-                if isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
-                    test = test.expression
+                test = without_not(node.test)[0]
                 if isinstance(test, cst.Name):
                     names.add(test.value)
         found = cache[key] = frozenset(names)

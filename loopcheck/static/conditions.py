@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 
 import libcst as cst
 
-from loopcheck.static.syntax import chains_in, contains
+from loopcheck.static.syntax import chains_in, contains, without_not
 
 Facts = frozenset[tuple[str, bool]]
 Render = Callable[[cst.CSTNode], str]
@@ -16,9 +16,8 @@ Render = Callable[[cst.CSTNode], str]
 def condition_key(code: Render, test: cst.BaseExpression) -> tuple[str | None, bool]:
     """A branch condition as a fact: its text without a leading ``not``, and its polarity.
     ``None`` for conditions that may change between two evaluations (they call something)."""
-    polarity = True
-    while isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
-        test, polarity = test.expression, not polarity
+    test, negated = without_not(test)
+    polarity = not negated
     if contains(test, cst.Call):
         return None, polarity
     return code(test), polarity
@@ -27,9 +26,8 @@ def condition_key(code: Render, test: cst.BaseExpression) -> tuple[str | None, b
 def modular(code: Render, test: cst.BaseExpression) -> tuple[str, bool, set[str]] | None:
     """A step guard on a counter, ``(i + k) % N == r`` (or ``!=``), as a fact about ``i``:
     its key names the counter, the modulus and the offset ``k - r``."""
-    polarity = True
-    while isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
-        test, polarity = test.expression, not polarity
+    test, negated = without_not(test)
+    polarity = not negated
     if isinstance(test, cst.BinaryOperation) and isinstance(test.operator, cst.Modulo):
         # ``if (i + 1) % n:`` is ``!= 0``
         test = cst.Comparison(
@@ -149,9 +147,8 @@ def positive_key(counter: str) -> str:
 def counter_sign(test: cst.BaseExpression) -> tuple[str, bool, set[str]] | None:
     """``i > 0``, ``i >= 1``, ``i != 0``, ``i`` (and their negations, ``i == 0``, ``i < 1``)
     as the fact that the counter ``i`` is positive."""
-    polarity = True
-    while isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
-        test, polarity = test.expression, not polarity
+    test, negated = without_not(test)
+    polarity = not negated
     if isinstance(test, cst.Name):
         return positive_key(test.value), polarity, {test.value}
     if not (isinstance(test, cst.Comparison) and len(test.comparisons) == 1):

@@ -8,7 +8,7 @@ import libcst as cst
 
 from loopcheck.static.dataflow import returns_of
 from loopcheck.static.index import FileContext
-from loopcheck.static.syntax import dotted, is_loss_name, params_of
+from loopcheck.static.syntax import dotted, is_loss_name, params_of, without_not
 from loopcheck.static.tree import walk
 
 
@@ -104,9 +104,7 @@ def _names(target: cst.BaseExpression) -> set[str]:
 def requires_grad_test(test: cst.BaseExpression, grad_on: bool) -> bool | None:
     """``if loss.requires_grad:`` (a backward skipped in evaluation): true where gradients
     are on, false under ``no_grad``, for a loss."""
-    negated = False
-    while isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
-        test, negated = test.expression, not negated
+    test, negated = without_not(test)
     if not (isinstance(test, cst.Attribute) and test.attr.value == "requires_grad"):
         return None
     if not isinstance(test.value, cst.Name) or not is_loss_name(test.value.value):

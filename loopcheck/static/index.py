@@ -23,6 +23,7 @@ from loopcheck.static.syntax import (
     incremented,
     loop_assigned,
     nested_defs,
+    without_not,
 )
 from loopcheck.static.tree import kids, walk
 
@@ -381,9 +382,7 @@ class _Indexer:
         self.ctx.relevant = _relevant(mentions, calls, enclosing, by_name, external)
 
     def _condition(self, test: cst.BaseExpression) -> None:
-        inner = test
-        while isinstance(inner, cst.UnaryOperation) and isinstance(inner.operator, cst.Not):
-            inner = inner.expression
+        inner = without_not(test)[0]
         if isinstance(inner, cst.BooleanOperation):  # each operand is decided on its own
             self._condition(inner.left)
             self._condition(inner.right)

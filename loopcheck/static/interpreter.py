@@ -36,6 +36,7 @@ from loopcheck.static.syntax import (
     is_increment,
     is_loss_name,
     turns_grad_off,
+    without_not,
 )
 
 MAX_FOLLOW_DEPTH = 6
@@ -253,9 +254,8 @@ class Interpreter(Recorder, Checks, Loops):
     def gate_condition(self, test: cst.BaseExpression) -> tuple[str, bool] | None:
         """A condition that reads a gate: ``accelerator.sync_gradients``,
         ``engine.is_gradient_accumulation_boundary()``."""
-        polarity = True
-        while isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
-            test, polarity = test.expression, not polarity
+        test, negated = without_not(test)
+        polarity = not negated
         if isinstance(test, cst.Attribute) and test.attr.value == "sync_gradients":
             owner = self.frame.resolve(test.value)
             if owner is not None and owner.role is Role.ACCELERATOR:
@@ -324,9 +324,7 @@ class Interpreter(Recorder, Checks, Loops):
             replaced, ctx = self.caller_condition(test, ctx)
             substitute = replaced is test
             test = replaced
-        inner, negated = test, False
-        while isinstance(inner, cst.UnaryOperation) and isinstance(inner.operator, cst.Not):
-            inner, negated = inner.expression, not negated
+        inner, negated = without_not(test)
         if isinstance(inner, cst.BooleanOperation):
             # each operand decided on its own: ``i > 0 and i % n == 0``
             left_taken, left_skipped = self.split(inner.left, states, substitute)
@@ -383,10 +381,7 @@ class Interpreter(Recorder, Checks, Loops):
     ) -> tuple[cst.BaseExpression, FileContext]:
         """``if update_grad:`` in a helper called with ``update_grad=(i + 1) % n == 0``: the
         caller's condition (negated under ``not``), read in the caller's file."""
-        negated = False
-        inner = test
-        while isinstance(inner, cst.UnaryOperation) and isinstance(inner.operator, cst.Not):
-            inner, negated = inner.expression, not negated
+        inner, negated = without_not(test)
         if not isinstance(inner, cst.Name) or inner.value not in self.frame.conditions:
             return test, ctx
         expr, caller = self.frame.conditions[inner.value]

@@ -367,3 +367,11 @@ _LOSS_NAME = re.compile(r"(?i)^(\w+_)?loss(_\w+)?$")
 def is_loss_name(name: str) -> bool:
     """``loss``, ``total_loss``, ``loss_g``: a name that holds a loss."""
     return bool(_LOSS_NAME.match(name))
+
+
+def without_not(test: cst.BaseExpression) -> tuple[cst.BaseExpression, bool]:
+    """A condition without its leading ``not``s, and whether they negate it."""
+    negated = False
+    while isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+        test, negated = test.expression, not negated
+    return test, negated
