@@ -36,41 +36,36 @@ def called_names(func: cst.FunctionDef) -> frozenset[str]:
 def passes_parameters_on(ctx: FileContext, func: cst.FunctionDef) -> bool:
     """Whether a function hands one of its parameters to a call (which may do anything with
     an optimizer or model it receives); cached per function."""
-    cache = ctx.passes_cache
-    key = id(func)
-    if key not in cache:
-        names = {p.name.value for p in params_of(func)} | {
-            p.name.value for p in func.params.kwonly_params
-        }
-        names.discard("self")
-        cache[key] = any(
+    names = {p.name.value for p in params_of(func)} | {
+        p.name.value for p in func.params.kwonly_params
+    }
+    names.discard("self")
+    return ctx.remember(
+        "passes",
+        func,
+        lambda: any(
             isinstance(node, cst.Call)
             and any(isinstance(a.value, cst.Name) and a.value.value in names for a in node.args)
             for node in walk(func.body)
-        )
-    return cache[key]
+        ),
+    )
 
 
-def closure_names(ctx: FileContext, func: cst.FunctionDef) -> set[str]:
+def closure_names(ctx: FileContext, func: cst.FunctionDef) -> frozenset[str]:
     """Names passed as the closure of an optimizer step in a function (``opt.step(closure)``)."""
-    cache = getattr(ctx, "_closures", None)
-    if cache is None:
-        cache = {}
-        ctx._closures = cache  # type: ignore[attr-defined]
-    key = id(func)
-    if key not in cache:
-        names: set[str] = set()
-        for node in walk(func.body):
-            if (
-                isinstance(node, cst.Call)
-                and isinstance(node.func, cst.Attribute)
-                and node.func.attr.value == "step"
-                and node.args
-                and isinstance(node.args[0].value, cst.Name)
-            ):
-                names.add(node.args[0].value.value)
-        cache[key] = names
-    return cache[key]
+    return ctx.remember(
+        "closures",
+        func,
+        lambda: frozenset(
+            node.args[0].value.value
+            for node in walk(func.body)
+            if isinstance(node, cst.Call)
+            and isinstance(node.func, cst.Attribute)
+            and node.func.attr.value == "step"
+            and node.args
+            and isinstance(node.args[0].value, cst.Name)
+        ),
+    )
 
 
 def constants_of(
@@ -109,33 +104,33 @@ def steps_in_hooks(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
     makes it, is defined in the function."""
     if func is None:
         return False
-    cache = ctx.moves_cache
-    key = ("hooks", id(func))
-    if key not in cache:
-        registers = False
-        hooked: set[str] = set()
-        for node in walk(func.body):
-            if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)):
-                continue
-            if node.func.attr.value in _HOOK_REGISTRATIONS:
-                registers = True
-                hook = node.args[0].value if node.args else None
-                if isinstance(hook, cst.Call):
-                    hook = hook.func  # ``create_grad_hook(group)``: a factory of hooks
-                if isinstance(hook, cst.Name):
-                    hooked.add(hook.value)
-        cache[key] = registers and any(
-            isinstance(node, cst.FunctionDef)
-            and node.name.value in hooked
-            and any(
-                isinstance(call, cst.Call)
-                and isinstance(call.func, cst.Attribute)
-                and call.func.attr.value.startswith("step")
-                for call in walk(node.body)
-            )
-            for node in walk(func.body)
+    return ctx.remember("hooks", func, lambda: _steps_in_hooks(func))
+
+
+def _steps_in_hooks(func: cst.FunctionDef) -> bool:
+    registers = False
+    hooked: set[str] = set()
+    for node in walk(func.body):
+        if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)):
+            continue
+        if node.func.attr.value in _HOOK_REGISTRATIONS:
+            registers = True
+            hook = node.args[0].value if node.args else None
+            if isinstance(hook, cst.Call):
+                hook = hook.func  # ``create_grad_hook(group)``: a factory of hooks
+            if isinstance(hook, cst.Name):
+                hooked.add(hook.value)
+    return registers and any(
+        isinstance(node, cst.FunctionDef)
+        and node.name.value in hooked
+        and any(
+            isinstance(call, cst.Call)
+            and isinstance(call.func, cst.Attribute)
+            and call.func.attr.value.startswith("step")
+            for call in walk(node.body)
         )
-    return cache[key]
+        for node in walk(func.body)
+    )
 
 
 def _none_or_choice(value: cst.BaseExpression | None) -> bool:
@@ -150,23 +145,22 @@ def maybe_none_values(values: Sequence[cst.BaseExpression]) -> bool:
 def none_tested(ctx: FileContext, func: cst.FunctionDef) -> frozenset[str]:
     """The parameters a function defaults to None or tests against None (``x is None``,
     ``x is not None``, ``if x:``): what it was given may be None (cached per function)."""
-    cache = ctx.moves_cache
-    key = ("none-tested", id(func))
-    found = cache.get(key)
-    if found is None:
-        names = {p.name.value for p in params_of(func) if _none_or_choice(p.default)}
-        for node in walk(func.body):
-            if isinstance(node, cst.Comparison) and isinstance(node.left, cst.Name):
-                if any(
-                    isinstance(t.operator, (cst.Is, cst.IsNot))
-                    and isinstance(t.comparator, cst.Name)
-                    and t.comparator.value == "None"
-                    for t in node.comparisons
-                ):
-                    names.add(node.left.value)
-            elif isinstance(node, (cst.If, cst.While, cst.IfExp)):
-                test = without_not(node.test)[0]
-                if isinstance(test, cst.Name):
-                    names.add(test.value)
-        found = cache[key] = frozenset(names)
-    return found  # type: ignore[return-value]
+    return ctx.remember("none-tested", func, lambda: _none_tested(func))
+
+
+def _none_tested(func: cst.FunctionDef) -> frozenset[str]:
+    names = {p.name.value for p in params_of(func) if _none_or_choice(p.default)}
+    for node in walk(func.body):
+        if isinstance(node, cst.Comparison) and isinstance(node.left, cst.Name):
+            if any(
+                isinstance(t.operator, (cst.Is, cst.IsNot))
+                and isinstance(t.comparator, cst.Name)
+                and t.comparator.value == "None"
+                for t in node.comparisons
+            ):
+                names.add(node.left.value)
+        elif isinstance(node, (cst.If, cst.While, cst.IfExp)):
+            test = without_not(node.test)[0]
+            if isinstance(test, cst.Name):
+                names.add(test.value)
+    return frozenset(names)

@@ -318,14 +318,8 @@ def function_layout(frame: Frame) -> Layout:
 
 
 def _layout(frame: Frame) -> Layout:
-    cache = getattr(frame.ctx, "_layouts", None)
-    if cache is None:
-        cache = {}
-        frame.ctx._layouts = cache  # type: ignore[attr-defined]
-    key = id(frame.func)
-    if key not in cache:
-        cache[key] = Layout(frame.func if frame.func is not None else frame.ctx.module)
-    return cache[key]
+    scope = frame.func if frame.func is not None else frame.ctx.module
+    return frame.ctx.remember("layout", frame.func, lambda: Layout(scope))
 
 
 def _augmented(frame: Frame) -> dict[str, list[cst.BaseExpression]]:
@@ -338,13 +332,10 @@ def _no_grad_values(frame: Frame) -> set[int]:
 
 def _function_facts(frame: Frame) -> tuple[dict[str, list[cst.BaseExpression]], set[int]]:
     """``x += value`` values by name, and the ids of values assigned under ``no_grad``."""
-    cache = getattr(frame.ctx, "_dataflow_facts", None)
-    if cache is None:
-        cache = {}
-        frame.ctx._dataflow_facts = cache  # type: ignore[attr-defined]
-    key = id(frame.func)
-    if key in cache:
-        return cache[key]
+    return frame.ctx.remember("dataflow", frame.func, lambda: _facts_of(frame))
+
+
+def _facts_of(frame: Frame) -> tuple[dict[str, list[cst.BaseExpression]], set[int]]:
     body = frame.func.body if frame.func is not None else frame.ctx.module
     augmented: dict[str, list[cst.BaseExpression]] = {}
     cut: set[int] = set()
@@ -366,7 +357,6 @@ def _function_facts(frame: Frame) -> tuple[dict[str, list[cst.BaseExpression]], 
                 cut.add(id(node.value))
         if not is_expression(node):
             stack.extend((c, no_grad) for c in kids(node))
-    cache[key] = (augmented, cut)
     return augmented, cut
 
 

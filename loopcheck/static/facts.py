@@ -71,26 +71,21 @@ def flag_set(stmt: cst.CSTNode) -> tuple[str, bool] | None:
 def handed_back_in(ctx: FileContext, loop: cst.CSTNode) -> frozenset[str]:
     """The names a loop rebinds only through calls that hand them back unchanged: their
     facts survive its back edge (cached per loop)."""
-    cache = ctx.moves_cache
-    key = ("handed-back", id(loop))
-    found = cache.get(key)
-    if found is None:
-        handed: set[str] = set()
-        other: set[str] = set()
-        for node in walk(loop):
-            if isinstance(node, cst.Assign):
-                kept = handed_back(ctx, node)
-                handed |= kept
-                for target in node.targets:
-                    for name in _names(target.target):
-                        if name not in kept:
-                            other.add(name)
-            elif isinstance(node, (cst.AugAssign, cst.AnnAssign)):
-                other |= _names(node.target)
-            elif isinstance(node, cst.For):
-                other |= _names(node.target)
-        found = cache[key] = frozenset(handed - other)
-    return found  # type: ignore[return-value]
+    return ctx.remember("handed-back", loop, lambda: _handed_back_in(ctx, loop))
+
+
+def _handed_back_in(ctx: FileContext, loop: cst.CSTNode) -> frozenset[str]:
+    handed: set[str] = set()
+    other: set[str] = set()
+    for node in walk(loop):
+        if isinstance(node, cst.Assign):
+            kept = handed_back(ctx, node)
+            handed |= kept
+            for target in node.targets:
+                other |= _names(target.target) - kept
+        elif isinstance(node, (cst.AugAssign, cst.AnnAssign, cst.For)):
+            other |= _names(node.target)
+    return frozenset(handed - other)
 
 
 def _names(target: cst.BaseExpression) -> set[str]:

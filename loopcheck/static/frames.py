@@ -498,21 +498,18 @@ def module_frame(ctx: FileContext) -> Frame:
 def _stepped_receivers(ctx: FileContext, func: cst.FunctionDef) -> tuple[cst.Attribute, ...]:
     """The attribute chains a function steps or clears (``self.critic.optimizer`` in
     ``self.critic.optimizer.step()``), found once per function."""
-    cache = getattr(ctx, "_stepped_receivers", None)
-    if cache is None:
-        cache = {}
-        ctx._stepped_receivers = cache  # type: ignore[attr-defined]
-    found = cache.get(id(func))
-    if found is None:
-        found = cache[id(func)] = tuple(
+    return ctx.remember(
+        "stepped-receivers",
+        func,
+        lambda: tuple(
             node.func.value
             for node in walk(func.body)
             if isinstance(node, cst.Call)
             and isinstance(node.func, cst.Attribute)
             and node.func.attr.value in {"step", "zero_grad"}
             and isinstance(node.func.value, cst.Attribute)
-        )
-    return found
+        ),
+    )
 
 
 def _attribute_cache(ctx: FileContext) -> dict[tuple[int, str], Obj | None]:

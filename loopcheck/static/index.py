@@ -4,9 +4,9 @@ part in a training step, and which branch conditions repeat — computed once, i
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import libcst as cst
 
@@ -26,6 +26,8 @@ from loopcheck.static.syntax import (
     without_not,
 )
 from loopcheck.static.tree import kids, walk
+
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:
     from loopcheck.static.project import Project
@@ -185,14 +187,9 @@ class FileContext:
         self.tracked_moduli: set[str] = set()  # counter%modulus pairs guarding two branches
         self.fact_names: dict[str, set[str]] = {}
         self.module_frame: object = None  # set by the frames module on first use
-        # methods that step or clear, functions that step in gradient hooks (interpreter)
-        self.moves_cache: dict[object, bool] = {}
         # blocks asserting that .grad is None (with the block: see ``probes``)
         self.probes_cache: dict[int, tuple[object, bool]] = {}
-        self.passes_cache: dict[int, bool] = {}  # functions handing parameters to calls
-        self.backprop_cache: dict[int, frozenset[str]] = {}  # names reaching a backward
-        self.evaluates_cache: dict[int, bool] = {}  # functions evaluating a model
-        self.switches_cache: dict[int, bool] = {}  # functions turning gradients off
+        self._remembered: dict[tuple[str, int], object] = {}  # see ``remember``
         _Indexer(self).index(module)
 
     # definitions across files
@@ -228,6 +225,15 @@ class FileContext:
         return [c for c in self.classes.values() if c is not info and info in list(c.mro())]
 
     # cached per-node facts
+
+    def remember(self, kind: str, node: cst.CSTNode | None, compute: Callable[[], _T]) -> _T:
+        """``compute()``, once per ``kind`` of question and node of this file (or None, the
+        module body): the answers other modules ask again at every call site or iteration."""
+        key = (kind, id(node))
+        if key in self._remembered:
+            return self._remembered[key]  # type: ignore[return-value]
+        found = self._remembered[key] = compute()
+        return found
 
     def function_info(self, func: cst.FunctionDef | None) -> FunctionInfo:
         key = id(func)

@@ -272,16 +272,16 @@ class Recorder(FrameStack):
 
 def _steps(ctx: FileContext, method: cst.FunctionDef) -> bool:
     """Whether a method's text steps something (cached per method)."""
-    cache = ctx.moves_cache
-    key = id(method)
-    if key not in cache:
-        cache[key] = any(
+    return ctx.remember(
+        "steps",
+        method,
+        lambda: any(
             isinstance(node, cst.Call)
             and isinstance(node.func, cst.Attribute)
             and node.func.attr.value == "step"
             for node in walk(method.body)
-        )
-    return cache[key]
+        ),
+    )
 
 
 def overlap(ours: frozenset[str], theirs: frozenset[str]) -> bool:

@@ -184,11 +184,11 @@ def unrolls_graph(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
     """Whether a function differentiates through its own steps (``torch.autograd.grad(...,
     create_graph=True)``: MAML-style inner loops), so that its losses keep their graphs on
     purpose (cached per function)."""
-    cache = ctx.moves_cache
-    key = ("unrolls", id(func))
-    if key not in cache:
-        body = func.body if func is not None else ctx.module
-        cache[key] = any(
+    body = func.body if func is not None else ctx.module
+    return ctx.remember(
+        "unrolls",
+        func,
+        lambda: any(
             isinstance(node, cst.Call)
             and (dotted(node.func) or "").endswith("autograd.grad")
             and any(
@@ -198,17 +198,17 @@ def unrolls_graph(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
                 for arg in node.args
             )
             for node in walk(body)
-        )
-    return cache[key]
+        ),
+    )
 
 
 def backpropagated(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[str]:
     """Names whose value reaches a ``backward()`` in a function: the receivers and arguments of
     backward calls, and the names assigned into them (``loss = total / n``)."""
-    cache = ctx.backprop_cache
-    key = id(func)
-    if key in cache:
-        return cache[key]
+    return ctx.remember("backprop", func, lambda: _backpropagated(ctx, func))
+
+
+def _backpropagated(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[str]:
     body = func.body if func is not None else ctx.module
     names: set[str] = set()
     assigned: dict[str, set[str]] = {}
@@ -231,8 +231,7 @@ def backpropagated(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[
             if target in names and not sources <= names:
                 names |= sources
                 changed = True
-    cache[key] = frozenset(names)
-    return cache[key]
+    return frozenset(names)
 
 
 def evaluates(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
@@ -240,18 +239,22 @@ def evaluates(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
     putting a model in eval mode (``model.eval()``)."""
     if func is None or func.name.value.startswith("test_"):
         return False  # a unit test (memory is no concern there)
-    cache = ctx.evaluates_cache
-    key = id(func)
-    if key not in cache:
-        cache[key] = bool(_EVALUATING.search(func.name.value)) or any(
-            isinstance(node, cst.Call)
-            and isinstance(node.func, cst.Attribute)
-            and node.func.attr.value == "eval"
-            and not node.args
-            and dotted(node.func.value) is not None
-            for node in walk(func.body)
-        )
-    return cache[key]
+    body = func.body
+    return ctx.remember(
+        "evaluates",
+        func,
+        lambda: (
+            bool(_EVALUATING.search(func.name.value))
+            or any(
+                isinstance(node, cst.Call)
+                and isinstance(node.func, cst.Attribute)
+                and node.func.attr.value == "eval"
+                and not node.args
+                and dotted(node.func.value) is not None
+                for node in walk(body)
+            )
+        ),
+    )
 
 
 _GRAD_SWITCHES = {"no_grad", "inference_mode", "set_grad_enabled", "requires_grad_"}
@@ -262,17 +265,17 @@ def switches_gradients(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
     around its loop (``torch.set_grad_enabled(False)`` as a statement, an ExitStack context,
     ``model.requires_grad_(False)``): its forwards are not judged for LC502."""
     body: cst.CSTNode = func.body if func is not None else ctx.module
-    cache = ctx.switches_cache
-    key = id(body)
-    if key not in cache:
-        cache[key] = any(
+    return ctx.remember(
+        "switches",
+        func,
+        lambda: any(
             isinstance(node, cst.Attribute)
             and node.attr.value in _GRAD_SWITCHES
             or isinstance(node, cst.Name)
             and node.value in _GRAD_SWITCHES
             for node in (walk(body) if func is not None else _own_nodes(body))
-        )
-    return cache[key]
+        ),
+    )
 
 
 def _own_nodes(body: cst.CSTNode) -> list[cst.CSTNode]:
