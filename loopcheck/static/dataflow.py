@@ -459,15 +459,8 @@ class _Division:
                 return self.expr(func.value, at, depth + 1)
         if isinstance(func, cst.Name) and func.value in self.frame.ctx.functions:
             node = self.frame.ctx.functions[func.value]
-            results = [
-                _Division(_callee_frame(self.frame, node)).expr(value, stmt, depth + 1)
-                for stmt, value in returns_of(node)
-            ]
-            if results:  # a helper of this file: what its returns say
-                out: bool | None = True
-                for r in results:
-                    out = _both(out, r)
-                return out
+            if returns_of(node):  # a helper of this file: what its returns say
+                return _returned(_callee_frame(self.frame, node), node, depth)
         held = self.frame.resolve(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
         if held is not None and held.role in _MODEL_ROLES:
             return False  # a model's output (``outputs.loss``): a fresh loss
@@ -477,10 +470,7 @@ class _Division:
             # model)``): what its ``__call__`` returns (``loss * bs``, a sum, is not fresh)
             owner, node = called
             frame = Frame(owner.ctx, node, owner, {"self": held}, module_frame(owner.ctx), "")
-            verdict: bool | None = True
-            for stmt, value in returns_of(node):
-                verdict = _both(verdict, _Division(frame).expr(value, stmt, depth + 1))
-            return verdict if returns_of(node) else None
+            return _returned(frame, node, depth) if returns_of(node) else None
         qual = (
             self.frame.ctx.imports.qualify(func)
             if isinstance(func, (cst.Name, cst.Attribute))
@@ -495,6 +485,14 @@ class _Division:
 
 
 _LOSS_CALLABLE = re.compile(r"(?i)(loss|criterion|crit)(_?fn|_?func)?$|^(model|net|forward)$")
+
+
+def _returned(frame: Frame, node: cst.FunctionDef, depth: int) -> bool | None:
+    """Whether every value a function returns is divided (see :func:`divided`)."""
+    verdict: bool | None = True
+    for stmt, value in returns_of(node):
+        verdict = _both(verdict, _Division(frame).expr(value, stmt, depth + 1))
+    return verdict
 
 
 def _callee_frame(frame: Frame, node: cst.FunctionDef) -> Frame:

@@ -298,8 +298,7 @@ class Interpreter(Recorder, Checks, Loops):
         }
         decided = conditions.truth(stmt.test, {**present, **self.frame.constants})
         if decided is None:
-            grad_on = not self.grad_modes or self.grad_modes[-1]
-            decided = requires_grad_test(stmt.test, grad_on)
+            decided = requires_grad_test(stmt.test, self.grad_enabled)
         if decided is not None:
             branch: cst.CSTNode | None = stmt.body
             if not decided:
