@@ -313,11 +313,14 @@ def _settings_key(config: Config, path: str, fixes: bool = False) -> str:
     """What, besides the file, decides its findings: the rules that run on it (and those that
     judge its fixes, when findings carry them)."""
     codes = config.codes_for(path)
-    rules = [f"{rule.__module__}.{rule.__qualname__}" for rule in config.rules_for(codes)]
-    if not fixes:
-        return json.dumps([sorted(codes), rules])
-    judges = [f"{rule.__module__}.{rule.__qualname__}" for rule in config.rules]
-    return json.dumps([sorted(codes), rules, "fixes", judges])
+    key: list[object] = [sorted(codes), _names(config.rules_for(codes))]
+    if fixes:
+        key += ["fixes", _names(config.rules)]
+    return json.dumps(key)
+
+
+def _names(rules: Iterable[type[Rule]]) -> list[str]:
+    return [f"{rule.__module__}.{rule.__qualname__}" for rule in rules]
 
 
 def lint_paths(

@@ -30,27 +30,24 @@ def handed_back(ctx: FileContext, stmt: cst.Assign) -> frozenset[str]:
         for p, a in zip(params_of(func), value.args, strict=False)
         if a.keyword is None and not a.star
     }
-    returns = returns_of(func)
+    returns = [value for _, value in returns_of(func)]
     kept = set()
     for i, element in enumerate(elements):
         target = element.value
-        if not isinstance(target, cst.Name):
-            continue
-        params = {
-            v.elements[i].value.value
-            if isinstance(v, cst.Tuple)
-            and len(v.elements) == len(elements)
-            and isinstance(v.elements[i].value, cst.Name)
-            else None
-            for _, v in returns
-        }
-        if len(params) != 1:
-            continue
-        param = params.pop()
-        arg = given.get(param) if param is not None else None
-        if isinstance(arg, cst.Name) and arg.value == target.value:
+        # the one name every ``return`` puts in this place (None where one puts another thing)
+        names = {_name_at(value, i, len(elements)) for value in returns}
+        arg = given.get(names.pop()) if len(names) == 1 else None
+        if isinstance(target, cst.Name) and isinstance(arg, cst.Name) and arg.value == target.value:
             kept.add(target.value)
     return frozenset(kept)
+
+
+def _name_at(value: cst.BaseExpression, i: int, size: int) -> str | None:
+    """The plain name at place ``i`` of a returned tuple of ``size`` values."""
+    if not isinstance(value, cst.Tuple) or len(value.elements) != size:
+        return None
+    element = value.elements[i].value
+    return element.value if isinstance(element, cst.Name) else None
 
 
 _FLAG_VALUES = {"True": True, "False": False, "None": False}
