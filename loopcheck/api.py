@@ -108,8 +108,10 @@ def lint_source(
             ]
         except (RecursionError, MemoryError, ValueError):
             return [_parse_error(path, 1, 1, "file is too deeply nested to parse")]
+    from loopcheck.static.parsing import parse_module
+
     try:
-        module = cst.parse_module(text)
+        module = parse_module(text)
     except cst.ParserSyntaxError as exc:
         return [_syntax_error(text, path, exc)]
     except RecursionError:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import libcst as cst
 
 from loopcheck.diagnostic import Diagnostic, Edit, Span
+from loopcheck.static.parsing import parse_module
 from loopcheck.static.positions import positions_and_parents
 
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
@@ -48,7 +49,7 @@ class SourceFile:
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.module = cst.parse_module(text)
+        self.module = parse_module(text)
         self._positions, self._parents = positions_and_parents(self.module)
         self.lines = split_lines(text)
         self.newline = self.module.default_newline

@@ -12,6 +12,7 @@ from typing import TypeVar
 import libcst as cst
 
 from loopcheck.static.index import ClassInfo, FileContext
+from loopcheck.static.parsing import parse_module
 
 # A file that never mentions one of these defines no function that takes part in a step.
 _MOVES = re.compile(rb"backward|zero_grad|\.step\(|\bstep\(|clip_grad|unscale_")
@@ -114,7 +115,7 @@ class Project:
                 return None
             self._contexts[key] = None  # guards import cycles while indexing
             try:
-                module = cst.parse_module(raw.decode("utf-8-sig"))
+                module = parse_module(raw.decode("utf-8-sig"))
             except (cst.ParserSyntaxError, UnicodeDecodeError, RecursionError, ValueError):
                 module = None
             self.loading += 1
