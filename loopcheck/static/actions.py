@@ -74,13 +74,13 @@ class Reader(HostView):
     def of_expr(self, expr: cst.BaseExpression) -> list[Action]:
         actions: list[Action] = []
         for node in self.ctx.evaluation_order(expr):
-            if isinstance(node, cst.Call) and _rescales_grad(node):
+            if type(node) is cst.Call and _rescales_grad(node):
                 # ``p.grad.div_(n)``: the accumulated sum normalised by hand
                 actions.append(Mark("grads"))
                 actions.append(Emit(Event(Move.GRAD_RESCALE), None))
-            elif isinstance(node, cst.Call):
+            elif type(node) is cst.Call:
                 actions.extend(self.of_call(node))
-            elif isinstance(node, cst.Attribute) and node.attr.value == "grad":
+            elif type(node) is cst.Attribute and node.attr.value == "grad":
                 actions.append(Mark("grads"))
                 actions.append(Emit(Event(Move.GRAD_ACCESS), None))
         return actions
@@ -92,21 +92,21 @@ class Reader(HostView):
         operator: cst.BaseAugOp | None = None,
     ) -> list[Action]:
         """Stores into ``.grad``: clearing one tensor's gradient, or rewriting it by hand."""
-        if isinstance(target, cst.Attribute) and target.attr.value == "grad":
-            if isinstance(value, cst.Name) and value.value == "None":
+        if type(target) is cst.Attribute and target.attr.value == "grad":
+            if type(value) is cst.Name and value.value == "None":
                 return [Mark("clears"), Emit(Event(Move.GRAD_ACCESS), None)]
-            if isinstance(operator, (cst.DivideAssign, cst.MultiplyAssign)):
+            if type(operator) in (cst.DivideAssign, cst.MultiplyAssign):
                 return [Mark("grads"), Emit(Event(Move.GRAD_RESCALE), None)]
             return [Mark("grads"), Emit(Event(Move.OPAQUE), None)]
-        if isinstance(target, cst.Attribute) and target.attr.value == "data":
+        if type(target) is cst.Attribute and target.attr.value == "data":
             return [Mark("grads")]
-        if isinstance(target, cst.Attribute):
+        if type(target) is cst.Attribute:
             owner = self.frame.resolve(target.value)
             if owner is not None and owner.role is Role.OPTIMIZER:
                 # ``optimizer.acc_stats = True`` (K-FAC): the optimizer changes how it treats
                 # the gradients it is given; what follows is no plain protocol any more
                 return [Emit(Event(Move.OPAQUE), owner.members or (owner.key,))]
-        if isinstance(target, (cst.Subscript, cst.Tuple, cst.List)):
+        if type(target) in (cst.Subscript, cst.Tuple, cst.List):
             out: list[Action] = []
             for node in kids(target):
                 if is_expression(node):
@@ -129,10 +129,10 @@ class Reader(HostView):
         """An optimizer built in a loop over parameters made in the same iteration (``fresh``
         names the loop assigns) starts with nothing to pile up. Rebuilt over the same model,
         its gradients still pile up."""
-        if not isinstance(value, cst.Call) or len(names) != 1:
+        if type(value) is not cst.Call or len(names) != 1:
             return []
         func = value.func
-        if isinstance(func, cst.Attribute) and not self.frame.is_module_name(func.value):
+        if type(func) is cst.Attribute and not self.frame.is_module_name(func.value):
             return []  # ``self.optimizers()``, ``accelerator.prepare(opt)``: not a new one
         name = next(iter(names))
         built = self.frame.value_role(value, name)
@@ -164,7 +164,7 @@ class Reader(HostView):
             return False
         for name in names:
             for value in self.frame.local_values.get(name, ()):
-                if not isinstance(value, cst.Call):
+                if type(value) is not cst.Call:
                     continue
                 last = (dotted(value.func) or "").rsplit(".", 1)[-1]
                 if last in CLIP_FUNCTIONS or last == "clip_gradients" or _NONFINITE.search(last):
@@ -181,8 +181,8 @@ class Reader(HostView):
         if known is not None and known[0] is body:  # a list made for one call may be freed
             return known[1]
         found = any(
-            isinstance(stmt, cst.SimpleStatementLine)
-            and any(isinstance(s, cst.Assert) and _asserts_no_grad(s.test) for s in stmt.body)
+            type(stmt) is cst.SimpleStatementLine
+            and any(type(s) is cst.Assert and _asserts_no_grad(s.test) for s in stmt.body)
             for stmt in body
         )
         cache[id(body)] = (body, found)
@@ -194,7 +194,7 @@ class Reader(HostView):
         func = call.func
         positional, keywords = call_args(call)
         prefix: list[Action] = []
-        if isinstance(func, cst.Attribute):
+        if type(func) is cst.Attribute:
             method = func.attr.value
             owner = self.frame.resolve(func.value)
             if owner is not None:
@@ -224,9 +224,7 @@ class Reader(HostView):
         callee = self.callee(func)
         if callee is not None:
             return self.call_defined(callee, call, positional, keywords)
-        qual = (
-            self.ctx.imports.qualify(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
-        )
+        qual = self.ctx.imports.qualify(func) if type(func) in (cst.Name, cst.Attribute) else None
         if qual is not None:
             last = qual.rsplit(".", 1)[-1]
             if last in CLIP_FUNCTIONS and ("torch" in qual or qual == last):
@@ -238,11 +236,11 @@ class Reader(HostView):
                 return [self.apis.backward_of(call, loss)]
             if last in CLEARING_NAMES:
                 return [Mark("clears"), *self.apis.unresolved_clear(call)]
-        if isinstance(func, cst.Name):
+        if type(func) is cst.Name:
             obj = frame.resolve_name(func.value)
             if obj is not None:
                 return self.called_object(obj, call)
-        if isinstance(func, cst.Attribute):
+        if type(func) is cst.Attribute:
             held = frame.resolve(func)
             if held is not None and held.role in (Role.MODEL, Role.ENGINE, Role.LIGHTNING):
                 return [Forward(self.site(call), held.key)]  # ``self.model(x)``
@@ -275,7 +273,7 @@ class Reader(HostView):
             for ctx, node, cls, self_obj in relevant
         )
         actions: list[Action] = [follows[0] if len(follows) == 1 else Alternatives(follows)]
-        if isinstance(call.func, cst.Name) and self.is_closure(call.func.value):
+        if type(call.func) is cst.Name and self.is_closure(call.func.value):
             # a step closure called once more (for a metric): its gradients are not for a step
             actions.append(Emit(Event(Move.GRAD_ACCESS), None))
         return actions
@@ -314,7 +312,7 @@ class Reader(HostView):
         method in the subclasses of ``self``'s class too); None when it names none."""
         frame = self.frame
         ctx = self.ctx
-        if isinstance(func, cst.Name):
+        if type(func) is cst.Name:
             name = func.value
             if name in frame.local_defs:
                 return [(ctx, frame.local_defs[name], None, None)]
@@ -331,7 +329,7 @@ class Reader(HostView):
             if name in ctx.imports.aliases:
                 return self._external(ctx.imports.aliases[name])
             return None
-        if isinstance(func, cst.Attribute):
+        if type(func) is cst.Attribute:
             owner = frame.resolve(func.value)
             if owner is not None and owner.cls is not None:
                 return self._method(owner, func.attr.value)
@@ -341,11 +339,7 @@ class Reader(HostView):
                 qual = ctx.imports.qualify(func)
                 if qual is not None:
                     return self._external(qual)
-            if (
-                owner is None
-                and isinstance(func.value, cst.Name)
-                and func.value.value in frame.params
-            ):
+            if owner is None and type(func.value) is cst.Name and func.value.value in frame.params:
                 return self._duck_method(func.attr.value)
         return None
 
@@ -380,7 +374,7 @@ class Reader(HostView):
         if found is None:
             return None
         other, definition = found
-        if isinstance(definition, cst.FunctionDef):
+        if type(definition) is cst.FunctionDef:
             return [(other, definition, None, None)]
         return None
 
@@ -421,7 +415,7 @@ class Reader(HostView):
         """An argument the caller may hold as None: a name it assigns None or a conditional
         expression, or its own parameter when it tests that parameter against None itself
         (``if scaler is not None:``) or defaults it to None."""
-        if not isinstance(arg, cst.Name):
+        if type(arg) is not cst.Name:
             return False
         values = self.frame.local_values.get(arg.value, ())
         if maybe_none_values(values):
@@ -445,9 +439,9 @@ class Reader(HostView):
         given.update(keywords)
         out = []
         for name, arg in given.items():
-            if isinstance(arg, (cst.Comparison, cst.BooleanOperation, cst.UnaryOperation)):
+            if type(arg) in (cst.Comparison, cst.BooleanOperation, cst.UnaryOperation):
                 out.append((name, arg, self.ctx))
-            elif isinstance(arg, cst.Name) and arg.value in self.frame.conditions:
+            elif type(arg) is cst.Name and arg.value in self.frame.conditions:
                 out.append((name, *self.frame.conditions[arg.value]))
         return tuple(out)
 
@@ -473,21 +467,21 @@ _RESCALES = {"div_", "mul_"}
 def _rescales_grad(call: cst.Call) -> bool:
     """``p.grad.div_(n)``, ``p.grad.data.mul_(s)``: a gradient rescaled in place."""
     func = call.func
-    if not (isinstance(func, cst.Attribute) and func.attr.value in _RESCALES):
+    if not (type(func) is cst.Attribute and func.attr.value in _RESCALES):
         return False
     inner = func.value
-    if isinstance(inner, cst.Attribute) and inner.attr.value == "data":
+    if type(inner) is cst.Attribute and inner.attr.value == "data":
         inner = inner.value
-    return isinstance(inner, cst.Attribute) and inner.attr.value == "grad"
+    return type(inner) is cst.Attribute and inner.attr.value == "grad"
 
 
 def _asserts_no_grad(test: cst.BaseExpression) -> bool:
     for node in walk(test):
-        if isinstance(node, cst.Comparison) and isinstance(node.left, cst.Attribute):
+        if type(node) is cst.Comparison and type(node.left) is cst.Attribute:
             if node.left.attr.value != "grad":
                 continue
             for comp in node.comparisons:
-                if isinstance(comp.operator, cst.Is) and dotted(comp.comparator) == "None":
+                if type(comp.operator) is cst.Is and dotted(comp.comparator) == "None":
                     return True
     return False
 

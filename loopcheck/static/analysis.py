@@ -46,7 +46,7 @@ def _analyze(ctx: FileContext) -> FileModel:
         root = RootSummary(scope, referenced=_referenced(ctx, func, cls))
         model.roots.append(root)
         implicit = _implicit_loop(ctx, func, cls, scope)
-        body = func.body.body if isinstance(func.body, cst.IndentedBlock) else [func.body]
+        body = func.body.body if type(func.body) is cst.IndentedBlock else [func.body]
         if implicit:
             interp.run_root(frame, body, root, implicit_loop=func, counter=_counter(func))
         else:
@@ -125,7 +125,7 @@ def _steps_owned(
     inside its own loop (an epoch loop in ``fit``) runs that loop itself."""
     frame = Frame(ctx, func, cls, {}, module_frame(ctx), scope)
     for node in _outside_loops(func.body):
-        if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)):
+        if not (type(node) is cst.Call and type(node.func) is cst.Attribute):
             continue
         method = node.func.attr.value
         receiver = node.func.value
@@ -138,7 +138,7 @@ def _steps_owned(
             # attribute keys are ``Class.attr``; locals and parameters are ``scope:name``
             if obj.key.startswith(f"{cls.name}.") and ":" not in obj.key:
                 return True
-        elif depth == 0 and isinstance(receiver, cst.Name) and receiver.value == "self":
+        elif depth == 0 and type(receiver) is cst.Name and receiver.value == "self":
             found = cls.method(method)
             if found is not None and id(found[1]) in found[0].ctx.relevant:
                 if _steps_owned(found[0].ctx, found[1], cls, scope, depth + 1):
@@ -152,7 +152,7 @@ def _outside_loops(body: cst.CSTNode) -> list[cst.CSTNode]:
     stack: list[cst.CSTNode] = [body]
     while stack:
         node = stack.pop()
-        if isinstance(node, (cst.For, cst.While, cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+        if type(node) in (cst.For, cst.While, cst.FunctionDef, cst.ClassDef, cst.Lambda):
             continue
         out.append(node)
         stack.extend(kids(node))

@@ -119,7 +119,7 @@ class ApiReader(HostView):
         if role is Role.ACCELERATOR:
             if method == "backward":
                 loss = positional[0] if positional else keywords.get("loss")
-                assert isinstance(call.func, cst.Attribute)
+                assert type(call.func) is cst.Attribute
                 divides = self.accelerator_divides(call.func.value)
                 return [self.backward_of(call, loss, divides=divides)]
             if method in {"clip_grad_norm_", "clip_grad_value_"}:
@@ -185,7 +185,7 @@ class ApiReader(HostView):
     def known_other(self, receiver: cst.BaseExpression) -> bool:
         """A plain local or global name assigned from something that is not an optimizer
         (``envs = gym.vector.SyncVectorEnv(...)``): its ``step()`` steps no optimizer."""
-        if not isinstance(receiver, cst.Name):
+        if type(receiver) is not cst.Name:
             return False
         frame: Frame | None = self.frame
         while frame is not None:
@@ -198,9 +198,9 @@ class ApiReader(HostView):
         return Event(Move.ZERO, site, deliberate=self.host.discarding > 0)
 
     def closure_body(self, closure: cst.BaseExpression) -> Follow | None:
-        if isinstance(closure, cst.Lambda):
+        if type(closure) is cst.Lambda:
             return Follow(closure, (), None)
-        if isinstance(closure, cst.Name):
+        if type(closure) is cst.Name:
             node = self.frame.local_defs.get(closure.value) or self.ctx.functions.get(closure.value)
             if node is not None:
                 return Follow(node, (), None)
@@ -210,7 +210,7 @@ class ApiReader(HostView):
         """``loss.backward()`` or ``scaler.scale(loss).backward()``."""
         scaled = False
         loss = receiver
-        if isinstance(receiver, cst.Call) and isinstance(receiver.func, cst.Attribute):
+        if type(receiver) is cst.Call and type(receiver.func) is cst.Attribute:
             owner = self.frame.resolve(receiver.func.value)
             if receiver.func.attr.value == "scale" and owner is not None:
                 if owner.role is Role.SCALER:
@@ -247,9 +247,9 @@ class ApiReader(HostView):
             return False
         inside = _node_ids(blocks[-1])
         base = loss
-        while isinstance(base, (cst.Attribute, cst.Subscript)):
+        while type(base) in (cst.Attribute, cst.Subscript):
             base = base.value  # ``outputs.loss``, ``losses["total"]``: where ``outputs`` was made
-        if not isinstance(base, cst.Name):
+        if type(base) is not cst.Name:
             return True  # computed inline: ``model(x).sum().backward()``
         if base.value == "self":
             return False  # a loss kept on the instance: made wherever the instance was
@@ -267,7 +267,7 @@ class ApiReader(HostView):
             return False
         for arg in built.args:
             if arg.keyword is not None and arg.keyword.value == "gradient_accumulation_steps":
-                return not (isinstance(arg.value, cst.Integer) and arg.value.value == "1")
+                return not (type(arg.value) is cst.Integer and arg.value.value == "1")
         return False
 
     def clip(
@@ -301,11 +301,11 @@ class ApiReader(HostView):
 
     def clears_all_grads(self, stmt: cst.For) -> list[Action] | None:
         """``for p in model.parameters(): p.grad = None`` (or ``.zero_()``) is a full clear."""
-        if not isinstance(stmt.target, cst.Name):
+        if type(stmt.target) is not cst.Name:
             return None
         var = stmt.target.value
         it = stmt.iter
-        if not (isinstance(it, cst.Call) and isinstance(it.func, cst.Attribute)):
+        if not (type(it) is cst.Call and type(it.func) is cst.Attribute):
             return None
         if it.func.attr.value != "parameters" or it.args:
             return None
@@ -340,7 +340,7 @@ class ApiReader(HostView):
         for arg in call.args:
             obj = (
                 self.frame.resolve(arg.value)
-                if isinstance(arg.value, (cst.Name, cst.Attribute, cst.Subscript))
+                if type(arg.value) in (cst.Name, cst.Attribute, cst.Subscript)
                 else None
             )
             if obj is None:
@@ -378,7 +378,7 @@ def _training(method: str, positional: list, keywords: dict) -> bool:
     if method == "eval":
         return False
     flag = positional[0] if positional else keywords.get("mode")
-    return not (isinstance(flag, cst.Name) and flag.value == "False")
+    return not (type(flag) is cst.Name and flag.value == "False")
 
 
 def _disabled(built: cst.Call | None) -> bool:
@@ -387,5 +387,5 @@ def _disabled(built: cst.Call | None) -> bool:
         return False
     for arg in built.args:
         if arg.keyword is not None and arg.keyword.value == "enabled":
-            return isinstance(arg.value, cst.Name) and arg.value.value == "False"
+            return type(arg.value) is cst.Name and arg.value.value == "False"
     return False

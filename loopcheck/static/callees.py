@@ -27,7 +27,7 @@ def called_names(func: cst.FunctionDef) -> frozenset[str]:
     names = frozenset(
         node.func.value
         for node in walk(func.body)
-        if isinstance(node, cst.Call) and isinstance(node.func, cst.Name)
+        if type(node) is cst.Call and type(node.func) is cst.Name
     )
     _CALLED[id(func)] = (func, names)
     return names
@@ -44,8 +44,8 @@ def passes_parameters_on(ctx: FileContext, func: cst.FunctionDef) -> bool:
         "passes",
         func,
         lambda: any(
-            isinstance(node, cst.Call)
-            and any(isinstance(a.value, cst.Name) and a.value.value in names for a in node.args)
+            type(node) is cst.Call
+            and any(type(a.value) is cst.Name and a.value.value in names for a in node.args)
             for node in walk(func.body)
         ),
     )
@@ -59,11 +59,11 @@ def closure_names(ctx: FileContext, func: cst.FunctionDef) -> frozenset[str]:
         lambda: frozenset(
             node.args[0].value.value
             for node in walk(func.body)
-            if isinstance(node, cst.Call)
-            and isinstance(node.func, cst.Attribute)
+            if type(node) is cst.Call
+            and type(node.func) is cst.Attribute
             and node.func.attr.value == "step"
             and node.args
-            and isinstance(node.args[0].value, cst.Name)
+            and type(node.args[0].value) is cst.Name
         ),
     )
 
@@ -111,21 +111,21 @@ def _steps_in_hooks(func: cst.FunctionDef) -> bool:
     registers = False
     hooked: set[str] = set()
     for node in walk(func.body):
-        if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)):
+        if not (type(node) is cst.Call and type(node.func) is cst.Attribute):
             continue
         if node.func.attr.value in _HOOK_REGISTRATIONS:
             registers = True
             hook = node.args[0].value if node.args else None
-            if isinstance(hook, cst.Call):
+            if type(hook) is cst.Call:
                 hook = hook.func  # ``create_grad_hook(group)``: a factory of hooks
-            if isinstance(hook, cst.Name):
+            if type(hook) is cst.Name:
                 hooked.add(hook.value)
     return registers and any(
-        isinstance(node, cst.FunctionDef)
+        type(node) is cst.FunctionDef
         and node.name.value in hooked
         and any(
-            isinstance(call, cst.Call)
-            and isinstance(call.func, cst.Attribute)
+            type(call) is cst.Call
+            and type(call.func) is cst.Attribute
             and call.func.attr.value.startswith("step")
             for call in walk(node.body)
         )
@@ -134,7 +134,7 @@ def _steps_in_hooks(func: cst.FunctionDef) -> bool:
 
 
 def _none_or_choice(value: cst.BaseExpression | None) -> bool:
-    return isinstance(value, cst.IfExp) or (isinstance(value, cst.Name) and value.value == "None")
+    return type(value) is cst.IfExp or (type(value) is cst.Name and value.value == "None")
 
 
 def maybe_none_values(values: Sequence[cst.BaseExpression]) -> bool:
@@ -151,16 +151,16 @@ def none_tested(ctx: FileContext, func: cst.FunctionDef) -> frozenset[str]:
 def _none_tested(func: cst.FunctionDef) -> frozenset[str]:
     names = {p.name.value for p in params_of(func) if _none_or_choice(p.default)}
     for node in walk(func.body):
-        if isinstance(node, cst.Comparison) and isinstance(node.left, cst.Name):
+        if type(node) is cst.Comparison and type(node.left) is cst.Name:
             if any(
-                isinstance(t.operator, (cst.Is, cst.IsNot))
-                and isinstance(t.comparator, cst.Name)
+                type(t.operator) in (cst.Is, cst.IsNot)
+                and type(t.comparator) is cst.Name
                 and t.comparator.value == "None"
                 for t in node.comparisons
             ):
                 names.add(node.left.value)
-        elif isinstance(node, (cst.If, cst.While, cst.IfExp)):
+        elif type(node) in (cst.If, cst.While, cst.IfExp):
             test = without_not(node.test)[0]
-            if isinstance(test, cst.Name):
+            if type(test) is cst.Name:
                 names.add(test.value)
     return frozenset(names)

@@ -34,7 +34,7 @@ class Checks(FrameStack):
         guard = guards.read_guard(self.ctx.code, stmt.test)
         if guard is None:
             return
-        other = stmt.orelse.body if isinstance(stmt.orelse, cst.Else) else stmt.orelse
+        other = stmt.orelse.body if type(stmt.orelse) is cst.Else else stmt.orelse
         body_steps = guards.steps_in(self.frame, stmt.body)
         other_steps = guards.steps_in(self.frame, other)
         when_zero, otherwise = (
@@ -51,17 +51,14 @@ class Checks(FrameStack):
             return
         layout = function_layout(self.frame)
         loops = [s.node for s in self.loop_stack if id(s.node) in layout.place]
-        if (
-            isinstance(self.frame.func, cst.FunctionDef)
-            and self.loop_stack[0].node is self.frame.func
-        ):
+        if type(self.frame.func) is cst.FunctionDef and self.loop_stack[0].node is self.frame.func:
             loops.insert(0, self.frame.func)
         base = guards.counter_base(guard.counter, loops, stmt, layout.before(stmt, loops))
         if base is None:
             return
         values = self.frame.local_values.get(guard.counter, ())
-        manual = not any(isinstance(n, cst.For) and counter_of(n) == guard.counter for n in loops)
-        if manual and not any(isinstance(v, cst.Integer) and v.value == "0" for v in values):
+        manual = not any(type(n) is cst.For and counter_of(n) == guard.counter for n in loops)
+        if manual and not any(type(v) is cst.Integer and v.value == "0" for v in values):
             return  # a counter incremented by hand from an unknown start
         if guards.off_by_one(guard, base, when_zero, otherwise):
             site = self.ctx.site(stmt.test)

@@ -28,7 +28,7 @@ def modular(code: Render, test: cst.BaseExpression) -> tuple[str, bool, set[str]
     its key names the counter, the modulus and the offset ``k - r``."""
     test, negated = without_not(test)
     polarity = not negated
-    if isinstance(test, cst.BinaryOperation) and isinstance(test.operator, cst.Modulo):
+    if type(test) is cst.BinaryOperation and type(test.operator) is cst.Modulo:
         # ``if (i + 1) % n:`` is ``!= 0``
         test = cst.Comparison(
             left=test,
@@ -36,26 +36,26 @@ def modular(code: Render, test: cst.BaseExpression) -> tuple[str, bool, set[str]
                 cst.ComparisonTarget(operator=cst.NotEqual(), comparator=cst.Integer("0"))
             ],
         )
-    if not (isinstance(test, cst.Comparison) and len(test.comparisons) == 1):
+    if not (type(test) is cst.Comparison and len(test.comparisons) == 1):
         return None
     comp = test.comparisons[0]
-    if not isinstance(comp.operator, (cst.Equal, cst.NotEqual)):
+    if type(comp.operator) not in (cst.Equal, cst.NotEqual):
         return None
-    if not isinstance(comp.comparator, cst.Integer):
+    if type(comp.comparator) is not cst.Integer:
         return None
     mod = test.left
-    if not (isinstance(mod, cst.BinaryOperation) and isinstance(mod.operator, cst.Modulo)):
+    if not (type(mod) is cst.BinaryOperation and type(mod.operator) is cst.Modulo):
         return None
     counter, offset = mod.left, 0
     if (
-        isinstance(counter, cst.BinaryOperation)
-        and isinstance(counter.operator, cst.Add)
-        and isinstance(counter.right, cst.Integer)
+        type(counter) is cst.BinaryOperation
+        and type(counter.operator) is cst.Add
+        and type(counter.right) is cst.Integer
     ):
         counter, offset = counter.left, int(counter.right.evaluated_value)
-    if not isinstance(counter, cst.Name) or contains(mod.right, cst.Call):
+    if type(counter) is not cst.Name or contains(mod.right, cst.Call):
         return None
-    if isinstance(comp.operator, cst.NotEqual):
+    if type(comp.operator) is cst.NotEqual:
         polarity = not polarity
     offset -= int(comp.comparator.evaluated_value)
     key = f"%{counter.value}%{code(mod.right)}%{offset}"
@@ -71,26 +71,26 @@ def truth(test: cst.BaseExpression, constants: dict[str, object]) -> bool | None
     """The value of a branch condition made only of parameters with literal values."""
     if not constants:
         return None
-    if isinstance(test, cst.Name):
+    if type(test) is cst.Name:
         return bool(constants[test.value]) if test.value in constants else None
-    if isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+    if type(test) is cst.UnaryOperation and type(test.operator) is cst.Not:
         inner = truth(test.expression, constants)
         return None if inner is None else not inner
     if (
-        isinstance(test, cst.Comparison)
+        type(test) is cst.Comparison
         and len(test.comparisons) == 1
-        and isinstance(test.left, cst.Name)
+        and type(test.left) is cst.Name
         and test.left.value in constants
     ):
         comp = test.comparisons[0]
-        is_none = isinstance(comp.comparator, cst.Name) and comp.comparator.value == "None"
-        if is_none and isinstance(comp.operator, cst.Is):
+        is_none = type(comp.comparator) is cst.Name and comp.comparator.value == "None"
+        if is_none and type(comp.operator) is cst.Is:
             return constants[test.left.value] is None
-        if is_none and isinstance(comp.operator, cst.IsNot):
+        if is_none and type(comp.operator) is cst.IsNot:
             return constants[test.left.value] is not None
-    if isinstance(test, cst.BooleanOperation):
+    if type(test) is cst.BooleanOperation:
         left, right = truth(test.left, constants), truth(test.right, constants)
-        if isinstance(test.operator, cst.And):
+        if type(test.operator) is cst.And:
             if left is False or right is False:
                 return False
             return True if left and right else None
@@ -149,12 +149,12 @@ def counter_sign(test: cst.BaseExpression) -> tuple[str, bool, set[str]] | None:
     as the fact that the counter ``i`` is positive."""
     test, negated = without_not(test)
     polarity = not negated
-    if isinstance(test, cst.Name):
+    if type(test) is cst.Name:
         return positive_key(test.value), polarity, {test.value}
-    if not (isinstance(test, cst.Comparison) and len(test.comparisons) == 1):
+    if not (type(test) is cst.Comparison and len(test.comparisons) == 1):
         return None
     comp = test.comparisons[0]
-    if not (isinstance(test.left, cst.Name) and isinstance(comp.comparator, cst.Integer)):
+    if not (type(test.left) is cst.Name and type(comp.comparator) is cst.Integer):
         return None
     bound = comp.comparator.value
     op = type(comp.operator)

@@ -63,20 +63,20 @@ class _Tracer:
     def expr(self, node: cst.BaseExpression, depth: int, at: Statement | None = None) -> Origin:
         if depth > _MAX_DEPTH:
             return UNKNOWN
-        if isinstance(node, cst.Name):
+        if type(node) is cst.Name:
             return self.name(self.frame, node.value, depth, at)
-        if isinstance(node, cst.Attribute):
+        if type(node) is cst.Attribute:
             if node.attr.value in _CUT_ATTRIBUTES:
                 return NOTHING
             obj = self.frame.resolve(node)
             if obj is not None:
                 return self.obj(obj)
             return self.expr(node.value, depth + 1, at)
-        if isinstance(node, cst.Call):
+        if type(node) is cst.Call:
             return self.call(node, depth, at)
-        if isinstance(node, cst.Subscript):
+        if type(node) is cst.Subscript:
             return self.expr(node.value, depth + 1, at)
-        if isinstance(node, (cst.Lambda, cst.SimpleString, cst.Integer, cst.Float)):
+        if type(node) in (cst.Lambda, cst.SimpleString, cst.Integer, cst.Float):
             return NOTHING
         out = NOTHING
         for child in _expressions(node):
@@ -138,7 +138,7 @@ class _Tracer:
             if id(d.value) in cut:
                 continue
             at = d.statement if frame is self.frame else None
-            if not d.augmented and not d.loop_target and isinstance(d.value, cst.Call):
+            if not d.augmented and not d.loop_target and type(d.value) is cst.Call:
                 built = frame.value_role(d.value, name)
                 if built is not None and built.role in _MODEL_ROLES:
                     out = out | self.obj(built)
@@ -154,7 +154,7 @@ class _Tracer:
         args = NOTHING
         for arg in call.args:
             args = args | self.expr(arg.value, depth + 1, at)
-        if isinstance(func, cst.Attribute):
+        if type(func) is cst.Attribute:
             method = func.attr.value
             if method in _CUT_METHODS:
                 return NOTHING
@@ -181,7 +181,7 @@ class _Tracer:
             if callee is not None and callee.role in _MODEL_ROLES:
                 return self.obj(callee) | args
             return self.expr(func.value, depth + 1, at) | args
-        if isinstance(func, cst.Name):
+        if type(func) is cst.Name:
             callee = self.frame.resolve_name(func.value)
             if callee is not None and callee.role in _MODEL_ROLES:
                 return self.obj(callee) | args
@@ -276,7 +276,7 @@ def _settings_parameter(frame: Frame, name: str) -> bool:
     if func is not None:
         for param in all_params(func):
             if param.name.value == name and param.default is not None:
-                if literal(param.default)[0] or isinstance(param.default, cst.SimpleString):
+                if literal(param.default)[0] or type(param.default) is cst.SimpleString:
                     return True
     return bool(_SCALAR_NAME.search(name))
 
@@ -287,11 +287,11 @@ def returns_of(func: cst.FunctionDef) -> list[tuple[cst.CSTNode, cst.BaseExpress
     stack: list[cst.CSTNode] = [func.body]
     while stack:
         node = stack.pop()
-        if isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+        if type(node) in (cst.FunctionDef, cst.ClassDef, cst.Lambda):
             continue
-        if isinstance(node, (cst.SimpleStatementLine, cst.SimpleStatementSuite)):
+        if type(node) in (cst.SimpleStatementLine, cst.SimpleStatementSuite):
             for small in node.body:
-                if isinstance(small, cst.Return) and small.value is not None:
+                if type(small) is cst.Return and small.value is not None:
                     out.append((node, small.value))
             continue
         if not is_expression(node):
@@ -342,17 +342,17 @@ def _facts_of(frame: Frame) -> tuple[dict[str, list[cst.BaseExpression]], set[in
     stack: list[tuple[cst.CSTNode, bool]] = [(body, False)]
     while stack:
         node, no_grad = stack.pop()
-        if isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)) and node is not body:
+        if type(node) in (cst.FunctionDef, cst.ClassDef, cst.Lambda) and node is not body:
             continue
-        if isinstance(node, cst.With):
+        if type(node) is cst.With:
             inner = no_grad or any(_disables_grad(item.item) for item in node.items)
             stack.append((node.body, inner))
             continue
-        if isinstance(node, cst.AugAssign) and isinstance(node.target, cst.Name):
+        if type(node) is cst.AugAssign and type(node.target) is cst.Name:
             augmented.setdefault(node.target.value, []).append(node.value)
             if no_grad:
                 cut.add(id(node.value))
-        elif isinstance(node, (cst.Assign, cst.AnnAssign)) and node.value is not None:
+        elif type(node) in (cst.Assign, cst.AnnAssign) and node.value is not None:
             if no_grad:
                 cut.add(id(node.value))
         if not is_expression(node):
@@ -361,7 +361,7 @@ def _facts_of(frame: Frame) -> tuple[dict[str, list[cst.BaseExpression]], set[in
 
 
 def _disables_grad(item: cst.BaseExpression) -> bool:
-    if isinstance(item, cst.Call):
+    if type(item) is cst.Call:
         name = dotted(item.func) or ""
         last = name.rsplit(".", 1)[-1]
         if last == "set_grad_enabled":
@@ -391,11 +391,11 @@ class _Division:
     def expr(self, node: cst.BaseExpression, at: Statement | None, depth: int) -> bool | None:
         if depth > _MAX_DEPTH:
             return None
-        if isinstance(node, cst.BinaryOperation):
+        if type(node) is cst.BinaryOperation:
             op = node.operator
-            if isinstance(op, cst.Divide):
+            if type(op) is cst.Divide:
                 return True
-            if isinstance(op, cst.Multiply):
+            if type(op) is cst.Multiply:
                 if _reciprocal(node.left) or _reciprocal(node.right):
                     return True
                 left, right = (self.expr(n, at, depth + 1) for n in (node.left, node.right))
@@ -406,18 +406,18 @@ class _Division:
                 if right is False and _constant_factor(node.left):
                     return False
                 return None
-            if isinstance(op, (cst.Add, cst.Subtract)):
+            if type(op) in (cst.Add, cst.Subtract):
                 return _both(
                     self.expr(node.left, at, depth + 1), self.expr(node.right, at, depth + 1)
                 )
             return None
-        if isinstance(node, cst.UnaryOperation):
+        if type(node) is cst.UnaryOperation:
             return self.expr(node.expression, at, depth + 1)
-        if isinstance(node, cst.Name):
+        if type(node) is cst.Name:
             return self.name(node.value, at, depth)
-        if isinstance(node, (cst.Subscript, cst.Attribute)):
+        if type(node) in (cst.Subscript, cst.Attribute):
             return self.expr(node.value, at, depth + 1)
-        if isinstance(node, cst.Call):
+        if type(node) is cst.Call:
             return self.call(node, at, depth)
         return None
 
@@ -450,18 +450,18 @@ class _Division:
 
     def call(self, call: cst.Call, at: Statement | None, depth: int) -> bool | None:
         func = call.func
-        if isinstance(func, cst.Attribute):
+        if type(func) is cst.Attribute:
             method = func.attr.value
             receiver = self.frame.resolve(func.value)
             if method == "scale" and receiver is not None and receiver.role is Role.SCALER:
                 return self.expr(call.args[0].value, at, depth + 1) if call.args else None
             if method in _RESULT_METHODS and receiver is None:
                 return self.expr(func.value, at, depth + 1)
-        if isinstance(func, cst.Name) and func.value in self.frame.ctx.functions:
+        if type(func) is cst.Name and func.value in self.frame.ctx.functions:
             node = self.frame.ctx.functions[func.value]
             if returns_of(node):  # a helper of this file: what its returns say
                 return _returned(_callee_frame(self.frame, node), node, depth)
-        held = self.frame.resolve(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
+        held = self.frame.resolve(func) if type(func) in (cst.Name, cst.Attribute) else None
         if held is not None and held.role in _MODEL_ROLES:
             return False  # a model's output (``outputs.loss``): a fresh loss
         called = held.cls.method("__call__") if held is not None and held.cls else None
@@ -473,7 +473,7 @@ class _Division:
             return _returned(frame, node, depth) if returns_of(node) else None
         qual = (
             self.frame.ctx.imports.qualify(func)
-            if isinstance(func, (cst.Name, cst.Attribute))
+            if type(func) in (cst.Name, cst.Attribute)
             else None
         )
         if qual is not None and qual.startswith(("torch.", "F.")):
@@ -509,9 +509,9 @@ def _both(a: bool | None, b: bool | None) -> bool | None:
 
 def _reciprocal(node: cst.BaseExpression) -> bool:
     """``1 / n``, ``1.0 / accum``, or a literal factor below one (``0.25``)."""
-    if isinstance(node, cst.BinaryOperation) and isinstance(node.operator, cst.Divide):
-        return isinstance(node.left, (cst.Integer, cst.Float))
-    if isinstance(node, cst.Float):
+    if type(node) is cst.BinaryOperation and type(node.operator) is cst.Divide:
+        return type(node.left) in (cst.Integer, cst.Float)
+    if type(node) is cst.Float:
         try:
             return 0 < float(node.value) < 1
         except ValueError:
@@ -521,4 +521,4 @@ def _reciprocal(node: cst.BaseExpression) -> bool:
 
 def _constant_factor(node: cst.BaseExpression) -> bool:
     """A factor that is a whole number (``loss * 2``): it scales, it does not normalise."""
-    return isinstance(node, cst.Integer)
+    return type(node) is cst.Integer

@@ -17,9 +17,9 @@ def handed_back(ctx: FileContext, stmt: cst.Assign) -> frozenset[str]:
     ``loss, args = train(model, args)`` where every ``return`` of ``train`` hands back its
     ``args`` parameter in that place (what is known of ``args`` stays true)."""
     value = stmt.value
-    if len(stmt.targets) != 1 or not isinstance(stmt.targets[0].target, cst.Tuple):
+    if len(stmt.targets) != 1 or type(stmt.targets[0].target) is not cst.Tuple:
         return frozenset()
-    if not (isinstance(value, cst.Call) and isinstance(value.func, cst.Name)):
+    if not (type(value) is cst.Call and type(value.func) is cst.Name):
         return frozenset()
     func = ctx.functions.get(value.func.value)
     if func is None:
@@ -37,17 +37,17 @@ def handed_back(ctx: FileContext, stmt: cst.Assign) -> frozenset[str]:
         # the one name every ``return`` puts in this place (None where one puts another thing)
         names = {_name_at(value, i, len(elements)) for value in returns}
         arg = given.get(names.pop()) if len(names) == 1 else None
-        if isinstance(target, cst.Name) and isinstance(arg, cst.Name) and arg.value == target.value:
+        if type(target) is cst.Name and type(arg) is cst.Name and arg.value == target.value:
             kept.add(target.value)
     return frozenset(kept)
 
 
 def _name_at(value: cst.BaseExpression, i: int, size: int) -> str | None:
     """The plain name at place ``i`` of a returned tuple of ``size`` values."""
-    if not isinstance(value, cst.Tuple) or len(value.elements) != size:
+    if type(value) is not cst.Tuple or len(value.elements) != size:
         return None
     element = value.elements[i].value
-    return element.value if isinstance(element, cst.Name) else None
+    return element.value if type(element) is cst.Name else None
 
 
 _FLAG_VALUES = {"True": True, "False": False, "None": False}
@@ -56,10 +56,10 @@ _FLAG_VALUES = {"True": True, "False": False, "None": False}
 def flag_set(stmt: cst.CSTNode) -> tuple[str, bool] | None:
     """``flag = True`` or ``cfg.use_amp = False``: the name or attribute chain set and its
     truth."""
-    if not isinstance(stmt, cst.Assign) or len(stmt.targets) != 1:
+    if type(stmt) is not cst.Assign or len(stmt.targets) != 1:
         return None
     value = stmt.value
-    if not isinstance(value, cst.Name) or value.value not in _FLAG_VALUES:
+    if type(value) is not cst.Name or value.value not in _FLAG_VALUES:
         return None
     text = dotted(stmt.targets[0].target)
     return (text, _FLAG_VALUES[value.value]) if text is not None else None
@@ -75,20 +75,20 @@ def _handed_back_in(ctx: FileContext, loop: cst.CSTNode) -> frozenset[str]:
     handed: set[str] = set()
     other: set[str] = set()
     for node in walk(loop):
-        if isinstance(node, cst.Assign):
+        if type(node) is cst.Assign:
             kept = handed_back(ctx, node)
             handed |= kept
             for target in node.targets:
                 other |= _names(target.target) - kept
-        elif isinstance(node, (cst.AugAssign, cst.AnnAssign, cst.For)):
+        elif type(node) in (cst.AugAssign, cst.AnnAssign, cst.For):
             other |= _names(node.target)
     return frozenset(handed - other)
 
 
 def _names(target: cst.BaseExpression) -> set[str]:
-    if isinstance(target, cst.Name):
+    if type(target) is cst.Name:
         return {target.value}
-    if isinstance(target, (cst.Tuple, cst.List)):
+    if type(target) in (cst.Tuple, cst.List):
         return {n for el in target.elements for n in _names(el.value)}
     return set()
 
@@ -97,8 +97,8 @@ def requires_grad_test(test: cst.BaseExpression, grad_on: bool) -> bool | None:
     """``if loss.requires_grad:`` (a backward skipped in evaluation): true where gradients
     are on, false under ``no_grad``, for a loss."""
     test, negated = without_not(test)
-    if not (isinstance(test, cst.Attribute) and test.attr.value == "requires_grad"):
+    if not (type(test) is cst.Attribute and test.attr.value == "requires_grad"):
         return None
-    if not isinstance(test.value, cst.Name) or not is_loss_name(test.value.value):
+    if type(test.value) is not cst.Name or not is_loss_name(test.value.value):
         return None
     return grad_on != negated

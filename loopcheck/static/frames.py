@@ -148,13 +148,13 @@ class Frame:
 
     def resolve(self, expr: cst.BaseExpression) -> Obj | None:
         """The role of an expression used as a receiver or an argument."""
-        if isinstance(expr, cst.Name):
+        if type(expr) is cst.Name:
             return self.resolve_name(expr.value)
-        if isinstance(expr, cst.Attribute):
+        if type(expr) is cst.Attribute:
             return self._attribute_chain(expr)
-        if isinstance(expr, cst.Subscript):
+        if type(expr) is cst.Subscript:
             return self.element_role(expr.value, expr)
-        if isinstance(expr, cst.Call):
+        if type(expr) is cst.Call:
             return self.value_role(expr, None)
         return None
 
@@ -220,24 +220,24 @@ class Frame:
 
     def _value_role(self, value: cst.BaseExpression, name: str | None) -> Obj | None:
         key = f"{self.scope}:{name}" if name else f"{self.scope}:@{id(value)}"
-        if isinstance(value, (cst.Name, cst.Attribute)):
+        if type(value) in (cst.Name, cst.Attribute):
             found = self.resolve(value)
             if found is None and not self.is_local_chain(value):
                 return self._factory(value)
             return found
-        if isinstance(value, cst.Subscript):
+        if type(value) is cst.Subscript:
             return self.resolve(value)
-        if isinstance(value, (cst.List, cst.Tuple, cst.Set, cst.Dict)):
+        if type(value) in (cst.List, cst.Tuple, cst.Set, cst.Dict):
             return self._container(value, key)
-        if isinstance(value, (cst.ListComp, cst.DictComp, cst.GeneratorExp)):
-            inner = value.value if isinstance(value, cst.DictComp) else value.elt
-            element = self.value_role(inner, None) if isinstance(inner, cst.Call) else None
+        if type(value) in (cst.ListComp, cst.DictComp, cst.GeneratorExp):
+            inner = value.value if type(value) is cst.DictComp else value.elt
+            element = self.value_role(inner, None) if type(inner) is cst.Call else None
             if element is not None and element.role is Role.OPTIMIZER:
                 return Obj(Role.OPTIMIZER, key, element.models)
             return None
-        if isinstance(value, cst.IfExp):
+        if type(value) is cst.IfExp:
             return self.value_role(value.body, name) or self.value_role(value.orelse, name)
-        if not isinstance(value, cst.Call):
+        if type(value) is not cst.Call:
             return None
         return self._call_role(value, key)
 
@@ -257,15 +257,13 @@ class Frame:
 
     def _container(self, value: cst.BaseExpression, key: str) -> Obj | None:
         """A literal list, tuple or dict of optimizers: one container whose members are known."""
-        if isinstance(value, cst.Dict):
-            items = [e.value for e in value.elements if isinstance(e, cst.DictElement)]
+        if type(value) is cst.Dict:
+            items = [e.value for e in value.elements if type(e) is cst.DictElement]
         else:
             items = [e.value for e in value.elements]  # type: ignore[union-attr]
         if not items:
             return None
-        members = [
-            self.resolve(v) if isinstance(v, (cst.Name, cst.Attribute)) else None for v in items
-        ]
+        members = [self.resolve(v) if type(v) in (cst.Name, cst.Attribute) else None for v in items]
         if all(m is not None and m.role is Role.OPTIMIZER for m in members):
             models = frozenset().union(*(m.models for m in members if m is not None))
             keys = tuple(
@@ -280,14 +278,14 @@ class Frame:
         """An element of a container: ``opts[0]``, ``for opt in opts``, ``opts.values()``."""
         base = container
         if (
-            isinstance(base, cst.Call)
-            and isinstance(base.func, cst.Attribute)
+            type(base) is cst.Call
+            and type(base.func) is cst.Attribute
             and base.func.attr.value in _CONTAINER_METHODS
         ):
             base = base.func.value
-        if isinstance(base, cst.Call) and dotted(base.func) in {"enumerate", "zip", "list"}:
+        if type(base) is cst.Call and dotted(base.func) in {"enumerate", "zip", "list"}:
             return None
-        obj = self.resolve(base) if isinstance(base, (cst.Name, cst.Attribute)) else None
+        obj = self.resolve(base) if type(base) in (cst.Name, cst.Attribute) else None
         if obj is None or obj.role is not Role.OPTIMIZER:
             return None
         if subscript is not None and obj.members:
@@ -302,15 +300,15 @@ class Frame:
     def _container_literal(
         self, expr: cst.BaseExpression
     ) -> dict[object, cst.BaseExpression] | None:
-        if not isinstance(expr, cst.Name):
+        if type(expr) is not cst.Name:
             return None
         for value in self.local_values.get(expr.value, ()):
-            if isinstance(value, (cst.List, cst.Tuple)):
+            if type(value) in (cst.List, cst.Tuple):
                 return {i: e.value for i, e in enumerate(value.elements)}
-            if isinstance(value, cst.Dict):
+            if type(value) is cst.Dict:
                 out: dict[object, cst.BaseExpression] = {}
                 for e in value.elements:
-                    if isinstance(e, cst.DictElement) and isinstance(e.key, cst.SimpleString):
+                    if type(e) is cst.DictElement and type(e.key) is cst.SimpleString:
                         out[e.key.evaluated_value] = e.value
                 return out
         return None
@@ -318,10 +316,8 @@ class Frame:
     def _call_role(self, value: cst.Call, key: str) -> Obj | None:
         func = value.func
         positional, keywords = call_args(value)
-        qual = (
-            self.ctx.imports.qualify(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
-        )
-        if isinstance(func, cst.Attribute):
+        qual = self.ctx.imports.qualify(func) if type(func) in (cst.Name, cst.Attribute) else None
+        if type(func) is cst.Attribute:
             owner = self.resolve(func.value)
             method = func.attr.value
             if owner is not None:
@@ -339,7 +335,7 @@ class Frame:
             if inner is not None and inner.role is Role.FACTORY:
                 return inner
             return None
-        if isinstance(func, (cst.Name, cst.Attribute)):
+        if type(func) in (cst.Name, cst.Attribute):
             callee = self.resolve(func) if self.is_local_chain(func) else None
             if callee is not None and callee.role is Role.FACTORY:
                 return self._built(callee.builds, key, value)
@@ -352,7 +348,7 @@ class Frame:
                 role = Role.MODEL if cls.is_module else Role.INSTANCE
                 return Obj(role, key, cls=cls)
             first = positional[0] if positional else None
-            if isinstance(first, cst.Name) and (
+            if type(first) is cst.Name and (
                 first.value in self.local_defs or first.value in self.ctx.functions
             ):
                 return None  # ``torch.compile(update)``, ``CudaGraphModule(step_fn)``: a function
@@ -412,15 +408,15 @@ class Frame:
     def tuple_role(self, value: cst.BaseExpression, index: int, name: str) -> Obj | None:
         """The role of element ``index`` of a tuple-unpacked value."""
         key = f"{self.scope}:{name}"
-        if isinstance(value, (cst.Tuple, cst.List)):
+        if type(value) in (cst.Tuple, cst.List):
             if index < len(value.elements):
                 return self.value_role(value.elements[index].value, name)
             return None
-        if not isinstance(value, cst.Call):
+        if type(value) is not cst.Call:
             return None
         func = value.func
         positional, keywords = call_args(value)
-        if isinstance(func, cst.Attribute):
+        if type(func) is cst.Attribute:
             owner = self.resolve(func.value)
             method = func.attr.value
             if (
@@ -436,9 +432,7 @@ class Frame:
             if owner is not None and owner.role is Role.LIGHTNING and method == "optimizers":
                 models = configured_models(self, owner, index)
                 return Obj(Role.OPTIMIZER, f"{owner.key}.optimizers[{index}]", models)
-        qual = (
-            self.ctx.imports.qualify(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
-        )
+        qual = self.ctx.imports.qualify(func) if type(func) in (cst.Name, cst.Attribute) else None
         if qual is not None and qual.endswith("initialize") and "deepspeed" in qual:
             roles = {0: Role.ENGINE, 1: Role.OPTIMIZER, 3: Role.SCHEDULER}
             role = roles.get(index)
@@ -504,10 +498,10 @@ def _stepped_receivers(ctx: FileContext, func: cst.FunctionDef) -> tuple[cst.Att
         lambda: tuple(
             node.func.value
             for node in walk(func.body)
-            if isinstance(node, cst.Call)
-            and isinstance(node.func, cst.Attribute)
+            if type(node) is cst.Call
+            and type(node.func) is cst.Attribute
             and node.func.attr.value in {"step", "zero_grad"}
-            and isinstance(node.func.value, cst.Attribute)
+            and type(node.func.value) is cst.Attribute
         ),
     )
 
@@ -524,12 +518,12 @@ def _literal_index(subscript: cst.Subscript) -> object:
     if len(subscript.slice) != 1:
         return None
     index = subscript.slice[0].slice
-    if not isinstance(index, cst.Index):
+    if type(index) is not cst.Index:
         return None
     value = index.value
-    if isinstance(value, cst.Integer):
+    if type(value) is cst.Integer:
         return int(value.evaluated_value)
-    if isinstance(value, cst.SimpleString):
+    if type(value) is cst.SimpleString:
         return value.evaluated_value
     return None
 

@@ -39,7 +39,7 @@ def steps_in(frame: Frame, branch: cst.CSTNode | None) -> bool:
     if branch is None:
         return False
     for node in walk(branch):
-        if not (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)):
+        if not (type(node) is cst.Call and type(node.func) is cst.Attribute):
             continue
         if node.func.attr.value != "step":
             continue
@@ -63,16 +63,16 @@ def counter_base(
     before the guard. ``loops`` are the enclosing loops, innermost last; ``before`` the ids of
     the statements run before the guard in the loop's body. None when it is not known."""
     for loop in reversed(loops):
-        if not isinstance(loop, (cst.For, cst.While)):
+        if type(loop) not in (cst.For, cst.While):
             continue
-        if isinstance(loop, cst.For) and counter_of(loop) == counter:
+        if type(loop) is cst.For and counter_of(loop) == counter:
             return _start(loop)
         increments = [
             node
             for node in walk(loop.body)
-            if isinstance(node, cst.AugAssign)
+            if type(node) is cst.AugAssign
             and is_increment(node)
-            and isinstance(node.target, cst.Name)
+            and type(node.target) is cst.Name
             and node.target.value == counter
         ]
         if increments:
@@ -84,13 +84,13 @@ def counter_base(
 
 def loop_start(loop: cst.CSTNode) -> int | None:
     """The first value of a ``range`` or ``enumerate`` loop's counter, when it is a literal."""
-    if isinstance(loop, cst.For) and counter_of(loop) is not None:
+    if type(loop) is cst.For and counter_of(loop) is not None:
         return _start(loop)
     return None
 
 
 def _start(loop: cst.For) -> int | None:
-    assert isinstance(loop.iter, cst.Call)
+    assert type(loop.iter) is cst.Call
     func = dotted(loop.iter.func)
     positional, keywords = call_args(loop.iter)
     start: cst.BaseExpression | None = None
@@ -100,7 +100,7 @@ def _start(loop: cst.For) -> int | None:
         start = keywords.get("start") or (positional[1] if len(positional) > 1 else None)
     if start is None:
         return 0
-    if isinstance(start, cst.Integer):
+    if type(start) is cst.Integer:
         return int(start.evaluated_value)
     return None
 
@@ -117,11 +117,11 @@ def off_by_one(guard: Guard, base: int, steps_when_zero: bool, steps_otherwise: 
 def flushes(test: cst.BaseExpression) -> bool:
     """A guard that also steps at the end of the data: ``... or step + 1 == len(loader)``,
     ``... or is_last_batch``."""
-    if not (isinstance(test, cst.BooleanOperation) and isinstance(test.operator, cst.Or)):
+    if not (type(test) is cst.BooleanOperation and type(test.operator) is cst.Or):
         return False
     for node in walk(test):
-        if isinstance(node, cst.Call) and dotted(node.func) == "len":
+        if type(node) is cst.Call and dotted(node.func) == "len":
             return True
-        if isinstance(node, cst.Name) and ("last" in node.value or "end" in node.value):
+        if type(node) is cst.Name and ("last" in node.value or "end" in node.value):
             return True
     return False

@@ -25,7 +25,7 @@ from loopcheck.static.syntax import (
     nested_defs,
     without_not,
 )
-from loopcheck.static.tree import kids, walk
+from loopcheck.static.tree import is_expression, kids, walk
 
 _T = TypeVar("_T")
 
@@ -302,9 +302,9 @@ class _Indexer:
 
     def index(self, module: cst.Module) -> None:
         for stmt in module.body:
-            if isinstance(stmt, cst.FunctionDef):
+            if type(stmt) is cst.FunctionDef:
                 self.ctx.functions.setdefault(stmt.name.value, stmt)
-            elif isinstance(stmt, cst.ClassDef):
+            elif type(stmt) is cst.ClassDef:
                 self._class(stmt)
         # One walk: references, repeated conditions, and per function (the innermost one
         # around each node) whether it mentions a move and which names it calls.
@@ -389,7 +389,7 @@ class _Indexer:
 
     def _condition(self, test: cst.BaseExpression) -> None:
         inner = without_not(test)[0]
-        if isinstance(inner, cst.BooleanOperation):  # each operand is decided on its own
+        if type(inner) is cst.BooleanOperation:  # each operand is decided on its own
             self._condition(inner.left)
             self._condition(inner.right)
         guard = modular(self.ctx.code, test)
@@ -421,25 +421,25 @@ class _Indexer:
         methods: dict[str, cst.FunctionDef] = {}
         class_values: dict[str, cst.BaseExpression] = {}
         for stmt in node.body.body:
-            if isinstance(stmt, cst.FunctionDef):
+            if type(stmt) is cst.FunctionDef:
                 methods[stmt.name.value] = stmt
-            elif isinstance(stmt, cst.SimpleStatementLine):
+            elif type(stmt) is cst.SimpleStatementLine:
                 for small in stmt.body:
-                    if isinstance(small, (cst.Assign, cst.AnnAssign)) and small.value is not None:
+                    if type(small) in (cst.Assign, cst.AnnAssign) and small.value is not None:
                         targets = (
                             [t.target for t in small.targets]
-                            if isinstance(small, cst.Assign)
+                            if type(small) is cst.Assign
                             else [small.target]
                         )
                         for target in targets:
-                            if isinstance(target, cst.Name):
+                            if type(target) is cst.Name:
                                 class_values[target.value] = small.value
         attrs: dict[str, list[tuple[cst.BaseExpression, cst.FunctionDef]]] = {}
         for method in methods.values():
             for target, value in assignments(method.body):
                 if (
-                    isinstance(target, cst.Attribute)
-                    and isinstance(target.value, cst.Name)
+                    type(target) is cst.Attribute
+                    and type(target.value) is cst.Name
                     and target.value.value == "self"
                 ):
                     attrs.setdefault(target.attr.value, []).append((value, method))
@@ -452,12 +452,12 @@ def _two_ways(node: cst.If) -> bool:
     """Whether an ``if``/``else`` chooses between two ways of training: both branches call
     something, and one of them makes a move (``if scaler: scaler(loss, opt) else: ...``). Such
     a choice is made once for the run, so its condition is followed across iterations."""
-    orelse = node.orelse.body if isinstance(node.orelse, cst.Else) else node.orelse
+    orelse = node.orelse.body if type(node.orelse) is cst.Else else node.orelse
     sides = [node.body, orelse]
-    if not all(any(isinstance(n, cst.Call) for n in walk(side)) for side in sides):
+    if not all(any(type(n) is cst.Call for n in walk(side)) for side in sides):
         return False
     return any(
-        isinstance(n, cst.Attribute) and n.attr.value in MOVE_WORDS
+        type(n) is cst.Attribute and n.attr.value in MOVE_WORDS
         for side in sides
         for n in walk(side)
     )
@@ -495,20 +495,20 @@ def _function_info(ctx: FileContext, func: cst.FunctionDef | None) -> FunctionIn
     body = func.body if func is not None else ctx.module
     info = FunctionInfo({}, {}, {}, {}, {})
     for target, value in assignments(body):
-        if isinstance(target, cst.Name):
+        if type(target) is cst.Name:
             info.local_values.setdefault(target.value, []).append(value)
-        elif isinstance(target, (cst.Tuple, cst.List)):
+        elif type(target) in (cst.Tuple, cst.List):
             for i, el in enumerate(target.elements):
-                if isinstance(el.value, cst.Name):
+                if type(el.value) is cst.Name:
                     info.tuple_values.setdefault(el.value.value, []).append((i, value))
     stack: list[cst.CSTNode] = [body]
     while stack:
         node = stack.pop()
-        if isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)) and node is not func:
+        if type(node) in (cst.FunctionDef, cst.ClassDef, cst.Lambda) and node is not func:
             continue
-        if isinstance(node, cst.For) and isinstance(node.target, cst.Name):
+        if type(node) is cst.For and type(node.target) is cst.Name:
             info.loop_targets.setdefault(node.target.value, node.iter)
-        if not isinstance(node, cst.BaseExpression):
+        if not is_expression(node):
             stack.extend(kids(node))
     if func is not None:
         for node in nested_defs(func.body):

@@ -59,16 +59,16 @@ _STATEMENT_KINDS = frozenset(
 
 def _enters_no_grad(body: cst.BaseSuite) -> bool:
     """A with-body whose first statements enter a no-grad context on an ExitStack."""
-    if not isinstance(body, cst.IndentedBlock):
+    if type(body) is not cst.IndentedBlock:
         return False
     for stmt in body.body:
-        if not isinstance(stmt, cst.SimpleStatementLine):
+        if type(stmt) is not cst.SimpleStatementLine:
             continue
         for small in stmt.body:
             if (
-                isinstance(small, cst.Expr)
-                and isinstance(small.value, cst.Call)
-                and isinstance(small.value.func, cst.Attribute)
+                type(small) is cst.Expr
+                and type(small.value) is cst.Call
+                and type(small.value.func) is cst.Attribute
                 and small.value.func.attr.value == "enter_context"
                 and small.value.args
                 and grad_context(small.value.args[0].value) is False
@@ -190,10 +190,10 @@ class Interpreter(Recorder, Checks, Loops):
 
     def exits(self, value: cst.BaseExpression) -> bool:
         """A call that ends the program: ``sys.exit()``, ``exit()``, ``quit()``, ``os._exit()``."""
-        if not isinstance(value, cst.Call) or not isinstance(value.func, (cst.Name, cst.Attribute)):
+        if type(value) is not cst.Call or type(value.func) not in (cst.Name, cst.Attribute):
             return False
         qual = self.ctx.imports.qualify(value.func)
-        if qual is None and isinstance(value.func, cst.Name):
+        if qual is None and type(value.func) is cst.Name:
             qual = value.func.value
         return qual in {"sys.exit", "exit", "quit", "os._exit"}
 
@@ -242,7 +242,7 @@ class Interpreter(Recorder, Checks, Loops):
     def gate_of_context(self, item: cst.BaseExpression) -> str | None:
         """``with accelerator.accumulate(model):``: prepared optimizers and schedulers act
         only when the accelerator syncs gradients."""
-        if not (isinstance(item, cst.Call) and isinstance(item.func, cst.Attribute)):
+        if not (type(item) is cst.Call and type(item.func) is cst.Attribute):
             return None
         if item.func.attr.value != "accumulate":
             return None
@@ -256,13 +256,13 @@ class Interpreter(Recorder, Checks, Loops):
         ``engine.is_gradient_accumulation_boundary()``."""
         test, negated = without_not(test)
         polarity = not negated
-        if isinstance(test, cst.Attribute) and test.attr.value == "sync_gradients":
+        if type(test) is cst.Attribute and test.attr.value == "sync_gradients":
             owner = self.frame.resolve(test.value)
             if owner is not None and owner.role is Role.ACCELERATOR:
                 return f"<sync:{owner.key}>", polarity
         if (
-            isinstance(test, cst.Call)
-            and isinstance(test.func, cst.Attribute)
+            type(test) is cst.Call
+            and type(test.func) is cst.Attribute
             and test.func.attr.value == "is_gradient_accumulation_boundary"
         ):
             owner = self.frame.resolve(test.func.value)
@@ -275,7 +275,7 @@ class Interpreter(Recorder, Checks, Loops):
         for case in stmt.cases:
             flow = merge(flow, self.exec_stmt(case.body, states))
         catch_all = any(
-            isinstance(c.pattern, cst.MatchAs) and c.pattern.pattern is None for c in stmt.cases
+            type(c.pattern) is cst.MatchAs and c.pattern.pattern is None for c in stmt.cases
         )
         if not catch_all:
             flow.normal |= states
@@ -302,14 +302,14 @@ class Interpreter(Recorder, Checks, Loops):
         if decided is not None:
             branch: cst.CSTNode | None = stmt.body
             if not decided:
-                branch = stmt.orelse.body if isinstance(stmt.orelse, cst.Else) else stmt.orelse
+                branch = stmt.orelse.body if type(stmt.orelse) is cst.Else else stmt.orelse
             return self.exec_stmt(branch, states) if branch is not None else Flow(normal=states)
         taken, skipped = self.split(stmt.test, states)
         flow = self.exec_stmt(stmt.body, taken) if taken else Flow()
         if stmt.orelse is None:
             flow.normal |= skipped
             return flow
-        other = stmt.orelse.body if isinstance(stmt.orelse, cst.Else) else stmt.orelse
+        other = stmt.orelse.body if type(stmt.orelse) is cst.Else else stmt.orelse
         return merge(flow, self.exec_stmt(other, skipped) if skipped else Flow())
 
     def split(
@@ -324,10 +324,10 @@ class Interpreter(Recorder, Checks, Loops):
             substitute = replaced is test
             test = replaced
         inner, negated = without_not(test)
-        if isinstance(inner, cst.BooleanOperation):
+        if type(inner) is cst.BooleanOperation:
             # each operand decided on its own: ``i > 0 and i % n == 0``
             left_taken, left_skipped = self.split(inner.left, states, substitute)
-            if isinstance(inner.operator, cst.And):
+            if type(inner.operator) is cst.And:
                 right_taken, right_skipped = self.split(inner.right, left_taken, substitute)
                 taken, skipped = right_taken, left_skipped | right_skipped
             else:
@@ -381,7 +381,7 @@ class Interpreter(Recorder, Checks, Loops):
         """``if update_grad:`` in a helper called with ``update_grad=(i + 1) % n == 0``: the
         caller's condition (negated under ``not``), read in the caller's file."""
         inner, negated = without_not(test)
-        if not isinstance(inner, cst.Name) or inner.value not in self.frame.conditions:
+        if type(inner) is not cst.Name or inner.value not in self.frame.conditions:
             return test, ctx
         expr, caller = self.frame.conditions[inner.value]
         if negated:
@@ -428,25 +428,25 @@ class Interpreter(Recorder, Checks, Loops):
         if value is not None:
             actions.extend(reader.of_expr(value))
         targets: list[cst.BaseExpression] = []
-        if isinstance(stmt, cst.Assign):
+        if type(stmt) is cst.Assign:
             targets = [t.target for t in stmt.targets]
-        elif isinstance(stmt, (cst.AnnAssign, cst.AugAssign)):
+        elif type(stmt) in (cst.AnnAssign, cst.AugAssign):
             targets = [stmt.target]
-        operator = stmt.operator if isinstance(stmt, cst.AugAssign) else None
+        operator = stmt.operator if type(stmt) is cst.AugAssign else None
         for target in targets:
             actions.extend(reader.of_target(target, value, operator))
         names = self.ctx.target_names(stmt, targets)
-        if self.loop_stack and value is not None and isinstance(stmt, (cst.Assign, cst.AnnAssign)):
+        if self.loop_stack and value is not None and type(stmt) in (cst.Assign, cst.AnnAssign):
             fresh = frozenset(self.ctx.loop_assigned(self.loop_stack[-1].node))
             actions.extend(reader.of_assignment(value, names, fresh))
         states = self.run_actions(actions, states)
-        if isinstance(value, cst.Call) and any(is_loss_name(n) for n in names):
+        if type(value) is cst.Call and any(is_loss_name(n) for n in names):
             self.mark("loss")
-        if isinstance(stmt, cst.AugAssign) and is_increment(stmt):
+        if type(stmt) is cst.AugAssign and is_increment(stmt):
             counter = stmt.target.value  # type: ignore[union-attr]
             states = {self.shift(s, counter) for s in states}
             return {self.forget(s, names, frozenset((counter,))) for s in states}
-        if names and isinstance(stmt, cst.Assign):
+        if names and type(stmt) is cst.Assign:
             names = names - handed_back(self.ctx, stmt)
         states = {self.forget(s, names) for s in states}
         flag = flag_set(stmt)
@@ -497,7 +497,7 @@ class Interpreter(Recorder, Checks, Loops):
         if node in self.follow_stack or len(self.follow_stack) >= MAX_FOLLOW_DEPTH:
             return states
         self.follows += 1
-        if isinstance(node, cst.Lambda):
+        if type(node) is cst.Lambda:
             self.follow_stack.append(node)
             try:
                 return self.run_actions(self.reader.of_expr(node.body), states)

@@ -51,27 +51,27 @@ class Loops(FrameStack):
         raise NotImplementedError
 
     def exec_loop(self, stmt: cst.For | cst.While, states: set[PathState]) -> Flow:
-        if isinstance(stmt, cst.For) and self.over_optimizers(stmt):
+        if type(stmt) is cst.For and self.over_optimizers(stmt):
             # ``for opt in optimizers: opt.zero_grad()``: one move on each, not a training loop
             states = self.run_actions(self.reader.of_expr(stmt.iter), states)
             flow = self.exec_stmt(stmt.body, states)
             return Flow(normal=flow.normal | flow.continues | flow.breaks, returns=flow.returns)
-        if isinstance(stmt, cst.For):
+        if type(stmt) is cst.For:
             clears = self.reader.apis.clears_all_grads(stmt)
             if clears is not None:
                 self.summary(stmt)
                 return Flow(normal=self.run_actions(clears, states))
-        head = stmt.iter if isinstance(stmt, cst.For) else stmt.test
+        head = stmt.iter if type(stmt) is cst.For else stmt.test
         states = self.run_actions(self.reader.of_expr(head), states)
-        assigned = chains_in(stmt.target) if isinstance(stmt, cst.For) else set()
-        infinite = isinstance(stmt, cst.While) and is_true(stmt.test)
+        assigned = chains_in(stmt.target) if type(stmt) is cst.For else set()
+        infinite = type(stmt) is cst.While and is_true(stmt.test)
         orelse = stmt.orelse.body if stmt.orelse is not None else None
         return self.run_loop(stmt, stmt.body, states, assigned, counter_of(stmt), orelse, infinite)
 
     def over_optimizers(self, stmt: cst.For) -> bool:
         """``for opt in optimizers:``: a container of optimizers, or a loop variable named as
         one (each iteration another optimizer, not one optimizer's iterations)."""
-        if not isinstance(stmt.target, cst.Name):
+        if type(stmt.target) is not cst.Name:
             return False
         element = self.frame.element_role(stmt.iter)
         if element is not None:

@@ -22,24 +22,24 @@ _MODEL_ROLES = (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
 def constructor_of(frame: Frame, expr: cst.BaseExpression) -> cst.Call | None:
     """The call that built what ``expr`` names (``GradScaler(enabled=False)``,
     ``Accelerator(gradient_accumulation_steps=4)``), when the code shows one."""
-    if isinstance(expr, cst.Name):
+    if type(expr) is cst.Name:
         current: Frame | None = frame
         while current is not None:
             for value in current.local_values.get(expr.value, ()):
-                if isinstance(value, cst.Call):
+                if type(value) is cst.Call:
                     return value
             if expr.value in current.params or expr.value in current.local_values:
                 return None
             current = current.parent
         return None
     if (
-        isinstance(expr, cst.Attribute)
-        and isinstance(expr.value, cst.Name)
+        type(expr) is cst.Attribute
+        and type(expr.value) is cst.Name
         and expr.value.value == "self"
         and frame.cls is not None
     ):
         for _, value, _ in frame.cls.attribute_values(expr.attr.value):
-            if isinstance(value, cst.Call):
+            if type(value) is cst.Call:
                 return value
     return None
 
@@ -49,20 +49,20 @@ def module_key(frame: Frame, expr: cst.BaseExpression) -> str | None:
     built from its parameters and a loss computed by calling it meet: ``frame.qf1``, or a
     name built by a constructor we do not know (``critic = Critic(...)``)."""
     if (
-        isinstance(expr, cst.Attribute)
-        and isinstance(expr.value, cst.Name)
+        type(expr) is cst.Attribute
+        and type(expr.value) is cst.Name
         and expr.value.value == "self"
         and frame.cls is not None
     ):
         if frame.cls.method(expr.attr.value) is None:
             return f"{frame.cls.name}.{expr.attr.value}"
         return None
-    if not isinstance(expr, cst.Name):
+    if type(expr) is not cst.Name:
         return None
     name = expr.value
     values = frame.local_values.get(name)
     if values:
-        if all(isinstance(v, cst.Call) and not is_data(v) for v in values):
+        if all(type(v) is cst.Call and not is_data(v) for v in values):
             return f"{frame.scope}:{name}"
         return None
     if name in frame.params and name not in frame.bound:
@@ -83,10 +83,10 @@ def configured_models(frame: Frame, owner: Obj, index: int | None) -> frozenset[
     info, method = found
     frame = type(frame)(info.ctx, method, cls, {}, _module_frame(info.ctx), f"{cls.name}.configure")
     for node in walk(method.body):
-        if not isinstance(node, cst.Return) or node.value is None:
+        if type(node) is not cst.Return or node.value is None:
             continue
         value = node.value
-        if isinstance(value, (cst.Tuple, cst.List)) and index is not None:
+        if type(value) in (cst.Tuple, cst.List) and index is not None:
             if index >= len(value.elements):
                 continue
             value = value.elements[index].value
@@ -108,7 +108,7 @@ def models_in(frame: Frame, expr: cst.CSTNode) -> frozenset[str]:
         node = stack.pop()
         receivers = {id(r) for r in _parameter_owners(node)}
         for root in roots_of(node):
-            obj = frame.resolve(root) if not isinstance(root, cst.Call) else None
+            obj = frame.resolve(root) if type(root) is not cst.Call else None
             if obj is not None and obj.role in _MODEL_ROLES:
                 keys.add(obj.key)
             elif obj is not None and obj.role is Role.INSTANCE and obj.cls is not None:
@@ -117,7 +117,7 @@ def models_in(frame: Frame, expr: cst.CSTNode) -> frozenset[str]:
                 key = module_key(frame, root) if id(root) in receivers else None
                 if key is not None:
                     keys.add(key)
-                if isinstance(root, cst.Name) and root.value not in seen:
+                if type(root) is cst.Name and root.value not in seen:
                     seen.add(root.value)
                     stack.extend(frame.local_values.get(root.value, ()))
                     stack.extend(v for _, v in frame.tuple_values.get(root.value, ()))
@@ -132,7 +132,7 @@ def _parameter_owners(expr: cst.CSTNode) -> list[cst.BaseExpression]:
     parameters belong to (not the learning rate or other settings it is given)."""
     out: list[cst.BaseExpression] = []
     for node in walk(expr):
-        if isinstance(node, cst.Attribute) and node.attr.value in _PARAMETER_METHODS:
+        if type(node) is cst.Attribute and node.attr.value in _PARAMETER_METHODS:
             out.extend(roots_of(node.value))
     return out
 

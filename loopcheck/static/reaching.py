@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import libcst as cst
 
 from loopcheck.static.syntax import names_in
-from loopcheck.static.tree import kids, walk
+from loopcheck.static.tree import is_expression, kids, walk
 
 Statement = cst.CSTNode
 
@@ -40,9 +40,7 @@ class Layout:
         for block in _child_blocks(node):
             for i, stmt in enumerate(block):
                 self.place[id(stmt)] = (block, i, owner)
-                if not isinstance(stmt, cst.SimpleStatementLine) and not isinstance(
-                    stmt, (cst.FunctionDef, cst.ClassDef)
-                ):
+                if type(stmt) not in (cst.SimpleStatementLine, cst.FunctionDef, cst.ClassDef):
                     self._blocks(stmt, stmt)
 
     def reaching(self, name: str, at: Statement) -> list[Definition] | None:
@@ -60,10 +58,10 @@ class Layout:
                         return found
                     continue
                 found.extend(self.nested(stmt).get(name, ()))
-            if isinstance(owner, cst.For) and name in names_in(owner.target):
+            if type(owner) is cst.For and name in names_in(owner.target):
                 found.append(Definition(owner, owner.iter, loop_target=True))
                 return found
-            if isinstance(owner, (cst.For, cst.While)):
+            if type(owner) in (cst.For, cst.While):
                 # the back edge: what the rest of the loop body assigns reaches the top
                 found.extend(self.nested(owner).get(name, ()))
             current = owner
@@ -89,14 +87,14 @@ class Layout:
         key = id(stmt)
         if key not in self._direct:
             out: dict[str, list[Definition]] = {}
-            if isinstance(stmt, (cst.SimpleStatementLine, cst.SimpleStatementSuite)):
+            if type(stmt) in (cst.SimpleStatementLine, cst.SimpleStatementSuite):
                 for small in stmt.body:
-                    operator = type(small.operator) if isinstance(small, cst.AugAssign) else None
+                    operator = type(small.operator) if type(small) is cst.AugAssign else None
                     for target, value, aug in _assigned(small):
                         for name in _target_names(target):
                             definition = Definition(stmt, value, aug, operator=operator)
                             out.setdefault(name, []).append(definition)
-            elif isinstance(stmt, cst.With) and isinstance(stmt.body, cst.IndentedBlock):
+            elif type(stmt) is cst.With and type(stmt.body) is cst.IndentedBlock:
                 for inner in stmt.body.body:
                     for name, defs in self.direct(inner).items():
                         out[name] = defs  # the latest one in the body wins
@@ -111,15 +109,13 @@ class Layout:
             stack: list[cst.CSTNode] = [stmt]
             while stack:
                 node = stack.pop()
-                if isinstance(node, (cst.SimpleStatementLine, cst.SimpleStatementSuite)):
+                if type(node) in (cst.SimpleStatementLine, cst.SimpleStatementSuite):
                     for name, defs in self.direct(node).items():
                         out.setdefault(name, []).extend(defs)
                     continue
-                if isinstance(node, (cst.FunctionDef, cst.ClassDef)) or isinstance(
-                    node, cst.BaseExpression
-                ):
+                if type(node) in (cst.FunctionDef, cst.ClassDef) or is_expression(node):
                     continue
-                if isinstance(node, cst.For):
+                if type(node) is cst.For:
                     for name in names_in(node.target):
                         out.setdefault(name, []).append(Definition(node, node.iter, False, True))
                 stack.extend(kids(node))
@@ -130,20 +126,20 @@ class Layout:
 def _child_blocks(node: cst.CSTNode) -> list[list[Statement]]:
     """The statement lists directly inside a function body or compound statement."""
     out: list[list[Statement]] = []
-    if isinstance(node, cst.Module):
+    if type(node) is cst.Module:
         return [list(node.body)]
     stack = list(kids(node))
     while stack:
         child = stack.pop(0)
-        if isinstance(child, cst.IndentedBlock):
+        if type(child) is cst.IndentedBlock:
             out.append(list(child.body))
-        elif isinstance(child, cst.SimpleStatementSuite):
+        elif type(child) is cst.SimpleStatementSuite:
             out.append([child])
-        elif isinstance(child, (cst.Else, cst.ExceptHandler, cst.ExceptStarHandler, cst.Finally)):
+        elif type(child) in (cst.Else, cst.ExceptHandler, cst.ExceptStarHandler, cst.Finally):
             stack.insert(0, child.body)
-        elif isinstance(child, cst.MatchCase):
+        elif type(child) is cst.MatchCase:
             stack.insert(0, child.body)
-        elif isinstance(child, cst.If) and isinstance(node, cst.If):
+        elif type(child) is cst.If and type(node) is cst.If:
             out.append([child])  # ``elif``: a statement of its own in the else branch
     return out
 
@@ -151,23 +147,23 @@ def _child_blocks(node: cst.CSTNode) -> list[list[Statement]]:
 def _assigned(
     small: cst.CSTNode,
 ) -> list[tuple[cst.BaseExpression, cst.BaseExpression, bool]]:
-    if isinstance(small, cst.Assign):
+    if type(small) is cst.Assign:
         return [(t.target, small.value, False) for t in small.targets]
-    if isinstance(small, cst.AnnAssign) and small.value is not None:
+    if type(small) is cst.AnnAssign and small.value is not None:
         return [(small.target, small.value, False)]
-    if isinstance(small, cst.AugAssign):
+    if type(small) is cst.AugAssign:
         return [(small.target, small.value, True)]
     return []
 
 
 def _target_names(target: cst.BaseExpression) -> list[str]:
-    if isinstance(target, cst.Name):
+    if type(target) is cst.Name:
         return [target.value]
-    if isinstance(target, (cst.Tuple, cst.List)):
+    if type(target) in (cst.Tuple, cst.List):
         out: list[str] = []
         for element in target.elements:
             value = element.value
-            if isinstance(value, cst.StarredElement):
+            if type(value) is cst.StarredElement:
                 value = value.value
             out.extend(_target_names(value))  # type: ignore[arg-type]
         return out

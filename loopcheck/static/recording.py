@@ -276,8 +276,8 @@ def _steps(ctx: FileContext, method: cst.FunctionDef) -> bool:
         "steps",
         method,
         lambda: any(
-            isinstance(node, cst.Call)
-            and isinstance(node.func, cst.Attribute)
+            type(node) is cst.Call
+            and type(node.func) is cst.Attribute
             and node.func.attr.value == "step"
             for node in walk(method.body)
         ),

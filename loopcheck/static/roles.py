@@ -55,17 +55,17 @@ class Imports:
     def __init__(self, module: cst.Module) -> None:
         self.aliases: dict[str, str] = {}
         for node in _walk_imports(module):
-            if isinstance(node, cst.Import):
+            if type(node) is cst.Import:
                 for alias in node.names:
                     dotted = _dotted(alias.name)
                     if dotted is None:
                         continue
-                    if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+                    if alias.asname is not None and type(alias.asname.name) is cst.Name:
                         self.aliases[alias.asname.name.value] = dotted
                     else:
                         head = dotted.split(".")[0]
                         self.aliases[head] = head
-            elif isinstance(node, cst.ImportFrom) and not isinstance(node.names, cst.ImportStar):
+            elif type(node) is cst.ImportFrom and type(node.names) is not cst.ImportStar:
                 base = _dotted(node.module) if node.module is not None else ""
                 base = "." * len(node.relative) + (base or "")
                 for alias in node.names:
@@ -73,7 +73,7 @@ class Imports:
                     if name is None:
                         continue
                     local = name
-                    if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+                    if alias.asname is not None and type(alias.asname.name) is cst.Name:
                         local = alias.asname.name.value
                     self.aliases[local] = f"{base}.{name}" if base else name
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 
 import libcst as cst
 
-from loopcheck.static.tree import kids
+from loopcheck.static.tree import is_expression, kids
 
 # Values that are plain data, whatever the variable they are stored in is called.
 DATA_NODES = (
@@ -42,10 +42,10 @@ _LITERALS: dict[str, object] = {"True": True, "False": False, "None": None}
 def dotted(expr: cst.CSTNode | None) -> str | None:
     """``a.b.c`` for a chain of names and attributes; None for anything else."""
     parts: list[str] = []
-    while isinstance(expr, cst.Attribute):
+    while type(expr) is cst.Attribute:
         parts.append(expr.attr.value)
         expr = expr.value
-    if not isinstance(expr, cst.Name):
+    if type(expr) is not cst.Name:
         return None
     parts.append(expr.value)
     return ".".join(reversed(parts))
@@ -66,7 +66,7 @@ def names_in(node: cst.CSTNode) -> set[str]:
     stack = [node]
     while stack:
         n = stack.pop()
-        if isinstance(n, cst.Name):
+        if type(n) is cst.Name:
             out.add(n.value)
         stack.extend(kids(n))
     return out
@@ -81,7 +81,7 @@ def chains_in(node: cst.CSTNode) -> set[str]:
     stack = [node]
     while stack:
         n = stack.pop()
-        if isinstance(n, (cst.Name, cst.Attribute)):
+        if type(n) in (cst.Name, cst.Attribute):
             chain = dotted(n)
             if chain is not None:
                 out.add(chain)
@@ -95,14 +95,14 @@ def assignments(body: cst.CSTNode) -> Iterator[tuple[cst.BaseExpression, cst.Bas
     stack: list[cst.CSTNode] = [body]
     while stack:
         node = stack.pop()
-        if isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.Lambda)):
+        if type(node) in (cst.FunctionDef, cst.ClassDef, cst.Lambda):
             continue
-        if isinstance(node, cst.Assign):
+        if type(node) is cst.Assign:
             for t in node.targets:
                 yield t.target, node.value
-        elif isinstance(node, cst.AnnAssign) and node.value is not None:
+        elif type(node) is cst.AnnAssign and node.value is not None:
             yield node.target, node.value
-        elif isinstance(node, cst.BaseExpression):
+        elif is_expression(node):
             continue
         stack.extend(kids(node))
 
@@ -122,10 +122,10 @@ def nested_defs(body: cst.CSTNode) -> Iterator[cst.FunctionDef]:
     stack: list[cst.CSTNode] = list(kids(body))
     while stack:
         node = stack.pop()
-        if isinstance(node, cst.FunctionDef):
+        if type(node) is cst.FunctionDef:
             yield node
             continue
-        if isinstance(node, (cst.ClassDef, cst.BaseExpression)):
+        if type(node) is cst.ClassDef or is_expression(node):
             continue
         stack.extend(kids(node))
 
@@ -137,16 +137,16 @@ def roots_of(expr: cst.CSTNode) -> Iterator[cst.BaseExpression]:
     stack = [expr]
     while stack:
         node = stack.pop()
-        if isinstance(node, cst.Attribute):
-            if isinstance(node.value, cst.Name) and node.value.value == "self":
+        if type(node) is cst.Attribute:
+            if type(node.value) is cst.Name and node.value.value == "self":
                 yield node
                 continue
             stack.append(node.value)
             continue
-        if isinstance(node, cst.Name):
+        if type(node) is cst.Name:
             yield node
             continue
-        if isinstance(node, cst.Call):
+        if type(node) is cst.Call:
             stack.append(node.func)
             stack.extend(a.value for a in node.args)
             continue
@@ -160,11 +160,11 @@ def evaluation_order(expr: cst.CSTNode) -> list[cst.CSTNode]:
     out: list[cst.CSTNode] = []
 
     def visit(node: cst.CSTNode) -> None:
-        if isinstance(node, (cst.Lambda, cst.FunctionDef, cst.ClassDef)):
+        if type(node) in (cst.Lambda, cst.FunctionDef, cst.ClassDef):
             return
-        if isinstance(node, cst.Call):
+        if type(node) is cst.Call:
             func = node.func
-            if isinstance(func, cst.Attribute) and func.attr.value == "grad":
+            if type(func) is cst.Attribute and func.attr.value == "grad":
                 visit(func.value)  # ``torch.autograd.grad`` / ``x.grad(...)``: not a .grad read
             else:
                 visit(func)
@@ -174,7 +174,7 @@ def evaluation_order(expr: cst.CSTNode) -> list[cst.CSTNode]:
             return
         for child in kids(node):
             visit(child)
-        if isinstance(node, cst.Attribute) and node.attr.value == "grad":
+        if type(node) is cst.Attribute and node.attr.value == "grad":
             out.append(node)
 
     visit(expr)
@@ -183,27 +183,27 @@ def evaluation_order(expr: cst.CSTNode) -> list[cst.CSTNode]:
 
 def loop_assigned(stmt: cst.CSTNode) -> set[str]:
     """Names assigned anywhere in a loop body: their branch facts do not survive the back edge."""
-    body = stmt.body if isinstance(stmt, (cst.For, cst.While, cst.FunctionDef)) else stmt
+    body = stmt.body if type(stmt) in (cst.For, cst.While, cst.FunctionDef) else stmt
     names: set[str] = set()
     for target, _ in assignments(body):
         names |= chains_in(target)
     stack: list[cst.CSTNode] = [body]
     while stack:
         node = stack.pop()
-        if isinstance(node, cst.AugAssign):
+        if type(node) is cst.AugAssign:
             names |= chains_in(node.target)
-        elif isinstance(node, cst.For):
+        elif type(node) is cst.For:
             names |= chains_in(node.target)
-        if not isinstance(node, cst.BaseExpression):
+        if not is_expression(node):
             stack.extend(kids(node))
     return names
 
 
 def is_increment(stmt: cst.AugAssign) -> bool:
     return (
-        isinstance(stmt.target, cst.Name)
-        and isinstance(stmt.operator, cst.AddAssign)
-        and isinstance(stmt.value, cst.Integer)
+        type(stmt.target) is cst.Name
+        and type(stmt.operator) is cst.AddAssign
+        and type(stmt.value) is cst.Integer
         and stmt.value.value == "1"
     )
 
@@ -214,9 +214,9 @@ def incremented(body: cst.CSTNode) -> set[str]:
     stack = [body]
     while stack:
         node = stack.pop()
-        if isinstance(node, cst.AugAssign) and is_increment(node):
+        if type(node) is cst.AugAssign and is_increment(node):
             out.add(node.target.value)  # type: ignore[union-attr]
-        elif isinstance(node, (cst.FunctionDef, cst.ClassDef, cst.BaseExpression)):
+        elif type(node) in (cst.FunctionDef, cst.ClassDef) or is_expression(node):
             continue
         stack.extend(kids(node))
     return out
@@ -225,27 +225,27 @@ def incremented(body: cst.CSTNode) -> set[str]:
 def counter_of(stmt: cst.For | cst.While) -> str | None:
     """The loop variable that grows by one per iteration: ``for i in range(...)``,
     ``for i, x in enumerate(...)``."""
-    if not isinstance(stmt, cst.For) or not isinstance(stmt.iter, cst.Call):
+    if type(stmt) is not cst.For or type(stmt.iter) is not cst.Call:
         return None
     func = dotted(stmt.iter.func)
     target = stmt.target
-    if func == "range" and isinstance(target, cst.Name):
+    if func == "range" and type(target) is cst.Name:
         return target.value
-    if func == "enumerate" and isinstance(target, cst.Tuple) and target.elements:
+    if func == "enumerate" and type(target) is cst.Tuple and target.elements:
         first = target.elements[0].value
-        return first.value if isinstance(first, cst.Name) else None
+        return first.value if type(first) is cst.Name else None
     return None
 
 
 def ends_with_continue(stmt: cst.CSTNode) -> bool:
-    return isinstance(stmt, cst.SimpleStatementLine) and isinstance(stmt.body[-1], cst.Continue)
+    return type(stmt) is cst.SimpleStatementLine and type(stmt.body[-1]) is cst.Continue
 
 
 def is_grad_of(expr: cst.BaseExpression, var: str) -> bool:
     return (
-        isinstance(expr, cst.Attribute)
+        type(expr) is cst.Attribute
         and expr.attr.value == "grad"
-        and isinstance(expr.value, cst.Name)
+        and type(expr.value) is cst.Name
         and expr.value.value == var
     )
 
@@ -255,14 +255,14 @@ def body_clears(body: cst.CSTNode, var: str) -> bool:
     stack = [body]
     while stack:
         node = stack.pop()
-        if isinstance(node, cst.Assign):
+        if type(node) is cst.Assign:
             for t in node.targets:
                 if is_grad_of(t.target, var):
                     return True
-        if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
+        if type(node) is cst.Call and type(node.func) is cst.Attribute:
             if node.func.attr.value == "zero_":
                 inner = node.func.value
-                if isinstance(inner, cst.Attribute) and inner.attr.value == "data":
+                if type(inner) is cst.Attribute and inner.attr.value == "data":
                     inner = inner.value
                 if is_grad_of(inner, var):
                     return True
@@ -271,16 +271,16 @@ def body_clears(body: cst.CSTNode, var: str) -> bool:
 
 
 def is_true(test: cst.BaseExpression) -> bool:
-    return (isinstance(test, cst.Name) and test.value == "True") or (
-        isinstance(test, cst.Integer) and test.value != "0"
+    return (type(test) is cst.Name and test.value == "True") or (
+        type(test) is cst.Integer and test.value != "0"
     )
 
 
 def literal(expr: cst.BaseExpression | None) -> tuple[bool, object]:
     """(is a literal, its value) for True/False/None and numbers."""
-    if isinstance(expr, cst.Name) and expr.value in _LITERALS:
+    if type(expr) is cst.Name and expr.value in _LITERALS:
         return True, _LITERALS[expr.value]
-    if isinstance(expr, (cst.Integer, cst.Float)):
+    if type(expr) in (cst.Integer, cst.Float):
         return True, float(expr.value.replace("_", "")) if "." in expr.value else 1
     return False, None
 
@@ -298,15 +298,15 @@ def all_params(func: cst.FunctionDef | cst.Lambda) -> list[cst.Param]:
 def is_abstract(func: cst.FunctionDef) -> bool:
     """A body that only documents, passes or raises: an abstract method to be overridden."""
     body = func.body
-    if not isinstance(body, cst.IndentedBlock):
+    if type(body) is not cst.IndentedBlock:
         return False
     for stmt in body.body:
-        if not isinstance(stmt, cst.SimpleStatementLine):
+        if type(stmt) is not cst.SimpleStatementLine:
             return False
         for small in stmt.body:
-            if isinstance(small, (cst.Pass, cst.Raise)):
+            if type(small) in (cst.Pass, cst.Raise):
                 continue
-            if isinstance(small, cst.Expr) and isinstance(
+            if type(small) is cst.Expr and isinstance(
                 small.value, (cst.SimpleString, cst.ConcatenatedString, cst.Ellipsis)
             ):
                 continue
@@ -324,7 +324,7 @@ def turns_grad_off(name: str) -> bool:
 def decorators(func: cst.FunctionDef) -> Iterable[str]:
     for deco in func.decorators:
         node = deco.decorator
-        if isinstance(node, cst.Call):
+        if type(node) is cst.Call:
             node = node.func
         name = dotted(node)
         if name is not None:
@@ -335,18 +335,18 @@ def grad_context(item: cst.BaseExpression) -> bool | None:
     """What a ``with`` item does to autograd: False for ``torch.no_grad()``,
     ``torch.inference_mode()``, ``torch.set_grad_enabled(False)``; True for
     ``torch.enable_grad()``, ``set_grad_enabled(True)``; None for anything else."""
-    node = item.func if isinstance(item, cst.Call) else item
+    node = item.func if type(item) is cst.Call else item
     last = (dotted(node) or "").rsplit(".", 1)[-1]
     if turns_grad_off(last):
-        if isinstance(item, cst.Call) and last == "inference_mode" and item.args:
+        if type(item) is cst.Call and last == "inference_mode" and item.args:
             flag = item.args[0].value
-            return not (isinstance(flag, cst.Name) and flag.value == "False")
+            return not (type(flag) is cst.Name and flag.value == "False")
         return False
     if last == "enable_grad":
         return True
-    if last == "set_grad_enabled" and isinstance(item, cst.Call) and item.args:
+    if last == "set_grad_enabled" and type(item) is cst.Call and item.args:
         flag = item.args[0].value
-        if isinstance(flag, cst.Name) and flag.value in {"True", "False"}:
+        if type(flag) is cst.Name and flag.value in {"True", "False"}:
             return flag.value == "True"
     return None
 
@@ -355,7 +355,7 @@ def is_data(value: cst.BaseExpression) -> bool:
     """Plain data, whatever the name it is stored in says (a list, ``parse_args()``)."""
     if isinstance(value, DATA_NODES):
         return True
-    if isinstance(value, cst.Call):
+    if type(value) is cst.Call:
         name = dotted(value.func)
         return name is not None and bool(DATA_CALLS.match(name.rsplit(".", 1)[-1]))
     return False
@@ -372,6 +372,6 @@ def is_loss_name(name: str) -> bool:
 def without_not(test: cst.BaseExpression) -> tuple[cst.BaseExpression, bool]:
     """A condition without its leading ``not``s, and whether they negate it."""
     negated = False
-    while isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+    while type(test) is cst.UnaryOperation and type(test.operator) is cst.Not:
         test, negated = test.expression, not negated
     return test, negated

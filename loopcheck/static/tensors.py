@@ -27,21 +27,21 @@ def kept_graph(
     tensor carries the graph of a model's forward: the accumulator's name and the node to flag."""
     added: cst.BaseExpression | None = None
     target: cst.BaseExpression | None = None
-    if isinstance(stmt, cst.AugAssign) and isinstance(stmt.operator, cst.AddAssign):
+    if type(stmt) is cst.AugAssign and type(stmt.operator) is cst.AddAssign:
         target, added = stmt.target, stmt.value
-    elif isinstance(stmt, cst.Assign) and len(stmt.targets) == 1:
+    elif type(stmt) is cst.Assign and len(stmt.targets) == 1:
         value = stmt.value
         if (
-            isinstance(value, cst.BinaryOperation)
-            and isinstance(value.operator, cst.Add)
+            type(value) is cst.BinaryOperation
+            and type(value.operator) is cst.Add
             and dotted(value.left) is not None
             and dotted(value.left) == dotted(stmt.targets[0].target)
         ):
             target, added = stmt.targets[0].target, value.right
-    elif isinstance(stmt, cst.Expr) and isinstance(stmt.value, cst.Call):
+    elif type(stmt) is cst.Expr and type(stmt.value) is cst.Call:
         call = stmt.value
         func = call.func
-        if isinstance(func, cst.Attribute) and func.attr.value == "append" and len(call.args) == 1:
+        if type(func) is cst.Attribute and func.attr.value == "append" and len(call.args) == 1:
             target, added = func.value, call.args[0].value
     name = _accumulator(frame, target) if target is not None else None
     if name is None or added is None:
@@ -73,15 +73,15 @@ def _surely_a_graph(
     those. A call to anything else (a helper of another module) is not certain."""
     if depth > 12:
         return False
-    if isinstance(expr, cst.BinaryOperation):
+    if type(expr) is cst.BinaryOperation:
         return _surely_a_graph(frame, expr.left, at, depth + 1) or _surely_a_graph(
             frame, expr.right, at, depth + 1
         )
-    if isinstance(expr, (cst.Subscript, cst.Attribute)):
-        if isinstance(expr, cst.Attribute) and expr.attr.value in {"data", "grad"}:
+    if type(expr) in (cst.Subscript, cst.Attribute):
+        if type(expr) is cst.Attribute and expr.attr.value in {"data", "grad"}:
             return False
         return _surely_a_graph(frame, expr.value, at, depth + 1)
-    if isinstance(expr, cst.Name):
+    if type(expr) is cst.Name:
         if at is None:
             return False
         defs = function_layout(frame).reaching(expr.value, at)
@@ -89,15 +89,15 @@ def _surely_a_graph(
             not d.loop_target and _surely_a_graph(frame, d.value, d.statement, depth + 1)
             for d in defs
         )
-    if not isinstance(expr, cst.Call):
+    if type(expr) is not cst.Call:
         return False
     func = expr.func
-    held = frame.resolve(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
+    held = frame.resolve(func) if type(func) in (cst.Name, cst.Attribute) else None
     if held is not None and held.role in (Role.MODEL, Role.LIGHTNING, Role.ENGINE):
         return True
-    if isinstance(func, cst.Attribute) and func.attr.value in _TENSOR_METHODS:
+    if type(func) is cst.Attribute and func.attr.value in _TENSOR_METHODS:
         return _surely_a_graph(frame, func.value, at, depth + 1)
-    qual = frame.ctx.imports.qualify(func) if isinstance(func, (cst.Name, cst.Attribute)) else None
+    qual = frame.ctx.imports.qualify(func) if type(func) in (cst.Name, cst.Attribute) else None
     helper = _helper(frame, func, qual)
     if helper is not None:  # a function of the linted files: what every return of it is
         ctx, node = helper
@@ -108,7 +108,7 @@ def _surely_a_graph(
         )
     if qual is not None and qual.startswith(("torch.nn.functional.", "torch.")):
         return any(_surely_a_graph(frame, a.value, at, depth + 1) for a in expr.args)
-    built = constructor_of(frame, func) if isinstance(func, (cst.Name, cst.Attribute)) else None
+    built = constructor_of(frame, func) if type(func) in (cst.Name, cst.Attribute) else None
     maker = frame.ctx.imports.qualify(built.func) or "" if built is not None else ""
     loss_like = (maker.startswith("torch.nn.") and maker.endswith("Loss")) or bool(
         _LOSS_NAME.search((qual or "").rsplit(".", 1)[-1])
@@ -122,12 +122,12 @@ def _helper(
     frame: Frame, func: cst.BaseExpression, qual: str | None
 ) -> tuple[FileContext, cst.FunctionDef] | None:
     """The function a call runs when it is one of this file or of another linted file."""
-    if isinstance(func, cst.Name) and func.value in frame.ctx.functions:
+    if type(func) is cst.Name and func.value in frame.ctx.functions:
         return frame.ctx, frame.ctx.functions[func.value]
     if qual is None:
         return None
     found = frame.ctx.external(qual)
-    if found is not None and isinstance(found[1], cst.FunctionDef):
+    if found is not None and type(found[1]) is cst.FunctionDef:
         return found[0], found[1]
     return None
 
@@ -142,9 +142,9 @@ def _names_a_loss(expr: cst.BaseExpression) -> bool:
     """Whether a value is named a loss: ``loss``, ``d_loss * n``, ``out.loss``,
     ``losses["total"]``, ``outputs["loss"]``."""
     for node in walk(expr):
-        if isinstance(node, cst.Name) and _LOSSES.search(node.value):
+        if type(node) is cst.Name and _LOSSES.search(node.value):
             return True
-        if isinstance(node, cst.SimpleString) and _LOSSES.search(node.value):
+        if type(node) is cst.SimpleString and _LOSSES.search(node.value):
             return True
     return False
 
@@ -154,14 +154,14 @@ def _accumulator(frame: Frame, target: cst.BaseExpression) -> str | None:
     before the loop (``total = 0.0``, ``d_sum, g_sum = 0.0, 0.0``) or an attribute of ``self``
     set up by the class (``self.losses = []`` in ``__init__``)."""
     values: list[cst.BaseExpression] = []
-    if isinstance(target, cst.Name):
+    if type(target) is cst.Name:
         values.extend(frame.local_values.get(target.value, ()))
         for i, value in frame.tuple_values.get(target.value, ()):
-            if isinstance(value, (cst.Tuple, cst.List)) and i < len(value.elements):
+            if type(value) in (cst.Tuple, cst.List) and i < len(value.elements):
                 values.append(value.elements[i].value)
     elif (
-        isinstance(target, cst.Attribute)
-        and isinstance(target.value, cst.Name)
+        type(target) is cst.Attribute
+        and type(target.value) is cst.Name
         and target.value.value == "self"
         and frame.cls is not None
     ):
@@ -175,8 +175,8 @@ def _accumulator(frame: Frame, target: cst.BaseExpression) -> str | None:
 
 
 def _starts_empty(value: cst.BaseExpression) -> bool:
-    return isinstance(value, (cst.Integer, cst.Float)) or (
-        isinstance(value, cst.List) and not value.elements
+    return type(value) in (cst.Integer, cst.Float) or (
+        type(value) is cst.List and not value.elements
     )
 
 
@@ -189,12 +189,12 @@ def unrolls_graph(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
         "unrolls",
         func,
         lambda: any(
-            isinstance(node, cst.Call)
+            type(node) is cst.Call
             and (dotted(node.func) or "").endswith("autograd.grad")
             and any(
                 arg.keyword is not None
                 and arg.keyword.value == "create_graph"
-                and not (isinstance(arg.value, cst.Name) and arg.value.value == "False")
+                and not (type(arg.value) is cst.Name and arg.value.value == "False")
                 for arg in node.args
             )
             for node in walk(body)
@@ -213,16 +213,16 @@ def _backpropagated(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset
     names: set[str] = set()
     assigned: dict[str, set[str]] = {}
     for node in walk(body):
-        if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
+        if type(node) is cst.Call and type(node.func) is cst.Attribute:
             if node.func.attr.value in _BACKWARD_CALLS:
                 names |= names_in(node.func.value)
                 for arg in node.args:
                     names |= names_in(arg.value)
-        elif isinstance(node, cst.Assign):
+        elif type(node) is cst.Assign:
             for target in node.targets:
-                if isinstance(target.target, cst.Name):
+                if type(target.target) is cst.Name:
                     assigned.setdefault(target.target.value, set()).update(names_in(node.value))
-        elif isinstance(node, cst.AugAssign) and isinstance(node.target, cst.Name):
+        elif type(node) is cst.AugAssign and type(node.target) is cst.Name:
             assigned.setdefault(node.target.value, set()).update(names_in(node.value))
     changed = True
     while changed:
@@ -246,8 +246,8 @@ def evaluates(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
         lambda: (
             bool(_EVALUATING.search(func.name.value))
             or any(
-                isinstance(node, cst.Call)
-                and isinstance(node.func, cst.Attribute)
+                type(node) is cst.Call
+                and type(node.func) is cst.Attribute
                 and node.func.attr.value == "eval"
                 and not node.args
                 and dotted(node.func.value) is not None
@@ -269,9 +269,9 @@ def switches_gradients(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
         "switches",
         func,
         lambda: any(
-            isinstance(node, cst.Attribute)
+            type(node) is cst.Attribute
             and node.attr.value in _GRAD_SWITCHES
-            or isinstance(node, cst.Name)
+            or type(node) is cst.Name
             and node.value in _GRAD_SWITCHES
             for node in (walk(body) if func is not None else _own_nodes(body))
         ),
@@ -285,7 +285,5 @@ def _own_nodes(body: cst.CSTNode) -> list[cst.CSTNode]:
     while stack:
         node = stack.pop()
         out.append(node)
-        stack.extend(
-            kid for kid in kids(node) if not isinstance(kid, (cst.FunctionDef, cst.ClassDef))
-        )
+        stack.extend(kid for kid in kids(node) if type(kid) not in (cst.FunctionDef, cst.ClassDef))
     return out
