@@ -116,6 +116,17 @@ def lint_source(
         return [_syntax_error(text, path, exc)]
     except RecursionError:
         return [_parse_error(path, 1, 1, "file is too deeply nested to parse")]
+    return lint_module(module, path, rules, project)
+
+
+def lint_module(
+    module: cst.Module,
+    path: str = "<stdin>",
+    rules: tuple[type[Rule], ...] = ALL_RULES,
+    project: Project | None = None,
+) -> list[Diagnostic]:
+    """:func:`lint_source` of a file that libcst has parsed already (checking a fix lints the
+    tree the fixers read instead of parsing the same text again)."""
     from loopcheck.static import analyze
 
     try:

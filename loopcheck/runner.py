@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -119,11 +119,18 @@ def lint_file_source(
         return FileLint(())
     rules = config.rules_for(codes)
     linted = linted or LintedFiles((path,))
+    # A fix is judged by what every rule finds in the file linted alone: when this lint is
+    # that lint, its findings before noqa spare the judge linting the text again.
+    alone: tuple[Diagnostic, ...] | None = None
     try:
         if is_notebook(path):
             lint = _lint_notebook(source, path, rules, linted)
         else:
-            lint = analyse(source, path, rules, linted)
+            if fixes and len(linted.paths) < 2:
+                lint = analyse(source, path, config.rules, linted)
+                alone = lint.diagnostics
+            else:
+                lint = analyse(source, path, rules, linted)
             own = [d for d in lint.diagnostics if d.path == path]
             foreign = [d for d in lint.diagnostics if d.path != path]
             lint = replace(lint, diagnostics=(*_unsilenced(own, source), *foreign))
@@ -133,21 +140,26 @@ def lint_file_source(
     # they are: their own file's settings and noqa comments judge them (see ``check_paths``).
     found = sorted(d for d in lint.diagnostics if d.path != path or d.code in codes)
     if fixes:
-        found = _with_fixes(found, source, path, config)
+        found = _with_fixes(found, source, path, config, alone)
     return FileLint(tuple(found), lint.dependencies - {path})
 
 
 def _with_fixes(
-    found: list[Diagnostic], source: bytes | str, path: str, config: Config
+    found: list[Diagnostic],
+    source: bytes | str,
+    path: str,
+    config: Config,
+    alone: Sequence[Diagnostic] | None = None,
 ) -> list[Diagnostic]:
-    """``found`` with the checked fix attached to each of ``path``'s own fixable findings."""
+    """``found`` with the checked fix attached to each of ``path``'s own fixable findings
+    (``alone``: every rule's findings in the file linted alone, if at hand)."""
     from loopcheck.fix.engine import attach_fixes, python_text
 
     text = python_text(source, path, found)
     if text is None:
         return found
     try:
-        return sorted(attach_fixes(found, text, path, config.rules))
+        return sorted(attach_fixes(found, text, path, config.rules, alone))
     except Exception:  # a bug of ours in a fixer: the findings stand, without fixes
         return found
 

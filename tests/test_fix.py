@@ -33,7 +33,7 @@ from loopcheck.fix.engine import (
 from loopcheck.fix.source import SourceFile, split_lines
 from loopcheck.rules import ALL_RULES, Rule, get_rule
 from loopcheck.rules._base import ProtocolRule
-from loopcheck.runner import FileReport
+from loopcheck.runner import FileReport, lint_file_source
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 FIX = FIXTURES / "fix"
@@ -250,6 +250,23 @@ def test_fixing_the_bug_fixtures() -> None:
             if not outcome.remaining:
                 complete.add(path.stem)
     assert set(FULLY_FIXED) <= complete
+
+
+def test_a_lint_that_is_the_judges_own_gives_the_same_fixes() -> None:
+    """Linting one file with fixes hands its findings to the judge of the fixes instead of
+    letting it lint the text again: the fixes attached are the same either way."""
+    config = Config()
+    attached = 0
+    for path in sorted([*BUGS.glob("*.py"), *FIX.glob("*.py")]):
+        source = path.read_bytes()
+        reused = lint_file_source(source, str(path), config, fixes=True).diagnostics
+        plain = list(lint_file_source(source, str(path), config).diagnostics)
+        text = fix_engine.python_text(source, str(path), plain)
+        if text is not None:
+            plain = attach_fixes(plain, text, str(path), config.rules)
+        assert list(reused) == sorted(plain), path.name
+        attached += sum(d.fix is not None for d in reused)
+    assert attached > 20
 
 
 # -- the engine ------------------------------------------------------------------------------

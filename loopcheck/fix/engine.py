@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 
-from loopcheck.api import lint_source
+from loopcheck.api import lint_module, lint_source
 from loopcheck.config import Config
 from loopcheck.diagnostic import Diagnostic, Edit, Fix
 from loopcheck.fix import get_fixer
@@ -91,15 +91,26 @@ def _flagged(d: Diagnostic, lines: list[str]) -> str:
 class _Checker:
     """Judges fixes of one text against what linting it found."""
 
-    def __init__(self, text: str, path: str, rules: tuple[type[Rule], ...]) -> None:
+    def __init__(
+        self,
+        text: str,
+        path: str,
+        rules: tuple[type[Rule], ...],
+        found: Sequence[Diagnostic] | None = None,
+    ) -> None:
         self.text = text
         self.path = path
         self.rules = rules
         self.lines = split_lines(text)
+        if found is not None:  # the caller linted this very text alone with ``rules``
+            self.found = list(found)
 
     @cached_property
     def found(self) -> list[Diagnostic]:
-        """What linting the text finds (only asked for when a fixer proposes something)."""
+        """What linting the text alone finds (only asked for when a fixer proposes
+        something)."""
+        if self.source is not None:
+            return lint_module(self.source.module, self.path, self.rules)
         return lint_source(self.text, self.path, self.rules)
 
     @cached_property
@@ -166,13 +177,19 @@ class _Checker:
 
 
 def attach_fixes(
-    diagnostics: Sequence[Diagnostic], text: str, path: str, rules: tuple[type[Rule], ...]
+    diagnostics: Sequence[Diagnostic],
+    text: str,
+    path: str,
+    rules: tuple[type[Rule], ...],
+    found: Sequence[Diagnostic] | None = None,
 ) -> list[Diagnostic]:
     """``diagnostics`` (found in ``text``) with the checked fix of each fixable one attached.
-    ``rules`` judge the fixes: pass every registered rule, not only the selected ones."""
+    ``rules`` judge the fixes: pass every registered rule, not only the selected ones.
+    ``found``, when the caller has it, is what linting ``text`` alone with ``rules`` found,
+    before any ``# noqa`` (it spares linting the text again)."""
     if not any(get_fixer(d.code) is not None for d in diagnostics):
         return list(diagnostics)
-    return _Checker(text, path, rules).with_fixes(diagnostics)
+    return _Checker(text, path, rules, found).with_fixes(diagnostics)
 
 
 def check_fix(
