@@ -18,7 +18,9 @@ class EvalWithoutNoGrad(Rule):
     one that calls `model.eval()`) — that runs the model forward with gradients on: no
     `torch.no_grad()` / `torch.inference_mode()` block or decorator around it, here or in the
     caller. Loops that backpropagate, step or take `torch.autograd.grad` (MAML, saliency) need
-    their gradients and are not flagged.
+    their gradients and are not flagged, nor are forwards of a model whose own `forward`
+    differentiates (an output found by gradient descent on an energy, a differentiable
+    optimizer).
 
     ## Why is this bad?
     With gradients on, every forward records its autograd graph and keeps the activations it

@@ -33,6 +33,7 @@ from loopcheck.static.syntax import (
     names_in,
     params_of,
 )
+from loopcheck.static.tensors import forward_takes_gradients
 from loopcheck.static.tree import is_expression, kids, walk
 
 MAX_FOLLOWS_PER_ROOT = 120  # past it, calls are treated as calls we cannot see into
@@ -243,12 +244,20 @@ class Reader(HostView):
         if type(func) is cst.Attribute:
             held = frame.resolve(func)
             if held is not None and held.role in (Role.MODEL, Role.ENGINE, Role.LIGHTNING):
-                return [Forward(self.site(call), held.key)]  # ``self.model(x)``
+                return self.forward(held, call)  # ``self.model(x)``
         if qual is not None and _harmless(qual):
             return []
         if frame.value_role(call, None) is not None:
             return []  # building an optimizer, scheduler, scaler or model does not step one
         return self.apis.opaque_args(call)
+
+    def forward(self, model: Obj, call: cst.Call) -> list[Action]:
+        """A model called: a forward, which takes gradients itself when the model's class
+        (defined in a linted file) differentiates in its ``forward``."""
+        forward = Forward(self.site(call), model.key)
+        if model.cls is not None and forward_takes_gradients(model.cls):
+            return [forward, Mark("autograd")]
+        return [forward]
 
     def call_defined(
         self,
@@ -455,7 +464,7 @@ class Reader(HostView):
 
     def called_object(self, obj: Obj, call: cst.Call) -> list[Action]:
         if obj.role in (Role.MODEL, Role.ENGINE, Role.LIGHTNING):
-            return [Forward(self.site(call), obj.key)]
+            return self.forward(obj, call)
         if obj.role is Role.FACTORY:
             return []
         return self.apis.opaque_args(call)

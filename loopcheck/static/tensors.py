@@ -10,7 +10,7 @@ import libcst as cst
 from loopcheck.static.dataflow import function_layout, origin, returns_of
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import EVALUATING as _EVALUATING
-from loopcheck.static.index import FileContext
+from loopcheck.static.index import ClassInfo, FileContext
 from loopcheck.static.ownership import constructor_of
 from loopcheck.static.reaching import Statement
 from loopcheck.static.roles import Role
@@ -200,6 +200,43 @@ def unrolls_graph(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
             for node in walk(body)
         ),
     )
+
+
+# Differentiable optimizers that take gradients inside a forward (the library ``higher``).
+_DIFFERENTIABLE = {"get_diff_optim", "innerloop_ctx", "DifferentiableOptimizer"}
+
+
+def forward_takes_gradients(cls: ClassInfo) -> bool:
+    """Whether a model's ``forward`` (or a method of its own that it calls) differentiates:
+    ``torch.autograd.grad``, ``backward()``, ``torch.enable_grad()``, a differentiable
+    optimizer. Evaluating such a model needs gradients on (an energy minimised per input, a
+    MAML learner)."""
+    found = cls.method("forward")
+    if found is None:
+        return False
+    info, forward = found
+    return info.ctx.remember("takes-gradients", forward, lambda: _takes_gradients(info, forward))
+
+
+def _takes_gradients(info: ClassInfo, forward: cst.FunctionDef) -> bool:
+    bodies = [forward]
+    for node in walk(forward.body):
+        func = node.func if type(node) is cst.Call else None
+        if type(func) is cst.Attribute and dotted(func.value) == "self":
+            method = info.method(func.attr.value)
+            if method is not None and method[1] not in bodies:
+                bodies.append(method[1])
+    for body in bodies:
+        for node in walk(body.body):
+            if type(node) is not cst.Call:
+                continue
+            name = dotted(node.func) or ""
+            last = name.rsplit(".", 1)[-1]
+            if name.endswith("autograd.grad") or last in ("backward", "enable_grad"):
+                return True
+            if last in _DIFFERENTIABLE:
+                return True
+    return False
 
 
 def backpropagated(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[str]:
