@@ -20,7 +20,8 @@ class EvalWithoutNoGrad(Rule):
     caller. Loops that backpropagate, step or take `torch.autograd.grad` (MAML, saliency) need
     their gradients and are not flagged, nor are forwards of a model whose own `forward`
     differentiates (an output found by gradient descent on an energy, a differentiable
-    optimizer).
+    optimizer) or that has nothing to train (its modules built frozen, such as
+    `Embedding.from_pretrained(..., freeze=True)`).
 
     ## Why is this bad?
     With gradients on, every forward records its autograd graph and keeps the activations it

@@ -33,7 +33,7 @@ from loopcheck.static.syntax import (
     names_in,
     params_of,
 )
-from loopcheck.static.tensors import forward_takes_gradients
+from loopcheck.static.tensors import forward_takes_gradients, frozen_module
 from loopcheck.static.tree import is_expression, kids, walk
 
 MAX_FOLLOWS_PER_ROOT = 120  # past it, calls are treated as calls we cannot see into
@@ -253,9 +253,12 @@ class Reader(HostView):
 
     def forward(self, model: Obj, call: cst.Call) -> list[Action]:
         """A model called: a forward, which takes gradients itself when the model's class
-        (defined in a linted file) differentiates in its ``forward``."""
-        forward = Forward(self.site(call), model.key)
-        if model.cls is not None and forward_takes_gradients(model.cls):
+        (defined in a linted file) differentiates in its ``forward``, and records no graph of
+        its own when that class has no trainable parameter."""
+        if model.cls is None:
+            return [Forward(self.site(call), model.key)]
+        forward = Forward(self.site(call), model.key, not frozen_module(model.cls))
+        if forward_takes_gradients(model.cls):
             return [forward, Mark("autograd")]
         return [forward]
 

@@ -73,10 +73,13 @@ class Mark:
 
 @dataclass(frozen=True)
 class Forward:
-    """A model run forward (called): which model (its key, when known) and where."""
+    """A model run forward (called): which model (its key, when known) and where; ``graph``
+    is False for a model with no trainable parameter (its forward records no graph of its
+    own)."""
 
     site: Site
     key: str | None
+    graph: bool = True
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,8 @@ class Recorder(FrameStack):
         for summary in self.loop_stack:
             summary.forward = True
             summary.sites.add(action.site)
-            summary.forwards.append((action.site, self.grad_enabled, self.root, followed))
+            enabled = self.grad_enabled and action.graph
+            summary.forwards.append((action.site, enabled, self.root, followed))
         return states
 
     def trained_in_eval_mode(self, states: set[PathState], action: Backward) -> None:

@@ -13,7 +13,7 @@ from loopcheck.static.index import EVALUATING as _EVALUATING
 from loopcheck.static.index import ClassInfo, FileContext
 from loopcheck.static.ownership import constructor_of
 from loopcheck.static.reaching import Statement
-from loopcheck.static.roles import Role
+from loopcheck.static.roles import Imports, Role
 from loopcheck.static.syntax import dotted, names_in
 from loopcheck.static.tree import kids, walk
 
@@ -237,6 +237,66 @@ def _takes_gradients(info: ClassInfo, forward: cst.FunctionDef) -> bool:
             if last in _DIFFERENTIABLE:
                 return True
     return False
+
+
+def frozen_module(cls: ClassInfo) -> bool:
+    """Whether a module class (defined in a linted file) has no trainable parameter: a direct
+    ``nn.Module`` whose only modules are built frozen (``Embedding.from_pretrained(...,
+    freeze=True)``), and whose attributes hold nothing else that may be a module (values
+    computed by ``torch`` functions or from its own attributes). Unsure: False."""
+    return cls.ctx.remember("frozen", cls.node, lambda: _frozen(cls))
+
+
+def _frozen(cls: ClassInfo) -> bool:
+    if cls.base_names != ["torch.nn.Module"]:
+        return False
+    imports = cls.ctx.imports
+    for node in walk(cls.node.body):
+        if type(node) is cst.Call:
+            qual = imports.qualify(node.func) or ""
+            parts = qual.split(".")
+            if qual.startswith("torch.nn.") and any(p[:1].isupper() for p in parts):
+                if not (parts[-1] == "from_pretrained" and _keyword_true(node, "freeze")):
+                    return False  # a module or parameter built with weights to train
+            elif parts[-1] in ("register_parameter", "add_module", "Parameter"):
+                return False
+        elif type(node) in (cst.Assign, cst.AnnAssign):
+            targets = node.targets if type(node) is cst.Assign else [node]
+            if any((dotted(t.target) or "").startswith("self.") for t in targets):
+                if node.value is None or not _plain_value(node.value, imports):
+                    return False
+    return True
+
+
+def _keyword_true(call: cst.Call, name: str) -> bool:
+    return any(
+        arg.keyword is not None
+        and arg.keyword.value == name
+        and type(arg.value) is cst.Name
+        and arg.value.value == "True"
+        for arg in call.args
+    )
+
+
+def _plain_value(value: cst.BaseExpression, imports: Imports) -> bool:
+    """A value stored on a frozen module's ``self`` that cannot be a module to train: built
+    frozen, or computed by ``torch`` functions and the module's own methods. A name, item or
+    attribute handed in (``self.encoder = encoder``) may be a module: not plain."""
+    if type(value) in (cst.Name, cst.Subscript) or (
+        type(value) is cst.Attribute and not (dotted(value) or "").startswith("self.")
+    ):
+        return type(value) is cst.Name and value.value in ("True", "False", "None")
+    stack: list[cst.CSTNode] = [value]
+    while stack:
+        node = stack.pop()
+        if type(node) is cst.Call:
+            qual = imports.qualify(node.func) or ""
+            if qual.endswith(".from_pretrained") and _keyword_true(node, "freeze"):
+                continue  # whatever its weights are made of, they do not train
+            if not ((dotted(node.func) or "").startswith("self.") or qual.startswith("torch.")):
+                return False
+        stack.extend(kids(node))
+    return True
 
 
 def backpropagated(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[str]:
