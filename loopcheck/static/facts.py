@@ -1,6 +1,7 @@
 """What an assignment or a test tells the branch facts beyond its own condition: a flag set
-to a literal (``cfg.use_fp16 = False``), a name a call hands back unchanged (``loss, args =
-train(model, args)``), and ``loss.requires_grad`` decided by the grad mode."""
+to a literal (``cfg.use_fp16 = False``), a model's mode saved (``was_training =
+model.training``), a name a call hands back unchanged (``loss, args = train(model, args)``),
+and ``loss.requires_grad`` decided by the grad mode."""
 
 from __future__ import annotations
 
@@ -48,6 +49,20 @@ def _name_at(value: cst.BaseExpression, i: int, size: int) -> str | None:
         return None
     element = value.elements[i].value
     return element.value if type(element) is cst.Name else None
+
+
+def mode_saved(stmt: cst.CSTNode) -> tuple[str, cst.BaseExpression] | None:
+    """``was_training = model.training``: the name that saves a model's mode, and the model.
+    Its truth on a path is the model's mode there, so that ``if was_training: model.train()``
+    restores exactly what an ``eval()`` in between changed."""
+    if type(stmt) is not cst.Assign or len(stmt.targets) != 1:
+        return None
+    target, value = stmt.targets[0].target, stmt.value
+    if type(target) is not cst.Name or type(value) is not cst.Attribute:
+        return None
+    if value.attr.value != "training" or dotted(value.value) is None:
+        return None
+    return target.value, value.value
 
 
 _FLAG_VALUES = {"True": True, "False": False, "None": False}

@@ -20,7 +20,7 @@ from loopcheck.static import conditions, guards
 from loopcheck.static.actions import Reader
 from loopcheck.static.callees import steps_in_hooks
 from loopcheck.static.checks import Checks
-from loopcheck.static.facts import flag_set, handed_back, requires_grad_test
+from loopcheck.static.facts import flag_set, handed_back, mode_saved, requires_grad_test
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import FileContext
 from loopcheck.static.looping import Loops
@@ -342,6 +342,11 @@ class Interpreter(Recorder, Checks, Loops):
         if gate is not None:
             text, polarity = gate
             tracked = True
+        elif type(inner) is cst.Name and any(
+            conditions.known(s.facts, inner.value) is not None for s in states
+        ):
+            # a flag set to a literal or a saved mode (``if was_training:``), not a counter
+            text, polarity, tracked = inner.value, not negated, True
         elif sign is not None:
             text, polarity, names = sign
             self.fact_names.setdefault(text, names)
@@ -456,6 +461,9 @@ class Interpreter(Recorder, Checks, Loops):
             text, truth = flag
             self.fact_names.setdefault(text, {text})
             states = {s.with_fact(text, truth) for s in states}
+        saved = mode_saved(stmt)
+        if saved is not None:
+            states = self.save_mode(states, *saved)
         return states
 
     # running actions over states

@@ -36,6 +36,7 @@ class Recorder(FrameStack):
     follow_stack: list[cst.CSTNode]
     root: RootSummary | None
     registry: dict[str, Obj]
+    fact_names: dict[str, set[str]]
     transitions: dict[tuple[OptState, Event], tuple[OptState, tuple[Violation, ...]]]
 
     grad_modes: list[bool]  # innermost last: False under no_grad / inference_mode
@@ -82,6 +83,21 @@ class Recorder(FrameStack):
         if not action.training:
             kept |= {(action.key, action.site, False)}
         return state.with_evaluating(kept)
+
+    def save_mode(
+        self, states: set[PathState], name: str, model: cst.BaseExpression
+    ) -> set[PathState]:
+        """``was_training = model.training``: true on the paths where the model is not in
+        eval mode (as far as they know), false where an ``eval()`` left it so."""
+        held = self.frame.resolve(model)
+        if held is None or held.role is not Role.MODEL:
+            return states
+        self.fact_names.setdefault(name, {name})
+        key = frozenset({held.key})
+        return {
+            s.with_fact(name, not any(overlap(frozenset({k}), key) for k, _, _ in s.evaluating))
+            for s in states
+        }
 
     def carry_eval_mode(self, state: PathState, summary: LoopSummary) -> PathState:
         """The back edge of a loop that put a model in eval mode: from here on that mode is
