@@ -70,6 +70,10 @@ class Event:
     # discriminator), or whose origin is not fully known: clearing what it left is no LC108
     shared: bool = False
     unscales: bool = False  # CLIP by a framework that unscales AMP gradients itself
+    # BACKWARD in a helper of a loss its caller handed in: where the caller did so (two calls
+    # handing two losses are two losses, not accumulation; a loss left undivided is the
+    # caller's to divide, LC201 is reported there)
+    handed_at: Hashable = None
     # the hash, computed once: observers remember transitions by (state, event)
     _hash: int = field(default=0, init=False, compare=False, repr=False)
 
@@ -208,7 +212,9 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         found.append(Violation("LC107", s.pending_clip))
     # The same backward again (the next micro-batch) after a clip or a scheduler step of the
     # accumulation window: the clip saw a partial sum, the schedule moved once per micro-batch.
-    repeated = e.where in s.backward_sites
+    # a loss handed to a helper that runs the backward is told apart by the call handing it
+    place = e.where if e.handed_at is None else e.handed_at
+    repeated = place in s.backward_sites
     if s.clipped_at is not None and not e.shared and repeated:
         found.append(Violation("LC203", s.clipped_at))
     per_micro = s.sched_per_micro
@@ -221,11 +227,11 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     }.get(s.grads, Grads.FRESH)
     undivided_at = s.undivided_at
     if undivided_at is None and e.divided is False:
-        undivided_at = e.where
+        undivided_at = place
     # Several different losses into one step (GAN real + fake) are not accumulation; the same
     # backward reached again before the step is.
     sites = (
-        s.backward_sites if repeated or len(s.backward_sites) >= 8 else s.backward_sites | {e.where}
+        s.backward_sites if repeated or len(s.backward_sites) >= 8 else s.backward_sites | {place}
     )
     new = replace(
         s,

@@ -17,7 +17,9 @@ class UnscaledAccumulatedLoss(ProtocolRule):
     accumulation: a micro-batch loop or a step guard) whose loss is not divided by the number of
     micro-batches (or a token or sample count), while nothing else normalises it: no framework
     that divides (`accelerator.backward` of an accumulating Accelerator, a DeepSpeed engine) and
-    no gradients rescaled by hand before the step.
+    no gradients rescaled by hand before the step. When a helper runs the backward of a loss it
+    is handed (a MAE-style `loss_scaler(loss, optimizer, update_grad=...)`), the division is
+    the caller's: the finding is at the call that hands the undivided loss in.
 
     ## Why is this bad?
     `backward()` adds into `.grad`, so N undivided micro-batches produce N times the gradient
@@ -71,9 +73,9 @@ class UnscaledAccumulatedLoss(ProtocolRule):
         # gradients rescaled by hand anywhere in the loop that steps (``p.grad.mul_(1 / n)``
         # for each parameter that has one) normalise the sum, on every path that steps; and
         # gradients handled by hand (all-reduced with SUM, then a scale-invariant optimizer)
-        # are the author's business
+        # are the author's business. Reading them (a norm for the log) normalises nothing.
         loop = record.loop
         if loop is None:
             return True
-        by_hand = loop.has(Move.GRAD_RESCALE, record.key) or loop.grads_read
+        by_hand = loop.has(Move.GRAD_RESCALE, record.key) or loop.grads_handed
         return not by_hand and not loop.has(Move.OPAQUE, record.key)

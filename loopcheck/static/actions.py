@@ -20,6 +20,7 @@ from loopcheck.static.callees import (
     passes_parameters_on,
 )
 from loopcheck.static.conditions import touches
+from loopcheck.static.dataflow import divided
 from loopcheck.static.frames import instance_of
 from loopcheck.static.host import Host, HostView
 from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
@@ -30,6 +31,7 @@ from loopcheck.static.syntax import (
     chains_in,
     dotted,
     is_abstract,
+    is_loss_name,
     names_in,
     params_of,
 )
@@ -80,6 +82,8 @@ class Reader(HostView):
                 actions.append(Mark("grads"))
                 actions.append(Emit(Event(Move.GRAD_RESCALE), None))
             elif type(node) is cst.Call:
+                if _hands_grad(node):
+                    actions.append(Mark("grads_handed"))
                 actions.extend(self.of_call(node))
             elif type(node) is cst.Attribute and node.attr.value == "grad":
                 actions.append(Mark("grads"))
@@ -421,7 +425,16 @@ class Reader(HostView):
         maybe_none = frozenset(
             k for k, arg in given.items() if k in bound and self._maybe_none(arg)
         )
-        return Follow(node, tuple(bound.items()), cls, constants, ctx, conditions, maybe_none)
+        losses = tuple(
+            (k, divided(self.frame, arg, self.host.at))
+            for k, arg in given.items()
+            if k not in bound
+            and (is_loss_name(k) or type(arg) is cst.Name and is_loss_name(arg.value))
+        )
+        site = self.site(call) if losses else None
+        return Follow(
+            node, tuple(bound.items()), cls, constants, ctx, conditions, maybe_none, losses, site
+        )
 
     def _maybe_none(self, arg: cst.BaseExpression) -> bool:
         """An argument the caller may hold as None: a name it assigns None or a conditional
@@ -474,6 +487,15 @@ class Reader(HostView):
 
 
 _RESCALES = {"div_", "mul_"}
+
+
+def _hands_grad(call: cst.Call) -> bool:
+    """``dist.all_reduce(p.grad)``, ``reduce_scatter(p.grad.data, ...)``: gradients handed to a
+    collective, which sums (or averages) them in place across processes."""
+    name = (dotted(call.func) or "").rsplit(".", 1)[-1]
+    if "reduce" not in name and name not in ("broadcast", "all_gather"):
+        return False
+    return any((dotted(arg.value) or "").endswith((".grad", ".grad.data")) for arg in call.args)
 
 
 def _rescales_grad(call: cst.Call) -> bool:

@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from loopcheck.protocol import Event, Move
-from loopcheck.static.dataflow import Origin, function_layout, origin
-from loopcheck.static.dataflow import divided as loss_divided
+from loopcheck.static.dataflow import Origin, divided_where, function_layout, origin
 from loopcheck.static.host import HostView
 from loopcheck.static.model import Site
 from loopcheck.static.moves import Action, Backward, Emit, Follow, Forward, Mark, Mode
@@ -234,10 +233,11 @@ class ApiReader(HostView):
         if loss is None:
             return Backward(site, scaled, True if divides else None, Origin(frozenset(), False))
         at = self.host.at
-        split = True if divides else loss_divided(self.frame, loss, at)
+        split, handed = (True, False) if divides else divided_where(self.frame, loss, at)
         found = origin(self.frame, origin_of or loss, at)
         inside = self._computed_in_no_grad(loss)
-        return Backward(site, scaled, split, found, inside)
+        caller = self.frame.handed_at if handed else None
+        return Backward(site, scaled, split, found, inside, caller)  # type: ignore[arg-type]
 
     def _computed_in_no_grad(self, loss: cst.BaseExpression) -> bool:
         """Whether the loss was computed inside the no-grad region the backward runs in: inline

@@ -383,10 +383,20 @@ def divided(frame: Frame, expr: cst.BaseExpression, at: Statement | None = None)
     return _Division(frame).expr(expr, at, 0)
 
 
+def divided_where(
+    frame: Frame, expr: cst.BaseExpression, at: Statement | None = None
+) -> tuple[bool | None, bool]:
+    """:func:`divided`, and whether the verdict is about a loss the caller handed in (a
+    parameter of a followed helper: see ``Follow.divided``)."""
+    division = _Division(frame)
+    return division.expr(expr, at, 0), division.handed
+
+
 class _Division:
     def __init__(self, frame: Frame) -> None:
         self.frame = frame
         self.seen: set[tuple[str, int]] = set()
+        self.handed = False  # a verdict came from the caller's loss
 
     def expr(self, node: cst.BaseExpression, at: Statement | None, depth: int) -> bool | None:
         if depth > _MAX_DEPTH:
@@ -431,7 +441,10 @@ class _Division:
         if defs is None:
             values = frame.local_values.get(name)
             if not values:
-                return None  # a parameter or a global: unknown
+                # a parameter: what the caller divided, when it handed a loss in; else unknown
+                if name in frame.divided:
+                    self.handed = True
+                return frame.divided.get(name)
             defs = [Definition(v, v) for v in values]
         plain = [d for d in defs if not d.augmented and not d.loop_target]
         for d in defs:

@@ -73,6 +73,8 @@ class Frame:
         # parameters holding a condition of the caller: (its expression, the caller's file)
         self.conditions: dict[str, tuple[cst.BaseExpression, FileContext]] = {}
         self.maybe_none: frozenset[str] = frozenset()  # see ``Follow.maybe_none``
+        self.divided: dict[str, bool | None] = {}  # see ``Follow.divided``
+        self.handed_at: object = None  # see ``Follow.site``
         self.origins: dict[tuple[int, int], object] = {}  # loss origins (see dataflow)
         self._optimizers: list[Obj] | None = None
         self._values: dict[tuple[int, str | None], Obj | None] = {}

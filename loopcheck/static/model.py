@@ -71,6 +71,7 @@ class LoopSummary:
     clears_by_name: bool = False  # something that looks like clearing on an unresolved receiver
     opaque_model: bool = False  # a call we cannot see into received the model
     grads_read: bool = False  # gradients read or rewritten by hand
+    grads_handed: bool = False  # gradients handed to a collective (``all_reduce(p.grad)``)
     flushes: bool = False  # a step guard also steps on the last batch (no partial window left)
     autograd: bool = False  # gradients taken with torch.autograd.grad (MAML, penalties)
     eval_like: bool = False  # in a function that evaluates (named so, or calling .eval())

@@ -38,6 +38,7 @@ class Backward:
     divided: bool | None
     origin: Origin
     computed_without_grad: bool = False  # the loss was computed in the no-grad block it is in
+    handed_at: Site | None = None  # the caller's call that handed the loss in
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class Follow:
     # parameters bound to an object the caller may hold as None (its own parameter, or a name
     # it sets to None somewhere): ``if scaler is not None:`` is a branch, not a certainty
     maybe_none: frozenset[str] = frozenset()
+    # losses handed in, with whether the caller divided them (``loss_scaler(loss, ...)`` after
+    # ``loss /= accum_iter``): a backward of the parameter is a backward of the caller's loss
+    divided: tuple[tuple[str, bool | None], ...] = ()
+    site: Site | None = None  # the call, when it hands a loss in
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ _LOOP_FLAGS = {
     "clears": "clears_by_name",
     "opaque_model": "opaque_model",
     "grads": "grads_read",
+    "grads_handed": "grads_handed",
     "flush": "flushes",
     "autograd": "autograd",
 }
@@ -246,6 +247,7 @@ class Recorder(FrameStack):
                 scaled=action.scaled,
                 divided=action.divided,
                 shared=key_shared,
+                handed_at=action.handed_at,
             )
             state = self.apply(state, key, event)
         return state.with_zeroed(frozenset())
