@@ -76,6 +76,13 @@ class Recorder(FrameStack):
                     self.model.add_record(record)
 
     def mode(self, state: PathState, action: Mode) -> PathState:
+        if not action.training and any(
+            key == action.key and site != action.site and not crossed
+            for key, site, crossed in state.evaluating
+        ):
+            # already put in eval mode on this path, in this iteration or before the loop (a
+            # model frozen on purpose): this ``eval()`` changes nothing, the earlier one stands
+            return state
         kept = frozenset(
             entry
             for entry in state.evaluating
