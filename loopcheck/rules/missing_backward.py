@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 
 class MissingBackward(Rule):
     """## What it does
-    Flags a loop that computes a loss and steps an optimizer but never calls `backward()`.
+    Flags a loop that computes a loss and steps an optimizer but never calls `backward()`, and
+    a step of an optimizer that the loop clears but that none of its backward calls reaches
+    (each loss traced to other models: a GAN whose generator loss lost its backward).
 
     ## Why is this bad?
     Without a backward pass no gradient is ever produced: `step()` finds `.grad` empty and
@@ -44,11 +46,14 @@ class MissingBackward(Rule):
 
     def check(self, model: FileModel) -> Iterable[Finding]:
         for loop in model.loops:
-            if loop.backwards or loop.opaque_model or loop.grads_read:
+            if loop.opaque_model or loop.grads_read:
                 continue
             if not (loop.forward or loop.loss_assigned):
                 continue
-            if loop.has_any(Move.BACKWARD) or loop.has_any(Move.MAYBE_BACKWARD):
+            if loop.backwards or loop.has_any(Move.BACKWARD) or loop.has_any(Move.MAYBE_BACKWARD):
+                # backward calls, but maybe none for some optimizer: a GAN whose generator
+                # loss lost its backward steps the generator on nothing
+                yield from self._unfed(model, loop)
                 continue
             for key, site in loop.steps.items():
                 if loop.has(Move.OPAQUE, key):
@@ -61,6 +66,23 @@ class MissingBackward(Rule):
                     "no gradient is produced, the step changes nothing",
                     site.path,
                 )
+
+    def _unfed(self, model: FileModel, loop) -> Iterable[Finding]:
+        """Steps of an optimizer that no backward of the loop reaches, each for certain (the
+        losses' origins are known and lie in other models)."""
+        for key, site in loop.steps.items():
+            if loop.has(Move.BACKWARD, key) or loop.has(Move.MAYBE_BACKWARD, key):
+                continue
+            if loop.has(Move.OPAQUE, key) or not loop.has(Move.ZERO, key):
+                continue
+            if _inner_loop_owns(model, loop, key):
+                continue
+            yield Finding(
+                site.span,
+                f"`{site.text}` steps, but no backward of this loop reaches its parameters: "
+                "its gradients stay cleared, the step changes nothing",
+                site.path,
+            )
 
 
 def _inner_loop_owns(model: FileModel, loop, key: str) -> bool:
