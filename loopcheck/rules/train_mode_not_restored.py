@@ -17,7 +17,10 @@ class TrainModeNotRestored(ProtocolRule):
     that reaches the next training step of that model (a backward of a loss it computed)
     without `model.train()` in between — typically an evaluation run at the end of each epoch,
     inline or in a helper, while `model.train()` is called only once, before the loop. A path
-    that only evaluates (the `"val"` phase of a phase loop) is not a training path.
+    that only evaluates (the `"val"` phase of a phase loop) is not a training path. A mode
+    saved and restored (`was_training = model.training ... if was_training: model.train()`)
+    is restored; after a hook dispatch that may restore it (`fabric.call(...)`) the mode is
+    unknown and nothing is reported.
 
     ## Why is this bad?
     In eval mode dropout is off and batch normalisation uses its running statistics instead of

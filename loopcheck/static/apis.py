@@ -130,6 +130,10 @@ class ApiReader(HostView):
                     target if target is not None else (positional[0] if positional else None),
                     unscales=True,
                 )
+            if method == "call":
+                # ``fabric.call("on_validation_model_train")`` runs that hook of every callback
+                # and of the module: what mode the models are in afterwards is unknown
+                return [Mark("hooks")]
             return []
         if role is Role.LIGHTNING:
             if method == "manual_backward":
