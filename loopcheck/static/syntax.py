@@ -351,13 +351,27 @@ def grad_context(item: cst.BaseExpression) -> bool | None:
     return None
 
 
+# The namespaces settings are read from: ``cfg.optimizer_in_bwd`` is a setting, whatever its
+# name says.
+_SETTINGS_ROOT = re.compile(r"(?i)^(self\.)?(args|cfg|config|conf|hparams|options|flags|settings)$")
+
+
 def is_data(value: cst.BaseExpression) -> bool:
-    """Plain data, whatever the name it is stored in says (a list, ``parse_args()``)."""
+    """Plain data, whatever the name it is stored in says (a list, ``parse_args()``, a flag,
+    a setting read from a configuration: ``cfg.optimizer_in_bwd``)."""
     if isinstance(value, DATA_NODES):
         return True
-    if type(value) is cst.Call:
+    kind = type(value)
+    if kind is cst.Call:
         name = dotted(value.func)
         return name is not None and bool(DATA_CALLS.match(name.rsplit(".", 1)[-1]))
+    if kind is cst.Name:
+        return value.value in _LITERALS
+    if kind in (cst.BooleanOperation, cst.UnaryOperation):
+        return True
+    if kind is cst.Attribute:
+        base = dotted(value.value)
+        return base is not None and bool(_SETTINGS_ROOT.match(base))
     return False
 
 
