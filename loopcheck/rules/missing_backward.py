@@ -68,13 +68,15 @@ class MissingBackward(Rule):
                 )
 
     def _unfed(self, model: FileModel, loop) -> Iterable[Finding]:
-        """Steps of an optimizer that no backward of the loop reaches, each for certain (the
-        losses' origins are known and lie in other models)."""
+        """Steps of an optimizer that no backward of the loop reaches, each for certain: its
+        model runs forward in the loop, and every loss's origin is known to lie elsewhere."""
         for key, site in loop.steps.items():
             if loop.has(Move.BACKWARD, key) or loop.has(Move.MAYBE_BACKWARD, key):
                 continue
             if loop.has(Move.OPAQUE, key) or not loop.has(Move.ZERO, key):
                 continue
+            if not loop.runs_forward(key):
+                continue  # its model is known under another name, or not at all: unsure
             if _inner_loop_owns(model, loop, key):
                 continue
             yield Finding(

@@ -129,7 +129,23 @@ class Frame:
         if not local and name in self.ctx.imports.aliases:
             return None  # ``import torch.optim as optim`` is a module, not an optimizer
         role = role_from_name(name, self.params.get(name))
-        return Obj(role, f"{self.scope}:{name}") if role is not None else None
+        if role is None:
+            return None
+        key = (self.kept_as(name) if name in self.params else None) or f"{self.scope}:{name}"
+        return Obj(role, key)
+
+    def kept_as(self, name: str) -> str | None:
+        """``self.<attr>``'s key when this method stores its parameter ``name`` there
+        (``self.generator = generator``): the module the instance keeps, known by that
+        attribute in the other methods."""
+        cls = self.cls
+        if cls is None or self.func is None:
+            return None
+        for attr, values in cls.attr_values.items():
+            for value, method in values:
+                if method is self.func and type(value) is cst.Name and value.value == name:
+                    return f"{cls.name}.{attr}"
+        return None
 
     def self_obj(self) -> Obj:
         assert self.cls is not None

@@ -72,6 +72,9 @@ class LoopSummary:
     opaque_model: bool = False  # a call we cannot see into received the model
     grads_read: bool = False  # gradients read or rewritten by hand
     grads_handed: bool = False  # gradients handed to a collective (``all_reduce(p.grad)``)
+    forward_keys: set[str] = field(default_factory=set)  # the models run forward in the loop
+    # the models of each optimizer stepped in the loop, where its parameters are known
+    step_models: dict[str, frozenset[str]] = field(default_factory=dict)
     flushes: bool = False  # a step guard also steps on the last batch (no partial window left)
     autograd: bool = False  # gradients taken with torch.autograd.grad (MAML, penalties)
     eval_like: bool = False  # in a function that evaluates (named so, or calling .eval())
@@ -89,6 +92,12 @@ class LoopSummary:
 
     def has_any(self, move: Move) -> bool:
         return any(m is move for m, _ in self.moves)
+
+    def runs_forward(self, key: str) -> bool:
+        """Whether a model the optimizer ``key`` updates is known and runs forward in the loop
+        (then which backward calls reach that optimizer is known too)."""
+        models = self.step_models.get(key)
+        return bool(models) and overlap(models, frozenset(self.forward_keys))
 
     def clears(self, key: str) -> bool:
         """Whether anything in the loop may clear (or rewrite) this optimizer's gradients."""
@@ -155,3 +164,20 @@ class FileModel:
         """The deepest loop in which ``site`` was seen."""
         holding = [loop for loop in self.loops if site in loop.sites]
         return max(holding, key=lambda loop: loop.depth, default=None)
+
+
+def overlap(ours: frozenset[str], theirs: frozenset[str]) -> bool:
+    """Whether two sets of model keys share a module: the same key, a submodule and its
+    parent (``train:model.encoder`` and ``train:model``), or a module's ``self`` and any of
+    its attributes (``LitGAN.self`` and ``LitGAN.generator``)."""
+    if ours & theirs:
+        return True
+    for a in ours:
+        for b in theirs:
+            if a.startswith(b + ".") or b.startswith(a + "."):
+                return True
+            if a.endswith(".self") and b.startswith(a[: -len("self")]):
+                return True
+            if b.endswith(".self") and a.startswith(b[: -len("self")]):
+                return True
+    return False

@@ -66,7 +66,9 @@ def module_key(frame: Frame, expr: cst.BaseExpression) -> str | None:
             return f"{frame.scope}:{name}"
         return None
     if name in frame.params and name not in frame.bound:
-        return f"{frame.scope}:{name}"  # ``def train(G, D, ...)``: modules passed in
+        # ``def train(G, D, ...)``: modules passed in; ``self.generator = generator`` in the
+        # method: the module the instance keeps, known by that attribute elsewhere
+        return frame.kept_as(name) or f"{frame.scope}:{name}"
     local = name in frame.params or name in frame.tuple_values or name in frame.loop_targets
     if not local and name not in frame.bound and frame.parent is not None:
         return module_key(frame.parent, expr)

@@ -10,7 +10,7 @@ from loopcheck.protocol import Event, Move, OptState, Violation, advance
 from loopcheck.static import conditions
 from loopcheck.static.frames import FrameStack
 from loopcheck.static.index import FileContext
-from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, Site
+from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, Site, overlap
 from loopcheck.static.moves import Backward, Emit, Forward, Mode
 from loopcheck.static.paths import PathState
 from loopcheck.static.roles import Obj, Role, role_from_name
@@ -53,6 +53,8 @@ class Recorder(FrameStack):
         for summary in self.loop_stack:
             summary.forward = True
             summary.sites.add(action.site)
+            if action.key is not None:
+                summary.forward_keys.add(action.key)
             enabled = self.grad_enabled and action.graph
             summary.forwards.append((action.site, enabled, self.root, followed))
         return states
@@ -273,6 +275,7 @@ class Recorder(FrameStack):
                 summary.sites.add(where)
             if event.move is Move.STEP and where is not None:
                 summary.steps.setdefault(key, where)
+                summary.step_models.setdefault(key, self.known_models(key))
         if event.move in (Move.STEP, Move.OPAQUE) and self.root is not None:
             self.root.stepped = True
             self.root.stepped_keys.add(key)
@@ -308,20 +311,3 @@ def _steps(ctx: FileContext, method: cst.FunctionDef) -> bool:
             for node in walk(method.body)
         ),
     )
-
-
-def overlap(ours: frozenset[str], theirs: frozenset[str]) -> bool:
-    """Whether two sets of model keys share a module: the same key, a submodule and its
-    parent (``train:model.encoder`` and ``train:model``), or a module's ``self`` and any of
-    its attributes (``LitGAN.self`` and ``LitGAN.generator``)."""
-    if ours & theirs:
-        return True
-    for a in ours:
-        for b in theirs:
-            if a.startswith(b + ".") or b.startswith(a + "."):
-                return True
-            if a.endswith(".self") and b.startswith(a[: -len("self")]):
-                return True
-            if b.endswith(".self") and a.startswith(b[: -len("self")]):
-                return True
-    return False
