@@ -77,5 +77,5 @@ class UnscaledAccumulatedLoss(ProtocolRule):
         loop = record.loop
         if loop is None:
             return True
-        by_hand = loop.has(Move.GRAD_RESCALE, record.key) or loop.grads_handed
+        by_hand = loop.has(Move.GRAD_RESCALE, record.key) or loop.grads_rewritten
         return not by_hand and not loop.has(Move.OPAQUE, record.key)

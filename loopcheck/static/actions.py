@@ -17,6 +17,7 @@ from loopcheck.static.callees import (
     constants_of,
     maybe_none_values,
     none_tested,
+    passed_on,
     passes_parameters_on,
 )
 from loopcheck.static.conditions import touches
@@ -80,10 +81,11 @@ class Reader(HostView):
             if type(node) is cst.Call and _rescales_grad(node):
                 # ``p.grad.div_(n)``: the accumulated sum normalised by hand
                 actions.append(Mark("grads"))
+                actions.append(Mark("grads_rewritten"))
                 actions.append(Emit(Event(Move.GRAD_RESCALE), None))
             elif type(node) is cst.Call:
-                if _hands_grad(node):
-                    actions.append(Mark("grads_handed"))
+                if _hands_grad(node) or _changes_grad(node):
+                    actions.append(Mark("grads_rewritten"))
                 actions.extend(self.of_call(node))
             elif type(node) is cst.Attribute and node.attr.value == "grad":
                 actions.append(Mark("grads"))
@@ -100,11 +102,12 @@ class Reader(HostView):
         if type(target) is cst.Attribute and target.attr.value == "grad":
             if type(value) is cst.Name and value.value == "None":
                 return [Mark("clears"), Emit(Event(Move.GRAD_ACCESS), None)]
+            written = [Mark("grads"), Mark("grads_rewritten")]
             if type(operator) in (cst.DivideAssign, cst.MultiplyAssign):
-                return [Mark("grads"), Emit(Event(Move.GRAD_RESCALE), None)]
-            return [Mark("grads"), Emit(Event(Move.OPAQUE), None)]
+                return [*written, Emit(Event(Move.GRAD_RESCALE), None)]
+            return [*written, Emit(Event(Move.OPAQUE), None)]
         if type(target) is cst.Attribute and target.attr.value == "data":
-            return [Mark("grads")]
+            return [Mark("grads"), Mark("grads_rewritten")]
         if type(target) is cst.Attribute:
             owner = self.frame.resolve(target.value)
             if owner is not None and owner.role is Role.OPTIMIZER:
@@ -281,7 +284,7 @@ class Reader(HostView):
             if not any(passes_parameters_on(c[0], c[1]) for c in callee):
                 # ``adjust_learning_rate(optimizer, ...)`` sets param_groups: no move at all
                 return [Mark("forward")] if self.apis.opaque_args(call) else []
-            return self.helper_without_moves(call)
+            return self.helper_without_moves(call, callee)
         if self.host.follows >= MAX_FOLLOWS_PER_ROOT:
             return self.apis.opaque_args(call)
         follows = tuple(
@@ -470,11 +473,30 @@ class Reader(HostView):
                 out.append((name, *self.frame.conditions[arg.value]))
         return tuple(out)
 
-    def helper_without_moves(self, call: cst.Call) -> list[Action]:
+    def helper_without_moves(
+        self,
+        call: cst.Call,
+        callee: list[tuple[FileContext, cst.FunctionDef, ClassInfo | None, Obj | None]],
+    ) -> list[Action]:
         """A function of a linted file that mentions no move: at most a forward pass (it may
-        compute the loss), and it may pass an optimizer it receives on to anything."""
+        compute the loss), and it may pass an optimizer it receives on to anything. An
+        argument whose parameter it only calls methods of (``optimizer.state_dict()`` in a
+        checkpoint helper) stays put."""
+        handed: set[int] = set()
+        for ctx, node, cls, _ in callee:
+            passed = passed_on(ctx, node)
+            params = [p.name.value for p in params_of(node)]
+            if cls is not None and params and params[0] in ("self", "cls"):
+                params = params[1:]
+            positional = [a for a in call.args if a.keyword is None]
+            for i, arg in enumerate(positional):
+                if arg.star or i >= len(params) or params[i] in passed:
+                    handed.add(id(arg))
+            for arg in call.args:
+                if arg.keyword is not None and arg.keyword.value in passed:
+                    handed.add(id(arg))
         actions: list[Action] = []
-        for action in self.apis.opaque_args(call):
+        for action in self.apis.opaque_args(call, frozenset(handed)):
             actions.append(Mark("forward") if isinstance(action, Mark) else action)
         return actions
 
@@ -496,6 +518,18 @@ def _hands_grad(call: cst.Call) -> bool:
     if "reduce" not in name and name not in ("broadcast", "all_gather"):
         return False
     return any((dotted(arg.value) or "").endswith((".grad", ".grad.data")) for arg in call.args)
+
+
+def _changes_grad(call: cst.Call) -> bool:
+    """``p.grad.zero_()``, ``p.grad.data.add_(noise)``: a gradient changed in place (an
+    in-place method, named with a trailing underscore)."""
+    func = call.func
+    if not (type(func) is cst.Attribute and func.attr.value.endswith("_")):
+        return False
+    inner = func.value
+    if type(inner) is cst.Attribute and inner.attr.value == "data":
+        inner = inner.value
+    return type(inner) is cst.Attribute and inner.attr.value == "grad"
 
 
 def _rescales_grad(call: cst.Call) -> bool:

@@ -336,12 +336,15 @@ class ApiReader(HostView):
 
     # calls into code of the linted files
 
-    def opaque_args(self, call: cst.Call) -> list[Action]:
+    def opaque_args(self, call: cst.Call, only: frozenset[int] | None = None) -> list[Action]:
         """A call we cannot see into: optimizers it receives may have been stepped or cleared;
-        a model it receives may have been run backward."""
+        a model it receives may have been run backward (``only``: the ids of the arguments
+        that may go anywhere, when the others are known to stay put)."""
         keys: list[str] = []
         model = False
         for arg in call.args:
+            if only is not None and id(arg) not in only:
+                continue
             obj = (
                 self.frame.resolve(arg.value)
                 if type(arg.value) in (cst.Name, cst.Attribute, cst.Subscript)

@@ -36,6 +36,12 @@ def called_names(func: cst.FunctionDef) -> frozenset[str]:
 def passes_parameters_on(ctx: FileContext, func: cst.FunctionDef) -> bool:
     """Whether a function hands one of its parameters to a call (which may do anything with
     an optimizer or model it receives); cached per function."""
+    return bool(passed_on(ctx, func))
+
+
+def passed_on(ctx: FileContext, func: cst.FunctionDef) -> frozenset[str]:
+    """The parameters a function hands to calls (``save_on_master(optimizer)``), as opposed
+    to those it only calls methods of (``optimizer.state_dict()``); cached per function."""
     names = {p.name.value for p in params_of(func)} | {
         p.name.value for p in func.params.kwonly_params
     }
@@ -43,10 +49,12 @@ def passes_parameters_on(ctx: FileContext, func: cst.FunctionDef) -> bool:
     return ctx.remember(
         "passes",
         func,
-        lambda: any(
-            type(node) is cst.Call
-            and any(type(a.value) is cst.Name and a.value.value in names for a in node.args)
+        lambda: frozenset(
+            a.value.value
             for node in walk(func.body)
+            if type(node) is cst.Call
+            for a in node.args
+            if type(a.value) is cst.Name and a.value.value in names
         ),
     )
 

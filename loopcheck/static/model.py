@@ -71,7 +71,10 @@ class LoopSummary:
     clears_by_name: bool = False  # something that looks like clearing on an unresolved receiver
     opaque_model: bool = False  # a call we cannot see into received the model
     grads_read: bool = False  # gradients read or rewritten by hand
-    grads_handed: bool = False  # gradients handed to a collective (``all_reduce(p.grad)``)
+    # gradients changed by hand: written (``p.grad = g``), changed in place (``zero_``,
+    # ``add_``, ``copy_``) or handed to a collective (``all_reduce(p.grad)``); a read alone
+    # (a norm for the log) is ``grads_read`` only
+    grads_rewritten: bool = False
     forward_keys: set[str] = field(default_factory=set)  # the models run forward in the loop
     # the models of each optimizer stepped in the loop, where its parameters are known
     step_models: dict[str, frozenset[str]] = field(default_factory=dict)
@@ -105,7 +108,7 @@ class LoopSummary:
             self.clears_by_name
             or self.has(Move.ZERO, key)
             or self.has(Move.OPAQUE, key)
-            or self.grads_read
+            or self.grads_rewritten
         )
 
 
