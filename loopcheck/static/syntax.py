@@ -357,8 +357,8 @@ _SETTINGS_ROOT = re.compile(r"(?i)^(self\.)?(args|cfg|config|conf|hparams|option
 
 
 def is_data(value: cst.BaseExpression) -> bool:
-    """Plain data, whatever the name it is stored in says (a list, ``parse_args()``, a flag,
-    a setting read from a configuration: ``cfg.optimizer_in_bwd``)."""
+    """Plain data, whatever the name it is stored in says (a list, ``parse_args()``, a literal
+    flag, a setting read from a configuration: ``cfg.optimizer_in_bwd``)."""
     if isinstance(value, DATA_NODES):
         return True
     kind = type(value)
@@ -367,8 +367,6 @@ def is_data(value: cst.BaseExpression) -> bool:
         return name is not None and bool(DATA_CALLS.match(name.rsplit(".", 1)[-1]))
     if kind is cst.Name:
         return value.value in _LITERALS
-    if kind in (cst.BooleanOperation, cst.UnaryOperation):
-        return True
     if kind is cst.Attribute:
         base = dotted(value.value)
         return base is not None and bool(_SETTINGS_ROOT.match(base))
