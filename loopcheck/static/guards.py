@@ -11,7 +11,7 @@ import libcst as cst
 from loopcheck.static.conditions import Render, modular
 from loopcheck.static.frames import Frame
 from loopcheck.static.roles import Role
-from loopcheck.static.syntax import call_args, counter_of, dotted, is_increment
+from loopcheck.static.syntax import call_args, counter_of, dotted, is_increment, without_not
 from loopcheck.static.tree import walk
 
 
@@ -125,3 +125,27 @@ def flushes(test: cst.BaseExpression) -> bool:
         if type(node) is cst.Name and ("last" in node.value or "end" in node.value):
             return True
     return False
+
+
+def deepspeed_side(test: cst.BaseExpression) -> bool | None:
+    """Which side of a branch on whether Accelerate runs DeepSpeed is the DeepSpeed one: True
+    for the body (``accelerator.state.deepspeed_plugin is not None``, ``distributed_type ==
+    DistributedType.DEEPSPEED``), False for the else side (``deepspeed_plugin is None``),
+    None for any other test. There the engine steps and clears inside
+    ``accelerator.backward``: a step the code skips is not missing."""
+    inner, negated = without_not(test)
+    side: bool | None = None
+    if type(inner) is cst.Attribute and inner.attr.value == "deepspeed_plugin":
+        side = True
+    elif type(inner) is cst.Comparison and len(inner.comparisons) == 1:
+        left, comp = inner.left, inner.comparisons[0]
+        op = type(comp.operator)
+        if type(left) is cst.Attribute and left.attr.value == "deepspeed_plugin":
+            if dotted(comp.comparator) == "None" and op in (cst.Is, cst.IsNot):
+                side = op is cst.IsNot
+        elif type(comp.comparator) is cst.Attribute and comp.comparator.attr.value == "DEEPSPEED":
+            if op in (cst.Equal, cst.NotEqual):
+                side = op is cst.Equal
+    if side is None:
+        return None
+    return not side if negated else side

@@ -305,6 +305,7 @@ class Interpreter(Recorder, Checks, Loops):
                 branch = stmt.orelse.body if type(stmt.orelse) is cst.Else else stmt.orelse
             return self.exec_stmt(branch, states) if branch is not None else Flow(normal=states)
         taken, skipped = self.split(stmt.test, states)
+        taken, skipped = self.engine_side(guards.deepspeed_side(stmt.test), taken, skipped)
         flow = self.exec_stmt(stmt.body, taken) if taken else Flow()
         if stmt.orelse is None:
             flow.normal |= skipped

@@ -109,6 +109,18 @@ class Recorder(FrameStack):
             for s in states
         }
 
+    def engine_side(
+        self, side: bool | None, taken: set[PathState], skipped: set[PathState]
+    ) -> tuple[set[PathState], set[PathState]]:
+        """A branch on whether DeepSpeed runs (see ``guards.deepspeed_side``): on its DeepSpeed
+        side the optimizers are the engine's, in a state the code does not show."""
+        if side is None:
+            return taken, skipped
+        opaque = Emit(Event(Move.OPAQUE), None)
+        if side:
+            return self.emit_all(taken, opaque), skipped
+        return taken, self.emit_all(skipped, opaque)
+
     def carry_eval_mode(self, state: PathState, summary: LoopSummary) -> PathState:
         """The back edge of a loop that put a model in eval mode: from here on that mode is
         left over from an earlier iteration (LC503 if the model trains in it)."""
