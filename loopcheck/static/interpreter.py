@@ -92,6 +92,7 @@ class Interpreter(Recorder, Checks, Loops):
         self.follows = 0  # calls followed in this root's analysis
         self.discarding = 0  # inside a block that drops the batch (except, ``...; continue``)
         self.fact_names: dict[str, set[str]] = {}
+        self.saved_modes: dict[str, str] = {}
         self._seeded: set[int] = set()
         self.registry: dict[str, Obj] = {}  # optimizers seen, by key
         self.at: cst.CSTNode | None = None  # the statement being run (for reaching values)

@@ -38,6 +38,7 @@ class Recorder(FrameStack):
     root: RootSummary | None
     registry: dict[str, Obj]
     fact_names: dict[str, set[str]]
+    saved_modes: dict[str, str]  # names saving a model's mode (``was_training``), its key
     transitions: dict[tuple[OptState, Event], tuple[OptState, tuple[Violation, ...]]]
 
     grad_modes: list[bool]  # innermost last: False under no_grad / inference_mode
@@ -79,11 +80,11 @@ class Recorder(FrameStack):
 
     def mode(self, state: PathState, action: Mode) -> PathState:
         if not action.training and any(
-            key == action.key and site != action.site and not crossed
-            for key, site, crossed in state.evaluating
+            self.saved_modes.get(text) == action.key and not value for text, value in state.facts
         ):
-            # already put in eval mode on this path, in this iteration or before the loop (a
-            # model frozen on purpose): this ``eval()`` changes nothing, the earlier one stands
+            # the mode was saved as eval on this path (``was_training = model.training`` while
+            # an earlier ``eval()`` froze it): this ``eval()`` changes nothing, the earlier
+            # one stands
             return state
         kept = frozenset(
             entry
@@ -103,6 +104,7 @@ class Recorder(FrameStack):
         if held is None or held.role is not Role.MODEL:
             return states
         self.fact_names.setdefault(name, {name})
+        self.saved_modes[name] = held.key
         key = frozenset({held.key})
         return {
             s.with_fact(name, not any(overlap(frozenset({k}), key) for k, _, _ in s.evaluating))
