@@ -89,6 +89,8 @@ class Reader(HostView):
                 actions.extend(self.of_call(node))
             elif type(node) is cst.Attribute and node.attr.value == "grad":
                 actions.append(Mark("grads"))
+                if keeps_grad(self.ctx, expr):
+                    actions.append(Mark("grads_rewritten"))
                 actions.append(Emit(Event(Move.GRAD_ACCESS), None))
         return actions
 
@@ -518,6 +520,42 @@ def _hands_grad(call: cst.Call) -> bool:
     if "reduce" not in name and name not in ("broadcast", "all_gather"):
         return False
     return any((dotted(arg.value) or "").endswith((".grad", ".grad.data")) for arg in call.args)
+
+
+def keeps_grad(ctx: FileContext, expr: cst.BaseExpression) -> bool:
+    """Whether an expression keeps gradients or hands them on by hand: ``{k: p.grad ...}``,
+    ``grads.append(p.grad)``, ``compare(p.grad)`` (compared, stored, exchanged: the author's
+    business), as opposed to reading them through torch (``torch.norm(p.grad)``,
+    ``p.grad.detach()``, ``p.grad is None``: a norm for the log). Cached per expression."""
+    return ctx.remember("keeps-grad", expr, lambda: _keeps_grad(ctx, expr))
+
+
+def _keeps_grad(ctx: FileContext, expr: cst.BaseExpression) -> bool:
+    stack: list[tuple[cst.CSTNode, cst.CSTNode | None]] = [(expr, None)]
+    while stack:
+        node, parent = stack.pop()
+        if type(node) is cst.Attribute and node.attr.value == "grad":
+            if type(parent) is cst.Arg:
+                return True  # handed to a call that is not torch's (see below)
+            if type(parent) in _KEEPING:
+                return True
+        if type(node) is cst.Call:
+            qual = ctx.imports.qualify(node.func) if type(node.func) in _DOTTED else None
+            if qual is not None and qual.startswith("torch."):
+                # a torch function reads its arguments: only look further inside them
+                stack.extend((kid, node) for arg in node.args for kid in kids(arg))
+                stack.append((node.func, node))
+                continue
+        stack.extend((kid, node) for kid in kids(node))
+    return False
+
+
+_DOTTED = (cst.Name, cst.Attribute)
+# where a gradient is kept: a container's element, a comprehension's element or value
+_KEEPING = (
+    cst.Element, cst.StarredElement, cst.DictElement, cst.ListComp, cst.SetComp,
+    cst.DictComp, cst.GeneratorExp,
+)  # fmt: skip
 
 
 def _changes_grad(call: cst.Call) -> bool:
