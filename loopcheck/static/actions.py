@@ -23,6 +23,13 @@ from loopcheck.static.callees import (
 from loopcheck.static.conditions import touches
 from loopcheck.static.dataflow import divided
 from loopcheck.static.frames import instance_of
+from loopcheck.static.gradients import (
+    asserts_no_grad,
+    changes_grad,
+    hands_grad,
+    keeps_grad,
+    rescales_grad,
+)
 from loopcheck.static.host import Host, HostView
 from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
 from loopcheck.static.moves import Action, Alternatives, Emit, Follow, Forward, Mark
@@ -37,7 +44,7 @@ from loopcheck.static.syntax import (
     params_of,
 )
 from loopcheck.static.tensors import forward_takes_gradients, frozen_module
-from loopcheck.static.tree import is_expression, kids, walk
+from loopcheck.static.tree import is_expression, kids
 
 MAX_FOLLOWS_PER_ROOT = 120  # past it, calls are treated as calls we cannot see into
 
@@ -78,13 +85,13 @@ class Reader(HostView):
     def of_expr(self, expr: cst.BaseExpression) -> list[Action]:
         actions: list[Action] = []
         for node in self.ctx.evaluation_order(expr):
-            if type(node) is cst.Call and _rescales_grad(node):
+            if type(node) is cst.Call and rescales_grad(node):
                 # ``p.grad.div_(n)``: the accumulated sum normalised by hand
                 actions.append(Mark("grads"))
                 actions.append(Mark("grads_rewritten"))
                 actions.append(Emit(Event(Move.GRAD_RESCALE), None))
             elif type(node) is cst.Call:
-                if _hands_grad(node) or _changes_grad(node):
+                if hands_grad(node) or changes_grad(node):
                     actions.append(Mark("grads_rewritten"))
                 actions.extend(self.of_call(node))
             elif type(node) is cst.Attribute and node.attr.value == "grad":
@@ -128,7 +135,7 @@ class Reader(HostView):
         """``assert all(p.grad is None for p in model.parameters())``: on this path the
         gradients are known to be clear (a fact, not a clear that could lose anything)."""
         actions = self.of_expr(test)
-        if _asserts_no_grad(test):
+        if asserts_no_grad(test):
             event = Event(Move.ZERO, None, deliberate=True)
             actions = [a for a in actions if not isinstance(a, Emit)] + [Emit(event, None)]
         return actions
@@ -192,7 +199,7 @@ class Reader(HostView):
             return known[1]
         found = any(
             type(stmt) is cst.SimpleStatementLine
-            and any(type(s) is cst.Assert and _asserts_no_grad(s.test) for s in stmt.body)
+            and any(type(s) is cst.Assert and asserts_no_grad(s.test) for s in stmt.body)
             for stmt in body
         )
         cache[id(body)] = (body, found)
@@ -508,88 +515,6 @@ class Reader(HostView):
         if obj.role is Role.FACTORY:
             return []
         return self.apis.opaque_args(call)
-
-
-_RESCALES = {"div_", "mul_"}
-
-
-def _hands_grad(call: cst.Call) -> bool:
-    """``dist.all_reduce(p.grad)``, ``reduce_scatter(p.grad.data, ...)``: gradients handed to a
-    collective, which sums (or averages) them in place across processes."""
-    name = (dotted(call.func) or "").rsplit(".", 1)[-1]
-    if "reduce" not in name and name not in ("broadcast", "all_gather"):
-        return False
-    return any((dotted(arg.value) or "").endswith((".grad", ".grad.data")) for arg in call.args)
-
-
-def keeps_grad(ctx: FileContext, expr: cst.BaseExpression) -> bool:
-    """Whether an expression keeps gradients or hands them on by hand: ``{k: p.grad ...}``,
-    ``grads.append(p.grad)``, ``compare(p.grad)`` (compared, stored, exchanged: the author's
-    business), as opposed to reading them through torch (``torch.norm(p.grad)``,
-    ``p.grad.detach()``, ``p.grad is None``: a norm for the log). Cached per expression."""
-    return ctx.remember("keeps-grad", expr, lambda: _keeps_grad(ctx, expr))
-
-
-def _keeps_grad(ctx: FileContext, expr: cst.BaseExpression) -> bool:
-    stack: list[tuple[cst.CSTNode, cst.CSTNode | None]] = [(expr, None)]
-    while stack:
-        node, parent = stack.pop()
-        if type(node) is cst.Attribute and node.attr.value == "grad":
-            if type(parent) is cst.Arg:
-                return True  # handed to a call that is not torch's (see below)
-            if type(parent) in _KEEPING:
-                return True
-        if type(node) is cst.Call:
-            qual = ctx.imports.qualify(node.func) if type(node.func) in _DOTTED else None
-            if qual is not None and qual.startswith("torch."):
-                # a torch function reads its arguments: only look further inside them
-                stack.extend((kid, node) for arg in node.args for kid in kids(arg))
-                stack.append((node.func, node))
-                continue
-        stack.extend((kid, node) for kid in kids(node))
-    return False
-
-
-_DOTTED = (cst.Name, cst.Attribute)
-# where a gradient is kept: a container's element, a comprehension's element or value
-_KEEPING = (
-    cst.Element, cst.StarredElement, cst.DictElement, cst.ListComp, cst.SetComp,
-    cst.DictComp, cst.GeneratorExp,
-)  # fmt: skip
-
-
-def _changes_grad(call: cst.Call) -> bool:
-    """``p.grad.zero_()``, ``p.grad.data.add_(noise)``: a gradient changed in place (an
-    in-place method, named with a trailing underscore)."""
-    func = call.func
-    if not (type(func) is cst.Attribute and func.attr.value.endswith("_")):
-        return False
-    inner = func.value
-    if type(inner) is cst.Attribute and inner.attr.value == "data":
-        inner = inner.value
-    return type(inner) is cst.Attribute and inner.attr.value == "grad"
-
-
-def _rescales_grad(call: cst.Call) -> bool:
-    """``p.grad.div_(n)``, ``p.grad.data.mul_(s)``: a gradient rescaled in place."""
-    func = call.func
-    if not (type(func) is cst.Attribute and func.attr.value in _RESCALES):
-        return False
-    inner = func.value
-    if type(inner) is cst.Attribute and inner.attr.value == "data":
-        inner = inner.value
-    return type(inner) is cst.Attribute and inner.attr.value == "grad"
-
-
-def _asserts_no_grad(test: cst.BaseExpression) -> bool:
-    for node in walk(test):
-        if type(node) is cst.Comparison and type(node.left) is cst.Attribute:
-            if node.left.attr.value != "grad":
-                continue
-            for comp in node.comparisons:
-                if type(comp.operator) is cst.Is and dotted(comp.comparator) == "None":
-                    return True
-    return False
 
 
 def _harmless(qual: str) -> bool:

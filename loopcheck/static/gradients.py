@@ -1,0 +1,92 @@
+"""What code does to gradients by hand, outside the optimizers: rescaling them (``p.grad.div_``),
+changing them in place, handing them to a collective, keeping them (stored, compared), or
+asserting that they are clear."""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from loopcheck.static.index import FileContext
+from loopcheck.static.syntax import dotted
+from loopcheck.static.tree import kids, walk
+
+_RESCALES = {"div_", "mul_"}
+
+
+def hands_grad(call: cst.Call) -> bool:
+    """``dist.all_reduce(p.grad)``, ``reduce_scatter(p.grad.data, ...)``: gradients handed to a
+    collective, which sums (or averages) them in place across processes."""
+    name = (dotted(call.func) or "").rsplit(".", 1)[-1]
+    if "reduce" not in name and name not in ("broadcast", "all_gather"):
+        return False
+    return any((dotted(arg.value) or "").endswith((".grad", ".grad.data")) for arg in call.args)
+
+
+def keeps_grad(ctx: FileContext, expr: cst.BaseExpression) -> bool:
+    """Whether an expression keeps gradients or hands them on by hand: ``{k: p.grad ...}``,
+    ``grads.append(p.grad)``, ``compare(p.grad)`` (compared, stored, exchanged: the author's
+    business), as opposed to reading them through torch (``torch.norm(p.grad)``,
+    ``p.grad.detach()``, ``p.grad is None``: a norm for the log). Cached per expression."""
+    return ctx.remember("keeps-grad", expr, lambda: _keeps_grad(ctx, expr))
+
+
+def _keeps_grad(ctx: FileContext, expr: cst.BaseExpression) -> bool:
+    stack: list[tuple[cst.CSTNode, cst.CSTNode | None]] = [(expr, None)]
+    while stack:
+        node, parent = stack.pop()
+        if type(node) is cst.Attribute and node.attr.value == "grad":
+            if type(parent) is cst.Arg:
+                return True  # handed to a call that is not torch's (see below)
+            if type(parent) in _KEEPING:
+                return True
+        if type(node) is cst.Call:
+            qual = ctx.imports.qualify(node.func) if type(node.func) in _DOTTED else None
+            if qual is not None and qual.startswith("torch."):
+                # a torch function reads its arguments: only look further inside them
+                stack.extend((kid, node) for arg in node.args for kid in kids(arg))
+                stack.append((node.func, node))
+                continue
+        stack.extend((kid, node) for kid in kids(node))
+    return False
+
+
+_DOTTED = (cst.Name, cst.Attribute)
+# where a gradient is kept: a container's element, a comprehension's element or value
+_KEEPING = (
+    cst.Element, cst.StarredElement, cst.DictElement, cst.ListComp, cst.SetComp,
+    cst.DictComp, cst.GeneratorExp,
+)  # fmt: skip
+
+
+def changes_grad(call: cst.Call) -> bool:
+    """``p.grad.zero_()``, ``p.grad.data.add_(noise)``: a gradient changed in place (an
+    in-place method, named with a trailing underscore)."""
+    func = call.func
+    if not (type(func) is cst.Attribute and func.attr.value.endswith("_")):
+        return False
+    inner = func.value
+    if type(inner) is cst.Attribute and inner.attr.value == "data":
+        inner = inner.value
+    return type(inner) is cst.Attribute and inner.attr.value == "grad"
+
+
+def rescales_grad(call: cst.Call) -> bool:
+    """``p.grad.div_(n)``, ``p.grad.data.mul_(s)``: a gradient rescaled in place."""
+    func = call.func
+    if not (type(func) is cst.Attribute and func.attr.value in _RESCALES):
+        return False
+    inner = func.value
+    if type(inner) is cst.Attribute and inner.attr.value == "data":
+        inner = inner.value
+    return type(inner) is cst.Attribute and inner.attr.value == "grad"
+
+
+def asserts_no_grad(test: cst.BaseExpression) -> bool:
+    for node in walk(test):
+        if type(node) is cst.Comparison and type(node.left) is cst.Attribute:
+            if node.left.attr.value != "grad":
+                continue
+            for comp in node.comparisons:
+                if type(comp.operator) is cst.Is and dotted(comp.comparator) == "None":
+                    return True
+    return False
