@@ -61,24 +61,24 @@ _KEEPING = (
 def changes_grad(call: cst.Call) -> bool:
     """``p.grad.zero_()``, ``p.grad.data.add_(noise)``: a gradient changed in place (an
     in-place method, named with a trailing underscore)."""
-    func = call.func
-    if not (type(func) is cst.Attribute and func.attr.value.endswith("_")):
-        return False
-    inner = func.value
-    if type(inner) is cst.Attribute and inner.attr.value == "data":
-        inner = inner.value
-    return type(inner) is cst.Attribute and inner.attr.value == "grad"
+    method = _grad_method(call)
+    return method is not None and method.endswith("_")
 
 
 def rescales_grad(call: cst.Call) -> bool:
     """``p.grad.div_(n)``, ``p.grad.data.mul_(s)``: a gradient rescaled in place."""
+    return _grad_method(call) in _RESCALES
+
+
+def _grad_method(call: cst.Call) -> str | None:
+    """The method a call runs on a gradient (``p.grad.div_``, ``p.grad.data.mul_``), if any."""
     func = call.func
-    if not (type(func) is cst.Attribute and func.attr.value in _RESCALES):
-        return False
+    if type(func) is not cst.Attribute:
+        return None
     inner = func.value
     if type(inner) is cst.Attribute and inner.attr.value == "data":
         inner = inner.value
-    return type(inner) is cst.Attribute and inner.attr.value == "grad"
+    return func.attr.value if type(inner) is cst.Attribute and inner.attr.value == "grad" else None
 
 
 def asserts_no_grad(test: cst.BaseExpression) -> bool:
