@@ -15,8 +15,10 @@ from loopcheck.static.callees import (
     called_names,
     closure_names,
     constants_of,
+    given_arguments,
     maybe_none_values,
     none_tested,
+    own_params,
     passed_on,
     passes_parameters_on,
 )
@@ -293,7 +295,7 @@ class Reader(HostView):
             if not any(passes_parameters_on(c[0], c[1]) for c in callee):
                 # ``adjust_learning_rate(optimizer, ...)`` sets param_groups: no move at all
                 return [Mark("forward")] if self.apis.opaque_args(call) else []
-            return self.helper_without_moves(call, callee)
+            return self.helper_without_moves(call, callee, positional, keywords)
         if self.host.follows >= MAX_FOLLOWS_PER_ROOT:
             return self.apis.opaque_args(call)
         follows = tuple(
@@ -416,24 +418,16 @@ class Reader(HostView):
         positional: list[cst.BaseExpression],
         keywords: dict[str, cst.BaseExpression],
     ) -> Follow:
-        params = params_of(node)
+        given = given_arguments(node, cls, positional, keywords)
         bound: dict[str, Obj | None] = {}
-        if cls is not None and params and params[0].name.value in {"self", "cls"}:
-            if self_obj is not None:
-                bound[params[0].name.value] = self_obj
-            params = params[1:]
-        for param, arg in zip(params, positional, strict=False):
-            bound[param.name.value] = self.frame.resolve(arg)
-        names = {p.name.value for p in [*params, *node.params.kwonly_params]}
-        for name, arg in keywords.items():
-            if name in names:
-                bound[name] = self.frame.resolve(arg)
+        params = params_of(node)
+        if self_obj is not None and len(own_params(node, cls)) < len(params):
+            bound[params[0].name.value] = self_obj  # ``self`` of the method followed
+        bound.update((name, self.frame.resolve(arg)) for name, arg in given.items())
         bound = {k: v for k, v in bound.items() if v is not None}
         starred = any(arg.star for arg in call.args)
         constants = () if starred else constants_of(node, positional, keywords, cls)
-        conditions = () if starred else self._conditions(node, positional, keywords, cls)
-        given = dict(zip((p.name.value for p in params), positional, strict=False))
-        given.update((k, v) for k, v in keywords.items() if k in names)
+        conditions = () if starred else self._conditions(given)
         maybe_none = frozenset(
             k for k, arg in given.items() if k in bound and self._maybe_none(arg)
         )
@@ -463,17 +457,9 @@ class Reader(HostView):
         return arg.value in none_tested(self.ctx, func)
 
     def _conditions(
-        self,
-        node: cst.FunctionDef,
-        positional: list[cst.BaseExpression],
-        keywords: dict[str, cst.BaseExpression],
-        cls: ClassInfo | None,
+        self, given: dict[str, cst.BaseExpression]
     ) -> tuple[tuple[str, cst.BaseExpression, FileContext], ...]:
-        params = params_of(node)
-        if cls is not None and params and params[0].name.value in {"self", "cls"}:
-            params = params[1:]
-        given = dict(zip((p.name.value for p in params), positional, strict=False))
-        given.update(keywords)
+        """Parameters handed a condition of the caller (see ``Follow.conditions``)."""
         out = []
         for name, arg in given.items():
             if type(arg) in (cst.Comparison, cst.BooleanOperation, cst.UnaryOperation):
@@ -486,24 +472,20 @@ class Reader(HostView):
         self,
         call: cst.Call,
         callee: list[tuple[FileContext, cst.FunctionDef, ClassInfo | None, Obj | None]],
+        positional: list[cst.BaseExpression],
+        keywords: dict[str, cst.BaseExpression],
     ) -> list[Action]:
         """A function of a linted file that mentions no move: at most a forward pass (it may
         compute the loss), and it may pass an optimizer it receives on to anything. An
         argument whose parameter it only calls methods of (``optimizer.state_dict()`` in a
         checkpoint helper) stays put."""
-        handed: set[int] = set()
+        handed = {id(arg.value) for arg in call.args if arg.star}
         for ctx, node, cls, _ in callee:
             passed = passed_on(ctx, node)
-            params = [p.name.value for p in params_of(node)]
-            if cls is not None and params and params[0] in ("self", "cls"):
-                params = params[1:]
-            positional = [a for a in call.args if a.keyword is None]
-            for i, arg in enumerate(positional):
-                if arg.star or i >= len(params) or params[i] in passed:
-                    handed.add(id(arg))
-            for arg in call.args:
-                if arg.keyword is not None and arg.keyword.value in passed:
-                    handed.add(id(arg))
+            given = given_arguments(node, cls, positional, keywords)
+            handed |= {id(arg) for name, arg in given.items() if name in passed}
+            unfilled = positional[len(own_params(node, cls)) :]  # into ``*args``
+            handed |= {id(arg) for arg in unfilled}
         actions: list[Action] = []
         for action in self.apis.opaque_args(call, frozenset(handed)):
             actions.append(Mark("forward") if isinstance(action, Mark) else action)

@@ -133,7 +133,7 @@ class ApiReader(HostView):
             if method == "call":
                 # ``fabric.call("on_validation_model_train")`` runs that hook of every callback
                 # and of the module: what mode the models are in afterwards is unknown
-                return [Mark("hooks")]
+                return [Mode(site, None, True)]
             return []
         if role is Role.LIGHTNING:
             if method == "manual_backward":
@@ -338,12 +338,12 @@ class ApiReader(HostView):
 
     def opaque_args(self, call: cst.Call, only: frozenset[int] | None = None) -> list[Action]:
         """A call we cannot see into: optimizers it receives may have been stepped or cleared;
-        a model it receives may have been run backward (``only``: the ids of the arguments
-        that may go anywhere, when the others are known to stay put)."""
+        a model it receives may have been run backward (``only``: the ids of the argument
+        values that may go anywhere, when the others are known to stay put)."""
         keys: list[str] = []
         model = False
         for arg in call.args:
-            if only is not None and id(arg) not in only:
+            if only is not None and id(arg.value) not in only:
                 continue
             obj = (
                 self.frame.resolve(arg.value)

@@ -76,6 +76,29 @@ def closure_names(ctx: FileContext, func: cst.FunctionDef) -> frozenset[str]:
     )
 
 
+def own_params(node: cst.FunctionDef, cls: ClassInfo | None) -> list[cst.Param]:
+    """The positional parameters a call fills: a method's ``self``/``cls`` left out."""
+    params = params_of(node)
+    if cls is not None and params and params[0].name.value in {"self", "cls"}:
+        return params[1:]
+    return params
+
+
+def given_arguments(
+    node: cst.FunctionDef,
+    cls: ClassInfo | None,
+    positional: Sequence[cst.BaseExpression],
+    keywords: dict[str, cst.BaseExpression],
+) -> dict[str, cst.BaseExpression]:
+    """What each parameter of a called function receives from the call: positional arguments
+    in order, then keywords that name a parameter."""
+    params = own_params(node, cls)
+    names = {p.name.value for p in [*params, *node.params.kwonly_params]}
+    given = dict(zip((p.name.value for p in params), positional, strict=False))
+    given.update((k, v) for k, v in keywords.items() if k in names)
+    return given
+
+
 def constants_of(
     node: cst.FunctionDef,
     positional: Sequence[cst.BaseExpression],
@@ -84,19 +107,11 @@ def constants_of(
 ) -> tuple[tuple[str, object], ...]:
     """The parameters of a followed call that hold literal values: literal arguments, and
     literal defaults of parameters the call does not pass."""
-    params = params_of(node)
-    if cls is not None and params and params[0].name.value in {"self", "cls"}:
-        params = params[1:]
+    given = given_arguments(node, cls, positional, keywords)
     out: dict[str, object] = {}
-    for i, param in enumerate([*params, *node.params.kwonly_params]):
+    for param in [*own_params(node, cls), *node.params.kwonly_params]:
         name = param.name.value
-        if i < len(params) and i < len(positional):
-            arg: cst.BaseExpression | None = positional[i]
-        elif name in keywords:
-            arg = keywords[name]
-        else:
-            arg = param.default
-        ok, value = literal(arg)
+        ok, value = literal(given.get(name, param.default))
         if ok:
             out[name] = value
     return tuple(out.items())

@@ -500,8 +500,6 @@ class Interpreter(Recorder, Checks, Loops):
                 states = cap(out)
             elif isinstance(action, Mark):
                 self.mark(action.what)
-                if action.what == "hooks":
-                    states = {s.with_evaluating(frozenset()) for s in states}
         return states
 
     def follow(self, action: Follow, states: set[PathState]) -> set[PathState]:

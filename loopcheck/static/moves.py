@@ -89,10 +89,12 @@ class Forward:
 
 @dataclass(frozen=True)
 class Mode:
-    """``model.eval()`` or ``model.train()``: the model's mode on the paths from here."""
+    """``model.eval()`` or ``model.train()``: the model's mode on the paths from here. With
+    no key, any model's mode may have changed (a framework's hooks ran): none is known to
+    be in eval mode any more."""
 
     site: Site
-    key: str
+    key: str | None
     training: bool
 
 

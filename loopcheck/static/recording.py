@@ -79,6 +79,8 @@ class Recorder(FrameStack):
                     self.model.add_record(record)
 
     def mode(self, state: PathState, action: Mode) -> PathState:
+        if action.key is None:
+            return state.with_evaluating(frozenset())
         if not action.training and any(
             self.saved_modes.get(text) == action.key and not value for text, value in state.facts
         ):
