@@ -3,6 +3,7 @@ attribute chain, container element and call result (a :class:`Frame` per analyse
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import libcst as cst
@@ -17,12 +18,18 @@ from loopcheck.static.roles import (
     is_model_wrapper,
     role_from_name,
 )
-from loopcheck.static.syntax import DATA_CALLS, SETTINGS, call_args, dotted, is_data
+from loopcheck.static.syntax import DATA_CALLS, call_args, dotted, is_data
 from loopcheck.static.tree import walk
 
 _MODEL_ROLES = (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
 # Roles an attribute chain may announce by its last name (``self.policy.optimizer``).
 _CHAIN_ROLES = (Role.OPTIMIZER, Role.SCHEDULER, Role.SCALER)
+# Objects that hold settings: ``args.optimizer`` is a string, ``cfg.optim`` a section.
+_SETTINGS = re.compile(
+    r"(?i)^(args|arguments|opts?|options|flags|cfg|config|conf|configs|hparams|hps?|params"
+    r"|settings|hyperparams|kwargs|self\.(args|cfg|config|conf|hparams|opts?|options))$"
+    r"|_(args|cfg|config|conf|hparams|opts|options|settings)$"
+)
 # Calls that return settings or data, never an optimizer, whatever the variable is called.
 _CONTAINER_METHODS = {"values", "items", "__iter__", "get", "pop"}
 _OPTIMIZER_MODULE_PREFIXES = (
@@ -187,9 +194,9 @@ class Frame:
         if role not in _CHAIN_ROLES or self.is_module_name(expr.value):
             return None
         base = dotted(expr.value)
-        if owner is None and (base is None or SETTINGS.search(base)):
+        if owner is None and (base is None or _SETTINGS.search(base)):
             return None
-        if owner is not None and SETTINGS.search(owner.key.rsplit(":", 1)[-1]):
+        if owner is not None and _SETTINGS.search(owner.key.rsplit(":", 1)[-1]):
             return None
         key = f"{owner.key}.{attr}" if owner is not None else f"{self.scope}:{base}.{attr}"
         return Obj(role, key)  # type: ignore[arg-type]

@@ -351,13 +351,9 @@ def grad_context(item: cst.BaseExpression) -> bool | None:
     return None
 
 
-# Objects that hold settings: ``args.optimizer`` is a string, ``cfg.optim`` a section,
-# ``cfg.optimizer_in_bwd`` a flag, whatever their names say.
-SETTINGS = re.compile(
-    r"(?i)^(args|arguments|opts?|options|flags|cfg|config|conf|configs|hparams|hps?|params"
-    r"|settings|hyperparams|kwargs|self\.(args|cfg|config|conf|hparams|opts?|options))$"
-    r"|_(args|cfg|config|conf|hparams|opts|options|settings)$"
-)
+# The namespaces settings are read from: ``cfg.optimizer_in_bwd`` is a setting, whatever its
+# name says.
+_SETTINGS_ROOT = re.compile(r"(?i)^(self\.)?(args|cfg|config|conf|hparams|options|flags|settings)$")
 
 
 def is_data(value: cst.BaseExpression) -> bool:
@@ -373,7 +369,7 @@ def is_data(value: cst.BaseExpression) -> bool:
         return value.value in _LITERALS
     if kind is cst.Attribute:
         base = dotted(value.value)
-        return base is not None and bool(SETTINGS.search(base))
+        return base is not None and bool(_SETTINGS_ROOT.match(base))
     return False
 
 
