@@ -29,7 +29,9 @@ def expected_column(source: str, line: int, code: str) -> int:
     That is the outermost call that starts on the line, i.e. the leftmost one. A line holding no
     call (`total += loss`) is flagged at its statement's first character, and so is every
     LC501 finding (the accumulation is the statement: `total += loss * x.size(0)` at `total`).
-    A step guard (LC204) is flagged at its condition: `if step % accum == 0:` at `step`.
+    A step guard (LC204) is flagged at its condition: `if step % accum == 0:` at `step`, and
+    a guard computed into a flag or handed to a helper at that value (`need_update = last or
+    i % n == 0` at `last`, `update_grad=i % n == 0` at `i`).
     LC900, a syntax error, is at the column CPython reports for it.
     """
     if code == "LC900":
@@ -43,6 +45,12 @@ def expected_column(source: str, line: int, code: str) -> int:
     text = source.splitlines()[line - 1]
     if code == "LC204":
         tests = [n.test for n in ast.walk(tree) if isinstance(n, (ast.If, ast.While))]
+        tests += [
+            n.value
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Assign, ast.keyword))
+            and isinstance(n.value, (ast.Compare, ast.BoolOp))
+        ]
         starts = [t.col_offset for t in tests if t.lineno == line]
         assert starts, f"line {line} holds no guard: {text!r}"
         return len(text.encode("utf-8")[: min(starts)].decode("utf-8")) + 1

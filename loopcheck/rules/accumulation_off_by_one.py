@@ -11,6 +11,11 @@ class AccumulationOffByOne(ProtocolRule):
     the wrong micro-batch: `i % N == 0` on a 0-based counter (`enumerate`, `range`, a counter
     incremented after the test) steps after the very first micro-batch, then every N; and an
     inverted guard (the step in the branch taken on N-1 of N micro-batches) steps almost always.
+    The guard is read wherever the step's condition comes from: the `if` itself (`or` a
+    last-batch flush included), `if i % N != 0: continue` before the step, a flag computed
+    earlier in the iteration (`need_update = last_batch or i % N == 0`), or a condition handed
+    to a helper that steps when it is set (`loss_scaler(..., update_grad=i % N == 0)`); the
+    finding is at the condition.
 
     ## Why is this bad?
     The first optimizer step applies one micro-batch instead of N (with the loss divided by N,

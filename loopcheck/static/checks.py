@@ -8,10 +8,11 @@ import libcst as cst
 from loopcheck.protocol import Grads
 from loopcheck.static import guards, tensors
 from loopcheck.static.dataflow import function_layout
-from loopcheck.static.frames import FrameStack
+from loopcheck.static.frames import Frame, FrameStack
+from loopcheck.static.index import FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary
 from loopcheck.static.paths import PathState
-from loopcheck.static.syntax import counter_of
+from loopcheck.static.syntax import counter_of, without_not
 
 
 class Checks(FrameStack):
@@ -31,12 +32,22 @@ class Checks(FrameStack):
         steps after the wrong micro-batch (see :mod:`loopcheck.static.guards`)."""
         if not self.loop_stack:
             return
-        guard = guards.read_guard(self.ctx.code, stmt.test)
+        source = self.guard_source(stmt)
+        if source is None:
+            return
+        expr, negated, ctx, frame, at = source
+        guard = guards.read_guard(ctx.code, _negated(expr, negated))
         if guard is None:
             return
         other = stmt.orelse.body if type(stmt.orelse) is cst.Else else stmt.orelse
         body_steps = guards.steps_in(self.frame, stmt.body)
-        other_steps = guards.steps_in(self.frame, other)
+        if other is None and guards.skips_rest(stmt.body):
+            # ``if i % n != 0: continue`` then ``opt.step()``: the rest of the block is the
+            # other branch
+            block, index, _ = function_layout(self.frame).place.get(id(stmt), ((), 0, None))
+            other_steps = any(guards.steps_in(self.frame, later) for later in block[index + 1 :])
+        else:
+            other_steps = guards.steps_in(self.frame, other)
         when_zero, otherwise = (
             (body_steps, other_steps) if guard.zero else (other_steps, body_steps)
         )
@@ -49,21 +60,65 @@ class Checks(FrameStack):
         )
         if not after_backward:
             return
-        layout = function_layout(self.frame)
-        loops = [s.node for s in self.loop_stack if id(s.node) in layout.place]
-        if type(self.frame.func) is cst.FunctionDef and self.loop_stack[0].node is self.frame.func:
-            loops.insert(0, self.frame.func)
-        base = guards.counter_base(guard.counter, loops, stmt, layout.before(stmt, loops))
-        if base is None:
-            return
-        values = self.frame.local_values.get(guard.counter, ())
-        manual = not any(type(n) is cst.For and counter_of(n) == guard.counter for n in loops)
-        if manual and not any(type(v) is cst.Integer and v.value == "0" for v in values):
-            return  # a counter incremented by hand from an unknown start
-        if guards.off_by_one(guard, base, when_zero, otherwise):
-            site = self.ctx.site(stmt.test)
+        base = self.counter_base(guard.counter, frame, at)
+        if base is not None and guards.off_by_one(guard, base, when_zero, otherwise):
+            site = ctx.site(expr)
             loop = self.loop_stack[-1]
             self.model.add_record(Record("LC204", site, guard.counter, loop, self.root))
+
+    def guard_source(
+        self, stmt: cst.If
+    ) -> tuple[cst.BaseExpression, bool, FileContext, Frame | None, cst.CSTNode | None] | None:
+        """Where a branch's test comes from: the test itself, the value of the flag it names
+        (``need_update = ...`` earlier in the function or in the enclosing one), or the
+        caller's condition handed to the parameter it names (``update_grad=(i + 1) % n ==
+        0``). With the frame and the statement that compute it (both None for a caller's
+        condition, whose position in its loop is not known here)."""
+        inner, negated = without_not(stmt.test)
+        if type(inner) is not cst.Name:
+            return stmt.test, False, self.ctx, self.frame, stmt
+        name = inner.value
+        if name in self.frame.conditions:
+            expr, caller = self.frame.conditions[name]
+            return expr, negated, caller, None, None
+        frame: Frame | None = self.frame
+        at: cst.CSTNode = stmt
+        while frame is not None and frame.func is not None:
+            layout = function_layout(frame)
+            defs = layout.reaching(name, at)  # type: ignore[arg-type]
+            if defs is not None:
+                if len(defs) != 1 or defs[0].augmented or defs[0].loop_target:
+                    return None
+                return defs[0].value, negated, frame.ctx, frame, defs[0].statement
+            parent = frame.parent
+            if name in frame.params or parent is None:
+                return None
+            if id(frame.func) not in function_layout(parent).place:
+                return None  # not a closure: a module-level name
+            frame, at = parent, frame.func
+        return None
+
+    def counter_base(self, counter: str, frame: Frame | None, at: cst.CSTNode | None) -> int | None:
+        """The counter's value where the guard is computed, in the first iteration (see
+        :func:`guards.counter_base`); without a position only a loop's own counter is read."""
+        if frame is None or at is None:
+            for summary in reversed(self.loop_stack):
+                node = summary.node
+                if type(node) is cst.For and counter_of(node) == counter:
+                    return guards.loop_start(node)
+            return None
+        layout = function_layout(frame)
+        loops = [s.node for s in self.loop_stack if id(s.node) in layout.place]
+        if type(frame.func) is cst.FunctionDef and self.loop_stack[0].node is frame.func:
+            loops.insert(0, frame.func)
+        base = guards.counter_base(counter, loops, at, layout.before(at, loops))  # type: ignore[arg-type]
+        if base is None:
+            return None
+        values = frame.local_values.get(counter, ())
+        manual = not any(type(n) is cst.For and counter_of(n) == counter for n in loops)
+        if manual and not any(type(v) is cst.Integer and v.value == "0" for v in values):
+            return None  # a counter incremented by hand from an unknown start
+        return base
 
     def check_kept_graph(self, stmt: cst.CSTNode) -> None:
         """LC501: a loss summed or collected across iterations with its graph, never
@@ -80,3 +135,7 @@ class Checks(FrameStack):
             return  # an unrolled inner loop: its graphs are kept to differentiate through
         record = Record("LC501", self.ctx.site(node), name, self.loop_stack[-1], self.root)
         self.model.add_record(record)
+
+
+def _negated(expr: cst.BaseExpression, negated: bool) -> cst.BaseExpression:
+    return cst.UnaryOperation(operator=cst.Not(), expression=expr) if negated else expr

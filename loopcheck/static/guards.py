@@ -26,6 +26,15 @@ class Guard:
 
 
 def read_guard(code: Render, test: cst.BaseExpression) -> Guard | None:
+    """The guard a branch test makes; ``i % N == 0 or step == len(loader) - 1`` is the guard
+    ``i % N == 0`` (the flush only adds the last batch)."""
+    inner, negated = without_not(test)
+    if type(inner) is cst.BooleanOperation and type(inner.operator) is cst.Or:
+        sides = [inner.left, inner.right]
+        rest = [side for side in sides if not _flush_operand(side)]
+        if len(rest) != 1:
+            return None
+        test = cst.UnaryOperation(operator=cst.Not(), expression=rest[0]) if negated else rest[0]
     found = modular(code, test)
     if found is None:
         return None
@@ -52,6 +61,14 @@ def steps_in(frame: Frame, branch: cst.CSTNode | None) -> bool:
             target = frame.resolve(node.args[0].value)
             if target is not None and target.role is Role.OPTIMIZER:
                 return True
+    return False
+
+
+def skips_rest(body: cst.BaseSuite) -> bool:
+    """Whether a branch ends by going to the next iteration (``continue``)."""
+    last = body.body[-1] if type(body) is cst.IndentedBlock and body.body else body
+    if type(last) in (cst.SimpleStatementLine, cst.SimpleStatementSuite):
+        return bool(last.body) and type(last.body[-1]) is cst.Continue
     return False
 
 
@@ -119,7 +136,12 @@ def flushes(test: cst.BaseExpression) -> bool:
     ``... or is_last_batch``."""
     if not (type(test) is cst.BooleanOperation and type(test.operator) is cst.Or):
         return False
-    for node in walk(test):
+    return _flush_operand(test)
+
+
+def _flush_operand(expr: cst.BaseExpression) -> bool:
+    """Whether a test mentions the end of the data (``len(loader)``, ``last_batch``)."""
+    for node in walk(expr):
         if type(node) is cst.Call and dotted(node.func) == "len":
             return True
         if type(node) is cst.Name and ("last" in node.value or "end" in node.value):
