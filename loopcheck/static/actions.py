@@ -69,6 +69,7 @@ _HARMLESS_CALLS = {
     "pprint.pprint",
 }
 _HARMLESS_PREFIXES = ("logging.", "logger.", "log.", "wandb.", "mlflow.", "tqdm.")
+_FINITE_TEST = re.compile(r"(?i)^is_?(finite|nan|inf)$")
 _NONFINITE = re.compile(
     r"(?i)is_?finite|is_?nan|is_?inf|^nan$|^inf$|overflow|found_inf|non_?finite|grad_?norm"
 )
@@ -177,6 +178,9 @@ class Reader(HostView):
         return found
 
     def _about_gradients(self, names: set[str], depth: int) -> bool:
+        # ``math.isfinite(loss_value)`` tests a loss, not the gradients: the test function
+        # says nothing, what it is applied to does
+        names = {name for name in names if not _FINITE_TEST.match(name)}
         if any(_NONFINITE.search(name) for name in names):
             return True
         if depth > 1:
