@@ -16,7 +16,9 @@ class MissingBackward(Rule):
     """## What it does
     Flags a loop that computes a loss and steps an optimizer but never calls `backward()`, and
     a step of an optimizer that the loop clears but that none of its backward calls reaches
-    (each loss traced to other models: a GAN whose generator loss lost its backward).
+    (each loss traced to other models: a GAN whose generator loss lost its backward), or that
+    steps right after its clear when the only backward reaching it afterwards is another
+    optimizer's loss (a GAN whose discriminator loss lost its backward).
 
     ## Why is this bad?
     Without a backward pass no gradient is ever produced: `step()` finds `.grad` empty and
@@ -45,6 +47,22 @@ class MissingBackward(Rule):
     summary = "the loop computes a loss and steps but never calls backward"
 
     def check(self, model: FileModel) -> Iterable[Finding]:
+        seen = set()
+        for finding in self._findings(model):
+            if (finding.path, finding.span) not in seen:
+                seen.add((finding.path, finding.span))
+                yield finding
+
+    def _findings(self, model: FileModel) -> Iterable[Finding]:
+        for record in model.violations(self.code):
+            # a step on cleared gradients that only another optimizer's loss reaches later
+            yield Finding(
+                record.site.span,
+                f"`{record.site.text}` steps on cleared gradients, and its own loss never "
+                "goes through `backward()` (only another optimizer's loss reaches its "
+                "parameters, after the step): the step changes nothing",
+                record.site.path,
+            )
         for loop in model.loops:
             if loop.opaque_model or loop.grads_read:
                 continue

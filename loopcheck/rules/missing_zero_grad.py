@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 class MissingZeroGrad(ProtocolRule):
     """## What it does
     Flags a training loop that backpropagates and steps but never clears the gradients
-    (no `zero_grad()`, no `p.grad = None`) anywhere in the loop.
+    (no `zero_grad()`, no `p.grad = None`) anywhere in the loop. The finding is at the step;
+    when the step is in a helper the loop hands its loss to (a loss scaler's `__call__`, an
+    `update(optimizer, loss)`), it is at that call in the loop, which is what lacks the clear.
 
     ## Why is this bad?
     `backward()` adds into `.grad`; it does not overwrite it. Without a clear, every step applies

@@ -24,7 +24,7 @@ from loopcheck.static.facts import flag_set, handed_back, mode_saved, requires_g
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import FileContext
 from loopcheck.static.looping import Loops
-from loopcheck.static.model import FileModel, LoopSummary, RootSummary
+from loopcheck.static.model import FileModel, LoopSummary, RootSummary, Site
 from loopcheck.static.moves import Action, Alternatives, Backward, Emit, Follow, Forward, Mark, Mode
 from loopcheck.static.paths import Flow, PathState, cap, merge
 from loopcheck.static.recording import Recorder
@@ -98,6 +98,7 @@ class Interpreter(Recorder, Checks, Loops):
         self.at: cst.CSTNode | None = None  # the statement being run (for reaching values)
         self._forgotten: dict[tuple[object, ...], frozenset[tuple[str, bool]]] = {}
         self.transitions = {}  # the protocol's transitions seen in this file, remembered
+        self.drops_loss: dict[Site, bool] = {}  # steps by whether their function drops a loss
         self.grad_modes: list[bool] = []
         self.no_grad_blocks: list[cst.CSTNode] = []
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import libcst as cst
 
 from loopcheck.protocol import Event, Move, OptState, Violation, advance
-from loopcheck.static import conditions
+from loopcheck.static import conditions, tensors
 from loopcheck.static.frames import FrameStack
 from loopcheck.static.index import FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, Site, overlap
@@ -40,6 +40,7 @@ class Recorder(FrameStack):
     fact_names: dict[str, set[str]]
     saved_modes: dict[str, str]  # names saving a model's mode (``was_training``), its key
     transitions: dict[tuple[OptState, Event], tuple[OptState, tuple[Violation, ...]]]
+    drops_loss: dict[Site, bool]
 
     grad_modes: list[bool]  # innermost last: False under no_grad / inference_mode
     no_grad_blocks: list[cst.CSTNode]  # the ``with torch.no_grad():`` blocks being run
@@ -295,11 +296,20 @@ class Recorder(FrameStack):
         if event.move in (Move.STEP, Move.OPAQUE) and self.root is not None:
             self.root.stepped = True
             self.root.stepped_keys.add(key)
+        if event.move is Move.STEP and where is not None and where not in self.drops_loss:
+            self.drops_loss[where] = bool(tensors.dead_losses(self.ctx, self.frame.func))
         loop = self.loop_stack[-1] if self.loop_stack else None
         for v in violations:
             if isinstance(v.where, Site):
                 cause = v.cause if isinstance(v.cause, Site) else None
-                self.model.add_record(Record(v.code, v.where, key, loop, self.root, cause))
+                where, code = v.where, v.code
+                if code == "LC104" and not self.drops_loss.get(v.where, False):
+                    code = "LC103"  # no loss is left without its backward: misordered
+                if code == "LC101" and isinstance(self.frame.handed_at, Site):
+                    # a helper handed the loss (a loss scaler) steps what its caller never
+                    # clears: the caller's loop lacks the clear, blamed at the call
+                    where = self.frame.handed_at
+                self.model.add_record(Record(code, where, key, loop, self.root, cause))
         return state.with_opt(key, new)
 
     def mark(self, what: str) -> None:

@@ -305,6 +305,29 @@ def backpropagated(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[
     return ctx.remember("backprop", func, lambda: _backpropagated(ctx, func))
 
 
+def dead_losses(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[str]:
+    """Losses a function computes and drops: names with ``loss`` in them, assigned, that no
+    backward reaches, and that are neither handed to a call nor returned (``d_loss`` only
+    logged with ``.item()`` once its ``backward()`` is gone)."""
+    return ctx.remember("dead losses", func, lambda: _dead_losses(ctx, func))
+
+
+def _dead_losses(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[str]:
+    body = func.body if func is not None else ctx.module
+    assigned: set[str] = set()
+    used: set[str] = set()
+    for node in walk(body):
+        if type(node) is cst.Assign:
+            for target in node.targets:
+                if type(target.target) is cst.Name and "loss" in target.target.value.lower():
+                    assigned.add(target.target.value)
+        elif type(node) is cst.Call:
+            used.update(arg.value.value for arg in node.args if type(arg.value) is cst.Name)
+        elif type(node) in (cst.Return, cst.Yield) and node.value is not None:
+            used |= names_in(node.value)
+    return frozenset(assigned - used - backpropagated(ctx, func))
+
+
 def _backpropagated(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[str]:
     body = func.body if func is not None else ctx.module
     names: set[str] = set()
