@@ -8,12 +8,14 @@ import libcst as cst
 
 from loopcheck.protocol import Event, Move, OptState, Violation, advance
 from loopcheck.static import conditions, tensors
+from loopcheck.static.dataflow import function_layout
 from loopcheck.static.frames import FrameStack
 from loopcheck.static.index import FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, Site, overlap
 from loopcheck.static.moves import Backward, Emit, Forward, Mode
 from loopcheck.static.paths import PathState
-from loopcheck.static.roles import Obj, Role, role_from_name
+from loopcheck.static.roles import Obj, Role, is_environment, role_from_name
+from loopcheck.static.syntax import dotted
 from loopcheck.static.tree import walk
 
 # What a ``Mark`` says of a loop, as the field of ``LoopSummary`` it sets.
@@ -305,12 +307,19 @@ class Recorder(FrameStack):
                 where, code = v.where, v.code
                 if code == "LC104" and not self.drops_loss.get(v.where, False):
                     code = "LC103"  # no loss is left without its backward: misordered
-                if code == "LC101" and isinstance(self.frame.handed_at, Site):
+                if code == "LC101" and self.blame_caller(loop):
                     # a helper handed the loss (a loss scaler) steps what its caller never
                     # clears: the caller's loop lacks the clear, blamed at the call
                     where = self.frame.handed_at
                 self.model.add_record(Record(code, where, key, loop, self.root, cause))
         return state.with_opt(key, new)
+
+    def blame_caller(self, loop: LoopSummary | None) -> bool:
+        """Whether a loop-level finding of this helper belongs at its caller's call: the
+        helper was handed the loss, and the loop is its caller's, not one of its own."""
+        if not isinstance(self.frame.handed_at, Site) or loop is None:
+            return False
+        return id(loop.node) not in function_layout(self.frame).place
 
     def mark(self, what: str) -> None:
         if what == "stepped" and self.root is not None:
@@ -326,7 +335,9 @@ class Recorder(FrameStack):
 
 
 def _steps(ctx: FileContext, method: cst.FunctionDef) -> bool:
-    """Whether a method's text steps something (cached per method)."""
+    """Whether a method's text may step an optimizer (cached per method): a ``.step()``
+    call on anything but an environment or a scheduler (an RL algorithm's rollout method
+    calls ``env.step(actions)``)."""
     return ctx.remember(
         "steps",
         method,
@@ -334,6 +345,12 @@ def _steps(ctx: FileContext, method: cst.FunctionDef) -> bool:
             type(node) is cst.Call
             and type(node.func) is cst.Attribute
             and node.func.attr.value == "step"
+            and not _not_an_optimizer(node.func.value)
             for node in walk(method.body)
         ),
     )
+
+
+def _not_an_optimizer(receiver: cst.BaseExpression) -> bool:
+    last = (dotted(receiver) or "").rpartition(".")[2]
+    return is_environment(last) or role_from_name(last) is Role.SCHEDULER
