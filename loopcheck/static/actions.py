@@ -35,7 +35,7 @@ from loopcheck.static.gradients import (
 from loopcheck.static.host import Host, HostView
 from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
 from loopcheck.static.moves import Action, Alternatives, Emit, Follow, Forward, Mark
-from loopcheck.static.roles import Obj, Role
+from loopcheck.static.roles import Obj, Role, is_environment
 from loopcheck.static.syntax import (
     call_args,
     chains_in,
@@ -68,6 +68,11 @@ _HARMLESS_CALLS = {
     "torch.save",
     "pprint.pprint",
 }
+# Helpers named for averaging gradients across processes (``mpi_avg_grads``,
+# ``average_gradients``, ``allreduce_grads``), seen from outside the linted files.
+_GRAD_COLLECTIVE = re.compile(
+    r"(?i)(^|[._])(mpi_)?(avg|average|all_?reduce|sync|reduce)_?(grads?|gradients)$"
+)
 _HARMLESS_PREFIXES = ("logging.", "logger.", "log.", "wandb.", "mlflow.", "tqdm.")
 _FINITE_TEST = re.compile(r"(?i)^is_?(finite|nan|inf)$")
 _NONFINITE = re.compile(
@@ -228,9 +233,10 @@ class Reader(HostView):
                 return [self.apis.backward(call, func.value)]
             if method in CLEARING_NAMES and (owner is None or owner.cls is None):
                 return [Mark("clears"), *self.apis.unresolved_clear(call)]
-            if "step" in method and owner is None:
+            if "step" in method and owner is None and not is_environment(dotted(func.value) or ""):
                 # ``schedule.step()`` may run forward and backward; ``self.optimizers[0]
                 # .step()`` may step an optimizer, unlike ``envs = make_env(); envs.step()``
+                # or ``self.env.step(actions)``
                 prefix.append(Mark("opaque_model"))
                 if not self.apis.known_other(func.value):
                     prefix.append(Mark("stepped"))
@@ -267,7 +273,9 @@ class Reader(HostView):
             held = frame.resolve(func)
             if held is not None and held.role in (Role.MODEL, Role.ENGINE, Role.LIGHTNING):
                 return self.forward(held, call)  # ``self.model(x)``
-        if qual is not None and _harmless(qual):
+        if qual is not None and (_harmless(qual) or _GRAD_COLLECTIVE.search(qual)):
+            # ``mpi_avg_grads(ac.pi)``: gradients averaged across processes in place, none
+            # cleared or applied
             return []
         if frame.value_role(call, None) is not None:
             return []  # building an optimizer, scheduler, scaler or model does not step one

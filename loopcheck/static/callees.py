@@ -53,10 +53,17 @@ def passed_on(ctx: FileContext, func: cst.FunctionDef) -> frozenset[str]:
             a.value.value
             for node in walk(func.body)
             if type(node) is cst.Call
+            and not (type(node.func) is cst.Name and node.func.value in _LOOKS_ONLY)
             for a in node.args
             if type(a.value) is cst.Name and a.value.value in names
         ),
     )
+
+
+# Builtins that only look at what they are given (``isinstance(optimizers, list)``).
+_LOOKS_ONLY = frozenset(
+    {"isinstance", "len", "type", "id", "print", "hasattr", "getattr", "str", "repr", "callable"}
+)
 
 
 def closure_names(ctx: FileContext, func: cst.FunctionDef) -> frozenset[str]:

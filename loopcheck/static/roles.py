@@ -250,3 +250,12 @@ def role_from_name(name: str, annotation: str | None = None) -> Role | None:
         if pattern.match(name):
             return role
     return None
+
+
+_ENVIRONMENT = re.compile(r"(?i)(^|_)(env|envs|environment|vec_env|venv)$")
+
+
+def is_environment(name: str) -> bool:
+    """Whether a name holds a reinforcement-learning environment (``self.env``, ``envs``,
+    ``vec_env``): its ``step(actions)`` steps no optimizer and runs no model of ours."""
+    return bool(_ENVIRONMENT.search(name.rpartition(".")[2]))
