@@ -180,6 +180,9 @@ class _Tracer:
             callee = self.frame.resolve(func)
             if callee is not None and callee.role in _MODEL_ROLES:
                 return self.obj(callee) | args
+            key = module_key(self.frame, func)
+            if key is not None and key in _optimized_models(self.frame):
+                return Origin(frozenset({key}), True) | args  # ``ac.v(obs)``, ``ac.v`` optimized
             return self.expr(func.value, depth + 1, at) | args
         if type(func) is cst.Name:
             callee = self.frame.resolve_name(func.value)
@@ -187,7 +190,7 @@ class _Tracer:
                 return self.obj(callee) | args
             if callee is not None and callee.role is Role.INSTANCE and callee.cls is not None:
                 return self.instance_models(callee) | args
-            node = self.frame.local_defs.get(func.value) or self.frame.ctx.functions.get(func.value)
+            node = _local_def(self.frame, func.value) or self.frame.ctx.functions.get(func.value)
             if node is not None:
                 helper = self.returns(self.frame.ctx, node, None, None, call, depth, at)
                 if helper is not None:
@@ -236,7 +239,7 @@ class _Tracer:
             node,
             cls,
             {k: v for k, v in bound.items() if v is not None},
-            module_frame(ctx),
+            _defining_frame(self.frame, node) or module_frame(ctx),  # a closure's names
             scope,
         )
         tracer = _Tracer(frame, carried, self.helpers + 1)
@@ -310,6 +313,35 @@ def _expressions(node: cst.CSTNode) -> list[cst.BaseExpression]:
         else:
             stack.extend(kids(child))
     return out
+
+
+def _local_def(frame: Frame | None, name: str) -> cst.FunctionDef | None:
+    """A function defined inside this frame's function or one around it (a closure)."""
+    while frame is not None:
+        node = frame.local_defs.get(name)
+        if node is not None:
+            return node
+        frame = frame.parent
+    return None
+
+
+def _defining_frame(frame: Frame | None, node: cst.FunctionDef) -> Frame | None:
+    """The frame (this one or one around it) whose function defines ``node`` locally."""
+    while frame is not None:
+        if node in frame.local_defs.values():
+            return frame
+        frame = frame.parent
+    return None
+
+
+def _optimized_models(frame: Frame | None) -> frozenset[str]:
+    """The models of the optimizers visible in a frame and the frames around it."""
+    found: set[str] = set()
+    while frame is not None:
+        for opt in frame.optimizers():
+            found |= opt.models
+        frame = frame.parent
+    return frozenset(found)
 
 
 def function_layout(frame: Frame) -> Layout:

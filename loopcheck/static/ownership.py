@@ -57,6 +57,10 @@ def module_key(frame: Frame, expr: cst.BaseExpression) -> str | None:
         if frame.cls.method(expr.attr.value) is None:
             return f"{frame.cls.name}.{expr.attr.value}"
         return None
+    if type(expr) is cst.Attribute and type(expr.value) is cst.Name:
+        # ``ac.v``: a submodule of such an object (an actor-critic's value network)
+        owner = module_key(frame, expr.value)
+        return f"{owner}.{expr.attr.value}" if owner is not None else None
     if type(expr) is not cst.Name:
         return None
     name = expr.value
@@ -109,6 +113,8 @@ def models_in(frame: Frame, expr: cst.CSTNode) -> frozenset[str]:
     while stack:
         node = stack.pop()
         receivers = {id(r) for r in _parameter_owners(node)}
+        parts = _submodules(frame, node)
+        keys |= set(parts.values())
         for root in roots_of(node):
             obj = frame.resolve(root) if type(root) is not cst.Call else None
             if obj is not None and obj.role in _MODEL_ROLES:
@@ -116,7 +122,8 @@ def models_in(frame: Frame, expr: cst.CSTNode) -> frozenset[str]:
             elif obj is not None and obj.role is Role.INSTANCE and obj.cls is not None:
                 keys.add(obj.key)
             elif obj is None:
-                key = module_key(frame, root) if id(root) in receivers else None
+                known = id(root) in receivers and id(root) not in parts
+                key = module_key(frame, root) if known else None
                 if key is not None:
                     keys.add(key)
                 if type(root) is cst.Name and root.value not in seen:
@@ -127,6 +134,24 @@ def models_in(frame: Frame, expr: cst.CSTNode) -> frozenset[str]:
 
 
 _PARAMETER_METHODS = {"parameters", "named_parameters", "modules", "children"}
+
+
+def _submodules(frame: Frame, expr: cst.CSTNode) -> dict[int, str]:
+    """``ac.v.parameters()`` on an object of no known role: the submodule's key (the same
+    key a call ``ac.v(obs)`` gets), by the id of the object's name."""
+    out: dict[int, str] = {}
+    for node in walk(expr):
+        if not (type(node) is cst.Attribute and node.attr.value in _PARAMETER_METHODS):
+            continue
+        part = node.value
+        if type(part) is not cst.Attribute or type(part.value) is not cst.Name:
+            continue
+        if part.value.value == "self" or frame.resolve(part) or frame.resolve(part.value):
+            continue
+        key = module_key(frame, part)
+        if key is not None:
+            out[id(part.value)] = key
+    return out
 
 
 def _parameter_owners(expr: cst.CSTNode) -> list[cst.BaseExpression]:
