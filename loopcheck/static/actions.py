@@ -44,6 +44,7 @@ from loopcheck.static.syntax import (
     is_loss_name,
     names_in,
     params_of,
+    without_not,
 )
 from loopcheck.static.tensors import forward_takes_gradients, frozen_module
 from loopcheck.static.tree import is_expression, kids
@@ -178,7 +179,7 @@ class Reader(HostView):
         known = self.gradient_tests.get(key)
         if known is not None and known[0] is test:
             return known[1]
-        found = self._about_gradients(names_in(test), depth=0)
+        found = not _none_test(test) and self._about_gradients(names_in(test), depth=0)
         self.gradient_tests[key] = (test, found)
         return found
 
@@ -509,6 +510,17 @@ class Reader(HostView):
         if obj.role is Role.FACTORY:
             return []
         return self.apis.opaque_args(call)
+
+
+def _none_test(test: cst.BaseExpression) -> bool:
+    """``grad_norm is not None``: whether a value was computed (a helper stepped), not what
+    the gradients hold."""
+    inner, _ = without_not(test)
+    return (
+        type(inner) is cst.Comparison
+        and all(type(c.operator) in (cst.Is, cst.IsNot) for c in inner.comparisons)
+        and all(dotted(c.comparator) == "None" for c in inner.comparisons)
+    )
 
 
 def _harmless(qual: str) -> bool:
