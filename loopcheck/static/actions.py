@@ -47,7 +47,7 @@ from loopcheck.static.syntax import (
     without_not,
 )
 from loopcheck.static.tensors import forward_takes_gradients, frozen_module
-from loopcheck.static.tree import is_expression, kids
+from loopcheck.static.tree import is_expression, kids, walk
 
 MAX_FOLLOWS_PER_ROOT = 120  # past it, calls are treated as calls we cannot see into
 
@@ -93,11 +93,17 @@ class Reader(HostView):
 
     def of_expr(self, expr: cst.BaseExpression) -> list[Action]:
         actions: list[Action] = []
-        for node in self.ctx.evaluation_order(expr):
+        order = self.ctx.evaluation_order(expr)
+        # ``p.grad.div_(n)``: the accumulated sum normalised by hand, neither applied nor
+        # cleared (unless multiplied by zero); its ``p.grad`` is no read by hand
+        rescaling = [n for n in order if type(n) is cst.Call and rescales_grad(n)]
+        receivers = {id(r) for call in rescaling for r in walk(call.func)}
+        for node in order:
+            if id(node) in receivers:
+                continue
             if type(node) is cst.Call and rescales_grad(node):
-                # ``p.grad.div_(n)``: the accumulated sum normalised by hand
-                actions.append(Mark("grads"))
-                actions.append(Mark("grads_rewritten"))
+                if _by_zero(node):
+                    actions.append(Mark("grads_rewritten"))
                 actions.append(Emit(Event(Move.GRAD_RESCALE), None))
             elif type(node) is cst.Call:
                 if hands_grad(node) or changes_grad(node):
@@ -510,6 +516,12 @@ class Reader(HostView):
         if obj.role is Role.FACTORY:
             return []
         return self.apis.opaque_args(call)
+
+
+def _by_zero(call: cst.Call) -> bool:
+    return any(
+        type(a.value) in (cst.Integer, cst.Float) and not a.value.evaluated_value for a in call.args
+    )
 
 
 def _none_test(test: cst.BaseExpression) -> bool:

@@ -12,10 +12,12 @@ from loopcheck.protocol import Event, Move, advance
 from loopcheck.static import conditions, guards, tensors
 from loopcheck.static.facts import handed_back_in
 from loopcheck.static.frames import FrameStack
+from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
 from loopcheck.static.model import FileModel, LoopSummary
 from loopcheck.static.paths import Flow, PathState, cap
 from loopcheck.static.roles import Role, role_from_name
-from loopcheck.static.syntax import chains_in, counter_of, is_true
+from loopcheck.static.syntax import chains_in, counter_of, dotted, is_true
+from loopcheck.static.tree import walk
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -118,7 +120,8 @@ class Loops(FrameStack):
         assigned = frozenset(assigned)
         self.loop_stack.append(summary)
         try:
-            entry = {self.forget(self.enter(s), assigned) for s in states}
+            inherits = self.may_clear(node)
+            entry = {self.forget(self.enter(s) if inherits else s, assigned) for s in states}
             # framework gates decided before the loop (a helper loop inside an
             # ``if accelerator.sync_gradients:`` block) hold for all its iterations
             outer_gates = frozenset(
@@ -182,6 +185,15 @@ class Loops(FrameStack):
                 state = state.with_opt(key, new)
         return state
 
+    def may_clear(self, loop: cst.CSTNode) -> bool:
+        """Whether a loop may clear the gradients it inherits (a clear in its text, or a call
+        to a function of the linted files that takes part in a step). Only such a loop tells
+        the protocol that it starts: a clear of gradients left by an earlier loop is then not
+        a micro-batch lost (LC205's question, not LC108's). A loop that cannot clear (a MAML
+        adaptation loop inside a helper) leaves its caller's gradients as they were."""
+        ctx, cls = self.ctx, self.frame.cls
+        return ctx.remember("may clear", loop, lambda: _may_clear(ctx, cls, loop))
+
     def shift(self, state: PathState, counter: str | None) -> PathState:
         """The counter grew by one: move its modular facts one step."""
         if counter is None or not state.facts:
@@ -204,3 +216,36 @@ class Loops(FrameStack):
             if summary.has(Move.STEP, key):
                 state = self.apply(state, key, Event(Move.ITERATION))  # may complete LC303
         return state
+
+
+def _may_clear(ctx: FileContext, cls: ClassInfo | None, loop: cst.CSTNode) -> bool:
+    called: set[str] = set()
+    for node in walk(loop):
+        if type(node) is cst.Call:
+            name = dotted(node.func) or ""
+            last = name.rpartition(".")[2]
+            if last in CLEARING_NAMES:
+                return True
+            called.add(name)
+        elif type(node) is cst.AssignTarget and type(node.target) is cst.Attribute:
+            if node.target.attr.value == "grad":
+                return True
+    for name in called:
+        first, _, last = name.rpartition(".")
+        if not first:
+            node = ctx.functions.get(last)
+            if node is not None and id(node) in ctx.relevant:
+                return True
+            if last in ctx.imports.aliases:
+                found = ctx.external(ctx.imports.aliases[last])
+                if found is not None and type(found[1]) is cst.FunctionDef:
+                    if id(found[1]) in found[0].relevant:
+                        return True
+            continue
+        classes = list(cls.mro()) if cls is not None and first == "self" else []
+        classes += list(ctx.classes.values())
+        for info in classes:
+            method = info.methods.get(last)
+            if method is not None and id(method) in info.ctx.relevant:
+                return True
+    return False
