@@ -216,7 +216,7 @@ class Frame:
             if role_obj is not None:
                 found = replace(role_obj, key=f"{cls.name}.{attr}")
                 break
-        if found is None:
+        if found is None and cls.method(attr) is None:  # ``self.net_u(x)``: a method
             role = role_from_name(attr)
             values = [v for _, v, _ in cls.attribute_values(attr)]
             if role is not None and not (values and all(is_data(v) for v in values)):
