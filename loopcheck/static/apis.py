@@ -10,6 +10,7 @@ import libcst as cst
 from loopcheck.protocol import Event, Move
 from loopcheck.static.dataflow import Origin, divided_where, function_layout, origin
 from loopcheck.static.host import HostView
+from loopcheck.static.index import ClassInfo, FileContext
 from loopcheck.static.model import Site
 from loopcheck.static.moves import Action, Backward, Emit, Follow, Forward, Mark, Mode
 from loopcheck.static.ownership import constructor_of
@@ -169,6 +170,11 @@ class ApiReader(HostView):
                 return []
             if owner.cls is None and self.ctx.sole_method(method) is not None:
                 return None  # the one class of this file with that method: follow it
+            idle = _idle_method(self.ctx, method) if owner.cls is None else None
+            if idle is not None:
+                # defined only by linted classes, none taking part in a step: a utility
+                # (``raw_model.estimate_mfu(...)``), or at most a forward pass
+                return [forward] if idle else []
             return [forward, Mark("opaque_model"), *self.opaque_args(call)]
         return None
 
@@ -395,4 +401,33 @@ def _disabled(built: cst.Call | None) -> bool:
     for arg in built.args:
         if arg.keyword is not None and arg.keyword.value == "enabled":
             return type(arg.value) is cst.Name and arg.value.value == "False"
+    return False
+
+
+def _idle_method(ctx: FileContext, name: str) -> bool | None:
+    """For a method of a model whose class is not known: None unless the classes of this file
+    and those it imports from the linted files define it, and none of those definitions takes
+    part in a step; then whether any of them calls the module itself (a forward pass)."""
+    classes = list(ctx.classes.values())
+    for qual in ctx.imports.aliases.values():
+        found = ctx.external(qual)
+        if found is not None and isinstance(found[1], ClassInfo):
+            classes.append(found[1])
+    methods = [(info, info.methods[name]) for info in classes if name in info.methods]
+    if not methods or any(id(m) in info.ctx.relevant for info, m in methods):
+        return None
+    return any(_calls_self(m) for _, m in methods)
+
+
+def _calls_self(method: cst.FunctionDef) -> bool:
+    """``self(x)``, ``self.forward(x)``, ``self.encoder(x)``: a module run by its method."""
+    for node in walk(method.body):
+        if type(node) is not cst.Call:
+            continue
+        func = node.func
+        if type(func) is cst.Name and func.value == "self":
+            return True
+        if type(func) is cst.Attribute and type(func.value) is cst.Name:
+            if func.value.value == "self":
+                return True
     return False
