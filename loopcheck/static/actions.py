@@ -68,6 +68,11 @@ _HARMLESS_CALLS = {
     "copy.deepcopy",
     "torch.save",
     "pprint.pprint",
+    # apex's mixed precision: the parameters an optimizer holds, a loss scaled for its
+    # backward, and a model and optimizer handed back patched (neither stepped nor cleared)
+    "apex.amp.master_params",
+    "apex.amp.scale_loss",
+    "apex.amp.initialize",
 }
 # Helpers named for averaging gradients across processes (``mpi_avg_grads``,
 # ``average_gradients``, ``allreduce_grads``), seen from outside the linted files.
