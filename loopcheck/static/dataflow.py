@@ -19,6 +19,8 @@ from loopcheck.static.tree import is_expression, kids
 _MODEL_ROLES = (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
 # Methods and attributes whose result carries no graph back to the models.
 _CUT_METHODS = {"detach", "detach_", "item", "tolist", "numpy", "size", "dim", "numel", "shape"}
+# Methods whose arguments say where or how a tensor is stored, never what it depends on
+_PLACEMENT_METHODS = {"to", "cuda", "cpu", "type", "pin_memory"}
 _CUT_ATTRIBUTES = {"data", "grad", "shape", "dtype", "device", "requires_grad", "ndim"}
 _MAX_DEPTH = 64  # a guard: names are memoised, so real chains end long before
 _MAX_HELPERS = 3  # helpers followed inside one another
@@ -158,6 +160,8 @@ class _Tracer:
             method = func.attr.value
             if method in _CUT_METHODS:
                 return NOTHING
+            if method in _PLACEMENT_METHODS:
+                args = NOTHING  # ``y.to(device)``: the device is no input of the tensor
             held = self.frame.resolve(func)
             if held is not None and held.role in _MODEL_ROLES:
                 return self.obj(held) | args  # ``self.generator(z)``: a submodule
