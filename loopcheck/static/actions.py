@@ -136,7 +136,12 @@ class Reader(HostView):
                 return [*written, Emit(Event(Move.GRAD_RESCALE), None)]
             return [*written, Emit(Event(Move.OPAQUE), None)]
         if type(target) is cst.Attribute and target.attr.value == "data":
-            return [Mark("grads"), Mark("grads_rewritten")]
+            inner = target.value
+            if type(inner) is cst.Attribute and inner.attr.value == "grad":
+                return [Mark("grads"), Mark("grads_rewritten")]  # ``p.grad.data = ...``
+            # ``p.data = p.data - lr * p.grad``: parameters updated by hand (a step, not a
+            # clear); ``fake.data = fake.data.mul(0.5)``: a tensor rescaled for display
+            return [Mark("grads")] if value is not None and "grad" in names_in(value) else []
         if type(target) is cst.Attribute:
             owner = self.frame.resolve(target.value)
             if owner is not None and owner.role is Role.OPTIMIZER:

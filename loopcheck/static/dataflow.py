@@ -285,7 +285,11 @@ def _settings_parameter(frame: Frame, name: str) -> bool:
             if param.name.value == name and param.default is not None:
                 if literal(param.default)[0] or type(param.default) is cst.SimpleString:
                     return True
-    return bool(_SCALAR_NAME.search(name))
+    return bool(_SCALAR_NAME.search(name) or _DATA_NAME.search(name))
+
+
+# Parameters that hand in data: what they yield depends on no model (``next(data_iter)``)
+_DATA_NAME = re.compile(r"(?i)(^|_)(loader|dataloader|dataset|data_iter|iterator|sampler)$")
 
 
 def returns_of(func: cst.FunctionDef) -> list[tuple[cst.CSTNode, cst.BaseExpression]]:
