@@ -16,8 +16,10 @@ class MissingZeroGrad(ProtocolRule):
     """## What it does
     Flags a training loop that backpropagates and steps but never clears the gradients
     (no `zero_grad()`, no `p.grad = None`) anywhere in the loop. The finding is at the step;
-    when the step is in a helper the loop hands its loss to (a loss scaler's `__call__`, an
-    `update(optimizer, loss)`), it is at that call in the loop, which is what lacks the clear.
+    when the step is in a helper that the loop hands its loss to (a loss scaler's `__call__`,
+    an `update(optimizer, loss)`) or that runs no backward (an optimizer wrapper's
+    `step_and_update_lr()`, a trainer's `_step()`), it is at that call in the loop, which is
+    what lacks the clear. A helper that runs a whole step (`train_step`) keeps its finding.
 
     ## Why is this bad?
     `backward()` adds into `.grad`; it does not overwrite it. Without a clear, every step applies

@@ -466,9 +466,19 @@ class Reader(HostView):
             if k not in bound
             and (is_loss_name(k) or type(arg) is cst.Name and is_loss_name(arg.value))
         )
-        site = self.site(call) if losses else None
+        called_at = self.site(call)
+        site = called_at if losses else None
         return Follow(
-            node, tuple(bound.items()), cls, constants, ctx, conditions, maybe_none, losses, site
+            node,
+            tuple(bound.items()),
+            cls,
+            constants,
+            ctx,
+            conditions,
+            maybe_none,
+            losses,
+            site,
+            called_at,
         )
 
     def _maybe_none(self, arg: cst.BaseExpression) -> bool:

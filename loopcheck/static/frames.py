@@ -32,6 +32,16 @@ _SETTINGS = re.compile(
 )
 # Calls that return settings or data, never an optimizer, whatever the variable is called.
 _CONTAINER_METHODS = {"values", "items", "__iter__", "get", "pop"}
+# What code reads of an optimizer (anything else read of a name makes it a namespace).
+_OPTIMIZER_API = frozenset(
+    {
+        "step", "zero_grad", "param_groups", "state", "state_dict", "load_state_dict",
+        "add_param_group", "defaults", "optimizer", "register_step_pre_hook",
+        "register_step_post_hook", "train", "eval", "synchronize", "skip_synchronize",
+        "consolidate_state_dict", "backward", "clip_grad_norm", "clip_grad_norm_",
+        "update_lr", "step_and_update_lr", "get_lr", "lr", "module", "param_groups_",
+    }
+)  # fmt: skip
 _OPTIMIZER_MODULE_PREFIXES = (
     "torch.optim",
     "bitsandbytes.optim",
@@ -75,6 +85,7 @@ class Frame:
         self.maybe_none: frozenset[str] = frozenset()  # see ``Follow.maybe_none``
         self.divided: dict[str, bool | None] = {}  # see ``Follow.divided``
         self.handed_at: object = None  # see ``Follow.site``
+        self.called_at: object = None  # see ``Follow.called_at``
         self.origins: dict[tuple[int, int], object] = {}  # loss origins (see dataflow)
         self._optimizers: list[Obj] | None = None
         self._values: dict[tuple[int, str | None], Obj | None] = {}
@@ -131,8 +142,26 @@ class Frame:
         role = role_from_name(name, self.params.get(name))
         if role is None:
             return None
+        if role is Role.OPTIMIZER and self.params.get(name) is None and self.read_as_settings(name):
+            return None  # ``opt.src_pad_idx``: an options namespace called ``opt``
         key = (self.kept_as(name) if name in self.params else None) or f"{self.scope}:{name}"
         return Obj(role, key)
+
+    def read_as_settings(self, name: str) -> bool:
+        """Whether this function reads attributes of ``name`` that no optimizer has
+        (``opt.batch_size``, ``opt.trg_pad_idx``): a namespace of options."""
+        func = self.func
+        return self.ctx.remember(
+            f"settings:{name}",
+            func,
+            lambda: any(
+                type(node) is cst.Attribute
+                and type(node.value) is cst.Name
+                and node.value.value == name
+                and node.attr.value not in _OPTIMIZER_API
+                for node in walk(func.body if func is not None else self.ctx.module)
+            ),
+        )
 
     def kept_as(self, name: str) -> str | None:
         """``self.<attr>``'s key when this method stores its parameter ``name`` there

@@ -526,6 +526,7 @@ class Interpreter(Recorder, Checks, Loops):
         frame.constants = {k: v for k, v in action.constants if k not in frame.local_values}
         frame.maybe_none = action.maybe_none
         frame.divided, frame.handed_at = dict(action.divided), action.site
+        frame.called_at = action.called_at
         frame.conditions = {
             name: (expr, ctx)
             for name, expr, ctx in action.conditions

@@ -60,6 +60,7 @@ class Follow:
     # ``loss /= accum_iter``): a backward of the parameter is a backward of the caller's loss
     divided: tuple[tuple[str, bool | None], ...] = ()
     site: Site | None = None  # the call, when it hands a loss in
+    called_at: Site | None = None  # the call
 
 
 @dataclass(frozen=True)

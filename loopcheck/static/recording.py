@@ -10,7 +10,7 @@ from loopcheck.protocol import Event, Move, OptState, Violation, advance
 from loopcheck.static import conditions, tensors
 from loopcheck.static.dataflow import function_layout
 from loopcheck.static.frames import FrameStack
-from loopcheck.static.index import FileContext
+from loopcheck.static.index import ClassInfo, FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, Site, overlap
 from loopcheck.static.moves import Backward, Emit, Forward, Mode
 from loopcheck.static.paths import PathState
@@ -308,18 +308,24 @@ class Recorder(FrameStack):
                 if code == "LC104" and not self.drops_loss.get(v.where, False):
                     code = "LC103"  # no loss is left without its backward: misordered
                 if code == "LC101" and self.blame_caller(loop):
-                    # a helper handed the loss (a loss scaler) steps what its caller never
-                    # clears: the caller's loop lacks the clear, blamed at the call
-                    where = self.frame.handed_at
+                    # a helper handed the loss (a loss scaler) or one that only moves (an
+                    # optimizer wrapper's step) steps what its caller never clears: the
+                    # caller's loop lacks the clear, blamed at the call
+                    where = self.frame.called_at
                 self.model.add_record(Record(code, where, key, loop, self.root, cause))
         return state.with_opt(key, new)
 
     def blame_caller(self, loop: LoopSummary | None) -> bool:
         """Whether a loop-level finding of this helper belongs at its caller's call: the
-        helper was handed the loss, and the loop is its caller's, not one of its own."""
-        if not isinstance(self.frame.handed_at, Site) or loop is None:
+        loop is its caller's, not one of its own, and the helper was handed the loss or
+        runs no backward (a wrapper's ``step_and_update_lr()``): the caller's loop is the
+        one to fix. A helper that runs a whole step (``train_step``) keeps its findings."""
+        frame = self.frame
+        if not isinstance(frame.called_at, Site) or loop is None or frame.func is None:
             return False
-        return id(loop.node) not in function_layout(self.frame).place
+        if id(loop.node) in function_layout(frame).place:
+            return False
+        return isinstance(frame.handed_at, Site) or not _backprops(frame.ctx, frame.func, frame.cls)
 
     def mark(self, what: str) -> None:
         if what == "stepped" and self.root is not None:
@@ -354,3 +360,30 @@ def _steps(ctx: FileContext, method: cst.FunctionDef) -> bool:
 def _not_an_optimizer(receiver: cst.BaseExpression) -> bool:
     last = (dotted(receiver) or "").rpartition(".")[2]
     return is_environment(last) or role_from_name(last) is Role.SCHEDULER
+
+
+def _backprops(ctx: FileContext, func: cst.FunctionDef, cls: ClassInfo | None) -> bool:
+    """Whether a function runs a backward: its text calls ``backward``, or that of a function
+    or method of its own it calls (``train_step`` calling ``self.forward_backward_step``)."""
+    return ctx.remember("backprops", func, lambda: _runs_backward(ctx, func, cls, set()))
+
+
+def _runs_backward(
+    ctx: FileContext, func: cst.FunctionDef, cls: ClassInfo | None, seen: set[int]
+) -> bool:
+    seen.add(id(func))
+    callees: list[cst.FunctionDef] = []
+    for node in walk(func.body):
+        if type(node) is not cst.Call:
+            continue
+        callee = node.func
+        if type(callee) is cst.Attribute:
+            if callee.attr.value in ("backward", "manual_backward"):
+                return True
+            if type(callee.value) is cst.Name and callee.value.value == "self" and cls:
+                found = cls.method(callee.attr.value)
+                if found is not None:
+                    callees.append(found[1])
+        elif type(callee) is cst.Name and callee.value in ctx.functions:
+            callees.append(ctx.functions[callee.value])
+    return any(id(c) not in seen and _runs_backward(ctx, c, cls, seen) for c in callees)
