@@ -58,9 +58,9 @@ class MissingBackward(Rule):
             # a step on cleared gradients that only another optimizer's loss reaches later
             yield Finding(
                 record.site.span,
-                f"`{record.site.text}` steps on cleared gradients, and its own loss never "
-                "goes through `backward()` (only another optimizer's loss reaches its "
-                "parameters, after the step): the step changes nothing",
+                f"`{record.site.text}` steps right after its clear, and no backward of its own "
+                "loss reaches it (at most another optimizer's, after the step): the step "
+                "changes nothing",
                 record.site.path,
             )
         for loop in model.loops:

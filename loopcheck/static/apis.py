@@ -3,6 +3,7 @@ schedulers, DeepSpeed engines, Accelerate and Fabric, Lightning modules and mode
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import libcst as cst
@@ -15,7 +16,7 @@ from loopcheck.static.model import Site
 from loopcheck.static.moves import Action, Backward, Emit, Follow, Forward, Mark, Mode
 from loopcheck.static.ownership import constructor_of
 from loopcheck.static.roles import Obj, Role, is_model_method
-from loopcheck.static.syntax import body_clears, roots_of
+from loopcheck.static.syntax import body_clears, dotted, roots_of
 from loopcheck.static.tree import walk
 
 if TYPE_CHECKING:
@@ -175,6 +176,8 @@ class ApiReader(HostView):
                 # defined only by linted classes, none taking part in a step: a utility
                 # (``raw_model.estimate_mfu(...)``), or at most a forward pass
                 return [forward] if idle else []
+            if not self.host.grad_enabled:
+                return [forward, *self.opaque_args(call)]  # ``vae.encode(x)`` under no_grad
             return [forward, Mark("opaque_model"), *self.opaque_args(call)]
         return None
 
@@ -365,9 +368,16 @@ class ApiReader(HostView):
         actions: list[Action] = []
         if keys:
             actions.append(Emit(Event(Move.OPAQUE), tuple(keys)))
-        if model:
+        if model and not keys and _LOSS_FUNCTION.search(dotted(call.func) or ""):
+            # ``diffusion.training_losses(model, x, t)``: named for the loss it returns, it
+            # runs the model forward to compute it, not backward
+            actions.append(Mark("forward"))
+        elif model:
             actions.append(Mark("opaque_model"))
         return actions
+
+
+_LOSS_FUNCTION = re.compile(r"(?i)(^|[._])\w*losses?$")
 
 
 # The ids of the nodes under a node, remembered with the node itself: a node that was freed
