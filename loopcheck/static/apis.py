@@ -171,11 +171,10 @@ class ApiReader(HostView):
                 return []
             if owner.cls is None and self.ctx.sole_method(method) is not None:
                 return None  # the one class of this file with that method: follow it
-            idle = _idle_method(self.ctx, method) if owner.cls is None else None
-            if idle is not None:
+            if owner.cls is None and _idle_method(self.ctx, method):
                 # defined only by linted classes, none taking part in a step: a utility
-                # (``raw_model.estimate_mfu(...)``), or at most a forward pass
-                return [forward] if idle else []
+                # (``raw_model.estimate_mfu(...)``), nothing the protocol sees
+                return []
             if not self.host.grad_enabled:
                 return [forward, *self.opaque_args(call)]  # ``vae.encode(x)`` under no_grad
             return [forward, Mark("opaque_model"), *self.opaque_args(call)]
@@ -375,6 +374,56 @@ class ApiReader(HostView):
         elif model:
             actions.append(Mark("opaque_model"))
         return actions
+
+
+_LOSS_FUNCTION = re.compile(r"(?i)(^|[._])\w*losses?$")
+
+
+# The ids of the nodes under a node, remembered with the node itself: a node that was freed
+# may lend its id to a new one, which must not find the old answer.
+_IDS: dict[int, tuple[cst.CSTNode, frozenset[int]]] = {}
+
+
+def _node_ids(node: cst.CSTNode) -> frozenset[int]:
+    known = _IDS.get(id(node))
+    if known is not None and known[0] is node:
+        return known[1]
+    if len(_IDS) > 256:
+        _IDS.clear()
+    found = frozenset(id(n) for n in walk(node))
+    _IDS[id(node)] = (node, found)
+    return found
+
+
+def _training(method: str, positional: list, keywords: dict) -> bool:
+    """``model.train()`` / ``train(True)`` trains, ``model.eval()`` / ``train(False)`` does not."""
+    if method == "eval":
+        return False
+    flag = positional[0] if positional else keywords.get("mode")
+    return not (type(flag) is cst.Name and flag.value == "False")
+
+
+def _disabled(built: cst.Call | None) -> bool:
+    """``GradScaler(enabled=False)``: a scaler that returns the loss as it is."""
+    if built is None:
+        return False
+    for arg in built.args:
+        if arg.keyword is not None and arg.keyword.value == "enabled":
+            return type(arg.value) is cst.Name and arg.value.value == "False"
+    return False
+
+
+def _idle_method(ctx: FileContext, name: str) -> bool:
+    """For a method of a model whose class is not known: whether the classes of this file
+    and those it imports from the linted files define it, and none of those definitions takes
+    part in a step."""
+    classes = list(ctx.classes.values())
+    for qual in ctx.imports.aliases.values():
+        found = ctx.external(qual)
+        if found is not None and isinstance(found[1], ClassInfo):
+            classes.append(found[1])
+    methods = [(info, info.methods[name]) for info in classes if name in info.methods]
+    return bool(methods) and not any(id(m) in info.ctx.relevant for info, m in methods)
 
 
 _LOSS_FUNCTION = re.compile(r"(?i)(^|[._])\w*losses?$")
