@@ -7,6 +7,7 @@ import re
 
 import libcst as cst
 
+from loopcheck.static.callees import given_arguments
 from loopcheck.static.dataflow import function_layout, origin, returns_of
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import EVALUATING as _EVALUATING
@@ -66,27 +67,34 @@ _TENSOR_METHODS = {
 
 
 def _surely_a_graph(
-    frame: Frame, expr: cst.BaseExpression, at: Statement | None, depth: int
+    frame: Frame,
+    expr: cst.BaseExpression,
+    at: Statement | None,
+    depth: int,
+    carried: frozenset[str] = frozenset(),
 ) -> bool:
     """Whether ``expr`` is certainly a tensor computed by a model's forward with its graph:
     a model's output, a loss of torch or of a criterion built from ``torch.nn``, arithmetic on
-    those. A call to anything else (a helper of another module) is not certain."""
+    those. A call to anything else (a helper of another module) is not certain. ``carried``:
+    the parameters of a helper being read that its caller handed such a tensor."""
     if depth > 12:
         return False
     if type(expr) is cst.BinaryOperation:
-        return _surely_a_graph(frame, expr.left, at, depth + 1) or _surely_a_graph(
-            frame, expr.right, at, depth + 1
+        return _surely_a_graph(frame, expr.left, at, depth + 1, carried) or _surely_a_graph(
+            frame, expr.right, at, depth + 1, carried
         )
     if type(expr) in (cst.Subscript, cst.Attribute):
         if type(expr) is cst.Attribute and expr.attr.value in {"data", "grad"}:
             return False
-        return _surely_a_graph(frame, expr.value, at, depth + 1)
+        return _surely_a_graph(frame, expr.value, at, depth + 1, carried)
     if type(expr) is cst.Name:
         if at is None:
             return False
         defs = function_layout(frame).reaching(expr.value, at)
-        return bool(defs) and any(
-            not d.loop_target and _surely_a_graph(frame, d.value, d.statement, depth + 1)
+        if defs is None:
+            return expr.value in carried  # a helper's parameter
+        return any(
+            not d.loop_target and _surely_a_graph(frame, d.value, d.statement, depth + 1, carried)
             for d in defs
         )
     if type(expr) is not cst.Call:
@@ -96,25 +104,33 @@ def _surely_a_graph(
     if held is not None and held.role in (Role.MODEL, Role.LIGHTNING, Role.ENGINE):
         return True
     if type(func) is cst.Attribute and func.attr.value in _TENSOR_METHODS:
-        return _surely_a_graph(frame, func.value, at, depth + 1)
+        return _surely_a_graph(frame, func.value, at, depth + 1, carried)
     qual = frame.ctx.imports.qualify(func) if type(func) in (cst.Name, cst.Attribute) else None
     helper = _helper(frame, func, qual)
     if helper is not None:  # a function of the linted files: what every return of it is
         ctx, node = helper
         callee = Frame(ctx, node, None, {}, module_frame(ctx), node.name.value)
+        positional = [a.value for a in expr.args if a.keyword is None and not a.star]
+        keywords = {a.keyword.value: a.value for a in expr.args if a.keyword is not None}
+        handed = frozenset(
+            name
+            for name, arg in given_arguments(node, None, positional, keywords).items()
+            if _surely_a_graph(frame, arg, at, depth + 1, carried)
+        )
         returned = returns_of(node)
         return bool(returned) and all(
-            _surely_a_graph(callee, value, statement, depth + 1) for statement, value in returned
+            _surely_a_graph(callee, value, statement, depth + 1, handed)
+            for statement, value in returned
         )
     if qual is not None and qual.startswith(("torch.nn.functional.", "torch.")):
-        return any(_surely_a_graph(frame, a.value, at, depth + 1) for a in expr.args)
+        return any(_surely_a_graph(frame, a.value, at, depth + 1, carried) for a in expr.args)
     built = constructor_of(frame, func) if type(func) in (cst.Name, cst.Attribute) else None
     maker = frame.ctx.imports.qualify(built.func) or "" if built is not None else ""
     loss_like = (maker.startswith("torch.nn.") and maker.endswith("Loss")) or bool(
         _LOSS_NAME.search((qual or "").rsplit(".", 1)[-1])
     )
     if loss_like:  # ``criterion(model(x), y)``: a loss of a model's output
-        return any(_surely_a_graph(frame, a.value, at, depth + 1) for a in expr.args)
+        return any(_surely_a_graph(frame, a.value, at, depth + 1, carried) for a in expr.args)
     return False
 
 
