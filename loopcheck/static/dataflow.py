@@ -494,12 +494,24 @@ class _Division:
                 return True
         if not plain:
             return None
-        results = [self.expr(d.value, d.statement, depth + 1) for d in plain]
+        results = [self.definition(name, d, depth) for d in plain]
         if any(results):
             # divided on some path (``if accum > 1: loss = loss / accum``): the division is
             # the author's, conditional on purpose, as ``loss /= accum`` under an ``if`` is
             return True
         return None if None in results else False
+
+    def definition(self, name: str, d: Definition, depth: int) -> bool | None:
+        """What one assignment of ``name`` says; ``error, acc = fast_adapt(...)`` reads the
+        element of what the helper returns that lands in ``name``."""
+        value = d.value
+        index = _unpacked_at(d.statement, value, name)
+        func = value.func if type(value) is cst.Call else None
+        if index is not None and type(func) is cst.Name and func.value in self.frame.ctx.functions:
+            node = self.frame.ctx.functions[func.value]
+            if returns_of(node):
+                return _returned(_callee_frame(self.frame, node), node, depth, index)
+        return self.expr(value, d.statement, depth + 1)
 
     def call(self, call: cst.Call, at: Statement | None, depth: int) -> bool | None:
         func = call.func
@@ -540,12 +552,33 @@ class _Division:
 _LOSS_CALLABLE = re.compile(r"(?i)(loss|criterion|crit)(_?fn|_?func)?$|^(model|net|forward)$")
 
 
-def _returned(frame: Frame, node: cst.FunctionDef, depth: int) -> bool | None:
-    """Whether every value a function returns is divided (see :func:`divided`)."""
+def _returned(
+    frame: Frame, node: cst.FunctionDef, depth: int, index: int | None = None
+) -> bool | None:
+    """Whether every value a function returns is divided (see :func:`divided`); with
+    ``index``, the element at that place of the tuples it returns."""
     verdict: bool | None = True
     for stmt, value in returns_of(node):
+        if index is not None:
+            if type(value) is not cst.Tuple or index >= len(value.elements):
+                return None
+            value = value.elements[index].value
         verdict = _both(verdict, _Division(frame).expr(value, stmt, depth + 1))
     return verdict
+
+
+def _unpacked_at(stmt: Statement, value: cst.BaseExpression, name: str) -> int | None:
+    """The place of ``name`` in the tuple target that ``value`` is unpacked into, if so."""
+    if type(stmt) is not cst.SimpleStatementLine:
+        return None
+    for small in stmt.body:
+        if type(small) is cst.Assign and small.value is value and len(small.targets) == 1:
+            target = small.targets[0].target
+            if type(target) in (cst.Tuple, cst.List):
+                for i, element in enumerate(target.elements):
+                    if type(element.value) is cst.Name and element.value.value == name:
+                        return i
+    return None
 
 
 def _callee_frame(frame: Frame, node: cst.FunctionDef) -> Frame:
