@@ -501,16 +501,21 @@ class _Division:
             return True
         return None if None in results else False
 
+    def helper(self, func: cst.BaseExpression | None) -> cst.FunctionDef | None:
+        """The function of this file a call runs by name (a nested one included)."""
+        if type(func) is not cst.Name:
+            return None
+        return _local_def(self.frame, func.value) or self.frame.ctx.functions.get(func.value)
+
     def definition(self, name: str, d: Definition, depth: int) -> bool | None:
         """What one assignment of ``name`` says; ``error, acc = fast_adapt(...)`` reads the
         element of what the helper returns that lands in ``name``."""
         value = d.value
         index = _unpacked_at(d.statement, value, name)
         func = value.func if type(value) is cst.Call else None
-        if index is not None and type(func) is cst.Name and func.value in self.frame.ctx.functions:
-            node = self.frame.ctx.functions[func.value]
-            if returns_of(node):
-                return _returned(_callee_frame(self.frame, node), node, depth, index)
+        node = self.helper(func) if index is not None else None
+        if node is not None and returns_of(node):
+            return _returned(_callee_frame(self.frame, node), node, depth, index)
         return self.expr(value, d.statement, depth + 1)
 
     def call(self, call: cst.Call, at: Statement | None, depth: int) -> bool | None:
@@ -522,10 +527,9 @@ class _Division:
                 return self.expr(call.args[0].value, at, depth + 1) if call.args else None
             if method in _RESULT_METHODS and receiver is None:
                 return self.expr(func.value, at, depth + 1)
-        if type(func) is cst.Name and func.value in self.frame.ctx.functions:
-            node = self.frame.ctx.functions[func.value]
-            if returns_of(node):  # a helper of this file: what its returns say
-                return _returned(_callee_frame(self.frame, node), node, depth)
+        node = self.helper(func)
+        if node is not None and returns_of(node):  # a helper of this file: what it returns
+            return _returned(_callee_frame(self.frame, node), node, depth)
         held = self.frame.resolve(func) if type(func) in (cst.Name, cst.Attribute) else None
         if held is not None and held.role in _MODEL_ROLES:
             return False  # a model's output (``outputs.loss``): a fresh loss
@@ -582,7 +586,8 @@ def _unpacked_at(stmt: Statement, value: cst.BaseExpression, name: str) -> int |
 
 
 def _callee_frame(frame: Frame, node: cst.FunctionDef) -> Frame:
-    return Frame(frame.ctx, node, None, {}, module_frame(frame.ctx), node.name.value)
+    parent = _defining_frame(frame, node) or module_frame(frame.ctx)
+    return Frame(frame.ctx, node, None, {}, parent, node.name.value)
 
 
 def _both(a: bool | None, b: bool | None) -> bool | None:
