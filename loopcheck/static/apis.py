@@ -416,7 +416,11 @@ def _disabled(built: cst.Call | None) -> bool:
 def _idle_method(ctx: FileContext, name: str) -> bool:
     """For a method of a model whose class is not known: whether the classes of this file
     and those it imports from the linted files define it, and none of those definitions takes
-    part in a step."""
+    part in a step (cached per file and name)."""
+    return ctx.remember(f"idle method {name}", None, lambda: _idle(ctx, name))
+
+
+def _idle(ctx: FileContext, name: str) -> bool:
     classes = list(ctx.classes.values())
     for qual in ctx.imports.aliases.values():
         found = ctx.external(qual)
