@@ -87,6 +87,10 @@ class _Tracer:
 
     def obj(self, obj: Obj) -> Origin:
         if obj.role in _MODEL_ROLES:
+            if obj.cls is not None and obj.key != obj.cls.name:
+                # ``pi = PolicyNet(...)`` whose ``__init__`` builds ``self.optimizer`` over
+                # ``self.parameters()``: that optimizer knows the module by its class
+                return Origin(frozenset({obj.key, obj.cls.name}), True)
             return Origin(frozenset({obj.key}), True)
         return NOTHING
 
