@@ -4,6 +4,7 @@ the facts of counters that grow by one and forgetting those of names the loop as
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import libcst as cst
@@ -121,7 +122,7 @@ class Loops(FrameStack):
         self.loop_stack.append(summary)
         try:
             inherits = self.may_clear(node)
-            entry = {self.forget(self.enter(s) if inherits else s, assigned) for s in states}
+            entry = {self.forget(self.enter(s, inherits), assigned) for s in states}
             # framework gates decided before the loop (a helper loop inside an
             # ``if accelerator.sync_gradients:`` block) hold for all its iterations
             outer_gates = frozenset(
@@ -177,20 +178,23 @@ class Loops(FrameStack):
             self._forgotten[memo] = facts
         return state.with_facts(facts)
 
-    def enter(self, state: PathState) -> PathState:
-        """A loop starts: tell every optimizer's protocol state."""
+    def enter(self, state: PathState, inherits: bool = True) -> PathState:
+        """A loop starts: tell every optimizer's protocol state. A loop that cannot clear
+        (see :meth:`may_clear`) does not take over the gradients it finds."""
         for key, opt_state in state.opts:
             new, _ = advance(opt_state, Event(Move.LOOP_ENTRY))
-            if new is not opt_state:
+            if not inherits and new.consumed != opt_state.consumed:
+                new = replace(new, consumed=opt_state.consumed)
+            if new != opt_state:
                 state = state.with_opt(key, new)
         return state
 
     def may_clear(self, loop: cst.CSTNode) -> bool:
         """Whether a loop may clear the gradients it inherits (a clear in its text, or a call
-        to a function of the linted files that takes part in a step). Only such a loop tells
-        the protocol that it starts: a clear of gradients left by an earlier loop is then not
-        a micro-batch lost (LC205's question, not LC108's). A loop that cannot clear (a MAML
-        adaptation loop inside a helper) leaves its caller's gradients as they were."""
+        to a function of the linted files that takes part in a step). Only such a loop takes
+        them over: a clear of gradients left by an earlier loop is then not a micro-batch lost
+        (LC205's question, not LC108's). A loop that cannot clear (a MAML adaptation loop
+        inside a helper) leaves its caller's gradients as they were."""
         ctx, cls = self.ctx, self.frame.cls
         return ctx.remember("may clear", loop, lambda: _may_clear(ctx, cls, loop))
 
