@@ -23,7 +23,7 @@ from loopcheck.static.callees import (
     passes_parameters_on,
 )
 from loopcheck.static.conditions import touches
-from loopcheck.static.dataflow import divided
+from loopcheck.static.division import divided
 from loopcheck.static.frames import instance_of
 from loopcheck.static.gradients import (
     asserts_no_grad,

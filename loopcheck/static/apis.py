@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from loopcheck.protocol import Event, Move
-from loopcheck.static.dataflow import Origin, divided_where, function_layout, origin
+from loopcheck.static.dataflow import Origin, function_layout, origin
+from loopcheck.static.division import divided_where
 from loopcheck.static.host import HostView
 from loopcheck.static.index import ClassInfo, FileContext
 from loopcheck.static.model import Site

@@ -16,13 +16,13 @@ from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import all_params, dotted, literal, params_of, turns_grad_off
 from loopcheck.static.tree import is_expression, kids
 
-_MODEL_ROLES = (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
+MODEL_ROLES = (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
 # Methods and attributes whose result carries no graph back to the models.
 _CUT_METHODS = {"detach", "detach_", "item", "tolist", "numpy", "size", "dim", "numel", "shape"}
 # Methods whose arguments say where or how a tensor is stored, never what it depends on
 _PLACEMENT_METHODS = {"to", "cuda", "cpu", "type", "pin_memory"}
 _CUT_ATTRIBUTES = {"data", "grad", "shape", "dtype", "device", "requires_grad", "ndim"}
-_MAX_DEPTH = 64  # a guard: names are memoised, so real chains end long before
+MAX_DEPTH = 64  # a guard: names are memoised, so real chains end long before
 _MAX_HELPERS = 3  # helpers followed inside one another
 
 
@@ -63,7 +63,7 @@ class _Tracer:
         self.names: dict[tuple[int, str, int], Origin] = {}
 
     def expr(self, node: cst.BaseExpression, depth: int, at: Statement | None = None) -> Origin:
-        if depth > _MAX_DEPTH:
+        if depth > MAX_DEPTH:
             return UNKNOWN
         if type(node) is cst.Name:
             return self.name(self.frame, node.value, depth, at)
@@ -86,7 +86,7 @@ class _Tracer:
         return out
 
     def obj(self, obj: Obj) -> Origin:
-        if obj.role in _MODEL_ROLES:
+        if obj.role in MODEL_ROLES:
             if obj.cls is not None and obj.key != obj.cls.name:
                 # ``pi = PolicyNet(...)`` whose ``__init__`` builds ``self.optimizer`` over
                 # ``self.parameters()``: that optimizer knows the module by its class
@@ -146,7 +146,7 @@ class _Tracer:
             at = d.statement if frame is self.frame else None
             if not d.augmented and not d.loop_target and type(d.value) is cst.Call:
                 built = frame.value_role(d.value, name)
-                if built is not None and built.role in _MODEL_ROLES:
+                if built is not None and built.role in MODEL_ROLES:
                     out = out | self.obj(built)
                     continue
             found = self.expr(d.value, depth + 1, at)
@@ -167,11 +167,11 @@ class _Tracer:
             if method in _PLACEMENT_METHODS:
                 args = NOTHING  # ``y.to(device)``: the device is no input of the tensor
             held = self.frame.resolve(func)
-            if held is not None and held.role in _MODEL_ROLES:
+            if held is not None and held.role in MODEL_ROLES:
                 return self.obj(held) | args  # ``self.generator(z)``: a submodule
             receiver = self.frame.resolve(func.value)
             if receiver is not None:
-                if receiver.role in _MODEL_ROLES:
+                if receiver.role in MODEL_ROLES:
                     return self.obj(receiver) | args
                 if receiver.role is Role.INSTANCE and receiver.cls is not None:
                     found = receiver.cls.method(method)
@@ -186,7 +186,7 @@ class _Tracer:
                     return (Origin(frozenset({key}), True) if key else UNKNOWN) | args
                 return args  # ``scaler.scale(loss)``, ``accelerator.gather(loss)``
             callee = self.frame.resolve(func)
-            if callee is not None and callee.role in _MODEL_ROLES:
+            if callee is not None and callee.role in MODEL_ROLES:
                 return self.obj(callee) | args
             key = module_key(self.frame, func)
             if key is not None and key in _optimized_models(self.frame):
@@ -194,11 +194,11 @@ class _Tracer:
             return self.expr(func.value, depth + 1, at) | args
         if type(func) is cst.Name:
             callee = self.frame.resolve_name(func.value)
-            if callee is not None and callee.role in _MODEL_ROLES:
+            if callee is not None and callee.role in MODEL_ROLES:
                 return self.obj(callee) | args
             if callee is not None and callee.role is Role.INSTANCE and callee.cls is not None:
                 return self.instance_models(callee) | args
-            node = _local_def(self.frame, func.value) or self.frame.ctx.functions.get(func.value)
+            node = local_def(self.frame, func.value) or self.frame.ctx.functions.get(func.value)
             if node is not None:
                 helper = self.returns(self.frame.ctx, node, None, None, call, depth, at)
                 if helper is not None:
@@ -247,7 +247,7 @@ class _Tracer:
             node,
             cls,
             {k: v for k, v in bound.items() if v is not None},
-            _defining_frame(self.frame, node) or module_frame(ctx),  # a closure's names
+            defining_frame(self.frame, node) or module_frame(ctx),  # a closure's names
             scope,
         )
         tracer = _Tracer(frame, carried, self.helpers + 1)
@@ -264,7 +264,7 @@ class _Tracer:
         for info in cls.mro():
             for attr in info.attr_values:
                 found = self.frame.attribute(cls, attr)
-                if found is not None and found.role in _MODEL_ROLES:
+                if found is not None and found.role in MODEL_ROLES:
                     keys.add(found.key)
         return Origin(frozenset(keys), bool(keys))
 
@@ -327,7 +327,7 @@ def _expressions(node: cst.CSTNode) -> list[cst.BaseExpression]:
     return out
 
 
-def _local_def(frame: Frame | None, name: str) -> cst.FunctionDef | None:
+def local_def(frame: Frame | None, name: str) -> cst.FunctionDef | None:
     """A function defined inside this frame's function or one around it (a closure)."""
     while frame is not None:
         node = frame.local_defs.get(name)
@@ -337,7 +337,7 @@ def _local_def(frame: Frame | None, name: str) -> cst.FunctionDef | None:
     return None
 
 
-def _defining_frame(frame: Frame | None, node: cst.FunctionDef) -> Frame | None:
+def defining_frame(frame: Frame | None, node: cst.FunctionDef) -> Frame | None:
     """The frame (this one or one around it) whose function defines ``node`` locally."""
     while frame is not None:
         if node in frame.local_defs.values():
@@ -412,208 +412,3 @@ def _disables_grad(item: cst.BaseExpression) -> bool:
             return bool(item.args) and dotted(item.args[0].value) == "False"
         return turns_grad_off(last)
     return turns_grad_off(dotted(item) or "")
-
-
-# --- whether a loss is divided (by the micro-batch count, a token count, ...) ------------------
-
-_RESULT_METHODS = {"mean", "sum", "float", "double", "half", "bfloat16", "to", "cuda", "clone"}
-
-
-def divided(frame: Frame, expr: cst.BaseExpression, at: Statement | None = None) -> bool | None:
-    """Whether the loss ``expr`` was divided on its way to ``backward()``: True when a
-    division (or a multiplication by a reciprocal) reaches it, False when it is traced back to
-    a fresh loss (a model's output, a criterion) with none, None when part of it is unknown (a
-    helper of another library, a parameter, a factor of unknown value)."""
-    return _Division(frame).expr(expr, at, 0)
-
-
-def divided_where(
-    frame: Frame, expr: cst.BaseExpression, at: Statement | None = None
-) -> tuple[bool | None, bool]:
-    """:func:`divided`, and whether the verdict is about a loss the caller handed in (a
-    parameter of a followed helper: see ``Follow.divided``)."""
-    division = _Division(frame)
-    return division.expr(expr, at, 0), division.handed
-
-
-class _Division:
-    def __init__(self, frame: Frame) -> None:
-        self.frame = frame
-        self.seen: set[tuple[str, int]] = set()
-        self.handed = False  # a verdict came from the caller's loss
-
-    def expr(self, node: cst.BaseExpression, at: Statement | None, depth: int) -> bool | None:
-        if depth > _MAX_DEPTH:
-            return None
-        if type(node) is cst.BinaryOperation:
-            op = node.operator
-            if type(op) is cst.Divide:
-                return True
-            if type(op) is cst.Multiply:
-                if _reciprocal(node.left) or _reciprocal(node.right):
-                    return True
-                left, right = (self.expr(n, at, depth + 1) for n in (node.left, node.right))
-                if left or right:
-                    return True
-                if left is False and _constant_factor(node.right):
-                    return False
-                if right is False and _constant_factor(node.left):
-                    return False
-                return None
-            if type(op) in (cst.Add, cst.Subtract):
-                return _both(
-                    self.expr(node.left, at, depth + 1), self.expr(node.right, at, depth + 1)
-                )
-            return None
-        if type(node) is cst.UnaryOperation:
-            return self.expr(node.expression, at, depth + 1)
-        if type(node) is cst.Name:
-            return self.name(node.value, at, depth)
-        if type(node) in (cst.Subscript, cst.Attribute):
-            return self.expr(node.value, at, depth + 1)
-        if type(node) is cst.Call:
-            return self.call(node, at, depth)
-        return None
-
-    def name(self, name: str, at: Statement | None, depth: int) -> bool | None:
-        key = (name, id(at))
-        if key in self.seen:
-            return None
-        self.seen.add(key)
-        frame = self.frame
-        defs = _layout(frame).reaching(name, at) if at is not None else None
-        if defs is None:
-            values = frame.local_values.get(name)
-            if not values:
-                # a parameter: what the caller divided, when it handed a loss in; else unknown
-                if name in frame.divided:
-                    self.handed = True
-                return frame.divided.get(name)
-            defs = [Definition(v, v) for v in values]
-        plain = [d for d in defs if not d.augmented and not d.loop_target]
-        for d in defs:
-            if d.augmented and d.operator is cst.DivideAssign:
-                return True  # ``loss /= accum``
-            if d.augmented and d.operator is cst.MultiplyAssign and _reciprocal(d.value):
-                return True
-        if not plain:
-            return None
-        results = [self.definition(name, d, depth) for d in plain]
-        if any(results):
-            # divided on some path (``if accum > 1: loss = loss / accum``): the division is
-            # the author's, conditional on purpose, as ``loss /= accum`` under an ``if`` is
-            return True
-        return None if None in results else False
-
-    def helper(self, func: cst.BaseExpression | None) -> cst.FunctionDef | None:
-        """The function of this file a call runs by name (a nested one included)."""
-        if type(func) is not cst.Name:
-            return None
-        return _local_def(self.frame, func.value) or self.frame.ctx.functions.get(func.value)
-
-    def definition(self, name: str, d: Definition, depth: int) -> bool | None:
-        """What one assignment of ``name`` says; ``error, acc = fast_adapt(...)`` reads the
-        element of what the helper returns that lands in ``name``."""
-        value = d.value
-        index = _unpacked_at(d.statement, value, name)
-        func = value.func if type(value) is cst.Call else None
-        node = self.helper(func) if index is not None else None
-        if node is not None and returns_of(node):
-            return _returned(_callee_frame(self.frame, node), node, depth, index)
-        return self.expr(value, d.statement, depth + 1)
-
-    def call(self, call: cst.Call, at: Statement | None, depth: int) -> bool | None:
-        func = call.func
-        if type(func) is cst.Attribute:
-            method = func.attr.value
-            receiver = self.frame.resolve(func.value)
-            if method == "scale" and receiver is not None and receiver.role is Role.SCALER:
-                return self.expr(call.args[0].value, at, depth + 1) if call.args else None
-            if method in _RESULT_METHODS and receiver is None:
-                return self.expr(func.value, at, depth + 1)
-        node = self.helper(func)
-        if node is not None and returns_of(node):  # a helper of this file: what it returns
-            return _returned(_callee_frame(self.frame, node), node, depth)
-        held = self.frame.resolve(func) if type(func) in (cst.Name, cst.Attribute) else None
-        if held is not None and held.role in _MODEL_ROLES:
-            return False  # a model's output (``outputs.loss``): a fresh loss
-        called = held.cls.method("__call__") if held is not None and held.cls else None
-        if called is not None and held is not None:
-            # an instance of a loss class of the linted files (``compute_loss = ComputeLoss(
-            # model)``): what its ``__call__`` returns (``loss * bs``, a sum, is not fresh)
-            owner, node = called
-            frame = Frame(owner.ctx, node, owner, {"self": held}, module_frame(owner.ctx), "")
-            return _returned(frame, node, depth) if returns_of(node) else None
-        qual = (
-            self.frame.ctx.imports.qualify(func)
-            if type(func) in (cst.Name, cst.Attribute)
-            else None
-        )
-        if qual is not None and qual.startswith(("torch.", "F.")):
-            return False  # ``F.cross_entropy(...)``: a fresh loss
-        name = (qual or "").rsplit(".", 1)[-1]
-        if _LOSS_CALLABLE.search(name):
-            return False  # ``criterion(out, y)``, ``self.loss_fn(...)``
-        return None
-
-
-_LOSS_CALLABLE = re.compile(r"(?i)(loss|criterion|crit)(_?fn|_?func)?$|^(model|net|forward)$")
-
-
-def _returned(
-    frame: Frame, node: cst.FunctionDef, depth: int, index: int | None = None
-) -> bool | None:
-    """Whether every value a function returns is divided (see :func:`divided`); with
-    ``index``, the element at that place of the tuples it returns."""
-    verdict: bool | None = True
-    for stmt, value in returns_of(node):
-        if index is not None:
-            if type(value) is not cst.Tuple or index >= len(value.elements):
-                return None
-            value = value.elements[index].value
-        verdict = _both(verdict, _Division(frame).expr(value, stmt, depth + 1))
-    return verdict
-
-
-def _unpacked_at(stmt: Statement, value: cst.BaseExpression, name: str) -> int | None:
-    """The place of ``name`` in the tuple target that ``value`` is unpacked into, if so."""
-    if type(stmt) is not cst.SimpleStatementLine:
-        return None
-    for small in stmt.body:
-        if type(small) is cst.Assign and small.value is value and len(small.targets) == 1:
-            target = small.targets[0].target
-            if type(target) in (cst.Tuple, cst.List):
-                for i, element in enumerate(target.elements):
-                    if type(element.value) is cst.Name and element.value.value == name:
-                        return i
-    return None
-
-
-def _callee_frame(frame: Frame, node: cst.FunctionDef) -> Frame:
-    parent = _defining_frame(frame, node) or module_frame(frame.ctx)
-    return Frame(frame.ctx, node, None, {}, parent, node.name.value)
-
-
-def _both(a: bool | None, b: bool | None) -> bool | None:
-    if a is False or b is False:
-        return False
-    if a and b:
-        return True
-    return None
-
-
-def _reciprocal(node: cst.BaseExpression) -> bool:
-    """``1 / n``, ``1.0 / accum``, or a literal factor below one (``0.25``)."""
-    if type(node) is cst.BinaryOperation and type(node.operator) is cst.Divide:
-        return type(node.left) in (cst.Integer, cst.Float)
-    if type(node) is cst.Float:
-        try:
-            return 0 < float(node.value) < 1
-        except ValueError:
-            return False
-    return False
-
-
-def _constant_factor(node: cst.BaseExpression) -> bool:
-    """A factor that is a whole number (``loss * 2``): it scales, it does not normalise."""
-    return type(node) is cst.Integer
