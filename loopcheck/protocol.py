@@ -207,9 +207,10 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     # a shared one (the generator's loss reaching the discriminator after its step); a step
     # right after a clear (it applies nothing) by any backward that reaches the optimizer.
     if s.pending_step is not None and (not e.shared or s.pending_step_cleared):
-        # Confirmed by another optimizer's loss (the generator's reaching the discriminator
-        # after the discriminator stepped on cleared gradients), the optimizer's own loss
-        # never went through backward: a missing backward, not a misordered one.
+        # Confirmed by a loss shared with other optimizers (the generator's reaching the
+        # discriminator after the discriminator stepped on cleared gradients), its own
+        # backward may be missing rather than late: LC104, which the static observer keeps
+        # only where the step's function drops a loss unbackpropagated (else LC103).
         missing = e.shared and s.pending_step_cleared
         found.append(Violation("LC104" if missing else "LC103", s.pending_step))
     if s.pending_clip is not None and not e.shared:

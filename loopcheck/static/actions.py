@@ -79,8 +79,11 @@ _HARMLESS_CALLS = {
 _GRAD_COLLECTIVE = re.compile(
     r"(?i)(^|[._])(mpi_)?(avg|average|all_?reduce|sync|reduce)_?(grads?|gradients)$"
 )
+_CLEARS_TOO = re.compile(r"(?i)zero|clear|clip|reset|step")  # ``zero_and_sync_grads``
 _HARMLESS_PREFIXES = ("logging.", "logger.", "log.", "wandb.", "mlflow.", "tqdm.")
 _FINITE_TEST = re.compile(r"(?i)^is_?(finite|nan|inf)$")
+# names of gradient state (``found_inf``, ``grad_norm``, ``loss_is_finite``): the bare test
+# functions (``isfinite``) are taken out first by ``_FINITE_TEST``
 _NONFINITE = re.compile(
     r"(?i)is_?finite|is_?nan|is_?inf|^nan$|^inf$|overflow|found_inf|non_?finite|grad_?norm"
 )
@@ -290,10 +293,12 @@ class Reader(HostView):
             held = frame.resolve(func)
             if held is not None and held.role in (Role.MODEL, Role.ENGINE, Role.LIGHTNING):
                 return self.forward(held, call)  # ``self.model(x)``
-        if qual is not None and (_harmless(qual) or _GRAD_COLLECTIVE.search(qual)):
-            # ``mpi_avg_grads(ac.pi)``: gradients averaged across processes in place, none
-            # cleared or applied
+        if qual is not None and _harmless(qual):
             return []
+        if qual is not None and _GRAD_COLLECTIVE.search(qual) and not _CLEARS_TOO.search(qual):
+            # ``mpi_avg_grads(ac.pi)``: gradients averaged across processes in place, none
+            # cleared or applied (an optimizer handed to it stays unknown)
+            return [a for a in self.apis.opaque_args(call) if isinstance(a, Emit)]
         if frame.value_role(call, None) is not None:
             return []  # building an optimizer, scheduler, scaler or model does not step one
         return self.apis.opaque_args(call)

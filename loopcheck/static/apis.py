@@ -174,8 +174,8 @@ class ApiReader(HostView):
                 return None  # the one class of this file with that method: follow it
             if owner.cls is None and _idle_method(self.ctx, method):
                 # defined only by linted classes, none taking part in a step: a utility
-                # (``raw_model.estimate_mfu(...)``), nothing the protocol sees
-                return []
+                # (``raw_model.estimate_mfu(...)``); an optimizer handed to it stays unknown
+                return [a for a in self.opaque_args(call) if isinstance(a, Emit)]
             if not self.host.grad_enabled:
                 return [forward, *self.opaque_args(call)]  # ``vae.encode(x)`` under no_grad
             return [forward, Mark("opaque_model"), *self.opaque_args(call)]
@@ -368,7 +368,8 @@ class ApiReader(HostView):
         actions: list[Action] = []
         if keys:
             actions.append(Emit(Event(Move.OPAQUE), tuple(keys)))
-        if model and not keys and _LOSS_FUNCTION.search(dotted(call.func) or ""):
+        called = dotted(call.func) or ""
+        if model and not keys and _LOSS_FUNCTION.search(called) and not _RUNS_STEP.search(called):
             # ``diffusion.training_losses(model, x, t)``: named for the loss it returns, it
             # runs the model forward to compute it, not backward
             actions.append(Mark("forward"))
@@ -378,6 +379,7 @@ class ApiReader(HostView):
 
 
 _LOSS_FUNCTION = re.compile(r"(?i)(^|[._])\w*losses?$")
+_RUNS_STEP = re.compile(r"(?i)backward|step|optimi")  # ``forward_backward_loss``
 
 
 # The ids of the nodes under a node, remembered with the node itself: a node that was freed

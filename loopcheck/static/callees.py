@@ -1,7 +1,8 @@
 """What a function of the linted files does with what it is given, found once per function:
 the names it calls, whether it hands its parameters on, the closures it steps with, the literal
-values a call binds, the parameters it tests against None, and whether it steps optimizers in
-gradient hooks. The reader asks these at every call site."""
+values a call binds, the parameters it tests against None, whether it steps optimizers in
+gradient hooks, may step or runs a backward at all; and whether a loop may clear. The reader
+and the interpreter ask these at every call site or loop."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from collections.abc import Sequence
 
 import libcst as cst
 
-from loopcheck.static.index import ClassInfo, FileContext
-from loopcheck.static.syntax import literal, params_of, without_not
+from loopcheck.static.frames import Frame
+from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
+from loopcheck.static.roles import Role, is_environment, role_from_name
+from loopcheck.static.syntax import dotted, literal, names_in, params_of, without_not
 from loopcheck.static.tree import walk
 
 _CALLED: dict[int, tuple[cst.FunctionDef, frozenset[str]]] = {}
@@ -62,7 +65,7 @@ def passed_on(ctx: FileContext, func: cst.FunctionDef) -> frozenset[str]:
 
 # Builtins that only look at what they are given (``isinstance(optimizers, list)``).
 _LOOKS_ONLY = frozenset(
-    {"isinstance", "len", "type", "id", "print", "hasattr", "getattr", "str", "repr", "callable"}
+    {"isinstance", "len", "type", "id", "print", "hasattr", "str", "repr", "callable"}
 )
 
 
@@ -194,3 +197,136 @@ def _none_tested(func: cst.FunctionDef) -> frozenset[str]:
             if type(test) is cst.Name:
                 names.add(test.value)
     return frozenset(names)
+
+
+def may_step(ctx: FileContext, method: cst.FunctionDef) -> bool:
+    """Whether a method's text may step an optimizer (cached per method): a ``.step()``
+    call on anything but an environment or a scheduler (an RL algorithm's rollout method
+    calls ``env.step(actions)``)."""
+    return ctx.remember(
+        "may step",
+        method,
+        lambda: any(
+            type(node) is cst.Call
+            and type(node.func) is cst.Attribute
+            and node.func.attr.value == "step"
+            and not _not_an_optimizer(node.func.value)
+            for node in walk(method.body)
+        ),
+    )
+
+
+def _not_an_optimizer(receiver: cst.BaseExpression) -> bool:
+    last = (dotted(receiver) or "").rpartition(".")[2]
+    return is_environment(last) or role_from_name(last) is Role.SCHEDULER
+
+
+def backward_of(func: cst.FunctionDef, names: frozenset[str]) -> bool:
+    """Whether a function backpropagates one of ``names`` (its parameters handed a loss):
+    ``loss.backward()``, ``scaler.scale(loss).backward()``."""
+    for node in walk(func.body):
+        if type(node) is cst.Call and type(node.func) is cst.Attribute:
+            if node.func.attr.value in _BACKWARD_CALLS and names_in(node.func.value) & names:
+                return True
+    return False
+
+
+def runs_backward(ctx: FileContext, func: cst.FunctionDef, cls: ClassInfo | None) -> bool:
+    """Whether a function runs a backward: its text calls ``backward``, or that of a function
+    or method of its own it calls (``train_step`` calling ``self.forward_backward_step``);
+    cached per function and class."""
+    kind = f"runs backward {cls.name if cls is not None else ''}"
+    return ctx.remember(kind, func, lambda: _runs_backward(ctx, func, cls, set()))
+
+
+def _runs_backward(
+    ctx: FileContext, func: cst.FunctionDef, cls: ClassInfo | None, seen: set[int]
+) -> bool:
+    seen.add(id(func))
+    callees: list[tuple[FileContext, cst.FunctionDef]] = []
+    for node in walk(func.body):
+        if type(node) is not cst.Call:
+            continue
+        callee = node.func
+        if type(callee) is cst.Attribute:
+            if callee.attr.value in _BACKWARD_CALLS:
+                return True
+            if type(callee.value) is cst.Name and callee.value.value == "self" and cls:
+                found = cls.method(callee.attr.value)
+                if found is not None:
+                    callees.append((found[0].ctx, found[1]))
+        elif type(callee) is cst.Name and callee.value in ctx.functions:
+            callees.append((ctx, ctx.functions[callee.value]))
+    return any(
+        id(node) not in seen and _runs_backward(where, node, cls, seen) for where, node in callees
+    )
+
+
+_BACKWARD_CALLS = ("backward", "manual_backward")
+
+
+def may_clear(frame: Frame, loop: cst.CSTNode) -> bool:
+    """Whether a loop may clear gradients: a clear in its text (``zero_grad()``, ``.grad =``),
+    a call of a function or method of the linted files that takes part in a step (a nested one
+    included), or a call we cannot see into that is handed an optimizer. Cached per loop and
+    class (the same loop run for two subclasses resolves ``self`` apart)."""
+    cls = frame.cls
+    kind = f"may clear {cls.name if cls is not None else ''}"
+    return frame.ctx.remember(kind, loop, lambda: _may_clear(frame, loop))
+
+
+def _may_clear(frame: Frame, loop: cst.CSTNode) -> bool:
+    for node in walk(loop):
+        if type(node) is cst.AssignTarget and type(node.target) is cst.Attribute:
+            if node.target.attr.value == "grad":
+                return True
+        if type(node) is not cst.Call:
+            continue
+        func = node.func
+        name = dotted(func) or ""
+        if name.rpartition(".")[2] in CLEARING_NAMES:
+            return True
+        for target in _definitions(frame, func):
+            if target is None:
+                break  # nothing to read: a call we cannot see into
+            where, definition = target
+            if id(definition) in where.relevant:
+                return True
+        else:
+            continue
+        for arg in node.args:
+            obj = frame.resolve(arg.value) if type(arg.value) in (cst.Name, cst.Attribute) else None
+            if obj is not None and obj.role in (Role.OPTIMIZER, Role.ENGINE):
+                return True  # ``reset(opt)``: handed to code we cannot see into
+    return False
+
+
+def _definitions(
+    frame: Frame, func: cst.BaseExpression
+) -> list[tuple[FileContext, cst.FunctionDef] | None]:
+    """The definitions of the linted files a call may run, or ``[None]`` when it runs
+    something we cannot see into."""
+    ctx = frame.ctx
+    if type(func) is cst.Name:
+        current: Frame | None = frame
+        while current is not None:
+            local = current.local_defs.get(func.value)
+            if local is not None:
+                return [(ctx, local)]
+            current = current.parent
+        if func.value in ctx.functions:
+            return [(ctx, ctx.functions[func.value])]
+    if type(func) is cst.Attribute:
+        owner = frame.resolve(func.value)
+        if owner is not None and owner.cls is not None:
+            found = owner.cls.method(func.attr.value)
+            return [(found[0].ctx, found[1])] if found is not None else [None]
+        if type(func.value) is cst.Name and func.value.value == "self" and frame.cls is not None:
+            found = frame.cls.method(func.attr.value)
+            return [(found[0].ctx, found[1])] if found is not None else [None]
+    qual = ctx.imports.qualify(func) if type(func) in (cst.Name, cst.Attribute) else None
+    if qual is not None:
+        found = ctx.external(qual)
+        if found is not None and type(found[1]) is cst.FunctionDef:
+            return [(found[0], found[1])]
+    return [None]

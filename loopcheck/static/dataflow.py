@@ -293,7 +293,7 @@ def _settings_parameter(frame: Frame, name: str) -> bool:
 
 
 # Parameters that hand in data: what they yield depends on no model (``next(data_iter)``)
-_DATA_NAME = re.compile(r"(?i)(^|_)(loader|dataloader|dataset|data_iter|iterator|sampler)$")
+_DATA_NAME = re.compile(r"(?i)(^|_)(loader|dataloader|dataset|data_iter|iterator)$")
 
 
 def returns_of(func: cst.FunctionDef) -> list[tuple[cst.CSTNode, cst.BaseExpression]]:

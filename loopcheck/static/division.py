@@ -41,10 +41,11 @@ def divided_where(
 
 
 class _Division:
-    def __init__(self, frame: Frame) -> None:
+    def __init__(self, frame: Frame, helpers: int = 0) -> None:
         self.frame = frame
         self.seen: set[tuple[str, int]] = set()
         self.handed = False  # a verdict came from the caller's loss
+        self.helpers = helpers  # helpers read inside one another (a recursion is cut)
 
     def expr(self, node: cst.BaseExpression, at: Statement | None, depth: int) -> bool | None:
         if depth > MAX_DEPTH:
@@ -109,6 +110,11 @@ class _Division:
             return True
         return None if None in results else False
 
+    def returned(
+        self, frame: Frame, node: cst.FunctionDef, depth: int, index: int | None = None
+    ) -> bool | None:
+        return _returned(frame, node, depth, index, self.helpers + 1)
+
     def helper(self, func: cst.BaseExpression | None) -> cst.FunctionDef | None:
         """The function of this file a call runs by name (a nested one included)."""
         if type(func) is not cst.Name:
@@ -123,7 +129,7 @@ class _Division:
         func = value.func if type(value) is cst.Call else None
         node = self.helper(func) if index is not None else None
         if node is not None and returns_of(node):
-            return _returned(_callee_frame(self.frame, node), node, depth, index)
+            return self.returned(_callee_frame(self.frame, node), node, depth, index)
         return self.expr(value, d.statement, depth + 1)
 
     def call(self, call: cst.Call, at: Statement | None, depth: int) -> bool | None:
@@ -137,7 +143,7 @@ class _Division:
                 return self.expr(func.value, at, depth + 1)
         node = self.helper(func)
         if node is not None and returns_of(node):  # a helper of this file: what it returns
-            return _returned(_callee_frame(self.frame, node), node, depth)
+            return self.returned(_callee_frame(self.frame, node), node, depth)
         held = self.frame.resolve(func) if type(func) in (cst.Name, cst.Attribute) else None
         if held is not None and held.role in MODEL_ROLES:
             return False  # a model's output (``outputs.loss``): a fresh loss
@@ -147,7 +153,7 @@ class _Division:
             # model)``): what its ``__call__`` returns (``loss * bs``, a sum, is not fresh)
             owner, node = called
             frame = Frame(owner.ctx, node, owner, {"self": held}, module_frame(owner.ctx), "")
-            return _returned(frame, node, depth) if returns_of(node) else None
+            return self.returned(frame, node, depth) if returns_of(node) else None
         qual = (
             self.frame.ctx.imports.qualify(func)
             if type(func) in (cst.Name, cst.Attribute)
@@ -165,18 +171,25 @@ _LOSS_CALLABLE = re.compile(r"(?i)(loss|criterion|crit)(_?fn|_?func)?$|^(model|n
 
 
 def _returned(
-    frame: Frame, node: cst.FunctionDef, depth: int, index: int | None = None
+    frame: Frame, node: cst.FunctionDef, depth: int, index: int | None, helpers: int
 ) -> bool | None:
     """Whether every value a function returns is divided (see :func:`divided`); with
     ``index``, the element at that place of the tuples it returns."""
+    if helpers > _MAX_HELPERS:
+        return None
     verdict: bool | None = True
     for stmt, value in returns_of(node):
         if index is not None:
             if type(value) is not cst.Tuple or index >= len(value.elements):
                 return None
+            if any(type(e) is cst.StarredElement for e in value.elements):
+                return None
             value = value.elements[index].value
-        verdict = _both(verdict, _Division(frame).expr(value, stmt, depth + 1))
+        verdict = _both(verdict, _Division(frame, helpers).expr(value, stmt, depth + 1))
     return verdict
+
+
+_MAX_HELPERS = 3  # helpers read inside one another
 
 
 def _unpacked_at(stmt: Statement, value: cst.BaseExpression, name: str) -> int | None:
@@ -187,6 +200,8 @@ def _unpacked_at(stmt: Statement, value: cst.BaseExpression, name: str) -> int |
         if type(small) is cst.Assign and small.value is value and len(small.targets) == 1:
             target = small.targets[0].target
             if type(target) in (cst.Tuple, cst.List):
+                if any(type(e) is cst.StarredElement for e in target.elements):
+                    return None  # ``a, *rest, loss = f()``: places shift
                 for i, element in enumerate(target.elements):
                     if type(element.value) is cst.Name and element.value.value == name:
                         return i

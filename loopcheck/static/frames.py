@@ -42,6 +42,7 @@ _OPTIMIZER_API = frozenset(
         "update_lr", "step_and_update_lr", "get_lr", "lr", "module", "param_groups_",
     }
 )  # fmt: skip
+_OPTIMIZER_CORE = frozenset({"step", "zero_grad", "param_groups", "state_dict", "load_state_dict"})
 _OPTIMIZER_MODULE_PREFIXES = (
     "torch.optim",
     "bitsandbytes.optim",
@@ -149,19 +150,22 @@ class Frame:
 
     def read_as_settings(self, name: str) -> bool:
         """Whether this function reads attributes of ``name`` that no optimizer has
-        (``opt.batch_size``, ``opt.trg_pad_idx``): a namespace of options."""
+        (``opt.batch_size``, ``opt.trg_pad_idx``) and none that every optimizer has: a
+        namespace of options."""
         func = self.func
-        return self.ctx.remember(
-            f"settings:{name}",
-            func,
-            lambda: any(
-                type(node) is cst.Attribute
+
+        def read() -> bool:
+            attrs = {
+                node.attr.value
+                for node in walk(func.body if func is not None else self.ctx.module)
+                if type(node) is cst.Attribute
                 and type(node.value) is cst.Name
                 and node.value.value == name
-                and node.attr.value not in _OPTIMIZER_API
-                for node in walk(func.body if func is not None else self.ctx.module)
-            ),
-        )
+            }
+            # ``optimizer.sync_lookahead()`` beside ``optimizer.step()`` is an optimizer still
+            return bool(attrs - _OPTIMIZER_API) and not attrs & _OPTIMIZER_CORE
+
+        return self.ctx.remember(f"settings:{name}", func, read)
 
     def kept_as(self, name: str) -> str | None:
         """``self.<attr>``'s key when this method stores its parameter ``name`` there

@@ -4,6 +4,7 @@ backward steps after one micro-batch: LC204)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import libcst as cst
@@ -144,9 +145,12 @@ def _flush_operand(expr: cst.BaseExpression) -> bool:
     for node in walk(expr):
         if type(node) is cst.Call and dotted(node.func) == "len":
             return True
-        if type(node) is cst.Name and ("last" in node.value or "end" in node.value):
+        if type(node) is cst.Name and _END_OF_DATA.search(node.value):
             return True
     return False
+
+
+_END_OF_DATA = re.compile(r"(?i)(^|_)(last|end|final)(_|$)")  # ``is_last_batch``, ``epoch_end``
 
 
 def deepspeed_side(test: cst.BaseExpression) -> bool | None:

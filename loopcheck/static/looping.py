@@ -11,14 +11,13 @@ import libcst as cst
 
 from loopcheck.protocol import Event, Move, advance
 from loopcheck.static import conditions, guards, tensors
+from loopcheck.static.callees import may_clear
 from loopcheck.static.facts import handed_back_in
 from loopcheck.static.frames import FrameStack
-from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
 from loopcheck.static.model import FileModel, LoopSummary
 from loopcheck.static.paths import Flow, PathState, cap
 from loopcheck.static.roles import Role, role_from_name
-from loopcheck.static.syntax import chains_in, counter_of, dotted, is_true
-from loopcheck.static.tree import walk
+from loopcheck.static.syntax import chains_in, counter_of, is_true
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -195,8 +194,7 @@ class Loops(FrameStack):
         them over: a clear of gradients left by an earlier loop is then not a micro-batch lost
         (LC205's question, not LC108's). A loop that cannot clear (a MAML adaptation loop
         inside a helper) leaves its caller's gradients as they were."""
-        ctx, cls = self.ctx, self.frame.cls
-        return ctx.remember("may clear", loop, lambda: _may_clear(ctx, cls, loop))
+        return may_clear(self.frame, loop)
 
     def shift(self, state: PathState, counter: str | None) -> PathState:
         """The counter grew by one: move its modular facts one step."""
@@ -220,36 +218,3 @@ class Loops(FrameStack):
             if summary.has(Move.STEP, key):
                 state = self.apply(state, key, Event(Move.ITERATION))  # may complete LC303
         return state
-
-
-def _may_clear(ctx: FileContext, cls: ClassInfo | None, loop: cst.CSTNode) -> bool:
-    called: set[str] = set()
-    for node in walk(loop):
-        if type(node) is cst.Call:
-            name = dotted(node.func) or ""
-            last = name.rpartition(".")[2]
-            if last in CLEARING_NAMES:
-                return True
-            called.add(name)
-        elif type(node) is cst.AssignTarget and type(node.target) is cst.Attribute:
-            if node.target.attr.value == "grad":
-                return True
-    for name in called:
-        first, _, last = name.rpartition(".")
-        if not first:
-            node = ctx.functions.get(last)
-            if node is not None and id(node) in ctx.relevant:
-                return True
-            if last in ctx.imports.aliases:
-                found = ctx.external(ctx.imports.aliases[last])
-                if found is not None and type(found[1]) is cst.FunctionDef:
-                    if id(found[1]) in found[0].relevant:
-                        return True
-            continue
-        classes = list(cls.mro()) if cls is not None and first == "self" else []
-        classes += list(ctx.classes.values())
-        for info in classes:
-            method = info.methods.get(last)
-            if method is not None and id(method) in info.ctx.relevant:
-                return True
-    return False

@@ -8,15 +8,13 @@ import libcst as cst
 
 from loopcheck.protocol import Event, Move, OptState, Violation, advance
 from loopcheck.static import conditions, tensors
+from loopcheck.static.callees import backward_of, may_step, runs_backward
 from loopcheck.static.dataflow import function_layout
 from loopcheck.static.frames import FrameStack
-from loopcheck.static.index import ClassInfo, FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, Site, overlap
 from loopcheck.static.moves import Backward, Emit, Forward, Mode
 from loopcheck.static.paths import PathState
-from loopcheck.static.roles import Obj, Role, is_environment, role_from_name
-from loopcheck.static.syntax import dotted
-from loopcheck.static.tree import walk
+from loopcheck.static.roles import Obj, Role, role_from_name
 
 # What a ``Mark`` says of a loop, as the field of ``LoopSummary`` it sets.
 _LOOP_FLAGS = {
@@ -229,7 +227,7 @@ class Recorder(FrameStack):
         for info in cls.mro():
             called |= info.ctx.referenced
         return not any(
-            id(method) not in running and name in called and _steps(info.ctx, method)
+            id(method) not in running and name in called and may_step(info.ctx, method)
             for info in cls.mro()
             for name, method in info.methods.items()
         )
@@ -317,15 +315,18 @@ class Recorder(FrameStack):
 
     def blame_caller(self, loop: LoopSummary | None) -> bool:
         """Whether a loop-level finding of this helper belongs at its caller's call: the
-        loop is its caller's, not one of its own, and the helper was handed the loss or
-        runs no backward (a wrapper's ``step_and_update_lr()``): the caller's loop is the
-        one to fix. A helper that runs a whole step (``train_step``) keeps its findings."""
+        loop is its caller's, not one of its own, and the helper backpropagates the loss it
+        was handed or runs no backward (a wrapper's ``step_and_update_lr()``): the caller's
+        loop is the one to fix. A helper that runs a whole step (``train_step``, even handed
+        a loss function) keeps its findings."""
         frame = self.frame
         if not isinstance(frame.called_at, Site) or loop is None or frame.func is None:
             return False
         if id(loop.node) in function_layout(frame).place:
             return False
-        return isinstance(frame.handed_at, Site) or not _backprops(frame.ctx, frame.func, frame.cls)
+        if isinstance(frame.handed_at, Site) and backward_of(frame.func, frozenset(frame.divided)):
+            return True  # it backpropagates the loss it was handed
+        return not runs_backward(frame.ctx, frame.func, frame.cls)
 
     def mark(self, what: str) -> None:
         if what == "stepped" and self.root is not None:
@@ -338,52 +339,3 @@ class Recorder(FrameStack):
         if what == "grads" and self.root is not None:
             # gradients used by hand: a manual update is possible
             self.root.stepped = self.root.stepped_unkeyed = True
-
-
-def _steps(ctx: FileContext, method: cst.FunctionDef) -> bool:
-    """Whether a method's text may step an optimizer (cached per method): a ``.step()``
-    call on anything but an environment or a scheduler (an RL algorithm's rollout method
-    calls ``env.step(actions)``)."""
-    return ctx.remember(
-        "steps",
-        method,
-        lambda: any(
-            type(node) is cst.Call
-            and type(node.func) is cst.Attribute
-            and node.func.attr.value == "step"
-            and not _not_an_optimizer(node.func.value)
-            for node in walk(method.body)
-        ),
-    )
-
-
-def _not_an_optimizer(receiver: cst.BaseExpression) -> bool:
-    last = (dotted(receiver) or "").rpartition(".")[2]
-    return is_environment(last) or role_from_name(last) is Role.SCHEDULER
-
-
-def _backprops(ctx: FileContext, func: cst.FunctionDef, cls: ClassInfo | None) -> bool:
-    """Whether a function runs a backward: its text calls ``backward``, or that of a function
-    or method of its own it calls (``train_step`` calling ``self.forward_backward_step``)."""
-    return ctx.remember("backprops", func, lambda: _runs_backward(ctx, func, cls, set()))
-
-
-def _runs_backward(
-    ctx: FileContext, func: cst.FunctionDef, cls: ClassInfo | None, seen: set[int]
-) -> bool:
-    seen.add(id(func))
-    callees: list[cst.FunctionDef] = []
-    for node in walk(func.body):
-        if type(node) is not cst.Call:
-            continue
-        callee = node.func
-        if type(callee) is cst.Attribute:
-            if callee.attr.value in ("backward", "manual_backward"):
-                return True
-            if type(callee.value) is cst.Name and callee.value.value == "self" and cls:
-                found = cls.method(callee.attr.value)
-                if found is not None:
-                    callees.append(found[1])
-        elif type(callee) is cst.Name and callee.value in ctx.functions:
-            callees.append(ctx.functions[callee.value])
-    return any(id(c) not in seen and _runs_backward(ctx, c, cls, seen) for c in callees)

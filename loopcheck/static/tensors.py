@@ -1,5 +1,6 @@
 """What a training loop does with tensors besides the five moves: losses summed or collected
-across iterations with their graph (LC501), and which functions evaluate a model (LC502)."""
+across iterations with their graph (LC501), losses computed and dropped without a backward
+(LC104), and which functions evaluate a model (LC502)."""
 
 from __future__ import annotations
 
@@ -112,10 +113,11 @@ def _surely_a_graph(
         callee = Frame(ctx, node, None, {}, module_frame(ctx), node.name.value)
         positional = [a.value for a in expr.args if a.keyword is None and not a.star]
         keywords = {a.keyword.value: a.value for a in expr.args if a.keyword is not None}
+        starred = any(a.star for a in expr.args)  # ``f(*outs, y)``: places shift
         handed = frozenset(
             name
             for name, arg in given_arguments(node, None, positional, keywords).items()
-            if _surely_a_graph(frame, arg, at, depth + 1, carried)
+            if not starred and _surely_a_graph(frame, arg, at, depth + 1, carried)
         )
         returned = returns_of(node)
         return bool(returned) and all(
