@@ -104,12 +104,14 @@ class Reader(HostView):
         order = self.ctx.evaluation_order(expr)
         # ``p.grad.div_(n)``: the accumulated sum normalised by hand, neither applied nor
         # cleared (unless multiplied by zero); its ``p.grad`` is no read by hand
-        rescaling = [n for n in order if type(n) is cst.Call and rescales_grad(n)]
-        receivers = {id(r) for call in rescaling for r in walk(call.func)}
+        rescaling = {id(n): n for n in order if type(n) is cst.Call and rescales_grad(n)}
+        receivers = (
+            {id(r) for call in rescaling.values() for r in walk(call.func)} if rescaling else ()
+        )
         for node in order:
             if id(node) in receivers:
                 continue
-            if type(node) is cst.Call and rescales_grad(node):
+            if id(node) in rescaling:
                 if _by_zero(node):
                     actions.append(Mark("grads_rewritten"))
                 actions.append(Emit(Event(Move.GRAD_RESCALE), None))

@@ -286,6 +286,8 @@ def _may_clear(frame: Frame, loop: cst.CSTNode) -> bool:
         name = dotted(func) or ""
         if name.rpartition(".")[2] in CLEARING_NAMES:
             return True
+        if name.partition(".")[0] in _LIBRARIES:
+            continue  # ``torch.cat(...)``, ``np.mean(...)``: clears nothing
         for target in _definitions(frame, func):
             if target is None:
                 break  # nothing to read: a call we cannot see into
@@ -295,10 +297,18 @@ def _may_clear(frame: Frame, loop: cst.CSTNode) -> bool:
         else:
             continue
         for arg in node.args:
-            obj = frame.resolve(arg.value) if type(arg.value) in (cst.Name, cst.Attribute) else None
+            if type(arg.value) not in (cst.Name, cst.Attribute):
+                continue
+            last = (dotted(arg.value) or "").rpartition(".")[2]
+            if role_from_name(last) not in (Role.OPTIMIZER, Role.ENGINE):
+                continue  # only a name that may hold an optimizer is worth resolving
+            obj = frame.resolve(arg.value)
             if obj is not None and obj.role in (Role.OPTIMIZER, Role.ENGINE):
                 return True  # ``reset(opt)``: handed to code we cannot see into
     return False
+
+
+_LIBRARIES = frozenset({"torch", "np", "numpy", "math", "F", "nn", "random", "time", "os", "json"})
 
 
 def _definitions(

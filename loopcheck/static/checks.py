@@ -32,6 +32,8 @@ class Checks(FrameStack):
         steps after the wrong micro-batch (see :mod:`loopcheck.static.guards`)."""
         if not self.loop_stack:
             return
+        if type(without_not(stmt.test)[0]) is cst.Name and not _after_backward(states):
+            return  # a flag read before any backward (the common case, cheaply ruled out)
         source = self.guard_source(stmt)
         if source is None:
             return
@@ -53,12 +55,7 @@ class Checks(FrameStack):
         )
         if not (when_zero or otherwise) or (when_zero and otherwise):
             return  # steps on no branch, or on both: not an accumulation guard
-        after_backward = any(
-            o.fresh_this_iteration and o.grads in (Grads.FRESH, Grads.PILED)
-            for s in states
-            for _, o in s.opts
-        )
-        if not after_backward:
+        if not _after_backward(states):
             return
         base = self.counter_base(guard.counter, frame, at)
         if base is not None and guards.off_by_one(guard, base, when_zero, otherwise):
@@ -139,3 +136,12 @@ class Checks(FrameStack):
 
 def _negated(expr: cst.BaseExpression, negated: bool) -> cst.BaseExpression:
     return cst.UnaryOperation(operator=cst.Not(), expression=expr) if negated else expr
+
+
+def _after_backward(states: set[PathState]) -> bool:
+    """Whether some path has run this iteration's backward."""
+    return any(
+        o.fresh_this_iteration and o.grads in (Grads.FRESH, Grads.PILED)
+        for s in states
+        for _, o in s.opts
+    )

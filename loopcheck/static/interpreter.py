@@ -98,7 +98,8 @@ class Interpreter(Recorder, Checks, Loops):
         self.at: cst.CSTNode | None = None  # the statement being run (for reaching values)
         self._forgotten: dict[tuple[object, ...], frozenset[tuple[str, bool]]] = {}
         self.transitions = {}  # the protocol's transitions seen in this file, remembered
-        self.drops_loss: dict[Site, bool] = {}  # steps by whether their function drops a loss
+        # the function each step ran in (does it drop a loss? asked only for LC104)
+        self.step_functions: dict[Site, tuple[FileContext, cst.FunctionDef | None]] = {}
         self.grad_modes: list[bool] = []
         self.no_grad_blocks: list[cst.CSTNode] = []
 

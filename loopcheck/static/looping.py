@@ -120,8 +120,7 @@ class Loops(FrameStack):
         assigned = frozenset(assigned)
         self.loop_stack.append(summary)
         try:
-            inherits = self.may_clear(node)
-            entry = {self.forget(self.enter(s, inherits), assigned) for s in states}
+            entry = {self.forget(self.enter(s, node), assigned) for s in states}
             # framework gates decided before the loop (a helper loop inside an
             # ``if accelerator.sync_gradients:`` block) hold for all its iterations
             outer_gates = frozenset(
@@ -177,12 +176,12 @@ class Loops(FrameStack):
             self._forgotten[memo] = facts
         return state.with_facts(facts)
 
-    def enter(self, state: PathState, inherits: bool = True) -> PathState:
+    def enter(self, state: PathState, loop: cst.CSTNode) -> PathState:
         """A loop starts: tell every optimizer's protocol state. A loop that cannot clear
         (see :meth:`may_clear`) does not take over the gradients it finds."""
         for key, opt_state in state.opts:
             new, _ = advance(opt_state, Event(Move.LOOP_ENTRY))
-            if not inherits and new.consumed != opt_state.consumed:
+            if new.consumed != opt_state.consumed and not self.may_clear(loop):
                 new = replace(new, consumed=opt_state.consumed)
             if new != opt_state:
                 state = state.with_opt(key, new)

@@ -11,6 +11,7 @@ from loopcheck.static import conditions, tensors
 from loopcheck.static.callees import backward_of, may_step, runs_backward
 from loopcheck.static.dataflow import function_layout
 from loopcheck.static.frames import FrameStack
+from loopcheck.static.index import FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, Site, overlap
 from loopcheck.static.moves import Backward, Emit, Forward, Mode
 from loopcheck.static.paths import PathState
@@ -40,7 +41,7 @@ class Recorder(FrameStack):
     fact_names: dict[str, set[str]]
     saved_modes: dict[str, str]  # names saving a model's mode (``was_training``), its key
     transitions: dict[tuple[OptState, Event], tuple[OptState, tuple[Violation, ...]]]
-    drops_loss: dict[Site, bool]
+    step_functions: dict[Site, tuple[FileContext, cst.FunctionDef | None]]
 
     grad_modes: list[bool]  # innermost last: False under no_grad / inference_mode
     no_grad_blocks: list[cst.CSTNode]  # the ``with torch.no_grad():`` blocks being run
@@ -296,14 +297,14 @@ class Recorder(FrameStack):
         if event.move in (Move.STEP, Move.OPAQUE) and self.root is not None:
             self.root.stepped = True
             self.root.stepped_keys.add(key)
-        if event.move is Move.STEP and where is not None and where not in self.drops_loss:
-            self.drops_loss[where] = bool(tensors.dead_losses(self.ctx, self.frame.func))
+        if event.move is Move.STEP and where is not None:
+            self.step_functions.setdefault(where, (self.ctx, self.frame.func))
         loop = self.loop_stack[-1] if self.loop_stack else None
         for v in violations:
             if isinstance(v.where, Site):
                 cause = v.cause if isinstance(v.cause, Site) else None
                 where, code = v.where, v.code
-                if code == "LC104" and not self.drops_loss.get(v.where, False):
+                if code == "LC104" and not self.drops_loss(v.where):
                     code = "LC103"  # no loss is left without its backward: misordered
                 if code == "LC101" and self.blame_caller(loop):
                     # a helper handed the loss (a loss scaler) or one that only moves (an
@@ -312,6 +313,11 @@ class Recorder(FrameStack):
                     where = self.frame.called_at
                 self.model.add_record(Record(code, where, key, loop, self.root, cause))
         return state.with_opt(key, new)
+
+    def drops_loss(self, step: Site) -> bool:
+        """Whether the function a step ran in computes a loss it never backpropagates."""
+        found = self.step_functions.get(step)
+        return found is not None and bool(tensors.dead_losses(*found))
 
     def blame_caller(self, loop: LoopSummary | None) -> bool:
         """Whether a loop-level finding of this helper belongs at its caller's call: the
