@@ -12,6 +12,7 @@ import libcst as cst
 from loopcheck.protocol import Event, Move
 from loopcheck.static.apis import CLIP_FUNCTIONS, ApiReader
 from loopcheck.static.callees import (
+    LOOKS_ONLY,
     called_names,
     closure_names,
     constants_of,
@@ -52,15 +53,8 @@ from loopcheck.static.tree import is_expression, kids, walk
 MAX_FOLLOWS_PER_ROOT = 120  # past it, calls are treated as calls we cannot see into
 
 _HARMLESS_CALLS = {
-    "print",
-    "len",
-    "isinstance",
-    "hasattr",
+    *LOOKS_ONLY,
     "getattr",
-    "id",
-    "str",
-    "repr",
-    "type",
     "vars",
     "dir",
     "format",

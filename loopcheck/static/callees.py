@@ -6,7 +6,8 @@ and the interpreter ask these at every call site or loop."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import libcst as cst
 
@@ -56,7 +57,7 @@ def passed_on(ctx: FileContext, func: cst.FunctionDef) -> frozenset[str]:
             a.value.value
             for node in walk(func.body)
             if type(node) is cst.Call
-            and not (type(node.func) is cst.Name and node.func.value in _LOOKS_ONLY)
+            and not (type(node.func) is cst.Name and node.func.value in LOOKS_ONLY)
             for a in node.args
             if type(a.value) is cst.Name and a.value.value in names
         ),
@@ -64,7 +65,7 @@ def passed_on(ctx: FileContext, func: cst.FunctionDef) -> frozenset[str]:
 
 
 # Builtins that only look at what they are given (``isinstance(optimizers, list)``).
-_LOOKS_ONLY = frozenset(
+LOOKS_ONLY = frozenset(
     {"isinstance", "len", "type", "id", "print", "hasattr", "str", "repr", "callable"}
 )
 
@@ -226,7 +227,7 @@ def backward_of(func: cst.FunctionDef, names: frozenset[str]) -> bool:
     ``loss.backward()``, ``scaler.scale(loss).backward()``."""
     for node in walk(func.body):
         if type(node) is cst.Call and type(node.func) is cst.Attribute:
-            if node.func.attr.value in _BACKWARD_CALLS and names_in(node.func.value) & names:
+            if node.func.attr.value in BACKWARD_CALLS and names_in(node.func.value) & names:
                 return True
     return False
 
@@ -249,7 +250,7 @@ def _runs_backward(
             continue
         callee = node.func
         if type(callee) is cst.Attribute:
-            if callee.attr.value in _BACKWARD_CALLS:
+            if callee.attr.value in BACKWARD_CALLS:
                 return True
             if type(callee.value) is cst.Name and callee.value.value == "self" and cls:
                 found = cls.method(callee.attr.value)
@@ -262,40 +263,44 @@ def _runs_backward(
     )
 
 
-_BACKWARD_CALLS = ("backward", "manual_backward")
+BACKWARD_CALLS = frozenset({"backward", "manual_backward"})  # a backward by its method
 
 
-def may_clear(frame: Frame, loop: cst.CSTNode) -> bool:
+def may_clear(frame: Frame, loop: cst.CSTNode, callee: Callee) -> bool:
     """Whether a loop may clear gradients: a clear in its text (``zero_grad()``, ``.grad =``),
-    a call of a function or method of the linted files that takes part in a step (a nested one
-    included), or a call we cannot see into that is handed an optimizer. Cached per loop and
-    class (the same loop run for two subclasses resolves ``self`` apart)."""
+    a call of a function or method of the linted files that takes part in a step (``callee``
+    names what a call runs, as the reader resolves it), or a call we cannot see into that is
+    handed an optimizer. Cached per loop and class (the same loop run for two subclasses
+    resolves ``self`` apart)."""
     cls = frame.cls
     kind = f"may clear {cls.name if cls is not None else ''}"
-    return frame.ctx.remember(kind, loop, lambda: _may_clear(frame, loop))
+    return frame.ctx.remember(kind, loop, lambda: _may_clear(frame, loop, callee))
 
 
-def _may_clear(frame: Frame, loop: cst.CSTNode) -> bool:
+# What a call runs, as the reader resolves it: the definitions of the linted files (with their
+# file, class and bound ``self``), or None when it names none.
+Callee = Callable[
+    [cst.BaseExpression], "list[tuple[FileContext, cst.FunctionDef, ClassInfo | None, Any]] | None"
+]
+
+
+def _may_clear(frame: Frame, loop: cst.CSTNode, callee: Callee) -> bool:
     for node in walk(loop):
         if type(node) is cst.AssignTarget and type(node.target) is cst.Attribute:
             if node.target.attr.value == "grad":
                 return True
         if type(node) is not cst.Call:
             continue
-        func = node.func
-        name = dotted(func) or ""
+        name = dotted(node.func) or ""
         if name.rpartition(".")[2] in CLEARING_NAMES:
             return True
         if name.partition(".")[0] in _LIBRARIES:
             continue  # ``torch.cat(...)``, ``np.mean(...)``: clears nothing
-        for target in _definitions(frame, func):
-            if target is None:
-                break  # nothing to read: a call we cannot see into
-            where, definition = target
-            if id(definition) in where.relevant:
+        defined = callee(node.func)
+        if defined is not None:
+            if any(id(definition) in where.relevant for where, definition, _, _ in defined):
                 return True
-        else:
-            continue
+            continue  # functions of the linted files that take no part in a step
         for arg in node.args:
             if type(arg.value) not in (cst.Name, cst.Attribute):
                 continue
@@ -309,34 +314,3 @@ def _may_clear(frame: Frame, loop: cst.CSTNode) -> bool:
 
 
 _LIBRARIES = frozenset({"torch", "np", "numpy", "math", "F", "nn", "random", "time", "os", "json"})
-
-
-def _definitions(
-    frame: Frame, func: cst.BaseExpression
-) -> list[tuple[FileContext, cst.FunctionDef] | None]:
-    """The definitions of the linted files a call may run, or ``[None]`` when it runs
-    something we cannot see into."""
-    ctx = frame.ctx
-    if type(func) is cst.Name:
-        current: Frame | None = frame
-        while current is not None:
-            local = current.local_defs.get(func.value)
-            if local is not None:
-                return [(ctx, local)]
-            current = current.parent
-        if func.value in ctx.functions:
-            return [(ctx, ctx.functions[func.value])]
-    if type(func) is cst.Attribute:
-        owner = frame.resolve(func.value)
-        if owner is not None and owner.cls is not None:
-            found = owner.cls.method(func.attr.value)
-            return [(found[0].ctx, found[1])] if found is not None else [None]
-        if type(func.value) is cst.Name and func.value.value == "self" and frame.cls is not None:
-            found = frame.cls.method(func.attr.value)
-            return [(found[0].ctx, found[1])] if found is not None else [None]
-    qual = ctx.imports.qualify(func) if type(func) in (cst.Name, cst.Attribute) else None
-    if qual is not None:
-        found = ctx.external(qual)
-        if found is not None and type(found[1]) is cst.FunctionDef:
-            return [(found[0], found[1])]
-    return [None]

@@ -12,7 +12,7 @@ from loopcheck.static.frames import Frame, FrameStack
 from loopcheck.static.index import FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary
 from loopcheck.static.paths import PathState
-from loopcheck.static.syntax import counter_of, without_not
+from loopcheck.static.syntax import counter_of, ends_with_continue, negated_if, without_not
 
 
 class Checks(FrameStack):
@@ -38,12 +38,14 @@ class Checks(FrameStack):
         if source is None:
             return
         expr, negated, ctx, frame, at = source
-        guard = guards.read_guard(ctx.code, _negated(expr, negated))
+        guard = guards.read_guard(ctx.code, negated_if(expr, negated))
         if guard is None:
             return
         other = stmt.orelse.body if type(stmt.orelse) is cst.Else else stmt.orelse
         body_steps = guards.steps_in(self.frame, stmt.body)
-        if other is None and guards.skips_rest(stmt.body):
+        block = stmt.body
+        last = block.body[-1] if type(block) is cst.IndentedBlock and block.body else block
+        if other is None and ends_with_continue(last):
             # ``if i % n != 0: continue`` then ``opt.step()``: the rest of the block is the
             # other branch
             block, index, _ = function_layout(self.frame).place.get(id(stmt), ((), 0, None))
@@ -132,10 +134,6 @@ class Checks(FrameStack):
             return  # an unrolled inner loop: its graphs are kept to differentiate through
         record = Record("LC501", self.ctx.site(node), name, self.loop_stack[-1], self.root)
         self.model.add_record(record)
-
-
-def _negated(expr: cst.BaseExpression, negated: bool) -> cst.BaseExpression:
-    return cst.UnaryOperation(operator=cst.Not(), expression=expr) if negated else expr
 
 
 def _after_backward(states: set[PathState]) -> bool:

@@ -198,7 +198,7 @@ class _Tracer:
                 return self.obj(callee) | args
             if callee is not None and callee.role is Role.INSTANCE and callee.cls is not None:
                 return self.instance_models(callee) | args
-            node = local_def(self.frame, func.value) or self.frame.ctx.functions.get(func.value)
+            node = named_function(self.frame, func.value)
             if node is not None:
                 helper = self.returns(self.frame.ctx, node, None, None, call, depth, at)
                 if helper is not None:
@@ -247,7 +247,7 @@ class _Tracer:
             node,
             cls,
             {k: v for k, v in bound.items() if v is not None},
-            defining_frame(self.frame, node) or module_frame(ctx),  # a closure's names
+            enclosing_frame(self.frame, node, ctx),  # a closure sees its function's names
             scope,
         )
         tracer = _Tracer(frame, carried, self.helpers + 1)
@@ -327,23 +327,27 @@ def _expressions(node: cst.CSTNode) -> list[cst.BaseExpression]:
     return out
 
 
-def local_def(frame: Frame | None, name: str) -> cst.FunctionDef | None:
-    """A function defined inside this frame's function or one around it (a closure)."""
-    while frame is not None:
-        node = frame.local_defs.get(name)
+def named_function(frame: Frame, name: str) -> cst.FunctionDef | None:
+    """The function of this file a call names: one defined inside this frame's function or
+    one around it (a closure), else one of the module."""
+    current: Frame | None = frame
+    while current is not None:
+        node = current.local_defs.get(name)
         if node is not None:
             return node
-        frame = frame.parent
-    return None
+        current = current.parent
+    return frame.ctx.functions.get(name)
 
 
-def defining_frame(frame: Frame | None, node: cst.FunctionDef) -> Frame | None:
-    """The frame (this one or one around it) whose function defines ``node`` locally."""
-    while frame is not None:
-        if node in frame.local_defs.values():
-            return frame
-        frame = frame.parent
-    return None
+def enclosing_frame(frame: Frame, node: cst.FunctionDef, ctx: FileContext | None = None) -> Frame:
+    """The frame a function is read in: the one (this or around it) that defines it locally,
+    whose names it sees, else the module's of its file (``ctx``, by default this frame's)."""
+    current: Frame | None = frame
+    while current is not None:
+        if node in current.local_defs.values():
+            return current
+        current = current.parent
+    return module_frame(ctx or frame.ctx)
 
 
 def _optimized_models(frame: Frame | None) -> frozenset[str]:

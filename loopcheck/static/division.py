@@ -11,9 +11,9 @@ import libcst as cst
 from loopcheck.static.dataflow import (
     MAX_DEPTH,
     MODEL_ROLES,
-    defining_frame,
+    enclosing_frame,
     function_layout,
-    local_def,
+    named_function,
     returns_of,
 )
 from loopcheck.static.frames import Frame, module_frame
@@ -119,13 +119,13 @@ class _Division:
         """The function of this file a call runs by name (a nested one included)."""
         if type(func) is not cst.Name:
             return None
-        return local_def(self.frame, func.value) or self.frame.ctx.functions.get(func.value)
+        return named_function(self.frame, func.value)
 
     def definition(self, name: str, d: Definition, depth: int) -> bool | None:
         """What one assignment of ``name`` says; ``error, acc = fast_adapt(...)`` reads the
         element of what the helper returns that lands in ``name``."""
         value = d.value
-        index = _unpacked_at(d.statement, value, name)
+        index = next((i for i, v in self.frame.tuple_values.get(name, ()) if v is value), None)
         func = value.func if type(value) is cst.Call else None
         node = self.helper(func) if index is not None else None
         if node is not None and returns_of(node):
@@ -192,24 +192,8 @@ def _returned(
 _MAX_HELPERS = 3  # helpers read inside one another
 
 
-def _unpacked_at(stmt: Statement, value: cst.BaseExpression, name: str) -> int | None:
-    """The place of ``name`` in the tuple target that ``value`` is unpacked into, if so."""
-    if type(stmt) is not cst.SimpleStatementLine:
-        return None
-    for small in stmt.body:
-        if type(small) is cst.Assign and small.value is value and len(small.targets) == 1:
-            target = small.targets[0].target
-            if type(target) in (cst.Tuple, cst.List):
-                if any(type(e) is cst.StarredElement for e in target.elements):
-                    return None  # ``a, *rest, loss = f()``: places shift
-                for i, element in enumerate(target.elements):
-                    if type(element.value) is cst.Name and element.value.value == name:
-                        return i
-    return None
-
-
 def _callee_frame(frame: Frame, node: cst.FunctionDef) -> Frame:
-    parent = defining_frame(frame, node) or module_frame(frame.ctx)
+    parent = enclosing_frame(frame, node)
     return Frame(frame.ctx, node, None, {}, parent, node.name.value)
 
 

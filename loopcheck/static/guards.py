@@ -12,7 +12,14 @@ import libcst as cst
 from loopcheck.static.conditions import Render, modular
 from loopcheck.static.frames import Frame
 from loopcheck.static.roles import Role
-from loopcheck.static.syntax import call_args, counter_of, dotted, is_increment, without_not
+from loopcheck.static.syntax import (
+    call_args,
+    counter_of,
+    dotted,
+    is_increment,
+    negated_if,
+    without_not,
+)
 from loopcheck.static.tree import walk
 
 
@@ -35,7 +42,7 @@ def read_guard(code: Render, test: cst.BaseExpression) -> Guard | None:
         rest = [side for side in sides if not _flush_operand(side)]
         if len(rest) != 1:
             return None
-        test = cst.UnaryOperation(operator=cst.Not(), expression=rest[0]) if negated else rest[0]
+        test = negated_if(rest[0], negated)
     found = modular(code, test)
     if found is None:
         return None
@@ -62,14 +69,6 @@ def steps_in(frame: Frame, branch: cst.CSTNode | None) -> bool:
             target = frame.resolve(node.args[0].value)
             if target is not None and target.role is Role.OPTIMIZER:
                 return True
-    return False
-
-
-def skips_rest(body: cst.BaseSuite) -> bool:
-    """Whether a branch ends by going to the next iteration (``continue``)."""
-    last = body.body[-1] if type(body) is cst.IndentedBlock and body.body else body
-    if type(last) in (cst.SimpleStatementLine, cst.SimpleStatementSuite):
-        return bool(last.body) and type(last.body[-1]) is cst.Continue
     return False
 
 

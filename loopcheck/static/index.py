@@ -499,6 +499,8 @@ def _function_info(ctx: FileContext, func: cst.FunctionDef | None) -> FunctionIn
             info.local_values.setdefault(target.value, []).append(value)
         elif type(target) in (cst.Tuple, cst.List):
             for i, el in enumerate(target.elements):
+                if type(el) is cst.StarredElement:
+                    break  # ``a, *rest, loss = f()``: the places after it are not fixed
                 if type(el.value) is cst.Name:
                     info.tuple_values.setdefault(el.value.value, []).append((i, value))
     stack: list[cst.CSTNode] = [body]

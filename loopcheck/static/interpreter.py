@@ -35,6 +35,7 @@ from loopcheck.static.syntax import (
     grad_context,
     is_increment,
     is_loss_name,
+    negated_if,
     turns_grad_off,
     without_not,
 )
@@ -393,9 +394,7 @@ class Interpreter(Recorder, Checks, Loops):
         if type(inner) is not cst.Name or inner.value not in self.frame.conditions:
             return test, ctx
         expr, caller = self.frame.conditions[inner.value]
-        if negated:
-            expr = cst.UnaryOperation(operator=cst.Not(), expression=expr)
-        return expr, caller
+        return negated_if(expr, negated), caller
 
     def exec_try(self, stmt: cst.Try | cst.TryStar, states: set[PathState]) -> Flow:
         body = self.exec_stmt(stmt.body, states)

@@ -193,7 +193,7 @@ class Loops(FrameStack):
         them over: a clear of gradients left by an earlier loop is then not a micro-batch lost
         (LC205's question, not LC108's). A loop that cannot clear (a MAML adaptation loop
         inside a helper) leaves its caller's gradients as they were."""
-        return may_clear(self.frame, loop)
+        return may_clear(self.frame, loop, self.reader.callee)
 
     def shift(self, state: PathState, counter: str | None) -> PathState:
         """The counter grew by one: move its modular facts one step."""

@@ -238,7 +238,12 @@ def counter_of(stmt: cst.For | cst.While) -> str | None:
 
 
 def ends_with_continue(stmt: cst.CSTNode) -> bool:
-    return type(stmt) is cst.SimpleStatementLine and type(stmt.body[-1]) is cst.Continue
+    """A line (or the one-line body of ``if x: continue``) that ends with ``continue``."""
+    return (
+        type(stmt) in (cst.SimpleStatementLine, cst.SimpleStatementSuite)
+        and bool(stmt.body)
+        and type(stmt.body[-1]) is cst.Continue
+    )
 
 
 def is_grad_of(expr: cst.BaseExpression, var: str) -> bool:
@@ -387,3 +392,8 @@ def without_not(test: cst.BaseExpression) -> tuple[cst.BaseExpression, bool]:
     while type(test) is cst.UnaryOperation and type(test.operator) is cst.Not:
         test, negated = test.expression, not negated
     return test, negated
+
+
+def negated_if(expr: cst.BaseExpression, negate: bool) -> cst.BaseExpression:
+    """``not expr`` when ``negate``, else ``expr``: the inverse of :func:`without_not`."""
+    return cst.UnaryOperation(operator=cst.Not(), expression=expr) if negate else expr

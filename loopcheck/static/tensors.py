@@ -8,7 +8,7 @@ import re
 
 import libcst as cst
 
-from loopcheck.static.callees import given_arguments
+from loopcheck.static.callees import BACKWARD_CALLS, given_arguments
 from loopcheck.static.dataflow import function_layout, origin, returns_of
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import EVALUATING as _EVALUATING
@@ -18,8 +18,6 @@ from loopcheck.static.reaching import Statement
 from loopcheck.static.roles import Imports, Role
 from loopcheck.static.syntax import dotted, names_in
 from loopcheck.static.tree import kids, walk
-
-_BACKWARD_CALLS = {"backward", "manual_backward"}
 
 
 def kept_graph(
@@ -352,7 +350,7 @@ def _backpropagated(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset
     assigned: dict[str, set[str]] = {}
     for node in walk(body):
         if type(node) is cst.Call and type(node.func) is cst.Attribute:
-            if node.func.attr.value in _BACKWARD_CALLS:
+            if node.func.attr.value in BACKWARD_CALLS:
                 names |= names_in(node.func.value)
                 for arg in node.args:
                     names |= names_in(arg.value)
