@@ -167,7 +167,11 @@ def _zero(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         # iteration's step cannot be LC102, only LC108 if another backward follows.
         pending = (e.where, not s.fresh_this_iteration, s.last_backward)
         shared, passed = s.last_backward_shared, False
-    keep_sched = s.pending_sched if s.pending_sched_outer and not unused else None
+    # A scheduler step before the optimizer's first step is still before it after a clear:
+    # one from before the loop now running (an epoch's top), or from this iteration's top
+    # before the clear (the schedule's first value is skipped either way).
+    first = s.pending_sched_outer or not s.stepped_before
+    keep_sched = s.pending_sched if first and not unused else None
     new = replace(
         UNKNOWN,
         grads=Grads.CLEAR,
