@@ -401,17 +401,41 @@ def switches_gradients(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
     around its loop (``torch.set_grad_enabled(False)`` as a statement, an ExitStack context,
     ``model.requires_grad_(False)``): its forwards are not judged for LC502."""
     body: cst.CSTNode = func.body if func is not None else ctx.module
-    return ctx.remember(
-        "switches",
-        func,
-        lambda: any(
-            type(node) is cst.Attribute
-            and node.attr.value in _GRAD_SWITCHES
-            or type(node) is cst.Name
-            and node.value in _GRAD_SWITCHES
-            for node in (walk(body) if func is not None else _own_nodes(body))
-        ),
-    )
+
+    def switches() -> bool:
+        nodes = list(walk(body)) if func is not None else _own_nodes(body)
+        # a ``with torch.no_grad():`` block or decorator scopes its own forwards, which are
+        # judged one by one: it says nothing of a loop beside it
+        scoped = set()
+        for item in nodes:
+            if type(item) in (cst.WithItem, cst.Decorator):
+                callee = _callee(item)
+                scoped |= {id(callee), id(getattr(callee, "attr", None))}
+        return any(
+            (
+                type(node) is cst.Attribute
+                and node.attr.value in _GRAD_SWITCHES
+                or type(node) is cst.Name
+                and node.value in _GRAD_SWITCHES
+            )
+            and id(node) not in scoped
+            for node in nodes
+        )
+
+    return ctx.remember("switches", func, switches)
+
+
+_BLOCK_SWITCHES = {"no_grad", "inference_mode"}
+
+
+def _callee(node: cst.WithItem | cst.Decorator) -> cst.CSTNode | None:
+    """What a ``with`` item or decorator calls, when it turns gradients off by itself
+    (``torch.no_grad()``, ``@torch.inference_mode``)."""
+    expr = node.item if type(node) is cst.WithItem else node.decorator
+    if type(expr) is cst.Call:
+        expr = expr.func
+    last = expr.attr.value if type(expr) is cst.Attribute else getattr(expr, "value", None)
+    return expr if last in _BLOCK_SWITCHES else None
 
 
 def _own_nodes(body: cst.CSTNode) -> list[cst.CSTNode]:
