@@ -84,3 +84,51 @@ def test_a_cached_loop_goes_stale_when_the_helper_it_read_changes(project: Path)
     fixed = loopcheck("--format", "json", ".", cwd=project)
     assert fixed.returncode == 0, fixed.stdout
     assert findings(fixed) == set()
+
+
+BUGS = PROJECTS.parent / "bugs"
+
+
+def test_a_directory_of_scripts_reports_what_each_script_alone_reports(tmp_path: Path) -> None:
+    # Scripts linted together import nothing from one another: a public function that no other
+    # file names is judged as the top of its program, as when its file is linted alone.
+    names = [
+        "lc105_gan_generator_never_steps.py",
+        "lc502_periodic_eval_beside_no_grad.py",
+        "lc502_accelerate_eval_inline.py",
+        "lc101_plain_loop.py",
+    ]
+    for name in names:
+        shutil.copy(BUGS / name, tmp_path / name)
+    alone: set[tuple[str, int, str]] = set()
+    for name in names:
+        alone |= findings(loopcheck("--format", "json", "--no-cache", name, cwd=tmp_path))
+    together = loopcheck("--format", "json", "--no-cache", ".", cwd=tmp_path)
+    assert {code for _, _, code in alone} == {"LC101", "LC105", "LC502"}
+    assert findings(together) == alone
+
+
+def test_a_cached_finding_goes_stale_when_another_file_starts_calling_its_function(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "evaluation.py").write_text(
+        "import torch\n\n\n"
+        "def evaluate(model, loader):\n"
+        "    model.eval()\n"
+        "    for x, y in loader:\n"
+        "        print(torch.nn.functional.mse_loss(model(x), y).item())\n"
+    )
+    (tmp_path / "train.py").write_text("import torch\n\n\ndef main():\n    pass\n")
+    # nothing calls evaluate(): it runs with gradients on
+    cold = loopcheck("--format", "json", ".", cwd=tmp_path)
+    assert findings(cold) == {("evaluation.py", 7, "LC502")}
+    # the training script now calls it under no_grad: the evaluator's cached entry is stale
+    (tmp_path / "train.py").write_text(
+        "import torch\n\nfrom evaluation import evaluate\n\n\n"
+        "def main(model, loader):\n"
+        "    with torch.no_grad():\n"
+        "        evaluate(model, loader)\n"
+    )
+    warm = loopcheck("--format", "json", ".", cwd=tmp_path)
+    assert warm.returncode == 0, warm.stdout
+    assert findings(warm) == set()

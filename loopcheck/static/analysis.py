@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from functools import partial
 
 import libcst as cst
 
@@ -38,12 +39,12 @@ def _analyze(ctx: FileContext) -> FileModel:
         return model
     interp = Interpreter(model)
     top = module_frame(ctx)
-    root = RootSummary("<module>", referenced=False)
+    root = RootSummary("<module>")
     model.roots.append(root)
     interp.run_root(top, ctx.module.body, root)
     for func, cls, scope in _entry_points(ctx):
         frame = Frame(ctx, func, cls, {}, top, scope)
-        root = RootSummary(scope, referenced=_referenced(ctx, func, cls))
+        root = RootSummary(scope, partial(_referenced, ctx, func, cls))
         model.roots.append(root)
         implicit = _implicit_loop(ctx, func, cls, scope)
         body = func.body.body if type(func.body) is cst.IndentedBlock else [func.body]
@@ -69,14 +70,14 @@ def _other_framework(ctx: FileContext) -> bool:
 
 def _referenced(ctx: FileContext, func: cst.FunctionDef, cls: ClassInfo | None) -> bool:
     """Whether callers may give a function its context: it is named elsewhere in its file, or
-    it is a public function of the module and other linted files, which may import it, are
-    analysed with it (a method is judged with its class: a base class calls it, or a
-    framework)."""
+    it is a public function of the module that another linted file names (it may import and
+    call it; a method is judged with its class: a base class calls it, or a framework)."""
     name = func.name.value
     if name in ctx.referenced:
         return True
     public = cls is None and not name.startswith("_")
-    return public and ctx.project is not None and ctx.project.several
+    project = ctx.project
+    return public and project is not None and project.mentioned_elsewhere(ctx.path, name)
 
 
 def _entry_points(ctx: FileContext) -> Iterator[tuple[cst.FunctionDef, ClassInfo | None, str]]:

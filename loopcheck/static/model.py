@@ -117,7 +117,9 @@ class RootSummary:
     """One entry point of the analysis: the module body or a function analysed on its own."""
 
     name: str
-    referenced: bool  # called elsewhere (its file, or maybe another linted file): callers decide
+    # called elsewhere (its file, or maybe another linted file): callers decide. Asked only
+    # by rules about to report, as a question: whether another file names it reads them all.
+    referenced_by: Callable[[], bool] = field(default=lambda: False, repr=False)
     stepped: bool = False  # some STEP, opaque optimizer call or unresolved .step() was seen
     stepped_unkeyed: bool = False  # an unresolved .step(), or gradients used by hand
     # optimizers stepped, or handed to code we cannot see (STEP and OPAQUE events)
@@ -130,6 +132,13 @@ class RootSummary:
     bound_backwards: dict[tuple[Site, str], tuple[LoopSummary | None, int, bool]] = field(
         default_factory=dict
     )
+    _referenced: bool | None = field(default=None, init=False, repr=False)
+
+    @property
+    def referenced(self) -> bool:
+        if self._referenced is None:
+            self._referenced = self.referenced_by()
+        return self._referenced
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ class Project:
         self._answers: dict[tuple[str, FileContext, str], tuple[object, frozenset[str]]] = {}
         self._touched: set[str] | None = None
         self._moves: dict[str, bool] = {}
+        self._mentions: dict[tuple[str, str], frozenset[str]] = {}  # (name, module): files
 
     def imports_linted(self, raw: bytes) -> bool:
         """Whether a file's text imports a module named like one of the linted files (its
@@ -76,6 +77,37 @@ class Project:
     def several(self) -> bool:
         """Whether other files are linted with each one (their functions may call its own)."""
         return len(self._paths) > 1
+
+    def mentioned_elsewhere(self, path: str, name: str) -> bool:
+        """Whether a linted file other than ``path`` may import and call its function
+        ``name``: it names the function (not defining its own of that name) and names the
+        module (or imports relatively). The answer depends on every other file: each is
+        recorded as read, so that a cached finding is dropped when one of them changes."""
+        own = _normal(path)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem == "__init__":
+            stem = os.path.basename(os.path.dirname(path))
+        found = self._mentions.get((name, stem))
+        if found is None:
+            # another file's function of the same name does not call this one
+            word = re.compile(rb"(?<!def )\b" + re.escape(name.encode()) + rb"\b")
+            module = re.compile(
+                rb"\b" + re.escape(stem.encode()) + rb"\b|^[ \t]*from[ \t]+\.", re.M
+            )
+            found = self._mentions[(name, stem)] = frozenset(
+                key
+                for key in self._paths
+                if (raw := self.source(key)) is not None
+                and name.encode() in raw
+                and word.search(raw) is not None
+                and module.search(raw) is not None
+            )
+        others = found - {own}
+        if others:
+            self.reads.update(self._paths[key] for key in others)
+        else:
+            self.reads.update(self._paths[key] for key in self._paths if key != own)
+        return bool(others)
 
     def __contains__(self, path: str) -> bool:
         return _normal(path) in self._paths
