@@ -61,6 +61,21 @@ class _Tracer:
         self.helpers = helpers
         self.params = params or {}  # a followed helper: what its arguments carry
         self.names: dict[tuple[int, str, int], Origin] = {}
+        self._tensors: dict[str, str] | None = None
+
+    def optimized_tensor(self, frame: Frame, node: cst.Name | cst.Attribute) -> Origin:
+        """A name an optimizer takes as a parameter itself (``Adam([log_alpha])``): its own
+        model, whatever it was computed from."""
+        if self._tensors is None:
+            # the last part of each optimized key, to rule most names out cheaply
+            self._tensors = {
+                k.rpartition(":")[2].rpartition(".")[2]: k for k in _optimized_models(self.frame)
+            }
+        last = node.value if type(node) is cst.Name else node.attr.value
+        if last not in self._tensors:
+            return NOTHING
+        key = module_key(frame, node)
+        return Origin(frozenset({key}), True) if key in _optimized_models(self.frame) else NOTHING
 
     def expr(self, node: cst.BaseExpression, depth: int, at: Statement | None = None) -> Origin:
         if depth > MAX_DEPTH:
@@ -73,7 +88,7 @@ class _Tracer:
             obj = self.frame.resolve(node)
             if obj is not None:
                 return self.obj(obj)
-            return self.expr(node.value, depth + 1, at)
+            return self.expr(node.value, depth + 1, at) | self.optimized_tensor(self.frame, node)
         if type(node) is cst.Call:
             return self.call(node, depth, at)
         if type(node) is cst.Subscript:
@@ -99,7 +114,7 @@ class _Tracer:
         if key in self.names:
             return self.names[key]
         self.names[key] = NOTHING  # a name defined from itself adds nothing new
-        found = self._name(frame, name, depth, at)
+        found = self._name(frame, name, depth, at) | self.optimized_tensor(frame, cst.Name(name))
         self.names[key] = found
         return found
 

@@ -115,6 +115,11 @@ def models_in(frame: Frame, expr: cst.CSTNode) -> frozenset[str]:
         receivers = {id(r) for r in _parameter_owners(node)}
         parts = _submodules(frame, node)
         keys |= set(parts.values())
+        for tensor in _tensor_elements(node):
+            # ``Adam([log_alpha])``: a tensor optimized by itself (a SAC temperature, the
+            # weights of a model written by hand) is its own model
+            if frame.resolve(tensor) is None and (key := module_key(frame, tensor)):
+                keys.add(key)
         for root in roots_of(node):
             obj = frame.resolve(root) if type(root) is not cst.Call else None
             if obj is not None and obj.role in _MODEL_ROLES:
@@ -151,6 +156,26 @@ def _submodules(frame: Frame, expr: cst.CSTNode) -> dict[int, str]:
         key = module_key(frame, part)
         if key is not None:
             out[id(part.value)] = key
+    return out
+
+
+def _tensor_elements(expr: cst.CSTNode) -> list[cst.BaseExpression]:
+    """The names listed as parameters themselves in an optimizer's arguments: ``[w, b]``,
+    ``[{"params": [log_alpha]}]``, ``[self.log_alpha]`` (not a module's ``parameters()``)."""
+    out: list[cst.BaseExpression] = []
+    for node in walk(expr):
+        if type(node) not in (cst.List, cst.Tuple):
+            continue
+        for element in node.elements:
+            if type(element) is not cst.Element:
+                continue  # ``*model.parameters()``
+            value = element.value
+            if type(value) is cst.Name or (
+                type(value) is cst.Attribute
+                and type(value.value) is cst.Name
+                and value.value.value == "self"
+            ):
+                out.append(value)
     return out
 
 
