@@ -40,6 +40,7 @@ from loopcheck.static.roles import Obj, Role, is_environment
 from loopcheck.static.syntax import (
     call_args,
     chains_in,
+    decorators,
     dotted,
     is_abstract,
     is_loss_name,
@@ -423,7 +424,7 @@ class Reader(HostView):
         if found is None:
             return None
         info, node = found
-        if is_abstract(node):
+        if is_abstract(node) and not _does_nothing(info, node):
             return None  # overridden elsewhere: a call we cannot see into
         return [(info.ctx, node, cls, owner)]
 
@@ -559,3 +560,20 @@ def _none_test(test: cst.BaseExpression) -> bool:
 def _harmless(qual: str) -> bool:
     """Calls that receive an optimizer or model only to look at it."""
     return qual in _HARMLESS_CALLS or qual.startswith(_HARMLESS_PREFIXES)
+
+
+def _does_nothing(info: ClassInfo, method: cst.FunctionDef) -> bool:
+    """A method whose body only passes, in a class that declares nothing abstract and that no
+    class of its file overrides it in (stargan's emptied ``reset_grad``): it runs and does
+    nothing, unlike a stub that raises or an abstract class's hook."""
+    if any(type(small) is cst.Raise for small in walk(method.body)):
+        return False
+    if any(d.rsplit(".", 1)[-1] == "abstractmethod" for d in decorators(method)):
+        return False
+    if info.is_abstract or info.unresolved_bases:
+        return False
+    name = method.name.value
+    return not any(
+        other is not info and name in other.methods and info in other.mro()
+        for other in info.ctx.classes.values()
+    )

@@ -119,6 +119,11 @@ class ClassInfo:
         return self._any_base({"LightningModule"})
 
     @property
+    def is_abstract(self) -> bool:
+        """Declared abstract: derived from ``ABC`` (or a ``Protocol``)."""
+        return self._any_base({"ABC", "ABCMeta", "Protocol"})
+
+    @property
     def is_optimizer(self) -> bool:
         return self._any_base({"Optimizer"})
 
