@@ -304,11 +304,18 @@ def _settings_parameter(frame: Frame, name: str) -> bool:
             if param.name.value == name and param.default is not None:
                 if literal(param.default)[0] or type(param.default) is cst.SimpleString:
                     return True
-    return bool(_SCALAR_NAME.search(name) or _DATA_NAME.search(name))
+    if _SCALAR_NAME.search(name) or _DATA_NAME.search(name):
+        return True
+    # ``opt.trg_pad_idx``: a namespace of options (the attributes read say so)
+    return name in _NAMESPACE_NAMES and frame.read_as_settings(name)
 
 
 # Parameters that hand in data: what they yield depends on no model (``next(data_iter)``)
-_DATA_NAME = re.compile(r"(?i)(^|_)(loader|dataloader|dataset|data_iter|iterator)$")
+_DATA_NAME = re.compile(
+    r"(?i)(^|_)(loader|dataloader|dataset|data_iter|iterator)$|^(train|training|val|valid"
+    r"|validation|test|eval)_data$"
+)
+_NAMESPACE_NAMES = {"opt", "opts", "options", "hparams", "flags", "FLAGS"}
 
 
 def returns_of(func: cst.FunctionDef) -> list[tuple[cst.CSTNode, cst.BaseExpression]]:

@@ -14,7 +14,7 @@ from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import EVALUATING as _EVALUATING
 from loopcheck.static.index import ClassInfo, FileContext
 from loopcheck.static.ownership import constructor_of
-from loopcheck.static.reaching import Statement
+from loopcheck.static.reaching import Definition, Statement
 from loopcheck.static.roles import Imports, Role
 from loopcheck.static.syntax import dotted, names_in
 from loopcheck.static.tree import kids, walk
@@ -71,12 +71,16 @@ def _surely_a_graph(
     at: Statement | None,
     depth: int,
     carried: frozenset[str] = frozenset(),
+    index: int | None = None,
 ) -> bool:
     """Whether ``expr`` is certainly a tensor computed by a model's forward with its graph:
     a model's output, a loss of torch or of a criterion built from ``torch.nn``, arithmetic on
     those. A call to anything else (a helper of another module) is not certain. ``carried``:
-    the parameters of a helper being read that its caller handed such a tensor."""
+    the parameters of a helper being read that its caller handed such a tensor; ``index``:
+    the element of what a helper call returns that is asked about (``loss, n = f(...)``)."""
     if depth > 12:
+        return False
+    if index is not None and type(expr) is not cst.Call:
         return False
     if type(expr) is cst.BinaryOperation:
         return _surely_a_graph(frame, expr.left, at, depth + 1, carried) or _surely_a_graph(
@@ -93,7 +97,10 @@ def _surely_a_graph(
         if defs is None:
             return expr.value in carried  # a helper's parameter
         return any(
-            not d.loop_target and _surely_a_graph(frame, d.value, d.statement, depth + 1, carried)
+            not d.loop_target
+            and _surely_a_graph(
+                frame, d.value, d.statement, depth + 1, carried, _place(frame, expr.value, d)
+            )
             for d in defs
         )
     if type(expr) is not cst.Call:
@@ -117,11 +124,16 @@ def _surely_a_graph(
             for name, arg in given_arguments(node, None, positional, keywords).items()
             if not starred and _surely_a_graph(frame, arg, at, depth + 1, carried)
         )
-        returned = returns_of(node)
+        returned = [
+            (statement, value if index is None else _element(value, index))
+            for statement, value in returns_of(node)
+        ]
         return bool(returned) and all(
-            _surely_a_graph(callee, value, statement, depth + 1, handed)
+            value is not None and _surely_a_graph(callee, value, statement, depth + 1, handed)
             for statement, value in returned
         )
+    if index is not None:
+        return False
     if qual is not None and qual.startswith(("torch.nn.functional.", "torch.")):
         return any(_surely_a_graph(frame, a.value, at, depth + 1, carried) for a in expr.args)
     built = constructor_of(frame, func) if type(func) in (cst.Name, cst.Attribute) else None
@@ -132,6 +144,21 @@ def _surely_a_graph(
     if loss_like:  # ``criterion(model(x), y)``: a loss of a model's output
         return any(_surely_a_graph(frame, a.value, at, depth + 1, carried) for a in expr.args)
     return False
+
+
+def _place(frame: Frame, name: str, d: Definition) -> int | None:
+    """The place of ``name`` in the tuple target of the assignment ``d`` (None: all of it)."""
+    return next((i for i, v in frame.tuple_values.get(name, ()) if v is d.value), None)
+
+
+def _element(value: cst.BaseExpression, index: int) -> cst.BaseExpression | None:
+    """Element ``index`` of a returned tuple literal (None: not one, or a starred one before)."""
+    if type(value) not in (cst.Tuple, cst.List):
+        return None
+    elements = value.elements[: index + 1]
+    if len(elements) <= index or any(type(e) is not cst.Element for e in elements):
+        return None
+    return elements[index].value
 
 
 def _helper(
