@@ -155,10 +155,13 @@ class ApiReader(HostView):
             }:
                 return []
         if role in (Role.MODEL, Role.LIGHTNING, Role.INSTANCE):
-            if method == "zero_grad":
+            defined = owner.cls is not None and owner.cls.method(method) is not None
+            if method == "zero_grad" and not (defined and role is Role.INSTANCE):
                 return self.zero_for_model(owner, site)
-            if owner.cls is not None and owner.cls.method(method) is not None:
-                return None  # a method defined in a linted file: follow it
+            if defined:
+                # a method defined in a linted file: follow it (an optimizer wrapper's own
+                # ``zero_grad`` clears the optimizer it wraps)
+                return None
             if role is Role.INSTANCE:
                 return None
             forward = Forward(site, owner.key)

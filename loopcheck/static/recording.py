@@ -4,6 +4,8 @@ the file model (violations, and what each loop and entry point contains)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import libcst as cst
 
 from loopcheck.protocol import Event, Move, OptState, Violation, advance
@@ -280,6 +282,10 @@ class Recorder(FrameStack):
         return state.with_zeroed(frozenset())
 
     def apply(self, state: PathState, key: str, event: Event) -> PathState:
+        if event.move is Move.ZERO and isinstance(event.where, Site) and self.only_clears():
+            # a clear wrapped in a helper (an optimizer wrapper's ``zero_grad()``, a GAN's
+            # ``reset_grad()``) is misplaced where its caller's loop calls it
+            event = replace(event, where=self.frame.called_at)
         old = state.get(key)
         memo = (old, event)
         done = self.transitions.get(memo)
@@ -313,6 +319,18 @@ class Recorder(FrameStack):
                     where = self.frame.called_at
                 self.model.add_record(Record(code, where, key, loop, self.root, cause))
         return state.with_opt(key, new)
+
+    def only_clears(self) -> bool:
+        """Whether the code running is a helper its caller's loop calls that clears and
+        neither steps nor backpropagates."""
+        frame = self.frame
+        if not isinstance(frame.called_at, Site) or frame.func is None or not self.loop_stack:
+            return False
+        if id(self.loop_stack[-1].node) in function_layout(frame).place:
+            return False  # a loop of the helper's own
+        return not may_step(frame.ctx, frame.func) and not runs_backward(
+            frame.ctx, frame.func, frame.cls
+        )
 
     def drops_loss(self, step: Site) -> bool:
         """Whether the function a step ran in computes a loss it never backpropagates."""
