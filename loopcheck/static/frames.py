@@ -9,7 +9,7 @@ from dataclasses import replace
 import libcst as cst
 
 from loopcheck.static.index import ClassInfo, FileContext
-from loopcheck.static.ownership import configured_models, models_in
+from loopcheck.static.ownership import configured_models, models_in, per_instance
 from loopcheck.static.roles import (
     Obj,
     Role,
@@ -18,7 +18,7 @@ from loopcheck.static.roles import (
     is_model_wrapper,
     role_from_name,
 )
-from loopcheck.static.syntax import DATA_CALLS, call_args, dotted, is_data
+from loopcheck.static.syntax import DATA_CALLS, call_args, dotted, is_data, literal_index
 from loopcheck.static.tree import walk
 
 _MODEL_ROLES = (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
@@ -215,7 +215,7 @@ class Frame:
         if owner is not None and owner.cls is not None:
             found = self.attribute(owner.cls, attr)
             if found is not None:
-                return found
+                return per_instance(owner, found, attr)
         if owner is not None and owner.role is Role.ENGINE and attr == "module":
             return Obj(Role.MODEL, owner.key + ".module")
         if owner is not None and owner.role is Role.MODEL and attr == "module":
@@ -340,7 +340,7 @@ class Frame:
         if obj is None or obj.role is not Role.OPTIMIZER:
             return None
         if subscript is not None and obj.members:
-            index = _literal_index(subscript)
+            index = literal_index(subscript)
             values = self._container_literal(base)
             if index is not None and values is not None and index in values:
                 element = self.resolve(values[index])
@@ -515,6 +515,9 @@ class Frame:
             for info in self.cls.mro():
                 for attr in info.attr_values:
                     obj = self.attribute(self.cls, attr)
+                    me = self.bound.get("self")
+                    if obj is not None and me is not None and me.cls is not None:
+                        obj = per_instance(me, obj, attr)
                     if obj is not None and obj.role in (Role.OPTIMIZER, Role.ENGINE):
                         if not obj.members:
                             found.setdefault(obj.key, obj)
@@ -563,20 +566,6 @@ def _attribute_cache(ctx: FileContext) -> dict[tuple[int, str], Obj | None]:
         cache = {}
         ctx._attribute_cache = cache  # type: ignore[attr-defined]
     return cache
-
-
-def _literal_index(subscript: cst.Subscript) -> object:
-    if len(subscript.slice) != 1:
-        return None
-    index = subscript.slice[0].slice
-    if type(index) is not cst.Index:
-        return None
-    value = index.value
-    if type(value) is cst.Integer:
-        return int(value.evaluated_value)
-    if type(value) is cst.SimpleString:
-        return value.evaluated_value
-    return None
 
 
 def instance_of(cls: ClassInfo) -> Obj:

@@ -1,9 +1,11 @@
 """What stands for a module and what an optimizer owns: keys for modules held by name or
 attribute, the models whose parameters an optimizer is built from (also through Lightning's
-``configure_optimizers``), and the call that built an object."""
+``configure_optimizers``), the instance that owns an optimizer its class builds, and the call
+that built an object."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import libcst as cst
@@ -14,7 +16,7 @@ from loopcheck.static.tree import walk
 
 if TYPE_CHECKING:
     from loopcheck.static.frames import Frame
-    from loopcheck.static.index import FileContext
+    from loopcheck.static.index import ClassInfo, FileContext
 
 _MODEL_ROLES = (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
 
@@ -193,3 +195,39 @@ def _module_frame(ctx: FileContext) -> Frame:
     from loopcheck.static.frames import module_frame  # frames uses this module
 
     return module_frame(ctx)
+
+
+def per_instance(owner: Obj, found: Obj, attr: str) -> Obj:
+    """An optimizer that each instance of a class builds over its own parameters
+    (``self.optimizer = Adam(self.parameters())``), held by one named instance (``q1``, not
+    the class's ``self``): keyed by that instance, so that twin critics ``q1 = QNet();
+    q2 = QNet()`` have an optimizer each."""
+    cls = owner.cls
+    assert cls is not None
+    if found.role is not Role.OPTIMIZER or owner.key in (cls.name, f"{cls.name}.self"):
+        return found
+    if found.key != f"{cls.name}.{attr}" or not _over_own_parameters(cls, attr):
+        return found  # handed in, or built over other objects' parameters
+    models = frozenset(owner.key if m == cls.name else m for m in found.models)
+    return replace(found, key=f"{owner.key}.{attr}", models=models or frozenset({owner.key}))
+
+
+def _over_own_parameters(cls: ClassInfo, attr: str) -> bool:
+    """Whether a module class builds ``self.<attr>`` over its own parameters, and only so
+    (``Adam(self.parameters())``; not over a network it was handed)."""
+    values = [value for _, value, _ in cls.attribute_values(attr)]
+    return (
+        cls.is_module
+        and bool(values)
+        and all(
+            type(value) is cst.Call
+            and any(
+                type(node) is cst.Attribute
+                and node.attr.value == "parameters"
+                and type(node.value) is cst.Name
+                and node.value.value == "self"
+                for node in walk(value)
+            )
+            for value in values
+        )
+    )

@@ -397,3 +397,18 @@ def without_not(test: cst.BaseExpression) -> tuple[cst.BaseExpression, bool]:
 def negated_if(expr: cst.BaseExpression, negate: bool) -> cst.BaseExpression:
     """``not expr`` when ``negate``, else ``expr``: the inverse of :func:`without_not`."""
     return cst.UnaryOperation(operator=cst.Not(), expression=expr) if negate else expr
+
+
+def literal_index(subscript: cst.Subscript) -> object:
+    """The constant of ``x[0]`` or ``x["key"]`` (None: a slice, several, or not a constant)."""
+    if len(subscript.slice) != 1:
+        return None
+    index = subscript.slice[0].slice
+    if type(index) is not cst.Index:
+        return None
+    value = index.value
+    if type(value) is cst.Integer:
+        return int(value.evaluated_value)
+    if type(value) is cst.SimpleString:
+        return value.evaluated_value
+    return None
