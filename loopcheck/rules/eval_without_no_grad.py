@@ -14,14 +14,16 @@ if TYPE_CHECKING:
 
 class EvalWithoutNoGrad(Rule):
     """## What it does
-    Flags an evaluation loop — in a function that evaluates (`evaluate`, `validate`, `test`, or
-    one that calls `model.eval()`) — that runs the model forward with gradients on: no
-    `torch.no_grad()` / `torch.inference_mode()` block or decorator around it, here or in the
-    caller. Loops that backpropagate, step or take `torch.autograd.grad` (MAML, saliency) need
-    their gradients and are not flagged, nor are forwards of a model whose own `forward`
-    differentiates (an output found by gradient descent on an energy, a differentiable
-    optimizer) or that has nothing to train (its modules built frozen, such as
-    `Embedding.from_pretrained(..., freeze=True)`).
+    Flags an evaluation loop — in a function named for evaluating (`evaluate`, `validate`,
+    `test`), or entered with the model in eval mode (`model.eval()` before it) — that runs the
+    model forward with gradients on: no `torch.no_grad()` / `torch.inference_mode()` block or
+    decorator around it, here or in the caller (a `no_grad` block around another loop of the
+    function does not count). Loops that backpropagate, step or take `torch.autograd.grad`
+    (MAML, saliency) need their gradients and are not flagged, nor are forwards of a model
+    whose own `forward` differentiates (an output found by gradient descent on an energy, a
+    differentiable optimizer), that has nothing to train (its modules built frozen, such as
+    `Embedding.from_pretrained(..., freeze=True)`), or of a loss class weighing outputs
+    computed under `no_grad`.
 
     ## Why is this bad?
     With gradients on, every forward records its autograd graph and keeps the activations it

@@ -306,7 +306,10 @@ class Reader(HostView):
         its own when that class has no trainable parameter."""
         if model.cls is None:
             return [Forward(self.site(call), model.key)]
-        forward = Forward(self.site(call), model.key, not frozen_module(model.cls))
+        # a loss class (``FocalLoss(nn.Module)``) weighs what it is handed: the graph, if
+        # any, is that of the model whose outputs it gets
+        own_graph = not frozen_module(model.cls) and not _LOSS_CLASS.search(model.cls.name)
+        forward = Forward(self.site(call), model.key, own_graph)
         if forward_takes_gradients(model.cls):
             return [forward, Mark("autograd")]
         return [forward]
@@ -560,6 +563,9 @@ def _none_test(test: cst.BaseExpression) -> bool:
 def _harmless(qual: str) -> bool:
     """Calls that receive an optimizer or model only to look at it."""
     return qual in _HARMLESS_CALLS or qual.startswith(_HARMLESS_PREFIXES)
+
+
+_LOSS_CLASS = re.compile(r"(?i)loss$|criterion$")
 
 
 def _does_nothing(info: ClassInfo, method: cst.FunctionDef) -> bool:

@@ -398,26 +398,13 @@ def _backpropagated(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset
 
 
 def evaluates(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
-    """A function that evaluates a model: named so (``validate``, ``evaluate``, ``test``), or
-    putting a model in eval mode (``model.eval()``)."""
+    """A function named for evaluating a model (``validate``, ``evaluate``, ``test``). One
+    that only calls ``model.eval()`` somewhere evaluates in the loops entered with a model in
+    eval mode (see the loop interpreter), not in all its loops: a ``main()`` that trains a
+    teacher's targets in one loop and evaluates in another."""
     if func is None or func.name.value.startswith("test_"):
         return False  # a unit test (memory is no concern there)
-    body = func.body
-    return ctx.remember(
-        "evaluates",
-        func,
-        lambda: (
-            bool(_EVALUATING.search(func.name.value))
-            or any(
-                type(node) is cst.Call
-                and type(node.func) is cst.Attribute
-                and node.func.attr.value == "eval"
-                and not node.args
-                and dotted(node.func.value) is not None
-                for node in walk(body)
-            )
-        ),
-    )
+    return bool(_EVALUATING.search(func.name.value))
 
 
 _GRAD_SWITCHES = {"no_grad", "inference_mode", "set_grad_enabled", "requires_grad_"}
