@@ -31,6 +31,7 @@ from loopcheck.static.gradients import (
     changes_grad,
     hands_grad,
     keeps_grad,
+    manual_update,
     rescales_grad,
 )
 from loopcheck.static.host import Host, HostView
@@ -113,6 +114,8 @@ class Reader(HostView):
             elif type(node) is cst.Call:
                 if hands_grad(node) or changes_grad(node):
                     actions.append(Mark("grads_rewritten"))
+                if manual_update(node):
+                    actions.extend(self.apis.manual_step(node))
                 actions.extend(self.of_call(node))
             elif type(node) is cst.Attribute and node.attr.value == "grad":
                 actions.append(Mark("grads"))

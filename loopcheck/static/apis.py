@@ -209,6 +209,30 @@ class ApiReader(HostView):
             frame = frame.parent
         return False
 
+    def manual_step(self, call: cst.Call) -> list[Action]:
+        """``for p in model.parameters(): p.data.add_(p.grad, alpha=-lr)``: the model's
+        parameters updated by hand from their gradients, a step of the optimizers over that
+        model (an optimizer the script may use instead, on another branch)."""
+        func = call.func
+        assert type(func) is cst.Attribute
+        receiver = func.value
+        if type(receiver) is cst.Attribute and receiver.attr.value == "data":
+            receiver = receiver.value
+        if type(receiver) is not cst.Name:
+            return []
+        source = self.frame.loop_targets.get(receiver.value)
+        if not (
+            type(source) is cst.Call
+            and type(source.func) is cst.Attribute
+            and source.func.attr.value == "parameters"
+        ):
+            return []
+        model = self.frame.resolve(source.func.value)
+        if model is None or model.role not in (Role.MODEL, Role.LIGHTNING):
+            return []
+        keys = tuple(o.key for o in self.frame.optimizers() if model.key in o.models)
+        return [Emit(Event(Move.STEP, self.site(call)), keys)] if keys else []
+
     def zero_event(self, site: Site | None) -> Event:
         return Event(Move.ZERO, site, deliberate=self.host.discarding > 0)
 

@@ -39,6 +39,8 @@ def _keeps_grad(ctx: FileContext, expr: cst.BaseExpression) -> bool:
                 return True  # handed to a call that is not torch's (see below)
             if type(parent) in _KEEPING:
                 return True
+        if type(node) is cst.Call and manual_update(node):
+            continue  # ``p.data.add_(p.grad, alpha=-lr)``: applied, not kept
         if type(node) is cst.Call:
             qual = ctx.imports.qualify(node.func) if type(node.func) in _DOTTED else None
             if qual is not None and qual.startswith("torch."):
@@ -50,6 +52,21 @@ def _keeps_grad(ctx: FileContext, expr: cst.BaseExpression) -> bool:
     return False
 
 
+def manual_update(call: cst.Call) -> bool:
+    """``p.data.add_(p.grad, alpha=-lr)``, ``p.sub_(lr * p.grad)``: a parameter updated in place
+    from its own gradient (a step written by hand)."""
+    func = call.func
+    if type(func) is not cst.Attribute or func.attr.value not in _UPDATES:
+        return False
+    receiver = func.value
+    if type(receiver) is cst.Attribute and receiver.attr.value == "data":
+        receiver = receiver.value
+    param = dotted(receiver)
+    grads = [n for n in walk(call) if type(n) is cst.Attribute and n.attr.value == "grad"]
+    return param is not None and bool(grads) and all(dotted(g.value) == param for g in grads)
+
+
+_UPDATES = {"add_", "sub_", "addcdiv_", "addcmul_"}
 _DOTTED = (cst.Name, cst.Attribute)
 # where a gradient is kept: a container's element, a comprehension's element or value
 _KEEPING = (

@@ -53,8 +53,9 @@ class Loops(FrameStack):
         raise NotImplementedError
 
     def exec_loop(self, stmt: cst.For | cst.While, states: set[PathState]) -> Flow:
-        if type(stmt) is cst.For and self.over_optimizers(stmt):
+        if type(stmt) is cst.For and (self.over_optimizers(stmt) or _over_parameters(stmt)):
             # ``for opt in optimizers: opt.zero_grad()``: one move on each, not a training loop
+            # (nor ``for p in model.parameters(): p.data.add_(p.grad, alpha=-lr)``: one update)
             states = self.run_actions(self.reader.of_expr(stmt.iter), states)
             flow = self.exec_stmt(stmt.body, states)
             return Flow(normal=flow.normal | flow.continues | flow.breaks, returns=flow.returns)
@@ -217,3 +218,14 @@ class Loops(FrameStack):
             if summary.has(Move.STEP, key):
                 state = self.apply(state, key, Event(Move.ITERATION))  # may complete LC303
         return state
+
+
+def _over_parameters(stmt: cst.For) -> bool:
+    """``for p in model.parameters():``, ``for n, p in model.named_parameters():``: each
+    iteration another parameter of one update, not another step."""
+    it = stmt.iter
+    return (
+        type(it) is cst.Call
+        and type(it.func) is cst.Attribute
+        and it.func.attr.value in ("parameters", "named_parameters")
+    )

@@ -48,8 +48,8 @@ def kept_graph(
         return None  # not an accumulator set up before the loop
     if not _names_a_loss(added) and not _LOSSES.search(name):
         return None  # outputs or features collected: an evaluation's business (LC502)
-    found = origin(frame, added, at)
-    if not found.models or not found.complete:
+    # a model's graph reaches it (what else does need not be known: it is certainly a graph)
+    if not origin(frame, added, at).models:
         return None
     if not _surely_a_graph(frame, added, at, 0):
         return None  # through a helper we cannot see: it may return ``loss.item()``
