@@ -79,14 +79,17 @@ class MissingStep(Rule):
         feeds never does (a GAN whose generator is never stepped): reported once, at the
         backward that feeds it most specifically."""
         contexts: dict[tuple[Site, str], list[tuple[RootSummary, LoopSummary | None]]] = {}
-        # preferred: a backward right after the optimizer's clear, feeding the fewest others
-        rank: dict[tuple[Site, str], tuple[bool, int]] = {}
+        # preferred: a backward whose gradients for it are not cleared unused (the GAN's
+        # generator loss, not the discriminator loss that also reached the generator), right
+        # after the optimizer's clear, feeding the fewest others
+        rank: dict[tuple[Site, str], tuple[bool, bool, int]] = {}
         for root in model.roots:
             for bound, (loop, n, cleared) in root.bound_backwards.items():
                 contexts.setdefault(bound, []).append((root, loop))
-                known = rank.get(bound, (True, 0))
-                rank[bound] = (known[0] and not cleared, max(n, known[1]))
-        best: dict[tuple[int, str], tuple[tuple[bool, int, int, int], Site]] = {}
+                known = rank.get(bound, (False, True, 0))
+                dropped = known[0] or bound in root.dropped
+                rank[bound] = (dropped, known[1] and not cleared, max(n, known[2]))
+        best: dict[tuple[int, str], tuple[tuple[bool, bool, int, int, int], Site]] = {}
         for (site, key), seen in contexts.items():
             if any(
                 loop is None
@@ -108,7 +111,7 @@ class MissingStep(Rule):
             slot = (id(loop), key)
             if slot not in best or order < best[slot][0]:
                 best[slot] = (order, site)
-        for (_, key), (_, site) in sorted(best.items(), key=lambda item: item[1][0][2:]):
+        for (_, key), (_, site) in sorted(best.items(), key=lambda item: item[1][0][3:]):
             name = key.rpartition(":")[2]
             yield Finding(
                 site.span,

@@ -132,6 +132,9 @@ class RootSummary:
     bound_backwards: dict[tuple[Site, str], tuple[LoopSummary | None, int, bool]] = field(
         default_factory=dict
     )
+    # (backward, optimizer): the gradients that backward wrote for that optimizer were
+    # cleared before any step used them (a GAN's discriminator loss reaching the generator)
+    dropped: set[tuple[Site, str]] = field(default_factory=set)
     _referenced: bool | None = field(default=None, init=False, repr=False)
 
     @property

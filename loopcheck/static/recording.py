@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import libcst as cst
 
-from loopcheck.protocol import Event, Move, OptState, Violation, advance
+from loopcheck.protocol import Event, Grads, Move, OptState, Violation, advance
 from loopcheck.static import conditions, tensors
 from loopcheck.static.callees import backward_of, may_step, runs_backward
 from loopcheck.static.dataflow import function_layout
@@ -287,6 +287,12 @@ class Recorder(FrameStack):
             # ``reset_grad()``) is misplaced where its caller's loop calls it
             event = replace(event, where=self.frame.called_at)
         old = state.get(key)
+        if event.move is Move.ZERO and old.grads is Grads.FRESH and self.root is not None:
+            # cleared later in the body that wrote them (not by the next iteration's clear)
+            wrote, clear = old.last_backward, event.where
+            if isinstance(wrote, Site) and isinstance(clear, Site) and wrote.path == clear.path:
+                if (wrote.span.line, wrote.span.column) < (clear.span.line, clear.span.column):
+                    self.root.dropped.add((wrote, key))
         memo = (old, event)
         done = self.transitions.get(memo)
         if done is None:
