@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from loopcheck.rules._base import ProtocolRule
+
+if TYPE_CHECKING:
+    from loopcheck.static.model import FileModel, Record
 
 
 class StepBeforeBackward(ProtocolRule):
@@ -43,3 +48,8 @@ class StepBeforeBackward(ProtocolRule):
         "`{call}` runs before this iteration's `backward()`: it applies cleared or "
         "already-applied gradients; step after backward"
     )
+
+    def keep(self, model: FileModel, record: Record) -> bool:
+        # one finding per place: a step whose own backward is missing on other paths (its
+        # loss computed and dropped) is LC104's
+        return not any(other.site == record.site for other in model.violations("LC104"))

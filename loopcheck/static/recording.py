@@ -242,6 +242,9 @@ class Recorder(FrameStack):
 
     def known_models(self, key: str) -> frozenset[str]:
         obj = self.registry.get(key)
+        if obj is None:  # a step before any backward was seen: the optimizers in sight
+            self.known()
+            obj = self.registry.get(key)
         if obj is not None and obj.models:
             return obj.models
         scope, _, chain = key.rpartition(":")
@@ -318,6 +321,16 @@ class Recorder(FrameStack):
                 where, code = v.where, v.code
                 if code == "LC104" and not self.drops_loss(v.where):
                     code = "LC103"  # no loss is left without its backward: misordered
+                elif code == "LC103" and old.pending_step_cleared and self.drops_loss(v.where):
+                    # a step right after its clear, in a function that computes a loss it
+                    # never backpropagates (a later backward of another loss confirmed it)
+                    code = "LC104"
+                elif code == "LC102" and old.pending_zero_shared and isinstance(event.where, Site):
+                    # the clear dropped only another optimizer's loss (a GAN's generator
+                    # loss reaching the discriminator), and the step's own loss is computed
+                    # but never backpropagated: the backward is missing, not misplaced
+                    if self.drops_loss(event.where):
+                        code, where, cause = "LC104", event.where, None
                 if code == "LC101" and self.blame_caller(loop):
                     # a helper handed the loss (a loss scaler) or one that only moves (an
                     # optimizer wrapper's step) steps what its caller never clears: the

@@ -16,7 +16,7 @@ from loopcheck.static.index import ClassInfo, FileContext
 from loopcheck.static.ownership import constructor_of
 from loopcheck.static.reaching import Definition, Statement
 from loopcheck.static.roles import Imports, Role
-from loopcheck.static.syntax import dotted, names_in
+from loopcheck.static.syntax import dotted, literal, names_in
 from loopcheck.static.tree import kids, walk
 
 
@@ -360,7 +360,8 @@ def _dead_losses(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[st
     assigned: set[str] = set()
     used: set[str] = set()
     for node in walk(body):
-        if type(node) is cst.Assign:
+        if type(node) is cst.Assign and not literal(node.value)[0]:
+            # (not a running total set up as ``epoch_loss = 0.0``)
             for target in node.targets:
                 if type(target.target) is cst.Name and "loss" in target.target.value.lower():
                     assigned.add(target.target.value)
