@@ -487,6 +487,7 @@ class Reader(HostView):
             losses,
             site,
             called_at,
+            () if starred else tuple((k, arg) for k, arg in given.items() if k not in bound),
         )
 
     def _maybe_none(self, arg: cst.BaseExpression) -> bool:

@@ -49,8 +49,19 @@ def origin(frame: Frame, expr: cst.BaseExpression, at: Statement | None = None) 
     key = (id(expr), id(at))
     found = cache.get(key)
     if found is None:
-        found = cache[key] = _Tracer(frame).expr(expr, 0, at)
+        found = cache[key] = _Tracer(frame, _handed_origins(frame)).expr(expr, 0, at)
     return found
+
+
+def _handed_origins(frame: Frame) -> dict[str, Origin] | None:
+    """What the caller's arguments carry, for a followed function (computed once per call)."""
+    handed = frame.handed
+    if handed is None:
+        return None
+    if frame.carried is None:
+        caller, at, args = handed
+        frame.carried = {name: origin(caller, arg, at) for name, arg in args.items()}  # type: ignore[arg-type]
+    return frame.carried  # type: ignore[return-value]
 
 
 class _Tracer:

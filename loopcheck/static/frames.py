@@ -87,6 +87,10 @@ class Frame:
         self.divided: dict[str, bool | None] = {}  # see ``Follow.divided``
         self.handed_at: object = None  # see ``Follow.site``
         self.called_at: object = None  # see ``Follow.called_at``
+        # a followed function's other arguments: (the caller's frame, its statement, the
+        # argument of each parameter), so that a loss handed in has the caller's origin
+        self.handed: tuple[Frame, object, dict[str, cst.BaseExpression]] | None = None
+        self.carried: dict[str, object] | None = None  # their origins, once asked for
         self.origins: dict[tuple[int, int], object] = {}  # loss origins (see dataflow)
         self._optimizers: list[Obj] | None = None
         self._values: dict[tuple[int, str | None], Obj | None] = {}

@@ -527,6 +527,8 @@ class Interpreter(Recorder, Checks, Loops):
         frame.maybe_none = action.maybe_none
         frame.divided, frame.handed_at = dict(action.divided), action.site
         frame.called_at = action.called_at
+        if action.tensors:
+            frame.handed = (self.frame, self.at, dict(action.tensors))
         frame.conditions = {
             name: (expr, ctx)
             for name, expr, ctx in action.conditions

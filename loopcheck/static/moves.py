@@ -61,6 +61,8 @@ class Follow:
     divided: tuple[tuple[str, bool | None], ...] = ()
     site: Site | None = None  # the call, when it hands a loss in
     called_at: Site | None = None  # the call
+    # parameters handed values of no role (tensors, losses): what the caller passed
+    tensors: tuple[tuple[str, cst.BaseExpression], ...] = ()
 
 
 @dataclass(frozen=True)
