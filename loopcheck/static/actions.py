@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 
 import libcst as cst
 
@@ -16,6 +17,7 @@ from loopcheck.static.callees import (
     called_names,
     closure_names,
     constants_of,
+    does_nothing,
     given_arguments,
     maybe_none_values,
     none_tested,
@@ -41,7 +43,6 @@ from loopcheck.static.roles import Obj, Role, is_environment
 from loopcheck.static.syntax import (
     call_args,
     chains_in,
-    decorators,
     dotted,
     is_abstract,
     is_loss_name,
@@ -301,7 +302,24 @@ class Reader(HostView):
             return [a for a in self.apis.opaque_args(call) if isinstance(a, Emit)]
         if frame.value_role(call, None) is not None:
             return []  # building an optimizer, scheduler, scaler or model does not step one
-        return self.apis.opaque_args(call)
+        return [*self._handed_loss(call, positional, keywords), *self.apis.opaque_args(call)]
+
+    def _handed_loss(
+        self,
+        call: cst.Call,
+        positional: list[cst.BaseExpression],
+        keywords: dict[str, cst.BaseExpression],
+    ) -> list[Action]:
+        """A loss handed with an optimizer to code we cannot see (timm's
+        ``loss_scaler(loss, optimizer, ...)``): a backward of that loss, as a probe."""
+        args = [*positional, *keywords.values()]
+        loss = next((a for a in args if type(a) is cst.Name and is_loss_name(a.value)), None)
+        if loss is None:
+            return []
+        if not any((o := self.frame.resolve(a)) and o.role is Role.OPTIMIZER for a in args):
+            return []
+        backward = self.apis.backward_of(call, loss)
+        return [replace(backward, probe=True)]
 
     def forward(self, model: Obj, call: cst.Call) -> list[Action]:
         """A model called: a forward, which takes gradients itself when the model's class
@@ -430,7 +448,7 @@ class Reader(HostView):
         if found is None:
             return None
         info, node = found
-        if is_abstract(node) and not _does_nothing(info, node):
+        if is_abstract(node) and not does_nothing(info, node):
             return None  # overridden elsewhere: a call we cannot see into
         return [(info.ctx, node, cls, owner)]
 
@@ -570,20 +588,3 @@ def _harmless(qual: str) -> bool:
 
 
 _LOSS_CLASS = re.compile(r"(?i)loss$|criterion$")
-
-
-def _does_nothing(info: ClassInfo, method: cst.FunctionDef) -> bool:
-    """A method whose body only passes, in a class that declares nothing abstract and that no
-    class of its file overrides it in (stargan's emptied ``reset_grad``): it runs and does
-    nothing, unlike a stub that raises or an abstract class's hook."""
-    if any(type(small) is cst.Raise for small in walk(method.body)):
-        return False
-    if any(d.rsplit(".", 1)[-1] == "abstractmethod" for d in decorators(method)):
-        return False
-    if info.is_abstract or info.unresolved_bases:
-        return False
-    name = method.name.value
-    return not any(
-        other is not info and name in other.methods and info in other.mro()
-        for other in info.ctx.classes.values()
-    )

@@ -1,8 +1,8 @@
 """What a function of the linted files does with what it is given, found once per function:
 the names it calls, whether it hands its parameters on, the closures it steps with, the literal
 values a call binds, the parameters it tests against None, whether it steps optimizers in
-gradient hooks, may step or runs a backward at all; and whether a loop may clear. The reader
-and the interpreter ask these at every call site or loop."""
+gradient hooks, may step or runs a backward at all, or does nothing at all; and whether a loop
+may clear. The reader and the interpreter ask these at every call site or loop."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import libcst as cst
 from loopcheck.static.frames import Frame
 from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
 from loopcheck.static.roles import Role, is_environment, role_from_name
-from loopcheck.static.syntax import dotted, literal, names_in, params_of, without_not
+from loopcheck.static.syntax import decorators, dotted, literal, names_in, params_of, without_not
 from loopcheck.static.tree import walk
 
 _CALLED: dict[int, tuple[cst.FunctionDef, frozenset[str]]] = {}
@@ -314,3 +314,20 @@ def _may_clear(frame: Frame, loop: cst.CSTNode, callee: Callee) -> bool:
 
 
 _LIBRARIES = frozenset({"torch", "np", "numpy", "math", "F", "nn", "random", "time", "os", "json"})
+
+
+def does_nothing(info: ClassInfo, method: cst.FunctionDef) -> bool:
+    """A method whose body only passes, in a class that declares nothing abstract and that no
+    class of its file overrides it in (stargan's emptied ``reset_grad``): it runs and does
+    nothing, unlike a stub that raises or an abstract class's hook."""
+    if any(type(small) is cst.Raise for small in walk(method.body)):
+        return False
+    if any(d.rsplit(".", 1)[-1] == "abstractmethod" for d in decorators(method)):
+        return False
+    if info.is_abstract or info.unresolved_bases:
+        return False
+    name = method.name.value
+    return not any(
+        other is not info and name in other.methods and info in other.mro()
+        for other in info.ctx.classes.values()
+    )

@@ -477,6 +477,9 @@ class Interpreter(Recorder, Checks, Loops):
                 break
             if isinstance(action, Emit):
                 states = self.emit_all(states, action)
+            elif isinstance(action, Backward) and action.probe:
+                self.note_backward(action.site)
+                self.trained_in_eval_mode(states, action)
             elif isinstance(action, Backward):
                 self.note_backward(action.site)
                 self.backward_under_no_grad(action, action.computed_without_grad)

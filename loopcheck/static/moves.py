@@ -39,6 +39,10 @@ class Backward:
     origin: Origin
     computed_without_grad: bool = False  # the loss was computed in the no-grad block it is in
     handed_at: Site | None = None  # the caller's call that handed the loss in
+    # a loss handed with its optimizer to code we cannot see (``loss_scaler(loss, optimizer)``
+    # of another package): surely backpropagated there, for what eval mode means (LC503),
+    # while what it did to the optimizer stays unknown
+    probe: bool = False
 
 
 @dataclass(frozen=True)
