@@ -19,11 +19,13 @@ from loopcheck.static.callees import (
     constants_of,
     does_nothing,
     given_arguments,
+    may_step,
     maybe_none_values,
     none_tested,
     own_params,
     passed_on,
     passes_parameters_on,
+    runs_backward,
 )
 from loopcheck.static.conditions import touches
 from loopcheck.static.division import divided
@@ -41,14 +43,15 @@ from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
 from loopcheck.static.moves import Action, Alternatives, Emit, Follow, Forward, Mark
 from loopcheck.static.roles import Obj, Role, is_environment
 from loopcheck.static.syntax import (
+    by_zero,
     call_args,
     chains_in,
     dotted,
     is_abstract,
     is_loss_name,
     names_in,
+    none_test,
     params_of,
-    without_not,
 )
 from loopcheck.static.tensors import forward_takes_gradients, frozen_module
 from loopcheck.static.tree import is_expression, kids, walk
@@ -109,7 +112,7 @@ class Reader(HostView):
             if id(node) in receivers:
                 continue
             if id(node) in rescaling:
-                if _by_zero(node):
+                if by_zero(node):
                     actions.append(Mark("grads_rewritten"))
                 actions.append(Emit(Event(Move.GRAD_RESCALE), None))
             elif type(node) is cst.Call:
@@ -199,7 +202,7 @@ class Reader(HostView):
         known = self.gradient_tests.get(key)
         if known is not None and known[0] is test:
             return known[1]
-        found = not _none_test(test) and self._about_gradients(names_in(test), depth=0)
+        found = not none_test(test) and self._about_gradients(names_in(test), depth=0)
         self.gradient_tests[key] = (test, found)
         return found
 
@@ -331,6 +334,15 @@ class Reader(HostView):
         # any, is that of the model whose outputs it gets
         own_graph = not frozen_module(model.cls) and not _LOSS_CLASS.search(model.cls.name)
         forward = Forward(self.site(call), model.key, own_graph)
+        found = model.cls.method("forward")
+        if found is not None and (
+            may_step(found[0].ctx, found[1]) or runs_backward(found[0].ctx, found[1], found[0])
+        ):
+            # a module whose forward runs a whole update (a MAML learner's meta step)
+            callee = self._method(model, "forward")
+            if callee is not None:
+                positional, keywords = call_args(call)
+                return [forward, *self.call_defined(callee, call, positional, keywords)]
         if forward_takes_gradients(model.cls):
             return [forward, Mark("autograd")]
         return [forward]
@@ -563,23 +575,6 @@ class Reader(HostView):
         if obj.role is Role.FACTORY:
             return []
         return self.apis.opaque_args(call)
-
-
-def _by_zero(call: cst.Call) -> bool:
-    return any(
-        type(a.value) in (cst.Integer, cst.Float) and not a.value.evaluated_value for a in call.args
-    )
-
-
-def _none_test(test: cst.BaseExpression) -> bool:
-    """``grad_norm is not None``: whether a value was computed (a helper stepped), not what
-    the gradients hold."""
-    inner, _ = without_not(test)
-    return (
-        type(inner) is cst.Comparison
-        and all(type(c.operator) in (cst.Is, cst.IsNot) for c in inner.comparisons)
-        and all(dotted(c.comparator) == "None" for c in inner.comparisons)
-    )
 
 
 def _harmless(qual: str) -> bool:

@@ -390,7 +390,14 @@ class _Indexer:
             if "__call__" in c.methods
         ):
             external.add("__call__")  # a loss-scaler object may be what a parameter holds
-        self.ctx.relevant = _relevant(mentions, calls, enclosing, by_name, external)
+        # a module whose forward takes part in a step (a MAML learner's meta update): who
+        # builds one may call it
+        forwards = {
+            c.name: id(c.methods["forward"])
+            for c in self.ctx.classes.values()
+            if "forward" in c.methods
+        }
+        self.ctx.relevant = _relevant(mentions, calls, enclosing, by_name, external, forwards)
 
     def _condition(self, test: cst.BaseExpression) -> None:
         inner = without_not(test)[0]
@@ -474,6 +481,7 @@ def _relevant(
     enclosing: dict[int, int | None],
     by_name: dict[str, list[int]],
     external: set[str],
+    forwards: dict[str, int],
 ) -> set[int]:
     """Functions that can take part in a training step: those that mention a move (directly
     or in a nested function), and those that call, by name, a function that can (of this file
@@ -489,6 +497,7 @@ def _relevant(
         changed = False
         names = {name for name, keys in by_name.items() if any(k in relevant for k in keys)}
         names |= external
+        names |= {name for name, key in forwards.items() if key in relevant}
         for key, called in calls.items():
             if key not in relevant and called & names:
                 relevant.add(key)

@@ -412,3 +412,21 @@ def literal_index(subscript: cst.Subscript) -> object:
     if type(value) is cst.SimpleString:
         return value.evaluated_value
     return None
+
+
+def by_zero(call: cst.Call) -> bool:
+    """A call given a literal zero (``p.grad.mul_(0)``)."""
+    return any(
+        type(a.value) in (cst.Integer, cst.Float) and not a.value.evaluated_value for a in call.args
+    )
+
+
+def none_test(test: cst.BaseExpression) -> bool:
+    """``grad_norm is not None``: whether a value was computed (a helper stepped), not what
+    the gradients hold."""
+    inner, _ = without_not(test)
+    return (
+        type(inner) is cst.Comparison
+        and all(type(c.operator) in (cst.Is, cst.IsNot) for c in inner.comparisons)
+        and all(dotted(c.comparator) == "None" for c in inner.comparisons)
+    )

@@ -138,12 +138,26 @@ def _surely_a_graph(
         return any(_surely_a_graph(frame, a.value, at, depth + 1, carried) for a in expr.args)
     built = constructor_of(frame, func) if type(func) in (cst.Name, cst.Attribute) else None
     maker = frame.ctx.imports.qualify(built.func) or "" if built is not None else ""
+    called = (qual or "").rsplit(".", 1)[-1]
+    if not called and type(func) is cst.Attribute:
+        called = func.attr.value  # ``diffusion.training_losses(...)`` on an unknown object
     loss_like = (maker.startswith("torch.nn.") and maker.endswith("Loss")) or bool(
-        _LOSS_NAME.search((qual or "").rsplit(".", 1)[-1])
+        _LOSS_NAME.search(called)
     )
-    if loss_like:  # ``criterion(model(x), y)``: a loss of a model's output
-        return any(_surely_a_graph(frame, a.value, at, depth + 1, carried) for a in expr.args)
+    if loss_like:  # ``criterion(model(x), y)``, ``training_losses(model, x, t)``
+        return any(
+            _surely_a_graph(frame, a.value, at, depth + 1, carried) or _a_model(frame, a.value)
+            for a in expr.args
+        )
     return False
+
+
+def _a_model(frame: Frame, expr: cst.BaseExpression) -> bool:
+    """A model handed to a loss function that runs it (``training_losses(model, x, t)``)."""
+    if type(expr) not in (cst.Name, cst.Attribute):
+        return False
+    found = frame.resolve(expr)
+    return found is not None and found.role in (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
 
 
 def _place(frame: Frame, name: str, d: Definition) -> int | None:
@@ -175,7 +189,9 @@ def _helper(
     return None
 
 
-_LOSS_NAME = re.compile(r"(?i)^(criterion|crit|loss_?fn|loss_?func|compute_loss|\w*_loss|loss)$")
+_LOSS_NAME = re.compile(
+    r"(?i)^(criterion|crit|loss_?fn|loss_?func|compute_loss(es)?|\w*_loss(es)?|loss(es)?)$"
+)
 
 
 _LOSSES = re.compile(r"(?i)loss")
