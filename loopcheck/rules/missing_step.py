@@ -113,6 +113,9 @@ class MissingStep(Rule):
                 best[slot] = (order, site)
         for (_, key), (_, site) in sorted(best.items(), key=lambda item: item[1][0][3:]):
             name = key.rpartition(":")[2]
+            owner, dot, attr = name.partition(".")
+            if dot and owner[:1].isupper():
+                name = f"self.{attr}"  # held by an instance: ``SACTrainer.qf2_optimizer``
             yield Finding(
                 site.span,
                 f"`{site.text}` computes gradients for `{name}`, which is cleared but never "

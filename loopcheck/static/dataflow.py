@@ -53,6 +53,36 @@ def origin(frame: Frame, expr: cst.BaseExpression, at: Statement | None = None) 
     return found
 
 
+def _record_field(
+    frame: Frame, value: cst.BaseExpression, at: cst.CSTNode, pick: tuple[int | None, str]
+) -> list[tuple[cst.BaseExpression, cst.CSTNode]] | None:
+    """The values a returned record's field holds: ``return SACLosses(qf2_loss=qf2_loss, ...),
+    stats`` (element ``index``, field ``qf2_loss``), the record built in place or assigned to a
+    name first. None: not such a record."""
+    index, field = pick
+    if index is not None:
+        if type(value) not in (cst.Tuple, cst.List) or index >= len(value.elements):
+            return None
+        if any(type(e) is not cst.Element for e in value.elements[: index + 1]):
+            return None
+        value = value.elements[index].value
+    builds: list[tuple[cst.BaseExpression, cst.CSTNode]] = [(value, at)]
+    if type(value) is cst.Name:
+        defs = _layout(frame).reaching(value.value, at)  # type: ignore[arg-type]
+        if not defs:
+            return None
+        builds = [(d.value, d.statement) for d in defs]
+    out = []
+    for built, where in builds:
+        if type(built) is not cst.Call:
+            return None
+        found = next((a.value for a in built.args if a.keyword and a.keyword.value == field), None)
+        if found is None:
+            return None
+        out.append((found, where))
+    return out
+
+
 def _handed_origins(frame: Frame) -> dict[str, Origin] | None:
     """What the caller's arguments carry, for a followed function (computed once per call)."""
     handed = frame.handed
@@ -99,6 +129,9 @@ class _Tracer:
             obj = self.frame.resolve(node)
             if obj is not None:
                 return self.obj(obj)
+            field = self.field(node, depth, at)
+            if field is not None:
+                return field
             return self.expr(node.value, depth + 1, at) | self.optimized_tensor(self.frame, node)
         if type(node) is cst.Call:
             return self.call(node, depth, at)
@@ -237,6 +270,33 @@ class _Tracer:
             return args
         return args | UNKNOWN
 
+    def field(self, node: cst.Attribute, depth: int, at: Statement | None) -> Origin | None:
+        """``losses.qf2_loss`` where ``losses, stats = self.compute_loss(batch)`` returns a
+        record built with ``qf2_loss=...`` (a named tuple): that field's origin alone."""
+        if type(node.value) is not cst.Name or at is None or self.helpers >= _MAX_HELPERS:
+            return None
+        name = node.value.value
+        defs = _layout(self.frame).reaching(name, at)
+        if not defs or len(defs) != 1 or type(defs[0].value) is not cst.Call:
+            return None
+        call = defs[0].value
+        index = next((i for i, v in self.frame.tuple_values.get(name, ()) if v is call), None)
+        func = call.func
+        if type(func) is cst.Attribute:
+            receiver = self.frame.resolve(func.value)
+            if receiver is None or receiver.role is not Role.INSTANCE or receiver.cls is None:
+                return None
+            found = receiver.cls.method(func.attr.value)
+            if found is None:
+                return None
+            picked = (found[0].ctx, found[1], receiver.cls, receiver)
+        elif type(func) is cst.Name and (helper := named_function(self.frame, func.value)):
+            picked = (self.frame.ctx, helper, None, None)
+        else:
+            return None
+        pick = (index, node.attr.value)
+        return self.returns(*picked, call, depth, defs[0].statement, pick)
+
     def returns(
         self,
         ctx: FileContext,
@@ -246,9 +306,11 @@ class _Tracer:
         call: cst.Call,
         depth: int,
         at: Statement | None,
+        pick: tuple[int | None, str] | None = None,
     ) -> Origin | None:
         """What a helper of the linted files returns, its parameters bound to what the
-        arguments carry (``compute_loss(model, batch)``, ``self.classification_loss(...)``)."""
+        arguments carry (``compute_loss(model, batch)``, ``self.classification_loss(...)``);
+        with ``pick``, only the field of a record (the element of a returned tuple first)."""
         if self.helpers >= _MAX_HELPERS or node is self.frame.func:
             return None
         params = params_of(node)
@@ -279,7 +341,15 @@ class _Tracer:
         tracer = _Tracer(frame, carried, self.helpers + 1)
         out = NOTHING
         for statement, value in returns_of(node):
-            out = out | tracer.expr(value, depth + 1, statement)
+            chosen = (
+                [(value, statement)]
+                if pick is None
+                else _record_field(frame, value, statement, pick)
+            )
+            if chosen is None:
+                return None
+            for expr, where in chosen:
+                out = out | tracer.expr(expr, depth + 1, where)
         return out
 
     def instance_models(self, obj: Obj) -> Origin:
