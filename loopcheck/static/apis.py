@@ -95,6 +95,13 @@ class ApiReader(HostView):
                 return [*before, Emit(Event(Move.STEP, site), keys, gate=gate)]
             if method in _OPTIMIZER_HARMLESS:
                 return []
+            if method in ("first_step", "second_step"):
+                # sharpness-aware minimisation (SAM): the first step reads the gradients to
+                # perturb the weights, the second applies them; either clears when told to
+                clears = _truthy(keywords.get("zero_grad", positional[0] if positional else None))
+                move = Event(Move.GRAD_ACCESS) if method == "first_step" else Event(Move.STEP, site)
+                after = [Emit(self.zero_event(site), keys)] if clears else []
+                return [Emit(move, keys, gate=gate), *after]
             return [Emit(Event(Move.OPAQUE), keys)]
         if role is Role.ENGINE:
             if method == "backward":
@@ -458,3 +465,8 @@ def _idle(ctx: FileContext, name: str) -> bool:
             classes.append(found[1])
     methods = [(info, info.methods[name]) for info in classes if name in info.methods]
     return bool(methods) and not any(id(m) in info.ctx.relevant for info, m in methods)
+
+
+def _truthy(arg: cst.BaseExpression | None) -> bool:
+    """An argument given as ``True`` (a literal: anything else is taken as not given)."""
+    return type(arg) is cst.Name and arg.value == "True"
