@@ -15,9 +15,11 @@ from loopcheck.static.apis import CLIP_FUNCTIONS, ApiReader
 from loopcheck.static.callees import (
     LOOKS_ONLY,
     called_names,
+    clips_by_hand,
     closure_names,
     constants_of,
     does_nothing,
+    filters_parameters,
     given_arguments,
     may_step,
     maybe_none_values,
@@ -137,6 +139,12 @@ class Reader(HostView):
         """Stores into ``.grad``: clearing one tensor's gradient, or rewriting it by hand."""
         if type(target) is cst.Attribute and target.attr.value == "grad":
             if type(value) is cst.Name and value.value == "None":
+                if self.host.at is not None and filters_parameters(
+                    self.ctx, self.frame.func, self.host.at
+                ):
+                    # ``if "last_layer" in n: p.grad = None``: some layers' gradients
+                    # cancelled before the step (frozen for now), not a clear of the rest
+                    return [Emit(Event(Move.GRAD_ACCESS), None)]
                 return [Mark("clears"), Emit(Event(Move.GRAD_ACCESS), None)]
             written = [Mark("grads"), Mark("grads_rewritten")]
             if type(operator) in (cst.DivideAssign, cst.MultiplyAssign):
@@ -275,6 +283,10 @@ class Reader(HostView):
         func = call.func
         frame = self.frame
         callee = self.callee(func)
+        if callee is not None and all(clips_by_hand(c[0], c[1]) for c in callee):
+            # ``utils.clip_gradients(student, clip)``: a clip written out (each parameter's
+            # gradient rescaled by its norm), a clip of the model handed in
+            return self.apis.clip(call, positional[0] if positional else None)
         if callee is not None:
             return self.call_defined(callee, call, positional, keywords)
         qual = self.ctx.imports.qualify(func) if type(func) in (cst.Name, cst.Attribute) else None

@@ -6,6 +6,7 @@ may clear. The reader and the interpreter ask these at every call site or loop."
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,7 +16,7 @@ from loopcheck.static.frames import Frame
 from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
 from loopcheck.static.roles import Role, is_environment, role_from_name
 from loopcheck.static.syntax import decorators, dotted, literal, names_in, params_of, without_not
-from loopcheck.static.tree import walk
+from loopcheck.static.tree import kids, walk
 
 _CALLED: dict[int, tuple[cst.FunctionDef, frozenset[str]]] = {}
 
@@ -330,4 +331,58 @@ def does_nothing(info: ClassInfo, method: cst.FunctionDef) -> bool:
     return not any(
         other is not info and name in other.methods and info in other.mro()
         for other in info.ctx.classes.values()
+    )
+
+
+_CLIP_NAME = re.compile(r"(?i)clip")
+
+
+def clips_by_hand(ctx: FileContext, func: cst.FunctionDef) -> bool:
+    """A function named for clipping whose body rescales each gradient in place
+    (``p.grad.data.mul_(clip_coef)``): DINO's ``clip_gradients(model, clip)``."""
+    if not _CLIP_NAME.search(func.name.value):
+        return False
+    return ctx.remember(
+        "clips by hand",
+        func,
+        lambda: any(
+            type(node) is cst.Call
+            and type(node.func) is cst.Attribute
+            and node.func.attr.value in ("mul_", "div_")
+            and ".grad" in f".{dotted(node.func.value) or ''}."
+            for node in walk(func.body)
+        ),
+    )
+
+
+def filters_parameters(ctx: FileContext, func: cst.FunctionDef | None, at: cst.CSTNode) -> bool:
+    """Whether the statement ``at`` runs under an ``if`` that picks some parameters (by name,
+    ``if "last_layer" in n:``), not one that only asks whether a gradient exists."""
+    return id(at) in ctx.remember("filtered", func, lambda: _filtered(ctx, func))
+
+
+def _filtered(ctx: FileContext, func: cst.FunctionDef | None) -> set[int]:
+    body = func.body if func is not None else ctx.module
+    out: set[int] = set()
+    stack: list[tuple[cst.CSTNode, bool]] = [(body, False)]
+    while stack:
+        node, under = stack.pop()
+        if type(node) is cst.If:
+            picks = under or not _grad_exists_test(node.test)
+            stack.append((node.test, under))
+            stack.extend((kid, picks) for kid in (node.body, node.orelse) if kid is not None)
+            continue
+        if under and type(node) in (cst.SimpleStatementLine, cst.Assign):
+            out.add(id(node))
+        stack.extend((kid, under) for kid in kids(node))
+    return out
+
+
+def _grad_exists_test(test: cst.BaseExpression) -> bool:
+    """``p.grad is not None`` (or ``is None``)."""
+    inner, _ = without_not(test)
+    return (
+        type(inner) is cst.Comparison
+        and (dotted(inner.left) or "").endswith(".grad")
+        and all(dotted(c.comparator) == "None" for c in inner.comparisons)
     )
