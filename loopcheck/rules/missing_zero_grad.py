@@ -63,7 +63,16 @@ class MissingZeroGrad(ProtocolRule):
 
     def keep(self, model: FileModel, record: Record) -> bool:
         loop = _loop_with_backward(record.loop, record.key)
-        return loop is not None and not loop.clears(record.key)
+        if loop is None:
+            return False
+        if loop.clears_by_name or loop.grads_rewritten:
+            return False
+        # a clear (or unseen code) only on paths this one excludes (the AMP branch clears,
+        # the fp32 branch of the same loop does not) does not clear this path's gradients
+        clears = loop.has(Move.ZERO, record.key) or loop.has(Move.OPAQUE, record.key)
+        return not clears or (
+            loop is record.loop and model.apart_from(record, Move.ZERO, Move.OPAQUE)
+        )
 
     def related(self, model: FileModel, record: Record) -> Span | None:
         """The loop to clear in, when it steps one optimizer (the fix needs one)."""

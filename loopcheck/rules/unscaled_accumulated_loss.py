@@ -78,4 +78,5 @@ class UnscaledAccumulatedLoss(ProtocolRule):
         if loop is None:
             return True
         by_hand = loop.has(Move.GRAD_RESCALE, record.key) or loop.grads_rewritten
-        return not by_hand and not loop.has(Move.OPAQUE, record.key)
+        opaque = loop.has(Move.OPAQUE, record.key) and not model.apart_from(record, Move.OPAQUE)
+        return not by_hand and not opaque

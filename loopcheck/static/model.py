@@ -85,6 +85,9 @@ class LoopSummary:
     # analysed from, and whether through a call from that entry point (the caller's context)
     forwards: list[tuple[Site, bool, RootSummary | None, bool]] = field(default_factory=list)
     sites: set[Site] = field(default_factory=set)  # every move's site seen inside the loop
+    # the branch facts of each path on which an optimizer was cleared or handed to unseen
+    # code (which may have cleared it)
+    clear_facts: dict[tuple[Move, str], set[frozenset]] = field(default_factory=dict)
 
     @property
     def depth(self) -> int:
@@ -162,15 +165,17 @@ class FileModel:
 
     def __init__(self) -> None:
         self.records: list[Record] = []
+        self._paths: dict[tuple, set[frozenset]] = {}  # the branch facts of each record's paths
         self.loops: list[LoopSummary] = []
         self.roots: list[RootSummary] = []
         self._seen: set[tuple[str, Site, str, int]] = set()
 
-    def add_record(self, record: Record) -> None:
+    def add_record(self, record: Record, facts: frozenset = frozenset()) -> None:
         key = (record.code, record.site, record.key, id(record.root))
         if key not in self._seen:
             self._seen.add(key)
             self.records.append(record)
+        self._paths.setdefault(key, set()).add(facts)
 
     def violations(self, code: str) -> Iterator[Record]:
         return (r for r in self.records if r.code == code)
@@ -179,6 +184,29 @@ class FileModel:
         """The deepest loop in which ``site`` was seen."""
         holding = [loop for loop in self.loops if site in loop.sites]
         return max(holding, key=lambda loop: loop.depth, default=None)
+
+    def apart_from(self, record: Record, *moves: Move) -> bool:
+        """Whether some path the violation was seen on excludes, by a branch decided on it,
+        every path on which its loop made one of ``moves`` to its optimizer (the fp32 branch
+        of ``if use_amp: loss_scaler(loss, optimizer) else: loss.backward()`` is apart from
+        the scaler's unseen code)."""
+        loop = record.loop
+        if loop is None:
+            return False
+        others = set().union(*(loop.clear_facts.get((m, record.key), set()) for m in moves))
+        if not others or frozenset() in others:
+            return False
+        key = (record.code, record.site, record.key, id(record.root))
+        return any(
+            all(_contradict(path, other) for other in others) for path in self._paths.get(key, ())
+        )
+
+
+def _contradict(one: frozenset, other: frozenset) -> bool:
+    """Two sets of branch facts that cannot hold on one path (a condition true on one, false
+    on the other)."""
+    decided = dict(one)
+    return any(text in decided and decided[text] != value for text, value in other)
 
 
 def overlap(ours: frozenset[str], theirs: frozenset[str]) -> bool:

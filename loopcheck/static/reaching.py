@@ -58,6 +58,8 @@ class Layout:
                         return found
                     continue
                 found.extend(self.nested(stmt).get(name, ()))
+                if self.assigns_on_every_branch(stmt, name):
+                    return found  # ``if amp: loss = ... else: loss = ...``: none older reaches
             if type(owner) is cst.For and name in names_in(owner.target):
                 found.append(Definition(owner, owner.iter, loop_target=True))
                 return found
@@ -66,6 +68,30 @@ class Layout:
                 found.extend(self.nested(owner).get(name, ()))
             current = owner
         return found or None
+
+    def assigns_on_every_branch(self, stmt: Statement, name: str) -> bool:
+        """Whether an ``if`` with an ``else`` assigns ``name`` plainly on each branch (at the
+        top level of the branch, or again in every branch of an ``if`` there)."""
+        if type(stmt) is not cst.If or stmt.orelse is None:
+            return False
+        branches: list[cst.BaseSuite] = [stmt.body]
+        orelse = stmt.orelse
+        if type(orelse) is cst.If:
+            if not self.assigns_on_every_branch(orelse, name):
+                return False
+        else:
+            branches.append(orelse.body)
+        return all(self._block_assigns(branch, name) for branch in branches)
+
+    def _block_assigns(self, suite: cst.BaseSuite, name: str) -> bool:
+        body = suite.body if type(suite) is cst.IndentedBlock else [suite]
+        for inner in body:
+            direct = self.direct(inner).get(name)  # type: ignore[arg-type]
+            if direct and not any(d.augmented for d in direct):
+                return True
+            if self.assigns_on_every_branch(inner, name):  # type: ignore[arg-type]
+                return True
+        return False
 
     def before(self, stmt: Statement, loops: list[cst.CSTNode]) -> set[int]:
         """The ids of every node of the statements that run before ``stmt`` in the body of the

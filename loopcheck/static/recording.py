@@ -4,6 +4,7 @@ the file model (violations, and what each loop and entry point contains)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import libcst as cst
@@ -18,6 +19,7 @@ from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, 
 from loopcheck.static.moves import Backward, Emit, Forward, Mode
 from loopcheck.static.paths import PathState
 from loopcheck.static.roles import Obj, Role, role_from_name
+from loopcheck.static.syntax import chains_in
 
 # What a ``Mark`` says of a loop, as the field of ``LoopSummary`` it sets.
 _LOOP_FLAGS = {
@@ -304,6 +306,9 @@ class Recorder(FrameStack):
         where = event.where if isinstance(event.where, Site) else None
         for summary in self.loop_stack:
             summary.moves.add((event.move, key))
+            if event.move in (Move.OPAQUE, Move.ZERO):
+                facts = self.invariant(state.facts, summary)
+                summary.clear_facts.setdefault((event.move, key), set()).add(facts)
             if where is not None:
                 summary.sites.add(where)
             if event.move is Move.STEP and where is not None:
@@ -336,8 +341,19 @@ class Recorder(FrameStack):
                     # optimizer wrapper's step) steps what its caller never clears: the
                     # caller's loop lacks the clear, blamed at the call
                     where = self.frame.called_at
-                self.model.add_record(Record(code, where, key, loop, self.root, cause))
+                record = Record(code, where, key, loop, self.root, cause)
+                self.model.add_record(record, self.invariant(state.facts, loop))
         return state.with_opt(key, new)
+
+    def invariant(self, facts: frozenset, loop: LoopSummary | None) -> frozenset:
+        """The branch facts of a path that hold for every iteration of ``loop``: conditions on
+        names the loop never assigns (``use_amp``, not ``i % N == 0``)."""
+        if not facts or loop is None:
+            return frozenset()
+        assigned = self.ctx.remember(
+            "loop names", loop.node, lambda: _loop_names(self.ctx, loop.node)
+        )
+        return frozenset(f for f in facts if not set(_IDENTIFIER.findall(f[0])) & assigned)
 
     def only_clears(self) -> bool:
         """Whether the code running is a helper its caller's loop calls that clears and
@@ -382,3 +398,14 @@ class Recorder(FrameStack):
         if what == "grads" and self.root is not None:
             # gradients used by hand: a manual update is possible
             self.root.stepped = self.root.stepped_unkeyed = True
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][\w.]*")
+
+
+def _loop_names(ctx: FileContext, node: cst.CSTNode) -> set[str]:
+    """Every name (and dotted chain, and its first part) a loop assigns, its target included."""
+    names = set(ctx.loop_assigned(node))
+    if type(node) is cst.For:
+        names |= chains_in(node.target)
+    return names | {n.split(".", 1)[0] for n in names if not n.startswith("self.")}
