@@ -101,6 +101,7 @@ class Interpreter(Recorder, Checks, Loops):
         self.transitions = {}  # the protocol's transitions seen in this file, remembered
         # the function each step ran in (does it drop a loss? asked only for LC104)
         self.step_functions: dict[Site, tuple[FileContext, cst.FunctionDef | None]] = {}
+        self.applied: set[Site] = set()
         self.grad_modes: list[bool] = []
         self.no_grad_blocks: list[cst.CSTNode] = []
 

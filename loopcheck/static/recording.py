@@ -46,6 +46,7 @@ class Recorder(FrameStack):
     saved_modes: dict[str, str]  # names saving a model's mode (``was_training``), its key
     transitions: dict[tuple[OptState, Event], tuple[OptState, tuple[Violation, ...]]]
     step_functions: dict[Site, tuple[FileContext, cst.FunctionDef | None]]
+    applied: set[Site]  # backward calls whose gradients some optimizer's step applied
 
     grad_modes: list[bool]  # innermost last: False under no_grad / inference_mode
     no_grad_blocks: list[cst.CSTNode]  # the ``with torch.no_grad():`` blocks being run
@@ -319,6 +320,8 @@ class Recorder(FrameStack):
             self.root.stepped_keys.add(key)
         if event.move is Move.STEP and where is not None:
             self.step_functions.setdefault(where, (self.ctx, self.frame.func))
+            if isinstance(old.last_backward, Site) and old.grads is Grads.FRESH:
+                self.applied.add(old.last_backward)
         loop = self.loop_stack[-1] if self.loop_stack else None
         for v in violations:
             if isinstance(v.where, Site):
@@ -331,10 +334,11 @@ class Recorder(FrameStack):
                     # never backpropagates (a later backward of another loss confirmed it)
                     code = "LC104"
                 elif code == "LC102" and old.pending_zero_shared and isinstance(event.where, Site):
-                    # the clear dropped only another optimizer's loss (a GAN's generator
-                    # loss reaching the discriminator), and the step's own loss is computed
-                    # but never backpropagated: the backward is missing, not misplaced
-                    if self.drops_loss(event.where):
+                    # the clear dropped only what another optimizer's loss left (a GAN's
+                    # generator loss, already applied to the generator, reaching the
+                    # discriminator), and the step's own loss is computed but never
+                    # backpropagated: the backward is missing, not misplaced
+                    if v.cause in self.applied and self.drops_loss(event.where):
                         code, where, cause = "LC104", event.where, None
                 if code == "LC101" and self.blame_caller(loop):
                     # a helper handed the loss (a loss scaler) or one that only moves (an

@@ -366,26 +366,42 @@ def backpropagated(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[
 
 def dead_losses(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[str]:
     """Losses a function computes and drops: names with ``loss`` in them, assigned, that no
-    backward reaches, and that are neither handed to a call nor returned (``d_loss`` only
-    logged with ``.item()`` once its ``backward()`` is gone)."""
+    backward reaches and that nothing reads but for the log (``d_loss`` only read with
+    ``.item()`` once its ``backward()`` is gone; not ``losses.update(...)``, a meter)."""
     return ctx.remember("dead losses", func, lambda: _dead_losses(ctx, func))
 
 
 def _dead_losses(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[str]:
     body = func.body if func is not None else ctx.module
     assigned: set[str] = set()
-    used: set[str] = set()
+    skipped: set[int] = set()  # the assignment targets, and names only read for the log
+    names: list[cst.Name] = []
     for node in walk(body):
-        if type(node) is cst.Assign and not literal(node.value)[0]:
-            # (not a running total set up as ``epoch_loss = 0.0``)
+        if type(node) is cst.Assign:
             for target in node.targets:
-                if type(target.target) is cst.Name and "loss" in target.target.value.lower():
-                    assigned.add(target.target.value)
-        elif type(node) is cst.Call:
-            used.update(arg.value.value for arg in node.args if type(arg.value) is cst.Name)
-        elif type(node) in (cst.Return, cst.Yield) and node.value is not None:
-            used |= names_in(node.value)
+                if type(target.target) is cst.Name:
+                    name = target.target.value
+                    skipped.add(id(target.target))
+                    # ``d_loss = d_loss + penalty`` reads it only to build it
+                    skipped |= {
+                        id(n) for n in walk(node.value) if type(n) is cst.Name and n.value == name
+                    }
+                    # (not a running total set up as ``epoch_loss = 0.0``)
+                    if "loss" in name.lower() and not literal(node.value)[0]:
+                        assigned.add(name)
+        elif type(node) is cst.AugAssign and type(node.target) is cst.Name:
+            skipped.add(id(node.target))
+        elif type(node) is cst.Attribute and node.attr.value in _LOGGED:
+            if type(node.value) is cst.Name:
+                skipped.add(id(node.value))  # ``d_loss.item()``
+        elif type(node) is cst.Name:
+            names.append(node)
+    used = {n.value for n in names if id(n) not in skipped and n.value in assigned}
     return frozenset(assigned - used - backpropagated(ctx, func))
+
+
+# what reading a loss for the log calls on it
+_LOGGED = {"item", "detach", "cpu", "numpy", "tolist", "data"}
 
 
 def _backpropagated(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[str]:
