@@ -57,7 +57,15 @@ class MissingStep(Rule):
         reported: set[int] = set()
         for site, seen in contexts.items():
             if any(root.stepped or loop.grads_read for root, loop, _ in seen):
-                continue
+                # stepped somewhere in the loop: unless only on paths of a run-long choice
+                # that this backward's paths exclude, as the callers' contexts see them
+                deciding = [c for c in seen if not c[0].referenced] or seen
+                if any(
+                    (root.stepped or loop.grads_read)
+                    and not model.apart_from_steps(root, loop, site)
+                    for root, loop, _ in deciding
+                ):
+                    continue
             if all(root.referenced for root, _, _ in seen):
                 continue  # only ever seen out of context: its caller may step
             if not any(in_scope for _, _, in_scope in seen):

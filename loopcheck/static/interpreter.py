@@ -479,10 +479,10 @@ class Interpreter(Recorder, Checks, Loops):
             if isinstance(action, Emit):
                 states = self.emit_all(states, action)
             elif isinstance(action, Backward) and action.probe:
-                self.note_backward(action.site)
+                self.note_backward(action.site, states)
                 self.trained_in_eval_mode(states, action)
             elif isinstance(action, Backward):
-                self.note_backward(action.site)
+                self.note_backward(action.site, states)
                 self.backward_under_no_grad(action, action.computed_without_grad)
                 self.trained_in_eval_mode(states, action)
                 states = {self.backward(s, action) for s in states}

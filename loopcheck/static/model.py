@@ -85,9 +85,9 @@ class LoopSummary:
     # analysed from, and whether through a call from that entry point (the caller's context)
     forwards: list[tuple[Site, bool, RootSummary | None, bool]] = field(default_factory=list)
     sites: set[Site] = field(default_factory=set)  # every move's site seen inside the loop
-    # the branch facts of each path on which an optimizer was cleared or handed to unseen
-    # code (which may have cleared it)
-    clear_facts: dict[tuple[Move, str], set[frozenset]] = field(default_factory=dict)
+    # the branch facts of each path on which an optimizer was stepped, cleared or handed to
+    # unseen code (which may have done either)
+    move_facts: dict[tuple[Move, str], set[frozenset]] = field(default_factory=dict)
 
     @property
     def depth(self) -> int:
@@ -138,6 +138,8 @@ class RootSummary:
     # (backward, optimizer): the gradients that backward wrote for that optimizer were
     # cleared before any step used them (a GAN's discriminator loss reaching the generator)
     dropped: set[tuple[Site, str]] = field(default_factory=set)
+    # the branch facts of the paths each backward in a loop was seen on
+    backward_facts: dict[Site, set[frozenset]] = field(default_factory=dict)
     _referenced: bool | None = field(default=None, init=False, repr=False)
 
     @property
@@ -185,6 +187,17 @@ class FileModel:
         holding = [loop for loop in self.loops if site in loop.sites]
         return max(holding, key=lambda loop: loop.depth, default=None)
 
+    def apart_from_steps(self, root: RootSummary, loop: LoopSummary, site: Site) -> bool:
+        """Whether every path a backward was seen on excludes, by a run-long choice, every
+        path on which its loop steps (or hands an optimizer to unseen code): the fp32 branch
+        that lost its step beside the AMP branch's ``scaler.step``."""
+        if loop.grads_read or root.stepped_unkeyed:
+            return False
+        steps = [facts for (move, _), facts in loop.move_facts.items() if move is not Move.ZERO]
+        others = set().union(*steps) if steps else set()
+        paths = root.backward_facts.get(site, set())
+        return bool(paths) and all(apart({path}, others) for path in paths)
+
     def apart_from(self, record: Record, *moves: Move) -> bool:
         """Whether some path the violation was seen on excludes, by a branch decided on it,
         every path on which its loop made one of ``moves`` to its optimizer (the fp32 branch
@@ -193,16 +206,19 @@ class FileModel:
         loop = record.loop
         if loop is None:
             return False
-        others = set().union(*(loop.clear_facts.get((m, record.key), set()) for m in moves))
-        if not others or frozenset() in others:
-            return False
+        others = set().union(*(loop.move_facts.get((m, record.key), set()) for m in moves))
         key = (record.code, record.site, record.key, id(record.root))
-        return any(
-            all(_contradict(path, other) for other in others) for path in self._paths.get(key, ())
-        )
+        return apart(self._paths.get(key, set()), others)
 
 
-def _contradict(one: frozenset, other: frozenset) -> bool:
+def apart(paths: set[frozenset], others: set[frozenset]) -> bool:
+    """Whether some of ``paths`` excludes each of ``others`` by a branch decided on both."""
+    if not others or frozenset() in others:
+        return False
+    return any(all(contradict(path, other) for other in others) for path in paths)
+
+
+def contradict(one: frozenset, other: frozenset) -> bool:
     """Two sets of branch facts that cannot hold on one path (a condition true on one, false
     on the other)."""
     decided = dict(one)

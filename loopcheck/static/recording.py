@@ -190,7 +190,10 @@ class Recorder(FrameStack):
             state = state.with_zeroed(frozenset())
         return state
 
-    def note_backward(self, site: Site) -> None:
+    def note_backward(self, site: Site, states: set[PathState]) -> None:
+        if self.loop_stack and self.root is not None:
+            paths = self.root.backward_facts.setdefault(site, set())
+            paths |= {self.invariant(s.facts, self.loop_stack[0]) for s in states}
         for summary in self.loop_stack:
             if site not in summary.backwards:
                 summary.backwards.append(site)
@@ -307,9 +310,9 @@ class Recorder(FrameStack):
         where = event.where if isinstance(event.where, Site) else None
         for summary in self.loop_stack:
             summary.moves.add((event.move, key))
-            if event.move in (Move.OPAQUE, Move.ZERO):
+            if event.move in (Move.OPAQUE, Move.ZERO, Move.STEP):
                 facts = self.invariant(state.facts, summary)
-                summary.clear_facts.setdefault((event.move, key), set()).add(facts)
+                summary.move_facts.setdefault((event.move, key), set()).add(facts)
             if where is not None:
                 summary.sites.add(where)
             if event.move is Move.STEP and where is not None:
@@ -327,6 +330,11 @@ class Recorder(FrameStack):
             if isinstance(v.where, Site):
                 cause = v.cause if isinstance(v.cause, Site) else None
                 where, code = v.where, v.code
+                if code == "LC108" and old.pending_zero_crossed and not old.stepped_before:
+                    # a clear of an earlier iteration's gradients on a path that never
+                    # stepped yet: seen again once a step ran if it is accumulation; a branch
+                    # that lost its step never steps (LC105's), and its clear drops nothing
+                    continue
                 if code == "LC104" and not self.drops_loss(v.where):
                     code = "LC103"  # no loss is left without its backward: misordered
                 elif code == "LC103" and old.pending_step_cleared and self.drops_loss(v.where):
