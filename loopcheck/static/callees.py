@@ -205,15 +205,30 @@ def may_step(ctx: FileContext, method: cst.FunctionDef) -> bool:
     """Whether a method's text may step an optimizer (cached per method): a ``.step()``
     call on anything but an environment or a scheduler (an RL algorithm's rollout method
     calls ``env.step(actions)``)."""
-    return ctx.remember(
-        "may step",
+    return _calls_method(
+        ctx,
         method,
+        "may step",
+        lambda name, receiver: name == "step" and not _not_an_optimizer(receiver),
+    )
+
+
+def _calls_method(
+    ctx: FileContext,
+    func: cst.FunctionDef,
+    kind: str,
+    accept: Callable[[str, cst.BaseExpression], bool],
+) -> bool:
+    """Whether a function's text calls a method ``accept`` takes (by its name and receiver),
+    cached per function and ``kind`` of question."""
+    return ctx.remember(
+        kind,
+        func,
         lambda: any(
             type(node) is cst.Call
             and type(node.func) is cst.Attribute
-            and node.func.attr.value == "step"
-            and not _not_an_optimizer(node.func.value)
-            for node in walk(method.body)
+            and accept(node.func.attr.value, node.func.value)
+            for node in walk(func.body)
         ),
     )
 
@@ -340,17 +355,12 @@ _CLIP_NAME = re.compile(r"(?i)clip")
 def clips_by_hand(ctx: FileContext, func: cst.FunctionDef) -> bool:
     """A function named for clipping whose body rescales each gradient in place
     (``p.grad.data.mul_(clip_coef)``): DINO's ``clip_gradients(model, clip)``."""
-    if not _CLIP_NAME.search(func.name.value):
-        return False
-    return ctx.remember(
-        "clips by hand",
+    return bool(_CLIP_NAME.search(func.name.value)) and _calls_method(
+        ctx,
         func,
-        lambda: any(
-            type(node) is cst.Call
-            and type(node.func) is cst.Attribute
-            and node.func.attr.value in ("mul_", "div_")
-            and ".grad" in f".{dotted(node.func.value) or ''}."
-            for node in walk(func.body)
+        "clips by hand",
+        lambda name, receiver: (
+            name in ("mul_", "div_") and ".grad." in f".{dotted(receiver) or ''}."
         ),
     )
 
