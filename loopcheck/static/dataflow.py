@@ -393,7 +393,8 @@ def _settings_parameter(frame: Frame, name: str) -> bool:
 
 # Parameters that hand in data: what they yield depends on no model (``next(data_iter)``)
 _DATA_NAME = re.compile(
-    r"(?i)(^|_)(loader|dataloader|dataset|data_iter|iterator)$|^(train|training|val|valid"
+    r"(?i)(^|_)(loader|dataloader|dataset|data_iter|iterator|batch|batches|minibatch)$"
+    r"|^(train|training|val|valid"
     r"|validation|test|eval)_data$"
 )
 _NAMESPACE_NAMES = {"opt", "opts", "options", "hparams", "flags", "FLAGS"}
