@@ -89,9 +89,23 @@ def _handed_origins(frame: Frame) -> dict[str, Origin] | None:
     if handed is None:
         return None
     if frame.carried is None:
-        caller, at, args = handed
-        frame.carried = {name: origin(caller, arg, at) for name, arg in args.items()}  # type: ignore[arg-type]
+        frame.carried = _Carried(*handed)
     return frame.carried  # type: ignore[return-value]
+
+
+class _Carried(dict):
+    """The origins of a followed function's arguments, each computed when first asked for."""
+
+    def __init__(self, caller: Frame, at: Statement | None, args: dict) -> None:
+        super().__init__()
+        self.caller, self.at, self.args = caller, at, args
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.args
+
+    def __missing__(self, name: str) -> Origin:
+        found = self[name] = origin(self.caller, self.args[name], self.at)
+        return found
 
 
 class _Tracer:
@@ -100,7 +114,9 @@ class _Tracer:
     ) -> None:
         self.frame = frame
         self.helpers = helpers
-        self.params = params or {}  # a followed helper: what its arguments carry
+        self.params = (
+            params if params is not None else {}
+        )  # a followed helper: what its arguments carry
         self.names: dict[tuple[int, str, int], Origin] = {}
         self._tensors: dict[str, str] | None = None
 
@@ -455,13 +471,16 @@ def enclosing_frame(frame: Frame, node: cst.FunctionDef, ctx: FileContext | None
 
 
 def _optimized_models(frame: Frame | None) -> frozenset[str]:
-    """The models of the optimizers visible in a frame and the frames around it."""
-    found: set[str] = set()
-    while frame is not None:
+    """The models of the optimizers visible in a frame and the frames around it (once per
+    frame: the optimizers in sight do not change while it runs)."""
+    if frame is None:
+        return frozenset()
+    if frame.optimized is None:
+        found: set[str] = set(_optimized_models(frame.parent))
         for opt in frame.optimizers():
             found |= opt.models
-        frame = frame.parent
-    return frozenset(found)
+        frame.optimized = frozenset(found)
+    return frame.optimized
 
 
 def function_layout(frame: Frame) -> Layout:

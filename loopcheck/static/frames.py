@@ -91,6 +91,7 @@ class Frame:
         # argument of each parameter), so that a loss handed in has the caller's origin
         self.handed: tuple[Frame, object, dict[str, cst.BaseExpression]] | None = None
         self.carried: dict[str, object] | None = None  # their origins, once asked for
+        self.optimized: frozenset[str] | None = None  # the models of the optimizers in sight
         self.origins: dict[tuple[int, int], object] = {}  # loss origins (see dataflow)
         self._optimizers: list[Obj] | None = None
         self._values: dict[tuple[int, str | None], Obj | None] = {}
