@@ -368,12 +368,12 @@ class Recorder(FrameStack):
         return frozenset(f for f in facts if not set(_IDENTIFIER.findall(f[0])) & assigned)
 
     def only_clears(self) -> bool:
-        """Whether the code running is a helper its caller's loop calls that clears and
-        neither steps nor backpropagates."""
+        """Whether the code running is a helper its caller calls (in a loop of the caller's,
+        or in a step with no loop) that clears and neither steps nor backpropagates."""
         frame = self.frame
-        if not isinstance(frame.called_at, Site) or frame.func is None or not self.loop_stack:
+        if not isinstance(frame.called_at, Site) or frame.func is None:
             return False
-        if id(self.loop_stack[-1].node) in function_layout(frame).place:
+        if self.loop_stack and id(self.loop_stack[-1].node) in function_layout(frame).place:
             return False  # a loop of the helper's own
         return not may_step(frame.ctx, frame.func) and not runs_backward(
             frame.ctx, frame.func, frame.cls
