@@ -17,7 +17,7 @@ from loopcheck.static.model import Site
 from loopcheck.static.moves import Action, Backward, Emit, Follow, Forward, Mark, Mode
 from loopcheck.static.ownership import constructor_of
 from loopcheck.static.roles import Obj, Role, is_model_method
-from loopcheck.static.syntax import body_clears, dotted, roots_of
+from loopcheck.static.syntax import body_clears, dotted, literal, roots_of
 from loopcheck.static.tree import walk
 
 if TYPE_CHECKING:
@@ -98,7 +98,9 @@ class ApiReader(HostView):
             if method in ("first_step", "second_step"):
                 # sharpness-aware minimisation (SAM): the first step reads the gradients to
                 # perturb the weights, the second applies them; either clears when told to
-                clears = _truthy(keywords.get("zero_grad", positional[0] if positional else None))
+                clears = literal(
+                    keywords.get("zero_grad", positional[0] if positional else None)
+                ) == (True, True)
                 move = Event(Move.GRAD_ACCESS) if method == "first_step" else Event(Move.STEP, site)
                 after = [Emit(self.zero_event(site), keys)] if clears else []
                 return [Emit(move, keys, gate=gate), *after]
@@ -465,8 +467,3 @@ def _idle(ctx: FileContext, name: str) -> bool:
             classes.append(found[1])
     methods = [(info, info.methods[name]) for info in classes if name in info.methods]
     return bool(methods) and not any(id(m) in info.ctx.relevant for info, m in methods)
-
-
-def _truthy(arg: cst.BaseExpression | None) -> bool:
-    """An argument given as ``True`` (a literal: anything else is taken as not given)."""
-    return type(arg) is cst.Name and arg.value == "True"

@@ -61,11 +61,10 @@ def _record_field(
     name first. None: not such a record."""
     index, field = pick
     if index is not None:
-        if type(value) not in (cst.Tuple, cst.List) or index >= len(value.elements):
+        element = tuple_element(value, index)
+        if element is None:
             return None
-        if any(type(e) is not cst.Element for e in value.elements[: index + 1]):
-            return None
-        value = value.elements[index].value
+        value = element
     builds: list[tuple[cst.BaseExpression, cst.CSTNode]] = [(value, at)]
     if type(value) is cst.Name:
         defs = _layout(frame).reaching(value.value, at)  # type: ignore[arg-type]
@@ -81,6 +80,22 @@ def _record_field(
             return None
         out.append((found, where))
     return out
+
+
+def tuple_place(frame: Frame, name: str, value: cst.BaseExpression) -> int | None:
+    """The place of ``name`` in the tuple target ``value`` is unpacked into (``loss, n =
+    helper(...)``); None: ``name`` takes all of it."""
+    return next((i for i, v in frame.tuple_values.get(name, ()) if v is value), None)
+
+
+def tuple_element(value: cst.BaseExpression, index: int) -> cst.BaseExpression | None:
+    """Element ``index`` of a tuple or list literal (a returned ``loss, stats``); None: not
+    one, too short, or a starred element before it shifts the places."""
+    if type(value) not in (cst.Tuple, cst.List) or index >= len(value.elements):
+        return None
+    if any(type(e) is not cst.Element for e in value.elements[: index + 1]):
+        return None
+    return value.elements[index].value
 
 
 def _handed_origins(frame: Frame) -> dict[str, Origin] | None:
@@ -296,7 +311,7 @@ class _Tracer:
         if not defs or len(defs) != 1 or type(defs[0].value) is not cst.Call:
             return None
         call = defs[0].value
-        index = next((i for i, v in self.frame.tuple_values.get(name, ()) if v is call), None)
+        index = tuple_place(self.frame, name, call)
         func = call.func
         if type(func) is cst.Attribute:
             receiver = self.frame.resolve(func.value)

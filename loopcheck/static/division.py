@@ -15,6 +15,8 @@ from loopcheck.static.dataflow import (
     function_layout,
     named_function,
     returns_of,
+    tuple_element,
+    tuple_place,
 )
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.reaching import Definition, Statement
@@ -125,7 +127,7 @@ class _Division:
         """What one assignment of ``name`` says; ``error, acc = fast_adapt(...)`` reads the
         element of what the helper returns that lands in ``name``."""
         value = d.value
-        index = next((i for i, v in self.frame.tuple_values.get(name, ()) if v is value), None)
+        index = tuple_place(self.frame, name, value)
         func = value.func if type(value) is cst.Call else None
         node = self.helper(func) if index is not None else None
         if node is not None and returns_of(node):
@@ -180,11 +182,10 @@ def _returned(
     verdict: bool | None = True
     for stmt, value in returns_of(node):
         if index is not None:
-            if type(value) is not cst.Tuple or index >= len(value.elements):
+            element = tuple_element(value, index)
+            if element is None:
                 return None
-            if any(type(e) is cst.StarredElement for e in value.elements):
-                return None
-            value = value.elements[index].value
+            value = element
         verdict = _both(verdict, _Division(frame, helpers).expr(value, stmt, depth + 1))
     return verdict
 

@@ -26,7 +26,7 @@ from loopcheck.static.index import FileContext
 from loopcheck.static.looping import Loops
 from loopcheck.static.model import FileModel, LoopSummary, RootSummary, Site
 from loopcheck.static.moves import Action, Alternatives, Backward, Emit, Follow, Forward, Mark, Mode
-from loopcheck.static.paths import Flow, PathState, cap, merge
+from loopcheck.static.paths import Flow, PathState, cap, forget_locals, merge
 from loopcheck.static.recording import Recorder
 from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (
@@ -551,18 +551,7 @@ class Interpreter(Recorder, Checks, Loops):
             self.grad_modes, self.no_grad_blocks = saved_modes
             self.follow_stack.pop()
             self.frames.pop()
-        return cap({_forget_locals(s, scope) for s in flow.normal | flow.returns})
-
-
-def _forget_locals(state: PathState, scope: str) -> PathState:
-    """A function returned: the models local to it (keyed ``scope:name``) are gone, and so is
-    the eval mode it left them in (a model loaded and evaluated per call)."""
-    prefix = f"{scope}:"
-    if not any(key.startswith(prefix) for key, _, _ in state.evaluating):
-        return state
-    return state.with_evaluating(
-        frozenset(entry for entry in state.evaluating if not entry[0].startswith(prefix))
-    )
+        return cap({forget_locals(s, scope) for s in flow.normal | flow.returns})
 
 
 def _run_block(interp: Interpreter, stmt: Any, states: set[PathState]) -> Flow:

@@ -125,3 +125,14 @@ def cap(states: set[PathState]) -> set[PathState]:
 def _order(state: PathState) -> tuple[int, str]:
     # paths that know more about their conditions first; then a stable order
     return (-len(state.facts), repr(state))
+
+
+def forget_locals(state: PathState, scope: str) -> PathState:
+    """A function returned: the models local to it (keyed ``scope:name``) are gone, and so is
+    the eval mode it left them in (a model loaded and evaluated per call)."""
+    prefix = f"{scope}:"
+    if not any(key.startswith(prefix) for key, _, _ in state.evaluating):
+        return state
+    return state.with_evaluating(
+        frozenset(entry for entry in state.evaluating if not entry[0].startswith(prefix))
+    )

@@ -9,12 +9,18 @@ import re
 import libcst as cst
 
 from loopcheck.static.callees import BACKWARD_CALLS, given_arguments
-from loopcheck.static.dataflow import function_layout, origin, returns_of
+from loopcheck.static.dataflow import (
+    function_layout,
+    origin,
+    returns_of,
+    tuple_element,
+    tuple_place,
+)
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import EVALUATING as _EVALUATING
 from loopcheck.static.index import ClassInfo, FileContext
 from loopcheck.static.ownership import constructor_of
-from loopcheck.static.reaching import Definition, Statement
+from loopcheck.static.reaching import Statement
 from loopcheck.static.roles import Imports, Role
 from loopcheck.static.syntax import dotted, literal, names_in
 from loopcheck.static.tree import kids, walk
@@ -99,7 +105,12 @@ def _surely_a_graph(
         return any(
             not d.loop_target
             and _surely_a_graph(
-                frame, d.value, d.statement, depth + 1, carried, _place(frame, expr.value, d)
+                frame,
+                d.value,
+                d.statement,
+                depth + 1,
+                carried,
+                tuple_place(frame, expr.value, d.value),
             )
             for d in defs
         )
@@ -125,7 +136,7 @@ def _surely_a_graph(
             if not starred and _surely_a_graph(frame, arg, at, depth + 1, carried)
         )
         returned = [
-            (statement, value if index is None else _element(value, index))
+            (statement, value if index is None else tuple_element(value, index))
             for statement, value in returns_of(node)
         ]
         return bool(returned) and all(
@@ -158,21 +169,6 @@ def _a_model(frame: Frame, expr: cst.BaseExpression) -> bool:
         return False
     found = frame.resolve(expr)
     return found is not None and found.role in (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
-
-
-def _place(frame: Frame, name: str, d: Definition) -> int | None:
-    """The place of ``name`` in the tuple target of the assignment ``d`` (None: all of it)."""
-    return next((i for i, v in frame.tuple_values.get(name, ()) if v is d.value), None)
-
-
-def _element(value: cst.BaseExpression, index: int) -> cst.BaseExpression | None:
-    """Element ``index`` of a returned tuple literal (None: not one, or a starred one before)."""
-    if type(value) not in (cst.Tuple, cst.List):
-        return None
-    elements = value.elements[: index + 1]
-    if len(elements) <= index or any(type(e) is not cst.Element for e in elements):
-        return None
-    return elements[index].value
 
 
 def _helper(
