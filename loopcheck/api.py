@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import gc
 import re
 import warnings
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import libcst as cst
@@ -94,6 +97,32 @@ def lint_source(
     raw = source.encode("utf-8") if isinstance(source, str) else source
     if not _PREFILTER.search(raw) and not (project is not None and project.imports_linted(raw)):
         return []  # neither a move nor a helper of the linted files that may make one
+    with _collection_paused():
+        return _lint_text(raw, path, rules, project)
+
+
+@contextlib.contextmanager
+def _collection_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while one file is parsed and analysed.
+
+    A parse builds a large tree of small objects and the analysis many short-lived ones; each
+    collection that this triggers walks the whole live tree again, about a tenth of the lint's
+    time. The trees hold no cycles and the file's cyclic garbage is small: it is collected by
+    the next collection after the file. A collector that the caller disabled stays disabled.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _lint_text(
+    raw: bytes, path: str, rules: tuple[type[Rule], ...], project: Project | None
+) -> list[Diagnostic]:
     text = _decode(raw, path)
     if isinstance(text, Diagnostic):
         return [text]

@@ -21,18 +21,20 @@ class Site:
     """Where a move happened: a syntax node of some linted file, with its span and a short
     rendering of it for messages computed only when asked (most sites are never reported)."""
 
-    __slots__ = ("_node", "_locate", "_render", "path")
+    __slots__ = ("_node", "_locate", "_render", "_order", "path")
 
     def __init__(
         self,
         node: cst.CSTNode,
         locate: Callable[[cst.CSTNode], Span],
         render: Callable[[cst.CSTNode], str],
+        order: Callable[[cst.CSTNode], int],
         path: str,
     ) -> None:
         self._node = node
         self._locate = locate
         self._render = render
+        self._order = order
         self.path = path
 
     @property
@@ -42,6 +44,10 @@ class Site:
     @property
     def span(self) -> Span:
         return self._locate(self._node)
+
+    def precedes(self, other: Site) -> bool:
+        """Whether this site starts before ``other`` in the same file (no positions needed)."""
+        return self.path == other.path and self._order(self._node) < other._order(other._node)
 
     @property
     def text(self) -> str:

@@ -299,9 +299,8 @@ class Recorder(FrameStack):
         if event.move is Move.ZERO and old.grads is Grads.FRESH and self.root is not None:
             # cleared later in the body that wrote them (not by the next iteration's clear)
             wrote, clear = old.last_backward, event.where
-            if isinstance(wrote, Site) and isinstance(clear, Site) and wrote.path == clear.path:
-                if (wrote.span.line, wrote.span.column) < (clear.span.line, clear.span.column):
-                    self.root.dropped.add((wrote, key))
+            if isinstance(wrote, Site) and isinstance(clear, Site) and wrote.precedes(clear):
+                self.root.dropped.add((wrote, key))
         memo = (old, event)
         done = self.transitions.get(memo)
         if done is None:
