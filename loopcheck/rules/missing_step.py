@@ -55,7 +55,10 @@ class MissingStep(Rule):
             for site, loop, optimizer_in_scope in root.backwards_in_loops:
                 contexts.setdefault(site, []).append((root, loop, optimizer_in_scope))
         reported: set[int] = set()
-        for site, seen in contexts.items():
+        # reported once per loop: at an explicit ``backward()`` rather than at a call that runs
+        # one (a pipeline schedule's ``step(...)``) when the loop has both
+        ordered = sorted(contexts.items(), key=lambda item: ".backward(" not in item[0].text)
+        for site, seen in ordered:
             if any(root.stepped or loop.grads_read for root, loop, _ in seen):
                 # stepped somewhere in the loop: unless only on paths of a run-long choice
                 # that this backward's paths exclude, as the callers' contexts see them

@@ -58,8 +58,13 @@ class ZeroGradInAccumulation(ProtocolRule):
         loop = model.innermost_loop(record.cause) if record.cause is not None else None
         if loop is None or record.site not in loop.sites:
             return False  # cleared outside the micro-batch loop: a dropped partial accumulation
-        if not steps_around(loop, record.key):
-            return False  # the loop never steps this optimizer: missing step, not this bug
+        stepped_after = record.root is not None and any(
+            key == record.key and site not in loop.sites for key, site in record.root.step_sites
+        )
+        if not steps_around(loop, record.key) and not stepped_after:
+            # neither the loops around nor the function around it (``train_step()``'s step
+            # after its micro-batch loop) step this optimizer: missing step, not this bug
+            return False
         # one finding per place: a clear right before a step is LC102
         return not any(other.site == record.site for other in model.violations("LC102"))
 

@@ -13,7 +13,7 @@ import libcst as cst
 from loopcheck.protocol import Event, Move
 from loopcheck.static.apis import CLIP_FUNCTIONS, ApiReader
 from loopcheck.static.callees import (
-    LOOKS_ONLY,
+    averages_gradients,
     called_names,
     clips_by_hand,
     closure_names,
@@ -21,7 +21,10 @@ from loopcheck.static.callees import (
     does_nothing,
     filters_parameters,
     given_arguments,
+    harmless_call,
+    is_pipeline_schedule,
     may_step,
+    may_step_unresolved,
     maybe_none_values,
     none_tested,
     own_params,
@@ -43,7 +46,7 @@ from loopcheck.static.gradients import (
 from loopcheck.static.host import Host, HostView
 from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
 from loopcheck.static.moves import Action, Alternatives, Emit, Follow, Forward, Mark
-from loopcheck.static.roles import Obj, Role, is_environment
+from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (
     by_zero,
     call_args,
@@ -60,29 +63,6 @@ from loopcheck.static.tree import is_expression, kids, walk
 
 MAX_FOLLOWS_PER_ROOT = 120  # past it, calls are treated as calls we cannot see into
 
-_HARMLESS_CALLS = {
-    *LOOKS_ONLY,
-    "getattr",
-    "vars",
-    "dir",
-    "format",
-    "sum",
-    "copy.deepcopy",
-    "torch.save",
-    "pprint.pprint",
-    # apex's mixed precision: the parameters an optimizer holds, a loss scaled for its
-    # backward, and a model and optimizer handed back patched (neither stepped nor cleared)
-    "apex.amp.master_params",
-    "apex.amp.scale_loss",
-    "apex.amp.initialize",
-}
-# Helpers named for averaging gradients across processes (``mpi_avg_grads``,
-# ``average_gradients``, ``allreduce_grads``), seen from outside the linted files.
-_GRAD_COLLECTIVE = re.compile(
-    r"(?i)(^|[._])(mpi_)?(avg|average|all_?reduce|sync|reduce)_?(grads?|gradients)$"
-)
-_CLEARS_TOO = re.compile(r"(?i)zero|clear|clip|reset|step")  # ``zero_and_sync_grads``
-_HARMLESS_PREFIXES = ("logging.", "logger.", "log.", "wandb.", "mlflow.", "tqdm.")
 _FINITE_TEST = re.compile(r"(?i)^is_?(finite|nan|inf)$")
 # names of gradient state (``found_inf``, ``grad_norm``, ``loss_is_finite``): the bare test
 # functions (``isfinite``) are taken out first by ``_FINITE_TEST``
@@ -265,10 +245,13 @@ class Reader(HostView):
                 return [self.apis.backward(call, func.value)]
             if method in CLEARING_NAMES and (owner is None or owner.cls is None):
                 return [Mark("clears"), *self.apis.unresolved_clear(call)]
-            if "step" in method and owner is None and not is_environment(dotted(func.value) or ""):
-                # ``schedule.step()`` may run forward and backward; ``self.optimizers[0]
-                # .step()`` may step an optimizer, unlike ``envs = make_env(); envs.step()``
-                # or ``self.env.step(actions)``
+            if method == "step" and owner is None and is_pipeline_schedule(func.value, call):
+                # ``self.pp_schedule.step(arg_mbs=..., losses=...)``: the forward and backward
+                # of every micro-batch through the pipeline's stages; no optimizer stepped
+                return [Mark("opaque_model"), self.apis.backward_of(call, None)]
+            if owner is None and may_step_unresolved(method, func.value):
+                # ``self.optimizers[0].step()`` may step an optimizer, unlike ``envs =
+                # make_env(); envs.step()`` or ``self.env.step(actions)``
                 prefix.append(Mark("opaque_model"))
                 if not self.apis.known_other(func.value):
                     prefix.append(Mark("stepped"))
@@ -309,9 +292,9 @@ class Reader(HostView):
             held = frame.resolve(func)
             if held is not None and held.role in (Role.MODEL, Role.ENGINE, Role.LIGHTNING):
                 return self.forward(held, call)  # ``self.model(x)``
-        if qual is not None and _harmless(qual):
+        if qual is not None and harmless_call(qual):
             return []
-        if qual is not None and _GRAD_COLLECTIVE.search(qual) and not _CLEARS_TOO.search(qual):
+        if qual is not None and averages_gradients(qual):
             # ``mpi_avg_grads(ac.pi)``: gradients averaged across processes in place, none
             # cleared or applied (an optimizer handed to it stays unknown)
             return [a for a in self.apis.opaque_args(call) if isinstance(a, Emit)]
@@ -470,6 +453,9 @@ class Reader(HostView):
         assert cls is not None
         found = cls.method(name)
         if found is None:
+            aliased = [self._method(owner, alias) for alias in cls.method_aliases(name)]
+            if aliased and all(aliased):
+                return [target for targets in aliased if targets for target in targets]
             return None
         info, node = found
         if is_abstract(node) and not does_nothing(info, node):
@@ -587,11 +573,6 @@ class Reader(HostView):
         if obj.role is Role.FACTORY:
             return []
         return self.apis.opaque_args(call)
-
-
-def _harmless(qual: str) -> bool:
-    """Calls that receive an optimizer or model only to look at it."""
-    return qual in _HARMLESS_CALLS or qual.startswith(_HARMLESS_PREFIXES)
 
 
 _LOSS_CLASS = re.compile(r"(?i)loss$|criterion$")

@@ -2,7 +2,9 @@
 the names it calls, whether it hands its parameters on, the closures it steps with, the literal
 values a call binds, the parameters it tests against None, whether it steps optimizers in
 gradient hooks, may step or runs a backward at all, or does nothing at all; and whether a loop
-may clear. The reader and the interpreter ask these at every call site or loop."""
+may clear; and what a call of another library cannot do, judged by its name (look only,
+average gradients, step no optimizer). The reader and the interpreter ask these at every call
+site or loop."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import libcst as cst
 
 from loopcheck.static.frames import Frame
 from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
-from loopcheck.static.roles import Role, is_environment, role_from_name
+from loopcheck.static.roles import Role, role_from_name, steps_no_optimizer
 from loopcheck.static.syntax import decorators, dotted, literal, names_in, params_of, without_not
 from loopcheck.static.tree import kids, walk
 
@@ -209,7 +211,11 @@ def may_step(ctx: FileContext, method: cst.FunctionDef) -> bool:
         ctx,
         method,
         "may step",
-        lambda name, receiver: name == "step" and not _not_an_optimizer(receiver),
+        lambda name, receiver, call: (
+            name == "step"
+            and not _not_an_optimizer(receiver)
+            and not is_pipeline_schedule(receiver, call)
+        ),
     )
 
 
@@ -217,7 +223,7 @@ def _calls_method(
     ctx: FileContext,
     func: cst.FunctionDef,
     kind: str,
-    accept: Callable[[str, cst.BaseExpression], bool],
+    accept: Callable[[str, cst.BaseExpression, cst.Call], bool],
 ) -> bool:
     """Whether a function's text calls a method ``accept`` takes (by its name and receiver),
     cached per function and ``kind`` of question."""
@@ -227,15 +233,23 @@ def _calls_method(
         lambda: any(
             type(node) is cst.Call
             and type(node.func) is cst.Attribute
-            and accept(node.func.attr.value, node.func.value)
+            and accept(node.func.attr.value, node.func.value, node)
             for node in walk(func.body)
         ),
     )
 
 
+def is_pipeline_schedule(receiver: cst.BaseExpression, call: cst.Call) -> bool:
+    """``pp_schedule.step(x, target=y, losses=losses)``: a pipeline-parallel schedule (torch's
+    ``ScheduleGPipe``, ``Schedule1F1B``) handed micro-batches, not an LR schedule (whose
+    ``step()`` takes none)."""
+    name = (dotted(receiver) or "").rsplit(".", 1)[-1].lower()
+    return name.endswith("schedule") and "lr" not in name and bool(call.args)
+
+
 def _not_an_optimizer(receiver: cst.BaseExpression) -> bool:
     last = (dotted(receiver) or "").rpartition(".")[2]
-    return is_environment(last) or role_from_name(last) is Role.SCHEDULER
+    return steps_no_optimizer(last) or role_from_name(last) is Role.SCHEDULER
 
 
 def backward_of(func: cst.FunctionDef, names: frozenset[str]) -> bool:
@@ -359,7 +373,7 @@ def clips_by_hand(ctx: FileContext, func: cst.FunctionDef) -> bool:
         ctx,
         func,
         "clips by hand",
-        lambda name, receiver: (
+        lambda name, receiver, _: (
             name in ("mul_", "div_") and ".grad." in f".{dotted(receiver) or ''}."
         ),
     )
@@ -395,4 +409,55 @@ def _grad_exists_test(test: cst.BaseExpression) -> bool:
         type(inner) is cst.Comparison
         and (dotted(inner.left) or "").endswith(".grad")
         and all(dotted(c.comparator) == "None" for c in inner.comparisons)
+    )
+
+
+_HARMLESS_CALLS = {
+    *LOOKS_ONLY,
+    "getattr",
+    "vars",
+    "dir",
+    "format",
+    "sum",
+    "copy.deepcopy",
+    "torch.save",
+    "pprint.pprint",
+    # apex's mixed precision: the parameters an optimizer holds, a loss scaled for its
+    # backward, and a model and optimizer handed back patched (neither stepped nor cleared)
+    "apex.amp.master_params",
+    "apex.amp.scale_loss",
+    "apex.amp.initialize",
+}
+# Helpers named for averaging gradients across processes (``mpi_avg_grads``,
+# ``average_gradients``, ``allreduce_grads``), seen from outside the linted files.
+_GRAD_COLLECTIVE = re.compile(
+    r"(?i)(^|[._])(mpi_)?(avg|average|all_?reduce|sync|reduce)_?(grads?|gradients)$"
+)
+_CLEARS_TOO = re.compile(r"(?i)zero|clear|clip|reset|step")  # ``zero_and_sync_grads``
+_HARMLESS_PREFIXES = ("logging.", "logger.", "log.", "wandb.", "mlflow.", "tqdm.")
+
+
+def harmless_call(qual: str) -> bool:
+    """Calls that receive an optimizer or model only to look at it."""
+    return qual in _HARMLESS_CALLS or qual.startswith(_HARMLESS_PREFIXES)
+
+
+def averages_gradients(qual: str) -> bool:
+    """A helper of another library named for averaging gradients across processes, which
+    neither clears nor steps (``mpi_avg_grads``, not ``zero_and_sync_grads``)."""
+    return bool(_GRAD_COLLECTIVE.search(qual)) and not _CLEARS_TOO.search(qual)
+
+
+# ``sl.set_step(n)``, ``logger.log_step(...)``: a counter set or read, no step taken.
+_ACCESSOR = re.compile(r"(set|get|log|is|should)_")
+
+
+def may_step_unresolved(method: str, receiver: cst.BaseExpression) -> bool:
+    """Whether a step-like method on a receiver we cannot resolve may step an optimizer
+    (``self.optimizers[0].step()``, ``trainer.optimizer_step()``): not an environment's or a
+    profiler's ``step()``, nor a counter's setter."""
+    return (
+        "step" in method
+        and not _ACCESSOR.match(method)
+        and not steps_no_optimizer(dotted(receiver) or "")
     )

@@ -21,6 +21,7 @@ from loopcheck.static.dataflow import (
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.reaching import Definition, Statement
 from loopcheck.static.roles import Role
+from loopcheck.static.syntax import dotted
 
 _RESULT_METHODS = {"mean", "sum", "float", "double", "half", "bfloat16", "to", "cuda", "clone"}
 
@@ -165,11 +166,26 @@ class _Division:
             return False  # ``F.cross_entropy(...)``: a fresh loss
         name = (qual or "").rsplit(".", 1)[-1]
         if _LOSS_CALLABLE.search(name):
+            if _handed_count(call):
+                # ``self.loss_fn(pred, labels, global_valid_tokens)``: normalised inside by
+                # the count it is handed (torchtitan, Hugging Face's ``num_items_in_batch``)
+                return True
             return False  # ``criterion(out, y)``, ``self.loss_fn(...)``
         return None
 
 
 _LOSS_CALLABLE = re.compile(r"(?i)(loss|criterion|crit)(_?fn|_?func)?$|^(model|net|forward)$")
+# An argument that counts what the loss is normalised by.
+_COUNT = re.compile(r"(?i)(tokens|num_items|items_in_batch|normali[sz]|denom)")
+
+
+def _handed_count(call: cst.Call) -> bool:
+    for arg in call.args:
+        if arg.keyword is not None and _COUNT.search(arg.keyword.value):
+            return True
+        if _COUNT.search(dotted(arg.value) or ""):
+            return True
+    return False
 
 
 def _returned(

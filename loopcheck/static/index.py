@@ -86,6 +86,7 @@ class ClassInfo:
     attr_values: dict[str, list[tuple[cst.BaseExpression, cst.FunctionDef]]]
     class_values: dict[str, cst.BaseExpression] = field(default_factory=dict)
     _bases: list[ClassInfo] | None = None
+    _calls_inherited: bool | None = None
 
     @property
     def bases(self) -> list[ClassInfo]:
@@ -146,6 +147,39 @@ class ClassInfo:
                 return info, info.methods[name]
         return None
 
+    def calls_inherited(self) -> bool:
+        """Whether a method of this class (or of its linted bases) calls a method of ``self``
+        that no linted class defines: one of a base class defined elsewhere."""
+        if self._calls_inherited is None:
+            self._calls_inherited = False
+            for info in self.mro():
+                for method in info.methods.values():
+                    for node in walk(method.body):
+                        if type(node) is not cst.Call:
+                            continue
+                        name = _self_attribute(node.func)
+                        if name is not None and self.method(name) is None:
+                            if not any(self.attribute_values(name)):
+                                self._calls_inherited = True
+                                return True
+        return self._calls_inherited
+
+    def method_aliases(self, attr: str) -> list[str]:
+        """The methods that ``self.<attr>`` is bound to (``self.step_fn = self._step``, kept
+        when wrapped again: ``self.step_fn = compile(self.step_fn)``); none when some value
+        assigned to it is anything else."""
+        aliases: list[str] = []
+        for _, value, _ in self.attribute_values(attr):
+            if type(value) is cst.Call and any(
+                _self_attribute(arg.value) in (attr, *aliases) for arg in value.args
+            ):
+                continue  # the same function wrapped
+            name = _self_attribute(value)
+            if name is None or name == attr or self.method(name) is None:
+                return []
+            aliases.append(name)
+        return aliases
+
     def attribute_values(
         self, attr: str
     ) -> Iterator[tuple[ClassInfo, cst.BaseExpression, cst.FunctionDef | None]]:
@@ -155,6 +189,13 @@ class ClassInfo:
                 yield info, value, method
             if attr in info.class_values:
                 yield info, info.class_values[attr], None
+
+
+def _self_attribute(expr: cst.BaseExpression) -> str | None:
+    """``attr`` for ``self.attr``."""
+    if type(expr) is cst.Attribute and type(expr.value) is cst.Name and expr.value.value == "self":
+        return expr.attr.value
+    return None
 
 
 @dataclass

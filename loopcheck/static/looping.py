@@ -4,7 +4,6 @@ the facts of counters that grow by one and forgetting those of names the loop as
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import libcst as cst
@@ -179,11 +178,13 @@ class Loops(FrameStack):
 
     def enter(self, state: PathState, loop: cst.CSTNode) -> PathState:
         """A loop starts: tell every optimizer's protocol state. A loop that cannot clear
-        (see :meth:`may_clear`) does not take over the gradients it finds."""
+        (see :meth:`may_clear`) changes nothing: it does not take over the gradients it finds,
+        and a scheduler stepped before it is still between two micro-batches (torchtitan's
+        loop moving each micro-batch to the device)."""
+        if state.opts and not self.may_clear(loop):
+            return state
         for key, opt_state in state.opts:
             new, _ = advance(opt_state, Event(Move.LOOP_ENTRY))
-            if new.consumed != opt_state.consumed and not self.may_clear(loop):
-                new = replace(new, consumed=opt_state.consumed)
             if new != opt_state:
                 state = state.with_opt(key, new)
         return state

@@ -133,6 +133,7 @@ class RootSummary:
     stepped_unkeyed: bool = False  # an unresolved .step(), or gradients used by hand
     # optimizers stepped, or handed to code we cannot see (STEP and OPAQUE events)
     stepped_keys: set[str] = field(default_factory=set)
+    step_sites: set[tuple[str, Site]] = field(default_factory=set)  # each optimizer's steps
     # each backward inside a loop: its site, the outermost loop, an optimizer in its scope
     backwards_in_loops: list[tuple[Site, LoopSummary, bool]] = field(default_factory=list)
     # each backward inside a loop certainly bound to an optimizer: (its site, the optimizer)

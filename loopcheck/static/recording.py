@@ -229,7 +229,16 @@ class Recorder(FrameStack):
         if ":" in opt.key:
             return True
         cls = next((f.cls for f in reversed(self.frames) if f.cls is not None), None)
-        if cls is None or cls.unresolved_bases:
+        if cls is None:
+            return False
+        if cls.unresolved_bases and (
+            not self.loop_stack
+            or type(self.loop_stack[0].node) is cst.FunctionDef
+            or cls.calls_inherited()
+        ):
+            # a base class defined elsewhere may run this code in a loop of its own, or be
+            # called by it, and step there; not when the loop is this class's own and calls
+            # nothing of that base (torchtitan's ``Trainer(Stateful, Configurable)``)
             return False
         running = {id(node) for node in self.follow_stack}
         called = set(self.frames[0].ctx.referenced)
@@ -322,6 +331,8 @@ class Recorder(FrameStack):
             self.root.stepped_keys.add(key)
         if event.move is Move.STEP and where is not None:
             self.step_functions.setdefault(where, (self.ctx, self.frame.func))
+            if self.root is not None:
+                self.root.step_sites.add((key, where))
             if isinstance(old.last_backward, Site) and old.grads is Grads.FRESH:
                 self.applied.add(old.last_backward)
         loop = self.loop_stack[-1] if self.loop_stack else None

@@ -252,10 +252,13 @@ def role_from_name(name: str, annotation: str | None = None) -> Role | None:
     return None
 
 
-_ENVIRONMENT = re.compile(r"(?i)(^|_)(env|envs|environment|vec_env|venv)$")
+_NOT_AN_OPTIMIZER = re.compile(
+    r"(?i)(^|_)(env|envs|environment|vec_env|venv|prof|profiler|profilers)$"
+)
 
 
-def is_environment(name: str) -> bool:
-    """Whether a name holds a reinforcement-learning environment (``self.env``, ``envs``,
-    ``vec_env``): its ``step(actions)`` steps no optimizer and runs no model of ours."""
-    return bool(_ENVIRONMENT.search(name.rpartition(".")[2]))
+def steps_no_optimizer(name: str) -> bool:
+    """Whether a name holds something whose ``step()`` steps no optimizer and runs no model of
+    ours: a reinforcement-learning environment (``self.env``, ``envs``, ``vec_env``) or a
+    profiler (``with torch.profiler.profile(...) as prof: ... prof.step()``)."""
+    return bool(_NOT_AN_OPTIMIZER.search(name.rpartition(".")[2]))
