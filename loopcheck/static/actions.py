@@ -237,6 +237,9 @@ class Reader(HostView):
         if type(func) is cst.Attribute:
             method = func.attr.value
             owner = self.frame.resolve(func.value)
+            held = self._held_function(owner, method) if owner is not None else None
+            if held is not None and held.rsplit(".", 1)[-1] in CLIP_FUNCTIONS:
+                return self.apis.clip(call, positional[0] if positional else None)
             if owner is not None:
                 handled = self.apis.method_call(owner, method, call, positional, keywords)
                 if handled is not None:
@@ -566,6 +569,26 @@ class Reader(HostView):
         for action in self.apis.opaque_args(call, frozenset(handed)):
             actions.append(Mark("forward") if isinstance(action, Mark) else action)
         return actions
+
+    def _held_function(self, owner: Obj, attr: str) -> str | None:
+        """The function of another library that ``self.<attr>`` holds, when every value
+        assigned to it is that function, or every one a clip: ``self.clip_func = torch.nn
+        .utils.clip_grad_norm_`` (mmengine's optimizer wrapper)."""
+        if owner.cls is None or owner.cls.method(attr) is not None:
+            return None
+        found: set[str] = set()
+        for info, value, _ in owner.cls.attribute_values(attr):
+            qual = (
+                info.ctx.imports.qualify(value)
+                if type(value) in (cst.Name, cst.Attribute)
+                else None
+            )
+            if qual is None or info.ctx.external(qual) is not None:
+                return None
+            found.add(qual)
+        if found and all(q.rsplit(".", 1)[-1] in CLIP_FUNCTIONS for q in found):
+            return min(found)  # a clip by norm or by value, as configured
+        return found.pop() if len(found) == 1 else None
 
     def called_object(self, obj: Obj, call: cst.Call) -> list[Action]:
         if obj.role in (Role.MODEL, Role.ENGINE, Role.LIGHTNING):

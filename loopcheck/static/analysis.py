@@ -130,7 +130,16 @@ def _steps_owned(
             continue
         method = node.func.attr.value
         receiver = node.func.value
-        if method == "step":
+        on_self = type(receiver) is cst.Name and receiver.value == "self"
+        if on_self and cls.method(method) is not None:
+            # ``self.step()`` of an optimizer wrapper: a method of its own (mmengine's
+            # ``OptimWrapper.update_params``)
+            found = cls.method(method)
+            assert found is not None
+            if depth == 0 and id(found[1]) in found[0].ctx.relevant:
+                if _steps_owned(found[0].ctx, found[1], cls, scope, depth + 1):
+                    return True
+        elif method == "step":
             obj = frame.resolve(receiver)
             if obj is not None and obj.role is Role.SCALER and node.args:
                 obj = frame.resolve(node.args[0].value)  # ``scaler.step(self.optimizer)``
@@ -139,11 +148,6 @@ def _steps_owned(
             # attribute keys are ``Class.attr``; locals and parameters are ``scope:name``
             if obj.key.startswith(f"{cls.name}.") and ":" not in obj.key:
                 return True
-        elif depth == 0 and type(receiver) is cst.Name and receiver.value == "self":
-            found = cls.method(method)
-            if found is not None and id(found[1]) in found[0].ctx.relevant:
-                if _steps_owned(found[0].ctx, found[1], cls, scope, depth + 1):
-                    return True
     return False
 
 

@@ -300,9 +300,14 @@ class Recorder(FrameStack):
         return state.with_zeroed(frozenset())
 
     def apply(self, state: PathState, key: str, event: Event) -> PathState:
-        if event.move is Move.ZERO and isinstance(event.where, Site) and self.only_clears():
-            # a clear wrapped in a helper (an optimizer wrapper's ``zero_grad()``, a GAN's
-            # ``reset_grad()``) is misplaced where its caller's loop calls it
+        if (
+            event.move in (Move.ZERO, Move.CLIP)
+            and isinstance(event.where, Site)
+            and self.helps_caller()
+        ):
+            # a clear or a clip wrapped in a helper (an optimizer wrapper's ``zero_grad()``, a
+            # GAN's ``reset_grad()``, mmengine's ``_clip_grad()``) is misplaced where its
+            # caller calls it
             event = replace(event, where=self.frame.called_at)
         old = state.get(key)
         if event.move is Move.ZERO and old.grads is Grads.FRESH and self.root is not None:
@@ -377,9 +382,10 @@ class Recorder(FrameStack):
         )
         return frozenset(f for f in facts if not set(_IDENTIFIER.findall(f[0])) & assigned)
 
-    def only_clears(self) -> bool:
+    def helps_caller(self) -> bool:
         """Whether the code running is a helper its caller calls (in a loop of the caller's,
-        or in a step with no loop) that clears and neither steps nor backpropagates."""
+        or in a step with no loop) that neither steps nor backpropagates: a clear or a clip
+        in it is placed where the caller calls it."""
         frame = self.frame
         if not isinstance(frame.called_at, Site) or frame.func is None:
             return False
