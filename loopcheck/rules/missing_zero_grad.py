@@ -65,8 +65,10 @@ class MissingZeroGrad(ProtocolRule):
         loop = _loop_with_backward(record.loop, record.key)
         if loop is None:
             return False
-        if loop.clears_by_name or loop.grads_rewritten:
+        if loop.clears_by_name:
             return False
+        if loop.grads_rewritten and not (loop is record.loop and model.apart_from_rewrites(record)):
+            return False  # gradients managed by hand (unless only on paths this one excludes)
         # a clear (or unseen code) only on paths this one excludes (the AMP branch clears,
         # the fp32 branch of the same loop does not) does not clear this path's gradients
         clears = loop.has(Move.ZERO, record.key) or loop.has(Move.OPAQUE, record.key)

@@ -15,6 +15,7 @@ from loopcheck.static.apis import CLIP_FUNCTIONS, ApiReader
 from loopcheck.static.callees import (
     averages_gradients,
     called_names,
+    clears_by_hand,
     clips_by_hand,
     closure_names,
     constants_of,
@@ -273,6 +274,9 @@ class Reader(HostView):
             # ``utils.clip_gradients(student, clip)``: a clip written out (each parameter's
             # gradient rescaled by its norm), a clip of the model handed in
             return self.apis.clip(call, positional[0] if positional else None)
+        if callee is not None and all(clears_by_hand(c[0], c[1]) for c in callee):
+            # ``zero_grad(self.model_params)``: each parameter's gradient zeroed by hand
+            return [Mark("clears"), *self.apis.unresolved_clear(call)]
         if callee is not None:
             return self.call_defined(callee, call, positional, keywords)
         qual = self.ctx.imports.qualify(func) if type(func) in (cst.Name, cst.Attribute) else None

@@ -366,6 +366,23 @@ def does_nothing(info: ClassInfo, method: cst.FunctionDef) -> bool:
 _CLIP_NAME = re.compile(r"(?i)clip")
 
 
+def clears_by_hand(ctx: FileContext, func: cst.FunctionDef) -> bool:
+    """A function named for clearing whose body zeroes gradients in place and steps nothing
+    (improved-diffusion's ``zero_grad(model_params)``: ``param.grad.zero_()`` for each)."""
+    return (
+        func.name.value in CLEARING_NAMES
+        and _calls_method(
+            ctx,
+            func,
+            "clears by hand",
+            lambda name, receiver, _: (
+                name == "zero_" and (dotted(receiver) or "").endswith(".grad")
+            ),
+        )
+        and not may_step(ctx, func)
+    )
+
+
 def clips_by_hand(ctx: FileContext, func: cst.FunctionDef) -> bool:
     """A function named for clipping whose body rescales each gradient in place
     (``p.grad.data.mul_(clip_coef)``): DINO's ``clip_gradients(model, clip)``."""

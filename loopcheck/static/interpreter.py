@@ -504,7 +504,7 @@ class Interpreter(Recorder, Checks, Loops):
                     out |= self.follow(follow, states)
                 states = cap(out)
             elif isinstance(action, Mark):
-                self.mark(action.what)
+                self.mark(action.what, states)
         return states
 
     def follow(self, action: Follow, states: set[PathState]) -> set[PathState]:

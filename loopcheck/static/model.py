@@ -81,6 +81,7 @@ class LoopSummary:
     # ``add_``, ``copy_``) or handed to a collective (``all_reduce(p.grad)``); a read alone
     # (a norm for the log) is ``grads_read`` only
     grads_rewritten: bool = False
+    rewrite_facts: set[frozenset] = field(default_factory=set)  # the paths of those rewrites
     forward_keys: set[str] = field(default_factory=set)  # the models run forward in the loop
     # the models of each optimizer stepped in the loop, where its parameters are known
     step_models: dict[str, frozenset[str]] = field(default_factory=dict)
@@ -204,6 +205,15 @@ class FileModel:
         others = set().union(*steps) if steps else set()
         paths = root.backward_facts.get(site, set())
         return bool(paths) and all(apart({path}, others) for path in paths)
+
+    def apart_from_rewrites(self, record: Record) -> bool:
+        """Whether some path the violation was seen on excludes, by a branch decided on it,
+        every path on which its loop rewrote gradients by hand."""
+        loop = record.loop
+        if loop is None:
+            return False
+        key = (record.code, record.site, record.key, id(record.root))
+        return apart(self._paths.get(key, set()), loop.rewrite_facts)
 
     def apart_from(self, record: Record, *moves: Move) -> bool:
         """Whether some path the violation was seen on excludes, by a branch decided on it,

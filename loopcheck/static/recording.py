@@ -415,7 +415,7 @@ class Recorder(FrameStack):
             return True  # it backpropagates the loss it was handed
         return not runs_backward(frame.ctx, frame.func, frame.cls)
 
-    def mark(self, what: str) -> None:
+    def mark(self, what: str, states: set[PathState] | None = None) -> None:
         if what == "stepped" and self.root is not None:
             self.root.stepped = self.root.stepped_unkeyed = True
             return
@@ -423,6 +423,11 @@ class Recorder(FrameStack):
         if flag is not None:
             for summary in self.loop_stack:
                 setattr(summary, flag, True)
+                if what == "grads_rewritten":
+                    # on which paths: a rewrite on the AMP branch only (improved-diffusion's
+                    # fp16 master gradients) does not manage the fp32 branch's gradients
+                    facts = {self.invariant(s.facts, summary) for s in states or ()}
+                    summary.rewrite_facts |= facts or {frozenset()}
         if what == "grads" and self.root is not None:
             # gradients used by hand: a manual update is possible
             self.root.stepped = self.root.stepped_unkeyed = True
