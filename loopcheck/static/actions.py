@@ -31,6 +31,7 @@ from loopcheck.static.callees import (
     own_params,
     passed_on,
     passes_parameters_on,
+    persists,
     runs_backward,
 )
 from loopcheck.static.conditions import touches
@@ -307,6 +308,8 @@ class Reader(HostView):
             return [a for a in self.apis.opaque_args(call) if isinstance(a, Emit)]
         if frame.value_role(call, None) is not None:
             return []  # building an optimizer, scheduler, scaler or model does not step one
+        if type(func) is cst.Attribute and persists(func.attr.value):
+            return []  # ``checkpoint.save(model, optimizer, ...)`` serialises them
         return [*self._handed_loss(call, positional, keywords), *self.apis.opaque_args(call)]
 
     def _handed_loss(

@@ -478,3 +478,13 @@ def may_step_unresolved(method: str, receiver: cst.BaseExpression) -> bool:
         and not _ACCESSOR.match(method)
         and not steps_no_optimizer(dotted(receiver) or "")
     )
+
+
+_PERSIST = re.compile(r"^(save|load)(_?(checkpoint|ckpt|state|states|model|weights))?$")
+
+
+def persists(method: str) -> bool:
+    """A method of an object we cannot resolve named for saving or loading a checkpoint
+    (``checkpoint.save(model, optimizer, ...)``): it neither clears nor steps what it is
+    handed."""
+    return bool(_PERSIST.match(method))

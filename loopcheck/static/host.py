@@ -17,6 +17,7 @@ class Host:
 
     frame: Frame
     discarding: int
+    probing: int
     follows: int
     gate: str | None
     at: cst.CSTNode | None  # the statement being run, in the current frame

@@ -92,6 +92,7 @@ class Interpreter(Recorder, Checks, Loops):
         self.summaries: dict[int, LoopSummary] = {}
         self.follows = 0  # calls followed in this root's analysis
         self.discarding = 0  # inside a block that drops the batch (except, ``...; continue``)
+        self.probing = 0  # inside a block that probes the model (``assert p.grad is None``)
         self.fact_names: dict[str, set[str]] = {}
         self.saved_modes: dict[str, str] = {}
         self._seeded: set[int] = set()
@@ -149,14 +150,18 @@ class Interpreter(Recorder, Checks, Loops):
     # blocks
 
     def exec_block(self, body: Sequence[cst.CSTNode], states: set[PathState]) -> Flow:
-        if body and (ends_with_continue(body[-1]) or self.reader.probes(body)):
+        probe = bool(body) and self.reader.probes(body)
+        if body and (ends_with_continue(body[-1]) or probe):
             # ``zero_grad(); continue`` drops the batch on purpose: no step was meant to follow;
-            # a block that asserts the gradients are None around a backward probes the model.
+            # a block that asserts the gradients are None around a backward probes the model
+            # (its clear cancels the probe only: it is no clear of the loop's gradients).
             self.discarding += 1
+            self.probing += probe
             try:
                 return self._exec_block(body, states)
             finally:
                 self.discarding -= 1
+                self.probing -= probe
         return self._exec_block(body, states)
 
     def _exec_block(self, body: Sequence[cst.CSTNode], states: set[PathState]) -> Flow:

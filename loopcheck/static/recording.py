@@ -322,6 +322,8 @@ class Recorder(FrameStack):
         new, violations = done
         where = event.where if isinstance(event.where, Site) else None
         for summary in self.loop_stack:
+            if event.move is Move.ZERO and self.probing:
+                continue  # cancels a probe's backward: not a clear of the loop's gradients
             summary.moves.add((event.move, key))
             if event.move in (Move.OPAQUE, Move.ZERO, Move.STEP):
                 facts = self.invariant(state.facts, summary)
