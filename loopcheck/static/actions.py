@@ -128,10 +128,12 @@ class Reader(HostView):
                     # cancelled before the step (frozen for now), not a clear of the rest
                     return [Emit(Event(Move.GRAD_ACCESS), None)]
                 return [Mark("clears"), Emit(Event(Move.GRAD_ACCESS), None)]
-            written = [Mark("grads"), Mark("grads_rewritten")]
-            if type(operator) in (cst.DivideAssign, cst.MultiplyAssign):
-                return [*written, Emit(Event(Move.GRAD_RESCALE), None)]
-            return [*written, Emit(Event(Move.OPAQUE), None)]
+            if type(operator) in (cst.DivideAssign, cst.MultiplyAssign) and not (
+                type(value) in (cst.Integer, cst.Float) and value.value in ("0", "0.0", "0.")
+            ):
+                # ``p.grad *= 1 / n``: normalised by hand, neither applied nor cleared
+                return [Mark("grads"), Emit(Event(Move.GRAD_RESCALE), None)]
+            return [Mark("grads"), Mark("grads_rewritten"), Emit(Event(Move.OPAQUE), None)]
         if type(target) is cst.Attribute and target.attr.value == "data":
             inner = target.value
             if type(inner) is cst.Attribute and inner.attr.value == "grad":
@@ -278,6 +280,15 @@ class Reader(HostView):
         if callee is not None and all(clears_by_hand(c[0], c[1]) for c in callee):
             # ``zero_grad(self.model_params)``: each parameter's gradient zeroed by hand
             return [Mark("clears"), *self.apis.unresolved_clear(call)]
+        name = (
+            func.value
+            if type(func) is cst.Name
+            else func.attr.value
+            if type(func) is cst.Attribute
+            else ""
+        )
+        if name and persists(name):
+            return []  # ``self.save_checkpoint(...)``: serialises the model and optimizer
         if callee is not None:
             return self.call_defined(callee, call, positional, keywords)
         qual = self.ctx.imports.qualify(func) if type(func) in (cst.Name, cst.Attribute) else None
@@ -308,8 +319,6 @@ class Reader(HostView):
             return [a for a in self.apis.opaque_args(call) if isinstance(a, Emit)]
         if frame.value_role(call, None) is not None:
             return []  # building an optimizer, scheduler, scaler or model does not step one
-        if type(func) is cst.Attribute and persists(func.attr.value):
-            return []  # ``checkpoint.save(model, optimizer, ...)`` serialises them
         return [*self._handed_loss(call, positional, keywords), *self.apis.opaque_args(call)]
 
     def _handed_loss(

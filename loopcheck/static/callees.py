@@ -480,11 +480,12 @@ def may_step_unresolved(method: str, receiver: cst.BaseExpression) -> bool:
     )
 
 
-_PERSIST = re.compile(r"^(save|load)(_?(checkpoint|ckpt|state|states|model|weights))?$")
+_PERSIST = re.compile(r"^(save|load)(_?(checkpoint|ckpt|state|states|model|weights))?$|state_dict$")
 
 
-def persists(method: str) -> bool:
-    """A method of an object we cannot resolve named for saving or loading a checkpoint
-    (``checkpoint.save(model, optimizer, ...)``): it neither clears nor steps what it is
+def persists(name: str) -> bool:
+    """A function or method named for saving or loading a checkpoint, or for gathering a state
+    dict (``checkpoint.save(model, optimizer, ...)``, ``self.save_checkpoint(...)``,
+    ``get_full_optimizer_state_dict(model, opt)``): it neither clears nor steps what it is
     handed."""
-    return bool(_PERSIST.match(method))
+    return bool(_PERSIST.search(name))

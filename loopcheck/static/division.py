@@ -63,9 +63,9 @@ class _Division:
                 left, right = (self.expr(n, at, depth + 1) for n in (node.left, node.right))
                 if left or right:
                     return True
-                if left is False and _constant_factor(node.right):
+                if left is False and self.counts(node.right, at, depth + 1):
                     return False
-                if right is False and _constant_factor(node.left):
+                if right is False and self.counts(node.left, at, depth + 1):
                     return False
                 return None
             if type(op) in (cst.Add, cst.Subtract):
@@ -82,6 +82,28 @@ class _Division:
         if type(node) is cst.Call:
             return self.call(node, at, depth)
         return None
+
+    def counts(self, node: cst.BaseExpression, at: Statement | None, depth: int) -> bool:
+        """Whether a factor is a whole number or a count (``loss * 2``, ``loss * n_tokens``,
+        ``loss_factor = num_tokens if sum_loss else 1.0``): it scales, it does not normalise."""
+        if depth > MAX_DEPTH:
+            return False
+        if type(node) is cst.Integer or (type(node) is cst.Float and node.value in ("1.0", "1.")):
+            return True
+        if type(node) is cst.IfExp:
+            return self.counts(node.body, at, depth + 1) and self.counts(node.orelse, at, depth + 1)
+        name = dotted(node)
+        if name is None:
+            return False
+        if _COUNT.search(name.rsplit(".", 1)[-1]):
+            return True
+        if type(node) is not cst.Name:
+            return False
+        defs = function_layout(self.frame).reaching(name, at) if at is not None else None
+        values = [d.value for d in defs] if defs else self.frame.local_values.get(name, [])
+        return bool(values) and all(
+            v is not None and self.counts(v, None, depth + 1) for v in values
+        )
 
     def name(self, name: str, at: Statement | None, depth: int) -> bool | None:
         key = (name, id(at))
@@ -147,6 +169,14 @@ class _Division:
         node = self.helper(func)
         if node is not None and returns_of(node):  # a helper of this file: what it returns
             return self.returned(_callee_frame(self.frame, node), node, depth)
+        if type(func) is cst.Attribute:
+            owner = self.frame.resolve(func.value)
+            found = owner.cls.method(func.attr.value) if owner and owner.cls else None
+            if found is not None and owner is not None and returns_of(found[1]):
+                # a method of the linted files (``self._loss_step(batch)``): what it returns
+                info, method = found
+                frame = Frame(info.ctx, method, info, {"self": owner}, module_frame(info.ctx), "")
+                return self.returned(frame, method, depth)
         held = self.frame.resolve(func) if type(func) in (cst.Name, cst.Attribute) else None
         if held is not None and held.role in MODEL_ROLES:
             return False  # a model's output (``outputs.loss``): a fresh loss
@@ -177,6 +207,7 @@ class _Division:
 _LOSS_CALLABLE = re.compile(r"(?i)(loss|criterion|crit)(_?fn|_?func)?$|^(model|net|forward)$")
 # An argument that counts what the loss is normalised by.
 _COUNT = re.compile(r"(?i)(tokens|num_items|items_in_batch|normali[sz]|denom)")
+# (a normaliser handed to a loss function, or a count a loss is multiplied by)
 
 
 def _handed_count(call: cst.Call) -> bool:
@@ -232,8 +263,3 @@ def _reciprocal(node: cst.BaseExpression) -> bool:
         except ValueError:
             return False
     return False
-
-
-def _constant_factor(node: cst.BaseExpression) -> bool:
-    """A factor that is a whole number (``loss * 2``): it scales, it does not normalise."""
-    return type(node) is cst.Integer
