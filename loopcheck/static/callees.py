@@ -307,6 +307,30 @@ def may_clear(frame: Frame, loop: cst.CSTNode, callee: Callee) -> bool:
     return frame.ctx.remember(kind, loop, lambda: _may_clear(frame, loop, callee))
 
 
+def names_a_move(ctx: FileContext, loop: cst.CSTNode) -> bool:
+    """Whether a loop's text calls something named for a backward or a step (cached per
+    loop): a loop without (moving a batch to the device) takes no part in the protocol."""
+    return ctx.remember(
+        "names a move",
+        loop,
+        lambda: any(
+            type(node) is cst.Call and any(word in _called_name(node) for word in _MOVES)
+            for node in walk(loop)
+        ),
+    )
+
+
+_MOVES = ("backward", "step")
+
+
+def _called_name(call: cst.Call) -> str:
+    """The last name of what a call calls (``y.sum().backward()``: ``backward``)."""
+    func = call.func
+    if type(func) is cst.Attribute:
+        return func.attr.value
+    return func.value if type(func) is cst.Name else ""
+
+
 # What a call runs, as the reader resolves it: the definitions of the linted files (with their
 # file, class and bound ``self``), or None when it names none.
 Callee = Callable[

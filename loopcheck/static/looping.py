@@ -4,13 +4,14 @@ the facts of counters that grow by one and forgetting those of names the loop as
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import libcst as cst
 
 from loopcheck.protocol import Event, Move, advance
 from loopcheck.static import conditions, guards, tensors
-from loopcheck.static.callees import may_clear
+from loopcheck.static.callees import may_clear, names_a_move
 from loopcheck.static.facts import handed_back_in
 from loopcheck.static.frames import FrameStack
 from loopcheck.static.model import FileModel, LoopSummary
@@ -178,13 +179,19 @@ class Loops(FrameStack):
 
     def enter(self, state: PathState, loop: cst.CSTNode) -> PathState:
         """A loop starts: tell every optimizer's protocol state. A loop that cannot clear
-        (see :meth:`may_clear`) changes nothing: it does not take over the gradients it finds,
-        and a scheduler stepped before it is still between two micro-batches (torchtitan's
-        loop moving each micro-batch to the device)."""
-        if state.opts and not self.may_clear(loop):
+        (see :meth:`may_clear`) does not take over the gradients it finds; one that neither
+        clears nor names a backward or a step changes nothing: a scheduler stepped before it
+        is still between two micro-batches (torchtitan's loop moving each micro-batch to the
+        device)."""
+        if not state.opts:
+            return state
+        clears = self.may_clear(loop)
+        if not clears and not names_a_move(self.ctx, loop):
             return state
         for key, opt_state in state.opts:
             new, _ = advance(opt_state, Event(Move.LOOP_ENTRY))
+            if new.consumed != opt_state.consumed and not clears:
+                new = replace(new, consumed=opt_state.consumed)
             if new != opt_state:
                 state = state.with_opt(key, new)
         return state
