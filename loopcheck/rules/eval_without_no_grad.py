@@ -95,6 +95,7 @@ def _needs_gradients(loop: LoopSummary) -> bool:
         or loop.has_any(Move.MAYBE_BACKWARD)
         or loop.has_any(Move.STEP)
         or loop.grads_read
+        or loop.grads_inspected
         or loop.autograd
         or loop.opaque_model
     )

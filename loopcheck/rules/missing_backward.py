@@ -64,7 +64,7 @@ class MissingBackward(Rule):
                 record.site.path,
             )
         for loop in model.loops:
-            if loop.opaque_model or loop.grads_read:
+            if loop.opaque_model or loop.grads_read or loop.grads_inspected:
                 continue
             if not (loop.forward or loop.loss_assigned):
                 continue

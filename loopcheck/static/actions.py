@@ -41,8 +41,10 @@ from loopcheck.static.gradients import (
     asserts_no_grad,
     changes_grad,
     hands_grad,
+    inspected_grads,
     keeps_grad,
     manual_update,
+    reduces_grad,
     rescales_grad,
 )
 from loopcheck.static.host import Host, HostView
@@ -100,15 +102,18 @@ class Reader(HostView):
                     actions.append(Mark("grads_rewritten"))
                 actions.append(Emit(Event(Move.GRAD_RESCALE), None))
             elif type(node) is cst.Call:
-                if hands_grad(node) or changes_grad(node):
+                if (hands_grad(node) or changes_grad(node)) and not reduces_grad(node):
                     actions.append(Mark("grads_rewritten"))
                 if manual_update(node):
                     actions.extend(self.apis.manual_step(node))
                 actions.extend(self.of_call(node))
             elif type(node) is cst.Attribute and node.attr.value == "grad":
-                actions.append(Mark("grads"))
-                if keeps_grad(self.ctx, expr):
-                    actions.append(Mark("grads_rewritten"))
+                if id(node) in inspected_grads(self.ctx, expr):
+                    actions.append(Mark("grads_inspected"))  # ``p.grad is None``, a norm
+                else:
+                    actions.append(Mark("grads"))
+                    if keeps_grad(self.ctx, expr):
+                        actions.append(Mark("grads_rewritten"))
                 actions.append(Emit(Event(Move.GRAD_ACCESS), None))
         return actions
 
@@ -133,6 +138,10 @@ class Reader(HostView):
             ):
                 # ``p.grad *= 1 / n``: normalised by hand, neither applied nor cleared
                 return [Mark("grads"), Emit(Event(Move.GRAD_RESCALE), None)]
+            if type(value) is cst.Call and reduces_grad(value):
+                # ``p.grad = accelerator.reduce(p.grad, reduction="mean")``: averaged across
+                # processes, neither applied nor cleared
+                return [Mark("grads_inspected"), Emit(Event(Move.GRAD_ACCESS), None)]
             return [Mark("grads"), Mark("grads_rewritten"), Emit(Event(Move.OPAQUE), None)]
         if type(target) is cst.Attribute and target.attr.value == "data":
             inner = target.value

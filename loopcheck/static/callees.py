@@ -491,15 +491,18 @@ def averages_gradients(qual: str) -> bool:
 
 # ``sl.set_step(n)``, ``logger.log_step(...)``: a counter set or read, no step taken.
 _ACCESSOR = re.compile(r"(set|get|log|is|should)_")
+_STEP_WORD = re.compile(r"(^|_)[Ss]tep($|_)|[a-z]Step($|_|[A-Z])")
 
 
 def may_step_unresolved(method: str, receiver: cst.BaseExpression) -> bool:
     """Whether a step-like method on a receiver we cannot resolve may step an optimizer
     (``self.optimizers[0].step()``, ``trainer.optimizer_step()``): not an environment's or a
-    profiler's ``step()``, nor a counter's setter."""
+    profiler's ``step()``, a counter's setter, nor a name where "step" is part of another
+    word (``save_and_remove_state_stepwise``)."""
     return (
-        "step" in method
+        bool(_STEP_WORD.search(method))
         and not _ACCESSOR.match(method)
+        and not persists(method)
         and not steps_no_optimizer(dotted(receiver) or "")
     )
 

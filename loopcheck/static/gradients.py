@@ -4,6 +4,8 @@ asserting that they are clear."""
 
 from __future__ import annotations
 
+import re
+
 import libcst as cst
 
 from loopcheck.static.index import FileContext
@@ -41,6 +43,8 @@ def _keeps_grad(ctx: FileContext, expr: cst.BaseExpression) -> bool:
                 return True
         if type(node) is cst.Call and manual_update(node):
             continue  # ``p.data.add_(p.grad, alpha=-lr)``: applied, not kept
+        if type(node) is cst.Call and reduces_grad(node):
+            continue  # ``accelerator.reduce(p.grad, reduction="mean")``: averaged, not kept
         if type(node) is cst.Call:
             qual = ctx.imports.qualify(node.func) if type(node.func) in _DOTTED else None
             if qual is not None and qual.startswith("torch."):
@@ -107,3 +111,80 @@ def asserts_no_grad(test: cst.BaseExpression) -> bool:
                 if type(comp.operator) is cst.Is and dotted(comp.comparator) == "None":
                     return True
     return False
+
+
+_AVERAGE = re.compile(r"(?i)(^|_)(average|avg|mean)($|_)")
+_REDUCE = re.compile(r"(?i)(^|_)(all_?reduce|reduce|sync)($|_)")
+
+
+def reduces_grad(call: cst.Call) -> bool:
+    """``accelerator.reduce(p.grad, reduction="mean")``, ``average_gradients(p.grad)``: a
+    gradient averaged across processes (a call named for it, or a reduction asked for a mean,
+    handed a ``.grad``). A sum (``dist.all_reduce(p.grad)``) scales them: not this."""
+    func = call.func
+    name = func.attr.value if type(func) is cst.Attribute else dotted(func) or ""
+    if not any((dotted(arg.value) or "").endswith(".grad") for arg in call.args):
+        return False
+    if _AVERAGE.search(name):
+        return True
+    return bool(_REDUCE.search(name)) and any(
+        arg.keyword is not None
+        and arg.keyword.value in ("reduction", "op")
+        and _AVERAGE.search((dotted(arg.value) or _string_value(arg.value)).rsplit(".", 1)[-1])
+        for arg in call.args
+    )
+
+
+def _string_value(node: cst.BaseExpression) -> str:
+    """The value of a plain string literal (``"mean"``), else empty."""
+    if type(node) is cst.SimpleString and isinstance(node.evaluated_value, str):
+        return node.evaluated_value
+    return ""
+
+
+def inspected_grads(ctx: FileContext, expr: cst.BaseExpression) -> frozenset[int]:
+    """The ``.grad`` reads of an expression that only inspect the gradient (``p.grad is not
+    None``, ``p.grad.norm()``, ``torch.isfinite(p.grad)``): no update by hand can hide in
+    them. Cached per expression."""
+    return ctx.remember("inspected-grads", expr, lambda: _inspected(ctx, expr))
+
+
+def _inspected(ctx: FileContext, expr: cst.BaseExpression) -> frozenset[int]:
+    found: set[int] = set()
+    stack: list[tuple[cst.CSTNode, tuple[cst.CSTNode, ...]]] = [(expr, ())]
+    while stack:
+        node, up = stack.pop()
+        if type(node) is cst.Attribute and node.attr.value == "grad" and _inspects(ctx, node, up):
+            found.add(id(node))
+        stack.extend((kid, (node, *up[:3])) for kid in kids(node))
+    return frozenset(found)
+
+
+def _inspects(ctx: FileContext, node: cst.Attribute, up: tuple[cst.CSTNode, ...]) -> bool:
+    """Whether a ``.grad`` read, seen under its ancestors ``up`` (nearest first), inspects."""
+    parent = up[0] if up else None
+    if type(parent) in (cst.Comparison, cst.ComparisonTarget):
+        return True  # ``p.grad is None``
+    rest = up
+    while rest and type(rest[0]) is cst.Attribute and rest[0].attr.value == "data":
+        rest = rest[1:]  # ``p.grad.data.norm()``
+    if len(rest) >= 2 and type(rest[0]) is cst.Attribute and type(rest[1]) is cst.Call:
+        return rest[0].attr.value in _INSPECTING_METHODS and rest[1].func is rest[0]
+    if len(up) >= 2 and type(parent) is cst.Arg and type(up[1]) is cst.Call:
+        if reduces_grad(up[1]):
+            return True  # ``accelerator.reduce(p.grad, reduction="mean")``: averaged
+        func = up[1].func
+        qual = ctx.imports.qualify(func) if type(func) in _DOTTED else None
+        return (
+            bool(qual)
+            and qual.startswith("torch.")
+            and (qual.rsplit(".", 1)[-1] in _INSPECTING_METHODS | _INSPECTING_FUNCTIONS)
+        )
+    return False
+
+
+_INSPECTING_METHODS = frozenset(
+    {"norm", "abs", "sum", "mean", "max", "min", "item", "isfinite", "isnan", "isinf", "all"}
+    | {"any", "pow", "square", "numel", "size", "float", "detach", "clone", "cpu", "std", "var"}
+)
+_INSPECTING_FUNCTIONS = frozenset({"vector_norm", "matrix_norm", "stack", "count_nonzero"})

@@ -77,6 +77,7 @@ class LoopSummary:
     clears_by_name: bool = False  # something that looks like clearing on an unresolved receiver
     opaque_model: bool = False  # a call we cannot see into received the model
     grads_read: bool = False  # gradients read or rewritten by hand
+    grads_inspected: bool = False  # gradients only inspected (``p.grad is None``, a norm)
     # gradients changed by hand: written (``p.grad = g``), changed in place (``zero_``,
     # ``add_``, ``copy_``) or handed to a collective (``all_reduce(p.grad)``); a read alone
     # (a norm for the log) is ``grads_read`` only

@@ -28,6 +28,7 @@ _LOOP_FLAGS = {
     "clears": "clears_by_name",
     "opaque_model": "opaque_model",
     "grads": "grads_read",
+    "grads_inspected": "grads_inspected",
     "grads_rewritten": "grads_rewritten",
     "flush": "flushes",
     "autograd": "autograd",

@@ -145,6 +145,12 @@ _NOT_A_MODEL = re.compile(
 )
 
 
+_OPTIMIZER_INPUTS = re.compile(
+    r"optimi[sz]er_(params?|parameters|param_groups|groups?|args?|kwargs|config|cfg|state_dict"
+    r"|names?)(_|$)"
+)
+
+
 def constructed_role(qualname: str) -> Role | None:
     """The role of what calling ``qualname`` returns, judged from the callee's name."""
     last = qualname.rsplit(".", 1)[-1]
@@ -159,6 +165,8 @@ def constructed_role(qualname: str) -> Role | None:
         return Role.SCHEDULER
     if last in _NOT_OPTIMIZER or _LOSS_CLASS.search(last):
         return None
+    if _OPTIMIZER_INPUTS.search(low):
+        return None  # ``network.prepare_optimizer_params(...)``: what an optimizer is given
     if "optimizer" in low or _OPTIMIZER_CLASS.match(last):
         return Role.OPTIMIZER
     if any(qualname.startswith(prefix) for prefix in _OPTIMIZER_MODULES) and last[:1].isupper():
