@@ -77,6 +77,8 @@ class UnscaledAccumulatedLoss(ProtocolRule):
         loop = record.loop
         if loop is None:
             return True
+        if loop.autograd:
+            return False  # meta-learning: the query losses of a batch of tasks, summed by design
         by_hand = loop.has(Move.GRAD_RESCALE, record.key) or loop.grads_rewritten
         opaque = loop.has(Move.OPAQUE, record.key) and not model.apart_from(record, Move.OPAQUE)
         return not by_hand and not opaque

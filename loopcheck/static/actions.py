@@ -19,7 +19,6 @@ from loopcheck.static.callees import (
     clips_by_hand,
     closure_names,
     constants_of,
-    does_nothing,
     filters_parameters,
     given_arguments,
     harmless_call,
@@ -36,7 +35,6 @@ from loopcheck.static.callees import (
 )
 from loopcheck.static.conditions import touches
 from loopcheck.static.division import divided
-from loopcheck.static.frames import instance_of
 from loopcheck.static.gradients import (
     asserts_no_grad,
     changes_grad,
@@ -47,7 +45,7 @@ from loopcheck.static.gradients import (
     reduces_grad,
     rescales_grad,
 )
-from loopcheck.static.host import Host, HostView
+from loopcheck.static.host import Host
 from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
 from loopcheck.static.moves import Action, Alternatives, Emit, Follow, Forward, Mark
 from loopcheck.static.roles import Obj, Role
@@ -56,12 +54,12 @@ from loopcheck.static.syntax import (
     call_args,
     chains_in,
     dotted,
-    is_abstract,
     is_loss_name,
     names_in,
     none_test,
     params_of,
 )
+from loopcheck.static.targets import Targets
 from loopcheck.static.tensors import forward_takes_gradients, frozen_module
 from loopcheck.static.tree import is_expression, kids, walk
 
@@ -75,7 +73,7 @@ _NONFINITE = re.compile(
 )
 
 
-class Reader(HostView):
+class Reader(Targets):
     """Turns the expressions of the current frame into actions."""
 
     def __init__(self, host: Host) -> None:
@@ -250,7 +248,7 @@ class Reader(HostView):
         if type(func) is cst.Attribute:
             method = func.attr.value
             owner = self.frame.resolve(func.value)
-            held = self._held_function(owner, method) if owner is not None else None
+            held = self.held_function(owner, method) if owner is not None else None
             if held is not None and held.rsplit(".", 1)[-1] in CLIP_FUNCTIONS:
                 return self.apis.clip(call, positional[0] if positional else None)
             if owner is not None:
@@ -261,6 +259,10 @@ class Reader(HostView):
                 return [self.apis.backward(call, func.value)]
             if method in CLEARING_NAMES and (owner is None or owner.cls is None):
                 return [Mark("clears"), *self.apis.unresolved_clear(call)]
+            if method == "step" and owner is None and self.differentiable(func.value):
+                # higher's ``diffopt.step(loss)``: a differentiable update of a functional
+                # view's weights through ``torch.autograd.grad``; ``.grad`` is never touched
+                return [Mark("autograd"), Mark("opaque_model")]
             if method == "step" and owner is None and is_pipeline_schedule(func.value, call):
                 # ``self.pp_schedule.step(arg_mbs=..., losses=...)``: the forward and backward
                 # of every micro-batch through the pipeline's stages; no optimizer stepped
@@ -425,82 +427,6 @@ class Reader(HostView):
             return False
         return name in closure_names(self.ctx, func)
 
-    def callee(
-        self, func: cst.BaseExpression
-    ) -> list[tuple[FileContext, cst.FunctionDef, ClassInfo | None, Obj | None]] | None:
-        """The functions or methods of linted files that ``func`` names (the overrides of a
-        method in the subclasses of ``self``'s class too); None when it names none."""
-        frame = self.frame
-        ctx = self.ctx
-        if type(func) is cst.Name:
-            name = func.value
-            if name in frame.local_defs:
-                return [(ctx, frame.local_defs[name], None, None)]
-            obj = frame.resolve_name(name)
-            if obj is not None and obj.cls is not None:
-                found = obj.cls.method("__call__")
-                if found is not None:
-                    return [(found[0].ctx, found[1], obj.cls, obj)]
-                return None
-            if name in frame.local_values or name in frame.params:
-                return None
-            if name in ctx.functions:
-                return [(ctx, ctx.functions[name], None, None)]
-            if name in ctx.imports.aliases:
-                return self._external(ctx.imports.aliases[name])
-            return None
-        if type(func) is cst.Attribute:
-            owner = frame.resolve(func.value)
-            if owner is not None and owner.cls is not None:
-                return self._method(owner, func.attr.value)
-            if owner is not None and owner.role in (Role.MODEL, Role.LIGHTNING, Role.INSTANCE):
-                return self._duck_method(func.attr.value)
-            if owner is None and frame.is_module_name(func.value):
-                qual = ctx.imports.qualify(func)
-                if qual is not None:
-                    return self._external(qual)
-            if owner is None and type(func.value) is cst.Name and func.value.value in frame.params:
-                return self._duck_method(func.attr.value)
-        return None
-
-    def _duck_method(
-        self, name: str
-    ) -> list[tuple[FileContext, cst.FunctionDef, ClassInfo | None, Obj | None]] | None:
-        """A method called on an object of unknown class: the one class of this file that
-        defines it and trains in it (an RL agent handed to a runner loop)."""
-        found = self.ctx.sole_method(name)
-        if found is None or is_abstract(found[1]):
-            return None
-        info, node = found
-        return [(self.ctx, node, info, instance_of(info))]
-
-    def _method(
-        self, owner: Obj, name: str
-    ) -> list[tuple[FileContext, cst.FunctionDef, ClassInfo | None, Obj | None]] | None:
-        cls = owner.cls
-        assert cls is not None
-        found = cls.method(name)
-        if found is None:
-            aliased = [self._method(owner, alias) for alias in cls.method_aliases(name)]
-            if aliased and all(aliased):
-                return [target for targets in aliased if targets for target in targets]
-            return None
-        info, node = found
-        if is_abstract(node) and not does_nothing(info, node):
-            return None  # overridden elsewhere: a call we cannot see into
-        return [(info.ctx, node, cls, owner)]
-
-    def _external(
-        self, qual: str
-    ) -> list[tuple[FileContext, cst.FunctionDef, ClassInfo | None, Obj | None]] | None:
-        found = self.ctx.external(qual)
-        if found is None:
-            return None
-        other, definition = found
-        if type(definition) is cst.FunctionDef:
-            return [(other, definition, None, None)]
-        return None
-
     def follow(
         self,
         ctx: FileContext,
@@ -594,26 +520,6 @@ class Reader(HostView):
         for action in self.apis.opaque_args(call, frozenset(handed)):
             actions.append(Mark("forward") if isinstance(action, Mark) else action)
         return actions
-
-    def _held_function(self, owner: Obj, attr: str) -> str | None:
-        """The function of another library that ``self.<attr>`` holds, when every value
-        assigned to it is that function, or every one a clip: ``self.clip_func = torch.nn
-        .utils.clip_grad_norm_`` (mmengine's optimizer wrapper)."""
-        if owner.cls is None or owner.cls.method(attr) is not None:
-            return None
-        found: set[str] = set()
-        for info, value, _ in owner.cls.attribute_values(attr):
-            qual = (
-                info.ctx.imports.qualify(value)
-                if type(value) in (cst.Name, cst.Attribute)
-                else None
-            )
-            if qual is None or info.ctx.external(qual) is not None:
-                return None
-            found.add(qual)
-        if found and all(q.rsplit(".", 1)[-1] in CLIP_FUNCTIONS for q in found):
-            return min(found)  # a clip by norm or by value, as configured
-        return found.pop() if len(found) == 1 else None
 
     def called_object(self, obj: Obj, call: cst.Call) -> list[Action]:
         if obj.role in (Role.MODEL, Role.ENGINE, Role.LIGHTNING):

@@ -204,7 +204,9 @@ class _Division:
         return None
 
 
-_LOSS_CALLABLE = re.compile(r"(?i)(loss|criterion|crit)(_?fn|_?func)?$|^(model|net|forward)$")
+_LOSS_CALLABLE = re.compile(
+    r"(?i)(loss|criterion|crit)(_?fn|_?func)?$|cross_?entropy$|^(model|net|forward)$"
+)
 # An argument that counts what the loss is normalised by.
 _COUNT = re.compile(r"(?i)(tokens|num_items|items_in_batch|normali[sz]|denom)")
 # (a normaliser handed to a loss function, or a count a loss is multiplied by)

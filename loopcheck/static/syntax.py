@@ -102,9 +102,31 @@ def assignments(body: cst.CSTNode) -> Iterator[tuple[cst.BaseExpression, cst.Bas
                 yield t.target, node.value
         elif type(node) is cst.AnnAssign and node.value is not None:
             yield node.target, node.value
+        elif type(node) is cst.WithItem and node.asname is not None:
+            yield from _with_targets(node.asname.name, node.item)
         elif is_expression(node):
             continue
         stack.extend(kids(node))
+
+
+def _with_targets(
+    target: cst.BaseExpression, item: cst.BaseExpression
+) -> Iterator[tuple[cst.BaseExpression, cst.BaseExpression]]:
+    """``with ctx(...) as name``: the name holds what the context gives, known by the call.
+    higher's ``innerloop_ctx(model, opt) as (fmodel, diffopt)`` gives a functional view of the
+    model (its parameters, updated differentiably) and an optimizer that never touches
+    ``.grad``: the view is the model itself."""
+    if type(target) is cst.Name:
+        yield target, item
+    elif type(target) in (cst.Tuple, cst.List) and type(item) is cst.Call:
+        elements = [e.value for e in target.elements]
+        name = dotted(item.func) or ""
+        if name.rpartition(".")[2] == "innerloop_ctx" and item.args and elements:
+            yield elements[0], item.args[0].value
+            elements = elements[1:]
+        for element in elements:
+            if type(element) is cst.Name:
+                yield element, item
 
 
 def call_args(call: cst.Call) -> tuple[list[cst.BaseExpression], dict[str, cst.BaseExpression]]:
