@@ -507,12 +507,16 @@ def may_step_unresolved(method: str, receiver: cst.BaseExpression) -> bool:
     )
 
 
-_PERSIST = re.compile(r"^(save|load)(_?(checkpoint|ckpt|state|states|model|weights))?$|state_dict$")
+_PERSIST = re.compile(
+    r"^(save|load)(_?(checkpoint|ckpt|state|states|model|weights))?$|state_dict$"
+    r"|(?i:checkpointer|checkpoint_?manager)$"
+)
 
 
 def persists(name: str) -> bool:
     """A function or method named for saving or loading a checkpoint, or for gathering a state
-    dict (``checkpoint.save(model, optimizer, ...)``, ``self.save_checkpoint(...)``,
-    ``get_full_optimizer_state_dict(model, opt)``): it neither clears nor steps what it is
-    handed."""
+    dict, or a checkpointer built (``checkpoint.save(model, optimizer, ...)``,
+    ``self.save_checkpoint(...)``, ``get_full_optimizer_state_dict(model, opt)``,
+    ``DetectionCheckpointer(model, optimizer=optimizer)``): it neither clears nor steps what
+    it is handed."""
     return bool(_PERSIST.search(name))
