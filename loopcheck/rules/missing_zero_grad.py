@@ -20,6 +20,11 @@ class MissingZeroGrad(ProtocolRule):
     an `update(optimizer, loss)`) or that runs no backward (an optimizer wrapper's
     `step_and_update_lr()`, a trainer's `_step()`), it is at that call in the loop, which is
     what lacks the clear. A helper that runs a whole step (`train_step`) keeps its finding.
+    A clear inside a block that probes the model (asserting `p.grad is None` around a fake
+    backward) cancels only the probe; gradients averaged across processes, inspected (a norm,
+    `p.grad is None`) or saved with a checkpoint are not cleared either. An optimizer
+    wrapper's `update_params(loss)` that the framework calls once per iteration is such a
+    loop too.
 
     ## Why is this bad?
     `backward()` adds into `.grad`; it does not overwrite it. Without a clear, every step applies

@@ -15,7 +15,10 @@ class ZeroGradInAccumulation(ProtocolRule):
     """## What it does
     Flags a `zero_grad()` that runs between two micro-batches of one gradient-accumulation
     step: after a backward whose gradients no step has applied yet, and before the next
-    backward.
+    backward. The micro-batch loop may be a trainer's `train_step()` whose step follows the
+    loop, a meta-learning loop over the tasks of a meta-batch, or the calls of an optimizer
+    wrapper's `update_params(loss)` between two steps; a clear may be a helper that zeroes
+    each parameter's gradient by hand.
 
     ## Why is this bad?
     Each clear throws away the gradients accumulated so far, so the step applies the last
