@@ -105,6 +105,19 @@ class _Division:
             v is not None and self.counts(v, None, depth + 1) for v in values
         )
 
+    def built_from_model(self, name: str) -> bool:
+        """Whether every value of a local is a call handed a model (``ComputeLoss(model)``)."""
+        values = self.frame.local_values.get(name) or []
+        return bool(values) and all(
+            type(v) is cst.Call
+            and any(
+                (held := self.frame.resolve(arg.value)) is not None and held.role in MODEL_ROLES
+                for arg in v.args
+                if type(arg.value) in (cst.Name, cst.Attribute)
+            )
+            for v in values
+        )
+
     def name(self, name: str, at: Statement | None, depth: int) -> bool | None:
         key = (name, id(at))
         if key in self.seen:
@@ -196,6 +209,10 @@ class _Division:
             return False  # ``F.cross_entropy(...)``: a fresh loss
         name = (qual or "").rsplit(".", 1)[-1]
         if _LOSS_CALLABLE.search(name):
+            if type(func) is cst.Name and self.built_from_model(func.value):
+                # ``compute_loss = ComputeLoss(model)`` of another package (YOLO): a loss
+                # object built from the model may weigh by the batch; its scale is unknown
+                return None
             if _handed_count(call):
                 # ``self.loss_fn(pred, labels, global_valid_tokens)``: normalised inside by
                 # the count it is handed (torchtitan, Hugging Face's ``num_items_in_batch``)
