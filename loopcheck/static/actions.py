@@ -52,6 +52,7 @@ from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (
     by_zero,
     call_args,
+    called_name,
     chains_in,
     dotted,
     is_loss_name,
@@ -291,13 +292,7 @@ class Reader(Targets):
         if callee is not None and all(clears_by_hand(c[0], c[1]) for c in callee):
             # ``zero_grad(self.model_params)``: each parameter's gradient zeroed by hand
             return [Mark("clears"), *self.apis.unresolved_clear(call)]
-        name = (
-            func.value
-            if type(func) is cst.Name
-            else func.attr.value
-            if type(func) is cst.Attribute
-            else ""
-        )
+        name = called_name(call)
         if name and persists(name):
             return []  # ``self.save_checkpoint(...)``: serialises the model and optimizer
         if callee is not None:

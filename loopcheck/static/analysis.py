@@ -131,11 +131,10 @@ def _steps_owned(
         method = node.func.attr.value
         receiver = node.func.value
         on_self = type(receiver) is cst.Name and receiver.value == "self"
-        if on_self and cls.method(method) is not None:
-            # ``self.step()`` of an optimizer wrapper: a method of its own (mmengine's
-            # ``OptimWrapper.update_params``)
-            found = cls.method(method)
-            assert found is not None
+        found = cls.method(method) if on_self else None
+        if found is not None:
+            # a method of its own, ``self.step()`` of an optimizer wrapper included
+            # (mmengine's ``OptimWrapper.update_params``)
             if depth == 0 and id(found[1]) in found[0].ctx.relevant:
                 if _steps_owned(found[0].ctx, found[1], cls, scope, depth + 1):
                     return True

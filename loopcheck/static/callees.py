@@ -17,7 +17,15 @@ import libcst as cst
 from loopcheck.static.frames import Frame
 from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
 from loopcheck.static.roles import Role, role_from_name, steps_no_optimizer
-from loopcheck.static.syntax import decorators, dotted, literal, names_in, params_of, without_not
+from loopcheck.static.syntax import (
+    called_name,
+    decorators,
+    dotted,
+    literal,
+    names_in,
+    params_of,
+    without_not,
+)
 from loopcheck.static.tree import kids, walk
 
 _CALLED: dict[int, tuple[cst.FunctionDef, frozenset[str]]] = {}
@@ -314,21 +322,13 @@ def names_a_move(ctx: FileContext, loop: cst.CSTNode) -> bool:
         "names a move",
         loop,
         lambda: any(
-            type(node) is cst.Call and any(word in _called_name(node) for word in _MOVES)
+            type(node) is cst.Call and any(word in called_name(node) for word in _MOVES)
             for node in walk(loop)
         ),
     )
 
 
 _MOVES = ("backward", "step")
-
-
-def _called_name(call: cst.Call) -> str:
-    """The last name of what a call calls (``y.sum().backward()``: ``backward``)."""
-    func = call.func
-    if type(func) is cst.Attribute:
-        return func.attr.value
-    return func.value if type(func) is cst.Name else ""
 
 
 # What a call runs, as the reader resolves it: the definitions of the linted files (with their

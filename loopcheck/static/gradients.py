@@ -9,7 +9,7 @@ import re
 import libcst as cst
 
 from loopcheck.static.index import FileContext
-from loopcheck.static.syntax import dotted
+from loopcheck.static.syntax import called_name, dotted
 from loopcheck.static.tree import kids, walk
 
 _RESCALES = {"div_", "mul_"}
@@ -121,8 +121,7 @@ def reduces_grad(call: cst.Call) -> bool:
     """``accelerator.reduce(p.grad, reduction="mean")``, ``average_gradients(p.grad)``: a
     gradient averaged across processes (a call named for it, or a reduction asked for a mean,
     handed a ``.grad``). A sum (``dist.all_reduce(p.grad)``) scales them: not this."""
-    func = call.func
-    name = func.attr.value if type(func) is cst.Attribute else dotted(func) or ""
+    name = called_name(call)
     if not any((dotted(arg.value) or "").endswith(".grad") for arg in call.args):
         return False
     if _AVERAGE.search(name):

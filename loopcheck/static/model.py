@@ -211,10 +211,7 @@ class FileModel:
         """Whether some path the violation was seen on excludes, by a branch decided on it,
         every path on which its loop rewrote gradients by hand."""
         loop = record.loop
-        if loop is None:
-            return False
-        key = (record.code, record.site, record.key, id(record.root))
-        return apart(self._paths.get(key, set()), loop.rewrite_facts)
+        return loop is not None and self._apart(record, loop.rewrite_facts)
 
     def apart_from(self, record: Record, *moves: Move) -> bool:
         """Whether some path the violation was seen on excludes, by a branch decided on it,
@@ -225,6 +222,9 @@ class FileModel:
         if loop is None:
             return False
         others = set().union(*(loop.move_facts.get((m, record.key), set()) for m in moves))
+        return self._apart(record, others)
+
+    def _apart(self, record: Record, others: set[frozenset]) -> bool:
         key = (record.code, record.site, record.key, id(record.root))
         return apart(self._paths.get(key, set()), others)
 

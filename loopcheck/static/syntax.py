@@ -120,13 +120,21 @@ def _with_targets(
         yield target, item
     elif type(target) in (cst.Tuple, cst.List) and type(item) is cst.Call:
         elements = [e.value for e in target.elements]
-        name = dotted(item.func) or ""
-        if name.rpartition(".")[2] == "innerloop_ctx" and item.args and elements:
+        if called_name(item) == "innerloop_ctx" and item.args and elements:
             yield elements[0], item.args[0].value
             elements = elements[1:]
         for element in elements:
             if type(element) is cst.Name:
                 yield element, item
+
+
+def called_name(call: cst.Call) -> str:
+    """The last name of what a call calls (``y.sum().backward()``: ``backward``; ``f(x)``:
+    ``f``), empty when it calls something else (``fns[0](x)``)."""
+    func = call.func
+    if type(func) is cst.Attribute:
+        return func.attr.value
+    return func.value if type(func) is cst.Name else ""
 
 
 def call_args(call: cst.Call) -> tuple[list[cst.BaseExpression], dict[str, cst.BaseExpression]]:

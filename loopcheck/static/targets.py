@@ -13,7 +13,7 @@ from loopcheck.static.frames import instance_of
 from loopcheck.static.host import HostView
 from loopcheck.static.index import ClassInfo, FileContext
 from loopcheck.static.roles import Obj, Role
-from loopcheck.static.syntax import dotted, is_abstract
+from loopcheck.static.syntax import called_name, is_abstract
 
 # The functions or methods a call runs, each with its file, class and bound ``self``.
 Callees = list[tuple[FileContext, cst.FunctionDef, ClassInfo | None, Obj | None]]
@@ -96,8 +96,7 @@ class Targets(HostView):
             return False
         values = self.frame.local_values.get(receiver.value) or []
         return bool(values) and all(
-            type(v) is cst.Call and (dotted(v.func) or "").rpartition(".")[2] in _DIFF_OPTIMS
-            for v in values
+            type(v) is cst.Call and called_name(v) in _DIFF_OPTIMS for v in values
         )
 
     def held_function(self, owner: Obj, attr: str) -> str | None:
