@@ -8,7 +8,10 @@ from loopcheck.protocol import Move
 from loopcheck.rules._base import ProtocolRule
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from loopcheck.diagnostic import Span
+    from loopcheck.rules._base import Finding
     from loopcheck.static.model import FileModel, LoopSummary, Record
 
 
@@ -24,7 +27,10 @@ class MissingZeroGrad(ProtocolRule):
     backward) cancels only the probe; gradients averaged across processes, inspected (a norm,
     `p.grad is None`) or saved with a checkpoint are not cleared either. An optimizer
     wrapper's `update_params(loss)` that the framework calls once per iteration is such a
-    loop too.
+    loop too, and so are the evaluations of an L-BFGS closure: `lbfgs.step(closure)` calls
+    the closure up to `max_iter` times, so the closure itself must clear (a clear before the
+    step covers the first evaluation only). Clearing an optimizer clears the gradients of any
+    other optimizer built over the same model (an Adam warm-up before L-BFGS).
 
     ## Why is this bad?
     `backward()` adds into `.grad`; it does not overwrite it. Without a clear, every step applies
@@ -65,6 +71,20 @@ class MissingZeroGrad(ProtocolRule):
         "`{call}` applies gradients that pile up across iterations: this loop never clears "
         "them (call `zero_grad()` once per step)"
     )
+
+    closure_message = (
+        "`{call}` evaluates its closure again and again in one step (L-BFGS), and the closure "
+        "never clears: each evaluation's gradients pile onto the last (call `zero_grad()` "
+        "first in the closure)"
+    )
+
+    def check(self, model: FileModel) -> Iterable[Finding]:
+        for record in model.violations(self.code):
+            if self.keep(model, record):
+                loop = _loop_with_backward(record.loop, record.key)
+                closure = loop is not None and loop.closure_evaluations
+                template = self.closure_message if closure else self.message
+                yield self.finding(model, record, template.format(call=record.site.text))
 
     def keep(self, model: FileModel, record: Record) -> bool:
         loop = _loop_with_backward(record.loop, record.key)

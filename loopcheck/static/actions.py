@@ -80,6 +80,7 @@ class Reader(Targets):
     def __init__(self, host: Host) -> None:
         super().__init__(host)
         self.apis = ApiReader(host)
+        self.apis.closure_of = self.closure_follow  # type: ignore[method-assign]
         self.gradient_tests: dict[tuple[int, int], tuple[cst.BaseExpression, bool]] = {}
 
     # expressions
@@ -415,6 +416,17 @@ class Reader(Targets):
             if method is not None and id(method[1]) in method[0].ctx.relevant:
                 return True
         return False
+
+    def closure_follow(self, closure: cst.BaseExpression, step: cst.Call) -> Follow | None:
+        """The function an optimizer's ``step(closure)`` evaluates: a lambda, a function or a
+        method of the linted files (``self.optimizer.step(self.loss_func)``)."""
+        if type(closure) is cst.Lambda:
+            return Follow(closure, (), None)
+        callees = self.callee(closure)
+        if not callees or len(callees) != 1:
+            return None
+        ctx, node, cls, self_obj = callees[0]
+        return self.follow(ctx, node, cls, self_obj, step, [], {})
 
     def is_closure(self, name: str) -> bool:
         func = self.frame.func

@@ -14,10 +14,19 @@ from loopcheck.static.division import divided_where
 from loopcheck.static.host import HostView
 from loopcheck.static.index import ClassInfo, FileContext
 from loopcheck.static.model import Site
-from loopcheck.static.moves import Action, Backward, Emit, Follow, Forward, Mark, Mode
+from loopcheck.static.moves import (
+    Action,
+    Backward,
+    Emit,
+    Evaluations,
+    Follow,
+    Forward,
+    Mark,
+    Mode,
+)
 from loopcheck.static.ownership import constructor_of
 from loopcheck.static.roles import Obj, Role, is_model_method
-from loopcheck.static.syntax import body_clears, dotted, literal, roots_of
+from loopcheck.static.syntax import body_clears, called_name, dotted, literal, roots_of
 from loopcheck.static.tree import walk
 
 if TYPE_CHECKING:
@@ -85,14 +94,23 @@ class ApiReader(HostView):
         gate = self.host.gate
         if role is Role.OPTIMIZER:
             if method == "zero_grad":
-                return [Emit(self.zero_event(site), keys, gate=gate)]
+                return [Emit(self.zero_event(site), keys + self.same_parameters(owner), gate=gate)]
             if method == "step":
+                step = Emit(Event(Move.STEP, site), keys, gate=gate)
+                # the gradients it applies are those of optimizers over the same models too:
+                # used, not lost when they clear them
+                shared = self.same_parameters(owner)
+                used = [Emit(Event(Move.GRAD_ACCESS), shared, gate=gate)] if shared else []
                 closure = positional[0] if positional else keywords.get("closure")
-                before: list[Action] = []
-                if closure is not None:
-                    body = self.closure_body(closure)
-                    before = [body] if body is not None else [Emit(Event(Move.OPAQUE), keys)]
-                return [*before, Emit(Event(Move.STEP, site), keys, gate=gate)]
+                if closure is None:
+                    return [step, *used]
+                body = self.closure_of(closure, call)
+                if body is None:
+                    return [Emit(Event(Move.OPAQUE), keys), step, *used]
+                assert type(call.func) is cst.Attribute
+                if _evaluates_repeatedly(constructor_of(self.frame, call.func.value)):
+                    return [Evaluations(call, body, (step, *used))]
+                return [body, step, *used]
             if method in _OPTIMIZER_HARMLESS:
                 return []
             if method in ("first_step", "second_step"):
@@ -242,17 +260,24 @@ class ApiReader(HostView):
         keys = tuple(o.key for o in self.frame.optimizers() if model.key in o.models)
         return [Emit(Event(Move.STEP, self.site(call)), keys)] if keys else []
 
+    def same_parameters(self, optimizer: Obj) -> tuple[str, ...]:
+        """The other optimizers built over the very same models (an Adam warm-up and an L-BFGS
+        over ``net.parameters()``): clearing one clears the gradients the other applies."""
+        if not optimizer.models or optimizer.members:
+            return ()
+        return tuple(
+            o.key
+            for o in self.frame.optimizers()
+            if o.key != optimizer.key and o.models == optimizer.models and o.role is Role.OPTIMIZER
+        )
+
     def zero_event(self, site: Site | None) -> Event:
         return Event(Move.ZERO, site, deliberate=self.host.discarding > 0)
 
-    def closure_body(self, closure: cst.BaseExpression) -> Follow | None:
-        if type(closure) is cst.Lambda:
-            return Follow(closure, (), None)
-        if type(closure) is cst.Name:
-            node = self.frame.local_defs.get(closure.value) or self.ctx.functions.get(closure.value)
-            if node is not None:
-                return Follow(node, (), None)
-        return None
+    def closure_of(self, closure: cst.BaseExpression, call: cst.Call) -> Follow | None:
+        """The closure handed to ``step(closure)``, to follow; the expression reader that
+        resolves calls replaces this (see ``Reader.closure_follow``)."""
+        return Follow(closure, (), None) if type(closure) is cst.Lambda else None
 
     def backward(self, call: cst.Call, receiver: cst.BaseExpression) -> Backward:
         """``loss.backward()`` or ``scaler.scale(loss).backward()``."""
@@ -467,3 +492,12 @@ def _idle(ctx: FileContext, name: str) -> bool:
             classes.append(found[1])
     methods = [(info, info.methods[name]) for info in classes if name in info.methods]
     return bool(methods) and not any(id(m) in info.ctx.relevant for info, m in methods)
+
+
+def _evaluates_repeatedly(built: cst.Call | None) -> bool:
+    """An optimizer built as L-BFGS, which evaluates its closure up to ``max_iter`` times in
+    one ``step`` (unless told to evaluate it once)."""
+    if built is None or called_name(built) != "LBFGS":
+        return False
+    once = next((a.value for a in built.args if a.keyword and a.keyword.value == "max_iter"), None)
+    return not (type(once) is cst.Integer and once.value == "1")

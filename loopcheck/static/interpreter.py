@@ -25,7 +25,17 @@ from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import FileContext
 from loopcheck.static.looping import Loops
 from loopcheck.static.model import FileModel, LoopSummary, RootSummary, Site
-from loopcheck.static.moves import Action, Alternatives, Backward, Emit, Follow, Forward, Mark, Mode
+from loopcheck.static.moves import (
+    Action,
+    Alternatives,
+    Backward,
+    Emit,
+    Evaluations,
+    Follow,
+    Forward,
+    Mark,
+    Mode,
+)
 from loopcheck.static.paths import Flow, PathState, cap, forget_locals, merge
 from loopcheck.static.recording import Recorder
 from loopcheck.static.roles import Obj, Role
@@ -510,6 +520,8 @@ class Interpreter(Recorder, Checks, Loops):
                 states = cap(out)
             elif isinstance(action, Mark):
                 self.mark(action.what, states)
+            elif isinstance(action, Evaluations):
+                states = self.evaluations(action, states)
         return states
 
     def follow(self, action: Follow, states: set[PathState]) -> set[PathState]:

@@ -20,10 +20,10 @@ from loopcheck.static.roles import Role, role_from_name
 from loopcheck.static.syntax import chains_in, counter_of, is_true
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from loopcheck.static.actions import Reader
-    from loopcheck.static.moves import Action
+    from loopcheck.static.moves import Action, Evaluations
 
 MAX_LOOP_ROUNDS = 6
 _GATE_PREFIX = "<"  # facts about framework gates: decided anew every iteration
@@ -96,14 +96,17 @@ class Loops(FrameStack):
     def run_loop(
         self,
         node: cst.CSTNode,
-        body: cst.BaseSuite,
+        body: cst.CSTNode,
         states: set[PathState],
         assigned: set[str],
         counter: str | None,
         orelse: cst.BaseSuite | None,
         infinite: bool,
         framework: bool = False,
+        run_body: Callable[[set[PathState]], Flow] | None = None,
     ) -> Flow:
+        """Run a loop's ``body`` (or ``run_body``, what one iteration does when it is no
+        block of statements) to a fixed point over the back edge."""
         summary = self.summary(node)
         if states and not summary.eval_like and all(s.evaluating for s in states):
             # entered with a model in eval mode on every path: an evaluation loop (LC502),
@@ -114,7 +117,10 @@ class Loops(FrameStack):
             )
         # Counters that grow by one per iteration keep their modular facts across the back
         # edge, shifted: ``(i + 1) % N != 0`` now is ``i % N != 0`` next iteration.
-        counters = frozenset(self.ctx.incremented(body) | ({counter} if counter else set()))
+        counters = frozenset(
+            (self.ctx.incremented(body) if run_body is None else set())
+            | ({counter} if counter else set())
+        )
         forgotten = frozenset(assigned | self.ctx.loop_assigned(node)) - handed_back_in(
             self.ctx, node
         )
@@ -137,7 +143,7 @@ class Loops(FrameStack):
             breaks: set[PathState] = set()
             returns: set[PathState] = set()
             for _ in range(MAX_LOOP_ROUNDS):
-                flow = self.exec_stmt(body, entry)
+                flow = self.exec_stmt(body, entry) if run_body is None else run_body(entry)
                 breaks |= flow.breaks
                 if framework:
                     # a framework's loop calls the body again after it returns
@@ -164,6 +170,19 @@ class Loops(FrameStack):
         if orelse is not None and exit_states:
             exit_states = self.exec_stmt(orelse, exit_states).normal
         return Flow(normal=cap(exit_states | breaks), returns=returns)
+
+    def evaluations(self, action: Evaluations, states: set[PathState]) -> set[PathState]:
+        """``lbfgs.step(closure)``: the optimizer evaluates the closure and updates, again and
+        again, in one call; a loop at the call whose iterations are those evaluations."""
+
+        def evaluate(entry: set[PathState]) -> Flow:
+            return Flow(normal=self.run_actions([action.closure, *action.update], entry))
+
+        self.summary(action.call).closure_evaluations = True
+        flow = self.run_loop(
+            action.call, action.call, states, set(), None, None, False, run_body=evaluate
+        )
+        return flow.normal
 
     def forget(
         self, state: PathState, names: frozenset[str], keep: frozenset[str] = frozenset()

@@ -89,6 +89,7 @@ class LoopSummary:
     flushes: bool = False  # a step guard also steps on the last batch (no partial window left)
     autograd: bool = False  # gradients taken with torch.autograd.grad (MAML, penalties)
     eval_like: bool = False  # in a function that evaluates (named so, or calling .eval())
+    closure_evaluations: bool = False  # an L-BFGS ``step(closure)``: evaluations, not batches
     # each model forward seen in the loop: where, with gradients on, the entry point it was
     # analysed from, and whether through a call from that entry point (the caller's context)
     forwards: list[tuple[Site, bool, RootSummary | None, bool]] = field(default_factory=list)

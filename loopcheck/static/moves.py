@@ -105,4 +105,15 @@ class Mode:
     training: bool
 
 
-Action = Emit | Backward | Follow | Alternatives | Mark | Forward | Mode
+@dataclass(frozen=True)
+class Evaluations:
+    """An optimizer that evaluates its closure many times in one ``step(closure)`` (L-BFGS):
+    the closure and the update after it run as the body of a loop at the call, so that a
+    closure that never clears piles the gradients of one evaluation onto the next."""
+
+    call: cst.Call
+    closure: Follow
+    update: tuple[Emit, ...]  # the step after each evaluation
+
+
+Action = Emit | Backward | Follow | Alternatives | Mark | Forward | Mode | Evaluations
