@@ -117,6 +117,11 @@ class OptState:
     last_backward: Hashable = None  # the latest backward since the last clear or step
     last_backward_shared: bool = False
     pending_step: Hashable = None  # a step on no fresh gradient: LC103 once a backward follows
+    # the model ran forward in this iteration (told by the static observer only)
+    forwarded: bool = False
+    # a step, after this iteration's forward, of an earlier iteration's gradients: LC103 once
+    # this iteration's backward follows (the loss was computed before the update it skipped)
+    late_step: Hashable = None
     pending_step_cleared: bool = False  # ... right after a clear: any backward confirms it
     pending_clip: Hashable = None  # a clip of no fresh gradient: LC107 once a backward follows
     clipped_at: Hashable = None  # a clip of fresh gradients: LC203 if another backward follows
@@ -188,6 +193,8 @@ def _zero(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         last_backward_shared=s.last_backward_shared if pending[0] is not None else False,
         pending_step=s.pending_step,
         pending_step_cleared=s.pending_step_cleared,
+        forwarded=s.forwarded,
+        late_step=s.late_step,
         pending_clip=s.pending_clip,
         # a clear ends the accumulation window: a scheduler step before it was not between
         # two micro-batches of one optimizer step; one before the loop of the optimizer's
@@ -217,6 +224,8 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         # only where the step's function drops a loss unbackpropagated (else LC103).
         missing = e.shared and s.pending_step_cleared
         found.append(Violation("LC104" if missing else "LC103", s.pending_step))
+    if s.late_step is not None and not e.shared:
+        found.append(Violation("LC103", s.late_step))
     if s.pending_clip is not None and not e.shared:
         found.append(Violation("LC107", s.pending_clip))
     # The same backward again (the next micro-batch) after a clip or a scheduler step of the
@@ -261,6 +270,7 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         last_backward_shared=e.shared,
         pending_step=s.pending_step if e.shared and not s.pending_step_cleared else None,
         pending_step_cleared=False,
+        late_step=s.late_step if e.shared else None,
         pending_clip=s.pending_clip if e.shared else None,
         clipped_at=None if repeated and not e.shared else s.clipped_at,
         pending_sched=None if repeated and not e.shared else s.pending_sched,
@@ -317,6 +327,9 @@ def _step(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
                 found.append(Violation("LC108", s.pending_zero, s.pending_zero_cause))
         elif not s.pending_zero_crossed:
             found.append(Violation("LC102", s.pending_zero, s.pending_zero_cause))
+    late_step = s.late_step
+    if s.grads in (Grads.FRESH, Grads.PILED) and not s.fresh_this_iteration and s.forwarded:
+        late_step = e.where
     if s.grads is Grads.PILED:
         found.append(Violation("LC101", e.where))
     elif s.grads in (Grads.CLEAR, Grads.STALE) and pending_step is None:
@@ -339,6 +352,7 @@ def _step(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         accumulated_undivided=False,
         stepped_this_iteration=True,
         stepped_before=True,
+        late_step=late_step,
         scaler_step_at=e.where if e.via_scaler else s.scaler_step_at,
         clipped_at=None,
         sched_per_micro=False,
@@ -415,6 +429,8 @@ def _iteration(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
             s,
             stepped_this_iteration=False,
             fresh_this_iteration=False,
+            forwarded=False,
+            late_step=None,
             pending_zero_crossed=s.pending_zero is not None,
             pending_step=None,
             pending_step_cleared=False,
@@ -427,7 +443,12 @@ def _iteration(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     )
 
 
+def _forward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
+    return (s, ()) if s.forwarded else (replace(s, forwarded=True), ())
+
+
 _HANDLERS = {
+    Move.FORWARD: _forward,
     Move.ZERO: _zero,
     Move.BACKWARD: _backward,
     Move.MAYBE_BACKWARD: _maybe_backward,

@@ -13,11 +13,15 @@ if TYPE_CHECKING:
 class StepBeforeBackward(ProtocolRule):
     """## What it does
     Flags an optimizer `step()` that runs before the iteration's `backward()`, when the
-    gradients it reads were cleared or already applied.
+    gradients it reads were cleared or already applied, or come from the last iteration while
+    this iteration's loss was computed before the step (a clear placed after the step, or a
+    DeepSpeed engine's `step()`, which clears itself, before `engine.backward(loss)`). A step
+    at the top of the loop, before the forward, applies the last iteration's gradients to the
+    weights the next forward uses: that rotated loop is not flagged.
 
     ## Why is this bad?
     The step reads `.grad` as it is at that moment: empty right after `zero_grad()`, or the
-    previous iteration's gradients that were already applied. The backward that follows fills
+    previous iteration's gradients. The backward that follows fills
     gradients no step will use before they are cleared. The model does not learn, or learns
     from stale gradients.
 
@@ -45,8 +49,8 @@ class StepBeforeBackward(ProtocolRule):
     summary = "step reached before this iteration's backward"
 
     message = (
-        "`{call}` runs before this iteration's `backward()`: it applies cleared or "
-        "already-applied gradients; step after backward"
+        "`{call}` runs before this iteration's `backward()`: it applies cleared, "
+        "already-applied or the last iteration's gradients; step after backward"
     )
 
     def keep(self, model: FileModel, record: Record) -> bool:

@@ -35,6 +35,9 @@ _LOOP_FLAGS = {
 }
 
 
+_FORWARD = Event(Move.FORWARD)
+
+
 class Recorder(FrameStack):
     """The part of the interpreter that applies events; the walk lives in ``Interpreter``."""
 
@@ -66,7 +69,17 @@ class Recorder(FrameStack):
                 summary.forward_keys.add(action.key)
             enabled = self.grad_enabled and action.graph
             summary.forwards.append((action.site, enabled, self.root, followed))
-        return states
+        if action.key is None or not self.loop_stack or not self.grad_enabled:
+            return states
+        # the optimizers of the model run: a step of earlier gradients after this is LC103
+        # once this iteration's backward follows (the loss predates the update)
+        out = set()
+        for state in states:
+            for key in dict.fromkeys([*self.known(), *state.keys()]):
+                if action.key in self.models_of(key) and not state.get(key).forwarded:
+                    state = self.apply(state, key, _FORWARD)
+            out.add(state)
+        return out
 
     def trained_in_eval_mode(self, states: set[PathState], action: Backward) -> None:
         """LC503, at the ``eval()`` that did it: a backward on a path where a model its loss
