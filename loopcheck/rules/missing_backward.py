@@ -18,7 +18,11 @@ class MissingBackward(Rule):
     a step of an optimizer that the loop clears but that none of its backward calls reaches
     (each loss traced to other models: a GAN whose generator loss lost its backward), or that
     steps right after its clear when the only backward reaching it afterwards is another
-    optimizer's loss (a GAN whose discriminator loss lost its backward).
+    optimizer's loss (a GAN whose discriminator loss lost its backward), or that steps right
+    after a clear on every path, with no backward between (SAM's `second_step()` after
+    `first_step(zero_grad=True)` when the second loss lost its backward). A call the linter
+    cannot see that is handed the model and named as if it trained it excuses the loop; one
+    that only toggles something (`disable_running_stats(model)`) does not.
 
     ## Why is this bad?
     Without a backward pass no gradient is ever produced: `step()` finds `.grad` empty and
@@ -62,6 +66,17 @@ class MissingBackward(Rule):
                 "loss reaches it (at most another optimizer's, after the step): the step "
                 "changes nothing",
                 record.site.path,
+            )
+        for site, loop in model.steps_only_cleared():
+            if loop.opaque_training or loop.grads_read or loop.grads_inspected:
+                continue
+            # a SAM loop whose second forward lost its backward: `first_step(zero_grad=True)`
+            # cleared, and `second_step()` finds nothing to apply
+            yield Finding(
+                site.span,
+                f"`{site.text}` steps right after its clear, with no backward between: the "
+                "step changes nothing",
+                site.path,
             )
         for loop in model.loops:
             if loop.opaque_model or loop.grads_read or loop.grads_inspected:

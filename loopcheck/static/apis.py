@@ -435,10 +435,15 @@ class ApiReader(HostView):
             # runs the model forward to compute it, not backward
             actions.append(Mark("forward"))
         elif model:
-            actions.append(Mark("opaque_model"))
+            trains = _MAY_TRAIN.search(called.rsplit(".", 1)[-1])
+            actions.append(Mark("opaque_model" if trains else "opaque_aside"))
         return actions
 
 
+# the names of unseen calls handed the model that may run its backward
+_MAY_TRAIN = re.compile(
+    r"(?i)backward|step|optimi|train|fit|update|learn|loss|forward|grad|closure|^run$|^run_"
+)
 _LOSS_FUNCTION = re.compile(r"(?i)(^|[._])\w*losses?$")
 _RUNS_STEP = re.compile(r"(?i)backward|step|optimi")  # ``forward_backward_loss``
 

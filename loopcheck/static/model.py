@@ -76,6 +76,8 @@ class LoopSummary:
     loss_assigned: bool = False
     clears_by_name: bool = False  # something that looks like clearing on an unresolved receiver
     opaque_model: bool = False  # a call we cannot see into received the model
+    # ... one that may train it (not ``disable_running_stats(model)``, ``log(model)``)
+    opaque_training: bool = False
     grads_read: bool = False  # gradients read or rewritten by hand
     grads_inspected: bool = False  # gradients only inspected (``p.grad is None``, a norm)
     # gradients changed by hand: written (``p.grad = g``), changed in place (``zero_``,
@@ -181,6 +183,18 @@ class FileModel:
         self.loops: list[LoopSummary] = []
         self.roots: list[RootSummary] = []
         self._seen: set[tuple[str, Site, str, int]] = set()
+        # steps (inside a loop) found right after a clear that dropped nothing, with no
+        # backward between, each with its loop; and the steps found with gradients to apply
+        self.cleared_steps: dict[Site, LoopSummary] = {}
+        self.fed_steps: set[Site] = set()
+
+    def steps_only_cleared(self) -> Iterator[tuple[Site, LoopSummary]]:
+        """The steps that, on every path seen, apply gradients just cleared: no backward
+        between the clear and the step, none confirming later (LC104)."""
+        placed = {r.site for r in self.records if r.code in ("LC102", "LC103", "LC104")}
+        for site, loop in self.cleared_steps.items():
+            if site not in self.fed_steps and site not in placed:
+                yield site, loop
 
     def add_record(self, record: Record, facts: frozenset = frozenset()) -> None:
         key = (record.code, record.site, record.key, id(record.root))

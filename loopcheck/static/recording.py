@@ -27,6 +27,7 @@ _LOOP_FLAGS = {
     "loss": "loss_assigned",
     "clears": "clears_by_name",
     "opaque_model": "opaque_model",
+    "opaque_aside": "opaque_model",
     "grads": "grads_read",
     "grads_inspected": "grads_inspected",
     "grads_rewritten": "grads_rewritten",
@@ -351,6 +352,10 @@ class Recorder(FrameStack):
             self.root.stepped = True
             self.root.stepped_keys.add(key)
         if event.move is Move.STEP and where is not None:
+            if old.grads is Grads.CLEAR and old.pending_zero is None and self.loop_stack:
+                self.model.cleared_steps.setdefault(where, self.loop_stack[-1])
+            else:  # gradients to apply, or a clear that dropped some (LC102's)
+                self.model.fed_steps.add(where)
             self.step_functions.setdefault(where, (self.ctx, self.frame.func))
             if self.root is not None:
                 self.root.step_sites.add((key, where))
@@ -439,6 +444,8 @@ class Recorder(FrameStack):
         if flag is not None:
             for summary in self.loop_stack:
                 setattr(summary, flag, True)
+                if what == "opaque_model":
+                    summary.opaque_training = True
                 if what == "grads_rewritten":
                     # on which paths: a rewrite on the AMP branch only (improved-diffusion's
                     # fp16 master gradients) does not manage the fp32 branch's gradients
