@@ -377,8 +377,8 @@ class _Indexer:
             kind = type(node)
             if kind is cst.Name:
                 self.ctx.referenced.add(node.value)
-                if owner is not None and node.value in MOVE_WORDS:
-                    mentions[owner] = True
+                if owner is not None and node.value in MOVE_WORDS and node.value != "step":
+                    mentions[owner] = True  # (a ``step`` only when called: see Call)
                 continue
             if kind is cst.Attribute:
                 attr = node.attr.value
@@ -386,7 +386,9 @@ class _Indexer:
                 on_self = type(value) is cst.Name and value.value == "self"
                 if on_self or attr not in _MODULE_API:
                     self.ctx.referenced.add(attr)
-                if owner is not None and (attr in MOVE_WORDS or attr in ("eval", "train")):
+                if owner is not None and (
+                    attr in MOVE_WORDS and attr != "step" or attr in ("eval", "train")
+                ):
                     # ``.eval()``: an evaluation pass (LC502, LC503); ``.train()``: its end
                     mentions[owner] = True
                 stack.append((value, owner, in_loop))
@@ -415,6 +417,9 @@ class _Indexer:
                 if name is not None:
                     if owner is not None:
                         calls[owner].add(name)
+                        if name == "step":
+                            # a step called, not a counter read (``self.step`` in a logger)
+                            mentions[owner] = True
                         if type(func) is cst.Name and name in params.get(owner, ()):
                             calls[owner].add("__call__")  # a callable object handed in
                     if in_loop:

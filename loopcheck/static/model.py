@@ -85,6 +85,8 @@ class LoopSummary:
     # (a norm for the log) is ``grads_read`` only
     grads_rewritten: bool = False
     rewrite_facts: set[frozenset] = field(default_factory=set)  # the paths of those rewrites
+    # the paths of the updates no key names here (an unresolved ``.step()``, a ``.grad`` read)
+    unkeyed_facts: set[frozenset] = field(default_factory=set)
     forward_keys: set[str] = field(default_factory=set)  # the models run forward in the loop
     # the models of each optimizer stepped in the loop, where its parameters are known
     step_models: dict[str, frozenset[str]] = field(default_factory=dict)
@@ -136,6 +138,7 @@ class RootSummary:
     referenced_by: Callable[[], bool] = field(default=lambda: False, repr=False)
     stepped: bool = False  # some STEP, opaque optimizer call or unresolved .step() was seen
     stepped_unkeyed: bool = False  # an unresolved .step(), or gradients used by hand
+    unkeyed_outside: bool = False  # ... one of them outside every loop
     # optimizers stepped, or handed to code we cannot see (STEP and OPAQUE events)
     stepped_keys: set[str] = field(default_factory=set)
     step_sites: set[tuple[str, Site]] = field(default_factory=set)  # each optimizer's steps
@@ -215,10 +218,14 @@ class FileModel:
         """Whether every path a backward was seen on excludes, by a run-long choice, every
         path on which its loop steps (or hands an optimizer to unseen code): the fp32 branch
         that lost its step beside the AMP branch's ``scaler.step``."""
-        if loop.grads_read or root.stepped_unkeyed:
-            return False
         steps = [facts for (move, _), facts in loop.move_facts.items() if move is not Move.ZERO]
         others = set().union(*steps) if steps else set()
+        if loop.grads_read or root.stepped_unkeyed:
+            # updates by hand, or unresolved steps: only where their paths are known and all
+            # in this loop (the loss scaler's norm read on the AMP branch)
+            if root.unkeyed_outside or not loop.unkeyed_facts:
+                return False
+            others |= loop.unkeyed_facts
         paths = root.backward_facts.get(site, set())
         return bool(paths) and all(apart({path}, others) for path in paths)
 

@@ -437,6 +437,14 @@ class Recorder(FrameStack):
         return not runs_backward(frame.ctx, frame.func, frame.cls)
 
     def mark(self, what: str, states: set[PathState] | None = None) -> None:
+        if what in ("stepped", "grads") and self.root is not None:
+            # an update no key names: on which paths of each loop (a gradient norm read inside
+            # the AMP branch's loss scaler says nothing of the fp32 branch), or outside them
+            for summary in self.loop_stack:
+                facts = {self.invariant(s.facts, summary) for s in states or ()}
+                summary.unkeyed_facts |= facts or {frozenset()}
+            if not self.loop_stack:
+                self.root.unkeyed_outside = True
         if what == "stepped" and self.root is not None:
             self.root.stepped = self.root.stepped_unkeyed = True
             return
