@@ -105,6 +105,26 @@ class _Division:
             v is not None and self.counts(v, None, depth + 1) for v in values
         )
 
+    def torch_loss_module(self, name: str) -> bool:
+        """Whether every value of a local is a loss module of ``torch.nn`` that averages
+        (``CrossEntropyLoss()``, not ``MSELoss(reduction="sum")``)."""
+        values = self.frame.local_values.get(name) or []
+        imports = self.frame.ctx.imports
+        return bool(values) and all(
+            type(v) is cst.Call
+            and type(v.func) in (cst.Name, cst.Attribute)
+            and (qual := imports.qualify(v.func)) is not None
+            and qual.startswith("torch.nn.")
+            and qual.endswith("Loss")
+            and not any(
+                a.keyword is not None
+                and a.keyword.value == "reduction"
+                and not (type(a.value) is cst.SimpleString and "mean" in a.value.value)
+                for a in v.args
+            )
+            for v in values
+        )
+
     def built_from_model(self, name: str) -> bool:
         """Whether every value of a local is a call handed a model (``ComputeLoss(model)``)."""
         values = self.frame.local_values.get(name) or []
@@ -177,6 +197,9 @@ class _Division:
             receiver = self.frame.resolve(func.value)
             if method == "scale" and receiver is not None and receiver.role is Role.SCALER:
                 return self.expr(call.args[0].value, at, depth + 1) if call.args else None
+            if method == "scale_loss" and receiver is None and call.args:
+                # apex's ``with amp.scale_loss(loss, optimizer) as scaled_loss:``
+                return self.expr(call.args[0].value, at, depth + 1)
             if method in _RESULT_METHODS and receiver is None:
                 return self.expr(func.value, at, depth + 1)
         node = self.helper(func)
@@ -207,6 +230,8 @@ class _Division:
         )
         if qual is not None and qual.startswith(("torch.", "F.")):
             return False  # ``F.cross_entropy(...)``: a fresh loss
+        if type(func) is cst.Name and self.torch_loss_module(func.value):
+            return False  # ``loss_fct = CrossEntropyLoss()``: a mean
         name = (qual or "").rsplit(".", 1)[-1]
         if _LOSS_CALLABLE.search(name):
             if type(func) is cst.Name and self.built_from_model(func.value):
@@ -222,7 +247,7 @@ class _Division:
 
 
 _LOSS_CALLABLE = re.compile(
-    r"(?i)(loss|criterion|crit)(_?fn|_?func)?$|cross_?entropy$|^(model|net|forward)$"
+    r"(?i)(loss|criterion|crit)(_?fn|_?func|_?fct)?$|cross_?entropy$|^(model|net|forward)$"
 )
 # An argument that counts what the loss is normalised by.
 _COUNT = re.compile(r"(?i)(tokens|num_items|items_in_batch|normali[sz]|denom)")
