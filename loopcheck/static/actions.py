@@ -33,7 +33,7 @@ from loopcheck.static.callees import (
     persists,
     runs_backward,
 )
-from loopcheck.static.conditions import touches
+from loopcheck.static.conditions import guard_flag, touches
 from loopcheck.static.division import divided
 from loopcheck.static.gradients import (
     asserts_no_grad,
@@ -503,6 +503,8 @@ class Reader(Targets):
                 out.append((name, arg, self.ctx))
             elif type(arg) is cst.Name and arg.value in self.frame.conditions:
                 out.append((name, *self.frame.conditions[arg.value]))
+            elif type(arg) is cst.Name and (flag := guard_flag(self.frame, arg.value)):
+                out.append((name, flag, self.ctx))  # ``need_update=need_update``
         return tuple(out)
 
     def helper_without_moves(

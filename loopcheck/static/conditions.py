@@ -4,10 +4,14 @@ counter, conditions decided by literal arguments, and how facts are forgotten or
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import libcst as cst
 
 from loopcheck.static.syntax import chains_in, contains, without_not
+
+if TYPE_CHECKING:
+    from loopcheck.static.frames import Frame
 
 Facts = frozenset[tuple[str, bool]]
 Render = Callable[[cst.CSTNode], str]
@@ -207,3 +211,23 @@ def forget(
         or (prefixes and f[0].startswith(prefixes))
     )
     return facts if len(kept) == len(facts) else kept
+
+
+def guard_flag(frame: Frame, name: str) -> cst.Comparison | None:
+    """The step guard a flag holds (``is_last = (i + 1) % n == 0``), when that is its only
+    value in ``frame`` or the function around it (a closure), and the guard's modulus is one
+    the file tests more than once."""
+    current: Frame | None = frame
+    while current is not None:
+        values = current.local_values.get(name)
+        if values or name in current.params:
+            break
+        current = current.parent
+    else:
+        return None
+    if not values or len(values) != 1 or type(values[0]) is not cst.Comparison:
+        return None
+    guard = modular(frame.ctx.code, values[0])
+    if guard is None or modulus_of(guard[0]) not in frame.ctx.tracked_moduli:
+        return None
+    return values[0]

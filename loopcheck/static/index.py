@@ -357,6 +357,8 @@ class _Indexer:
         self.condition_counts: dict[str, int] = {}
         self.alternatives: set[str] = set()  # conditions choosing between two ways of training
         self.moduli_counts: dict[str, int] = {}
+        # flags assigned a step guard (``is_last = (i + 1) % n == 0``), tested by name later
+        self.guard_flags: list[tuple[str, cst.Comparison]] = []
 
     def index(self, module: cst.Module) -> None:
         for stmt in module.body:
@@ -432,6 +434,13 @@ class _Indexer:
                         self.alternatives.add(key)
             elif kind is cst.Arg and type(node.value) is cst.Comparison:
                 self._condition(node.value)  # a condition handed to a helper
+            elif (
+                kind is cst.Assign
+                and type(node.value) is cst.Comparison
+                and len(node.targets) == 1
+                and type(node.targets[0].target) is cst.Name
+            ):
+                self.guard_flags.append((node.targets[0].target.value, node.value))
             if kind is cst.For or kind is cst.While:
                 body = node.body
                 stack.extend((c, owner, in_loop or c is body) for c in kids(node))
@@ -440,6 +449,14 @@ class _Indexer:
         self.ctx.tracked_conditions = {
             t for t, n in self.condition_counts.items() if n > 1 or t in self.alternatives
         }
+        for name, value in self.guard_flags:
+            # each test of the flag tests its guard: the modulus is tracked like a repeated
+            # ``if (i + 1) % n == 0:``
+            guard = modular(self.ctx.code, value)
+            tests = self.condition_counts.get(name, 0)
+            if guard is not None and tests:
+                modulus = modulus_of(guard[0])
+                self.moduli_counts[modulus] = self.moduli_counts.get(modulus, 0) + tests
         self.ctx.tracked_moduli = {m for m, n in self.moduli_counts.items() if n > 1}
         external = self._external(calls)
         if any(

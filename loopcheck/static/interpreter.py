@@ -407,7 +407,14 @@ class Interpreter(Recorder, Checks, Loops):
         """``if update_grad:`` in a helper called with ``update_grad=(i + 1) % n == 0``: the
         caller's condition (negated under ``not``), read in the caller's file."""
         inner, negated = without_not(test)
-        if type(inner) is not cst.Name or inner.value not in self.frame.conditions:
+        if type(inner) is not cst.Name:
+            return test, ctx
+        if inner.value not in self.frame.conditions:
+            # a local flag set once to a step guard (``is_last_accum_step = (step + 1) %
+            # n == 0``): a branch on it is a branch on that guard
+            flag = conditions.guard_flag(self.frame, inner.value)
+            if flag is not None:
+                return negated_if(flag, negated), ctx
             return test, ctx
         expr, caller = self.frame.conditions[inner.value]
         return negated_if(expr, negated), caller
