@@ -190,6 +190,9 @@ class _Tracer:
             return self.names[key]
         self.names[key] = NOTHING  # a name defined from itself adds nothing new
         found = self._name(frame, name, depth, at) | self.optimized_tensor(frame, cst.Name(name))
+        for value in _appended(frame).get(name, ()):
+            # a list built by ``append`` and then ``torch.cat``-ed carries what was put in
+            found = found | self.expr(value, depth + 1, None if frame is not self.frame else at)
         self.names[key] = found
         return found
 
@@ -516,14 +519,25 @@ def _no_grad_values(frame: Frame) -> set[int]:
     return _function_facts(frame)[1]
 
 
-def _function_facts(frame: Frame) -> tuple[dict[str, list[cst.BaseExpression]], set[int]]:
-    """``x += value`` values by name, and the ids of values assigned under ``no_grad``."""
+def _appended(frame: Frame) -> dict[str, list[cst.BaseExpression]]:
+    return _function_facts(frame)[2]
+
+
+_Values = dict[str, list[cst.BaseExpression]]
+# the methods that put a value into a container (``parts.append(torch.tanh(x))``)
+_PUTS = {"append", "extend", "insert", "appendleft", "add"}
+
+
+def _function_facts(frame: Frame) -> tuple[_Values, set[int], _Values]:
+    """``x += value`` values by name, the ids of values assigned under ``no_grad``, and the
+    values put into a container by name (its ``append``, ``extend``, ``insert``)."""
     return frame.ctx.remember("dataflow", frame.func, lambda: _facts_of(frame))
 
 
-def _facts_of(frame: Frame) -> tuple[dict[str, list[cst.BaseExpression]], set[int]]:
+def _facts_of(frame: Frame) -> tuple[_Values, set[int], _Values]:
     body = frame.func.body if frame.func is not None else frame.ctx.module
-    augmented: dict[str, list[cst.BaseExpression]] = {}
+    augmented: _Values = {}
+    appended: _Values = {}
     cut: set[int] = set()
     stack: list[tuple[cst.CSTNode, bool]] = [(body, False)]
     while stack:
@@ -541,9 +555,19 @@ def _facts_of(frame: Frame) -> tuple[dict[str, list[cst.BaseExpression]], set[in
         elif type(node) in (cst.Assign, cst.AnnAssign) and node.value is not None:
             if no_grad:
                 cut.add(id(node.value))
+        elif type(node) is cst.Expr and not no_grad:
+            call = node.value
+            if (
+                type(call) is cst.Call
+                and type(call.func) is cst.Attribute
+                and type(call.func.value) is cst.Name
+                and call.func.attr.value in _PUTS
+                and call.args
+            ):
+                appended.setdefault(call.func.value.value, []).append(call.args[-1].value)
         if not is_expression(node):
             stack.extend((c, no_grad) for c in kids(node))
-    return augmented, cut
+    return augmented, cut, appended
 
 
 def _disables_grad(item: cst.BaseExpression) -> bool:
