@@ -13,7 +13,14 @@ from loopcheck.static.index import ClassInfo, FileContext
 from loopcheck.static.ownership import module_key
 from loopcheck.static.reaching import Definition, Layout, Statement
 from loopcheck.static.roles import Obj, Role
-from loopcheck.static.syntax import all_params, dotted, literal, params_of, turns_grad_off
+from loopcheck.static.syntax import (
+    all_params,
+    decorators,
+    dotted,
+    literal,
+    params_of,
+    turns_grad_off,
+)
 from loopcheck.static.tree import is_expression, kids
 
 MODEL_ROLES = (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
@@ -261,6 +268,8 @@ class _Tracer:
                 args = NOTHING  # ``y.to(device)``: the device is no input of the tensor
             held = self.frame.resolve(func)
             if held is not None and held.role in MODEL_ROLES:
+                if held.cls is not None and forward_without_grad(held.cls):
+                    return NOTHING  # a frozen feature extractor: its outputs carry no graph
                 return self.obj(held) | args  # ``self.generator(z)``: a submodule
             receiver = self.frame.resolve(func.value)
             if receiver is not None:
@@ -288,6 +297,8 @@ class _Tracer:
         if type(func) is cst.Name:
             callee = self.frame.resolve_name(func.value)
             if callee is not None and callee.role in MODEL_ROLES:
+                if callee.cls is not None and forward_without_grad(callee.cls):
+                    return NOTHING
                 return self.obj(callee) | args
             if callee is not None and callee.role is Role.INSTANCE and callee.cls is not None:
                 return self.instance_models(callee) | args
@@ -568,6 +579,44 @@ def _facts_of(frame: Frame) -> tuple[_Values, set[int], _Values]:
         if not is_expression(node):
             stack.extend((c, no_grad) for c in kids(node))
     return augmented, cut, appended
+
+
+def forward_without_grad(cls: ClassInfo) -> bool:
+    """Whether a module class of the linted files runs its whole ``forward`` with gradients
+    off (decorated with ``torch.no_grad()``, or its body one ``with torch.inference_mode():``):
+    a frozen feature extractor, whose outputs carry no graph back to it."""
+    found = cls.method("forward")
+    if found is None:
+        return False
+    node = found[1]
+    if any(turns_grad_off(name) for name in decorators(node)):
+        return True
+    body = node.body.body if type(node.body) is cst.IndentedBlock else ()
+    statements = [
+        stmt
+        for stmt in body
+        if not (
+            type(stmt) is cst.SimpleStatementLine
+            and all(type(s) is cst.Expr and type(s.value) is cst.SimpleString for s in stmt.body)
+        )
+    ]
+    guarded = [stmt for stmt in statements if type(stmt) is cst.With]
+    rest = [stmt for stmt in statements if type(stmt) is not cst.With]
+    return (
+        bool(guarded)
+        and all(any(_disables_grad(item.item) for item in stmt.items) for stmt in guarded)
+        and all(_returns_a_name(stmt) for stmt in rest)
+    )
+
+
+def _returns_a_name(stmt: cst.CSTNode) -> bool:
+    """``return features``: a line that hands back what the guarded block computed."""
+    return (
+        type(stmt) is cst.SimpleStatementLine
+        and len(stmt.body) == 1
+        and type(stmt.body[0]) is cst.Return
+        and type(stmt.body[0].value) is cst.Name
+    )
 
 
 def _disables_grad(item: cst.BaseExpression) -> bool:

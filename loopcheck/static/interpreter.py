@@ -45,6 +45,7 @@ from loopcheck.static.syntax import (
     grad_context,
     is_increment,
     is_loss_name,
+    literal,
     negated_if,
     turns_grad_off,
     without_not,
@@ -199,6 +200,8 @@ class Interpreter(Recorder, Checks, Loops):
         return Flow(returns=states)
 
     def _exec_assert(self, stmt: cst.Assert, states: set[PathState]) -> Flow:
+        if literal(stmt.test) in ((True, False), (True, None)):
+            return Flow()  # ``assert False``: this path ends here, as at a ``raise``
         return Flow(normal=self.run_actions(self.reader.of_assert(stmt.test), states))
 
     def _exec_expr(self, stmt: cst.Expr, states: set[PathState]) -> Flow:

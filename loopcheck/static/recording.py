@@ -89,10 +89,17 @@ class Recorder(FrameStack):
         models = action.origin.models
         if not models or not self.grad_enabled or not self.loop_stack:
             return
+        trained = [self.known_models(k) for k in self.known()]
         for state in states:
             for key, eval_site, crossed in state.evaluating:
                 if not crossed or not overlap(frozenset({key}), models):
                     continue  # eval() right before training in one pass: frozen on purpose
+                if (
+                    trained
+                    and all(trained)
+                    and not any(overlap(frozenset({key}), m) for m in trained)
+                ):
+                    continue  # no optimizer in sight trains it: a frozen backbone (probing)
                 # the loop where the evaluation and the training meet (seen from here: the
                 # helpers' own loops know nothing of their callers)
                 loop = next((s for s in reversed(self.loop_stack) if eval_site in s.sites), None)
