@@ -128,6 +128,13 @@ class Checks(FrameStack):
         if found is None:
             return
         name, node = found
+        frame = self.frame
+        if name in frame.local_values and not any(
+            id(s.node) in function_layout(frame).place for s in self.loop_stack
+        ):
+            # a total local to a function called in the loop, not summed in a loop of its
+            # own: set anew on every call (DINOv2's ``loss_accumulator`` of one step's terms)
+            return
         if name in tensors.backpropagated(self.ctx, self.frame.func):
             return  # a differentiable total, backpropagated later
         if tensors.unrolls_graph(self.ctx, self.frame.func):

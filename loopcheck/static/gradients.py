@@ -87,8 +87,15 @@ def changes_grad(call: cst.Call) -> bool:
 
 
 def rescales_grad(call: cst.Call) -> bool:
-    """``p.grad.div_(n)``, ``p.grad.data.mul_(s)``: a gradient rescaled in place."""
-    return _grad_method(call) in _RESCALES
+    """``p.grad.div_(n)``, ``p.grad.data.mul_(s)``: a gradient rescaled in place; or a helper
+    named for it, handed a factor (torchtune's ``scale_grads(model, 1 / num_tokens)``)."""
+    if _grad_method(call) in _RESCALES:
+        return True
+    return len(call.args) >= 2 and bool(_RESCALING_HELPER.match(called_name(call)))
+
+
+# ``scale_grads``, ``scale_grads_``, ``rescale_gradients``, ``normalize_grads``
+_RESCALING_HELPER = re.compile(r"(?i)(re)?scale_grad(ient)?s?_?$|normali[sz]e_grad(ient)?s?_?$")
 
 
 def _grad_method(call: cst.Call) -> str | None:
