@@ -70,6 +70,11 @@ class MissingBackward(Rule):
         for site, loop in model.steps_only_cleared():
             if loop.opaque_training or loop.grads_read or loop.grads_inspected:
                 continue
+            if len(loop.steps) != 1 or not (loop.forward or loop.loss_assigned):
+                # with several optimizers, a backward bound to the others may still reach
+                # this one's parameters (an RL encoder fed by the critic's loss); without a
+                # forward seen, the model runs where we cannot see (Megatron's schedules)
+                continue
             # a SAM loop whose second forward lost its backward: `first_step(zero_grad=True)`
             # cleared, and `second_step()` finds nothing to apply
             yield Finding(
