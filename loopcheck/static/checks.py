@@ -13,6 +13,7 @@ from loopcheck.static.index import FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary
 from loopcheck.static.paths import PathState
 from loopcheck.static.syntax import counter_of, ends_with_continue, negated_if, without_not
+from loopcheck.static.tree import walk
 
 
 class Checks(FrameStack):
@@ -135,6 +136,8 @@ class Checks(FrameStack):
             # a total local to a function called in the loop, not summed in a loop of its
             # own: set anew on every call (DINOv2's ``loss_accumulator`` of one step's terms)
             return
+        if _reset_every_iteration(self.loop_stack[-1].node, name):
+            return  # set anew in the loop that adds to it: it holds one iteration's terms
         if name in tensors.backpropagated(self.ctx, self.frame.func):
             return  # a differentiable total, backpropagated later
         if tensors.unrolls_graph(self.ctx, self.frame.func):
@@ -149,4 +152,22 @@ def _after_backward(states: set[PathState]) -> bool:
         o.fresh_this_iteration and o.grads in (Grads.FRESH, Grads.PILED)
         for s in states
         for _, o in s.opts
+    )
+
+
+def _reset_every_iteration(loop: cst.CSTNode, name: str) -> bool:
+    """Whether a loop's body assigns ``name`` on every iteration (``losses = []`` among its
+    own statements, not under a branch: a periodic ``total = 0`` after logging keeps adding)."""
+    body = getattr(loop, "body", None)
+    if type(body) is not cst.IndentedBlock:
+        return False
+    return any(
+        type(stmt) is cst.SimpleStatementLine
+        and any(
+            type(small) is cst.Assign
+            and any(type(t.target) is cst.Name and t.target.value == name for t in small.targets)
+            and not any(type(n) is cst.Name and n.value == name for n in walk(small.value))
+            for small in stmt.body
+        )
+        for stmt in body.body
     )
