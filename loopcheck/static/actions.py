@@ -33,6 +33,7 @@ from loopcheck.static.callees import (
     persists,
     runs_backward,
 )
+from loopcheck.static.classes import ClassInfo
 from loopcheck.static.conditions import guard_flag, touches
 from loopcheck.static.division import divided
 from loopcheck.static.gradients import (
@@ -46,7 +47,7 @@ from loopcheck.static.gradients import (
     rescales_grad,
 )
 from loopcheck.static.host import Host
-from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
+from loopcheck.static.index import CLEARING_NAMES, FileContext
 from loopcheck.static.moves import Action, Alternatives, Emit, Follow, Forward, Mark
 from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (

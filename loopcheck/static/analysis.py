@@ -9,8 +9,9 @@ from functools import partial
 
 import libcst as cst
 
+from loopcheck.static.classes import ClassInfo
 from loopcheck.static.frames import Frame, module_frame
-from loopcheck.static.index import ClassInfo, FileContext
+from loopcheck.static.index import FileContext
 from loopcheck.static.interpreter import Interpreter
 from loopcheck.static.model import FileModel, RootSummary
 from loopcheck.static.project import Project

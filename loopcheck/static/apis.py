@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from loopcheck.protocol import Event, Move
-from loopcheck.static.dataflow import Origin, function_layout, origin
+from loopcheck.static.bodies import function_layout
+from loopcheck.static.classes import ClassInfo
+from loopcheck.static.dataflow import Origin, origin
 from loopcheck.static.division import divided_where
 from loopcheck.static.host import HostView
-from loopcheck.static.index import ClassInfo, FileContext
+from loopcheck.static.index import FileContext
 from loopcheck.static.model import Site
 from loopcheck.static.moves import (
     Action,

@@ -14,8 +14,9 @@ from typing import Any
 
 import libcst as cst
 
+from loopcheck.static.classes import ClassInfo
 from loopcheck.static.frames import Frame
-from loopcheck.static.index import CLEARING_NAMES, ClassInfo, FileContext
+from loopcheck.static.index import CLEARING_NAMES, FileContext
 from loopcheck.static.roles import Role, role_from_name, steps_no_optimizer
 from loopcheck.static.syntax import (
     called_name,

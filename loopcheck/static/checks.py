@@ -7,7 +7,7 @@ import libcst as cst
 
 from loopcheck.protocol import Grads
 from loopcheck.static import guards, tensors
-from loopcheck.static.dataflow import function_layout
+from loopcheck.static.bodies import function_layout
 from loopcheck.static.frames import Frame, FrameStack
 from loopcheck.static.index import FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary

@@ -8,18 +8,26 @@ from dataclasses import dataclass
 
 import libcst as cst
 
-from loopcheck.static.frames import Frame, module_frame
-from loopcheck.static.index import ClassInfo, FileContext
+from loopcheck.static.bodies import (
+    appended_values,
+    augmented_values,
+    enclosing_frame,
+    forward_without_grad,
+    function_layout,
+    named_function,
+    no_grad_values,
+    returns_of,
+)
+from loopcheck.static.classes import ClassInfo
+from loopcheck.static.frames import Frame
+from loopcheck.static.index import FileContext
 from loopcheck.static.ownership import module_key
-from loopcheck.static.reaching import Definition, Layout, Statement
+from loopcheck.static.reaching import Definition, Statement
 from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (
     all_params,
-    decorators,
-    dotted,
     literal,
     params_of,
-    turns_grad_off,
 )
 from loopcheck.static.tree import is_expression, kids
 
@@ -74,7 +82,7 @@ def _record_field(
         value = element
     builds: list[tuple[cst.BaseExpression, cst.CSTNode]] = [(value, at)]
     if type(value) is cst.Name:
-        defs = _layout(frame).reaching(value.value, at)  # type: ignore[arg-type]
+        defs = function_layout(frame).reaching(value.value, at)  # type: ignore[arg-type]
         if not defs:
             return None
         builds = [(d.value, d.statement) for d in defs]
@@ -197,7 +205,7 @@ class _Tracer:
             return self.names[key]
         self.names[key] = NOTHING  # a name defined from itself adds nothing new
         found = self._name(frame, name, depth, at) | self.optimized_tensor(frame, cst.Name(name))
-        for value in _appended(frame).get(name, ()):
+        for value in appended_values(frame).get(name, ()):
             # a list built by ``append`` and then ``torch.cat``-ed carries what was put in
             found = found | self.expr(value, depth + 1, None if frame is not self.frame else at)
         self.names[key] = found
@@ -208,7 +216,7 @@ class _Tracer:
             obj = frame.bound[name]
             return self.obj(obj) if obj is not None else UNKNOWN
         if at is not None and frame is self.frame:
-            defs = _layout(frame).reaching(name, at)
+            defs = function_layout(frame).reaching(name, at)
             if defs is not None:
                 return self.definitions(frame, name, defs, depth)
             if name in self.params:
@@ -219,7 +227,7 @@ class _Tracer:
                 *(v for _, v in frame.tuple_values.get(name, [])),
             ]
             defs = [Definition(v, v) for v in values]
-            defs += [Definition(v, v, True) for v in _augmented(frame).get(name, [])]
+            defs += [Definition(v, v, True) for v in augmented_values(frame).get(name, [])]
             return self.definitions(frame, name, defs, depth)
         if frame is self.frame and name in self.params:
             return self.params[name]
@@ -238,7 +246,7 @@ class _Tracer:
     def definitions(self, frame: Frame, name: str, defs: list[Definition], depth: int) -> Origin:
         """What the assignments of a name carry (``generator_out = G(z)``: what it was
         assigned, not what it is called)."""
-        cut = _no_grad_values(frame)
+        cut = no_grad_values(frame)
         out = NOTHING
         for d in defs:
             if id(d.value) in cut:
@@ -321,7 +329,7 @@ class _Tracer:
         if type(node.value) is not cst.Name or at is None or self.helpers >= _MAX_HELPERS:
             return None
         name = node.value.value
-        defs = _layout(self.frame).reaching(name, at)
+        defs = function_layout(self.frame).reaching(name, at)
         if not defs or len(defs) != 1 or type(defs[0].value) is not cst.Call:
             return None
         call = defs[0].value
@@ -445,24 +453,6 @@ _DATA_NAME = re.compile(
 _NAMESPACE_NAMES = {"opt", "opts", "options", "hparams", "flags", "FLAGS"}
 
 
-def returns_of(func: cst.FunctionDef) -> list[tuple[cst.CSTNode, cst.BaseExpression]]:
-    """The values a function returns, each with the statement line that returns it."""
-    out: list[tuple[cst.CSTNode, cst.BaseExpression]] = []
-    stack: list[cst.CSTNode] = [func.body]
-    while stack:
-        node = stack.pop()
-        if type(node) in (cst.FunctionDef, cst.ClassDef, cst.Lambda):
-            continue
-        if type(node) in (cst.SimpleStatementLine, cst.SimpleStatementSuite):
-            for small in node.body:
-                if type(small) is cst.Return and small.value is not None:
-                    out.append((node, small.value))
-            continue
-        if not is_expression(node):
-            stack.extend(kids(node))
-    return out
-
-
 def _expressions(node: cst.CSTNode) -> list[cst.BaseExpression]:
     """The expressions directly inside a compound expression (operands, elements, arguments)."""
     out: list[cst.BaseExpression] = []
@@ -476,29 +466,6 @@ def _expressions(node: cst.CSTNode) -> list[cst.BaseExpression]:
     return out
 
 
-def named_function(frame: Frame, name: str) -> cst.FunctionDef | None:
-    """The function of this file a call names: one defined inside this frame's function or
-    one around it (a closure), else one of the module."""
-    current: Frame | None = frame
-    while current is not None:
-        node = current.local_defs.get(name)
-        if node is not None:
-            return node
-        current = current.parent
-    return frame.ctx.functions.get(name)
-
-
-def enclosing_frame(frame: Frame, node: cst.FunctionDef, ctx: FileContext | None = None) -> Frame:
-    """The frame a function is read in: the one (this or around it) that defines it locally,
-    whose names it sees, else the module's of its file (``ctx``, by default this frame's)."""
-    current: Frame | None = frame
-    while current is not None:
-        if node in current.local_defs.values():
-            return current
-        current = current.parent
-    return module_frame(ctx or frame.ctx)
-
-
 def _optimized_models(frame: Frame | None) -> frozenset[str]:
     """The models of the optimizers visible in a frame and the frames around it (once per
     frame: the optimizers in sight do not change while it runs)."""
@@ -510,120 +477,3 @@ def _optimized_models(frame: Frame | None) -> frozenset[str]:
             found |= opt.models
         frame.optimized = frozenset(found)
     return frame.optimized
-
-
-def function_layout(frame: Frame) -> Layout:
-    """The block layout of the function a frame runs (cached per file)."""
-    return _layout(frame)
-
-
-def _layout(frame: Frame) -> Layout:
-    scope = frame.func if frame.func is not None else frame.ctx.module
-    return frame.ctx.remember("layout", frame.func, lambda: Layout(scope))
-
-
-def _augmented(frame: Frame) -> dict[str, list[cst.BaseExpression]]:
-    return _function_facts(frame)[0]
-
-
-def _no_grad_values(frame: Frame) -> set[int]:
-    return _function_facts(frame)[1]
-
-
-def _appended(frame: Frame) -> dict[str, list[cst.BaseExpression]]:
-    return _function_facts(frame)[2]
-
-
-_Values = dict[str, list[cst.BaseExpression]]
-# the methods that put a value into a container (``parts.append(torch.tanh(x))``)
-_PUTS = {"append", "extend", "insert", "appendleft", "add"}
-
-
-def _function_facts(frame: Frame) -> tuple[_Values, set[int], _Values]:
-    """``x += value`` values by name, the ids of values assigned under ``no_grad``, and the
-    values put into a container by name (its ``append``, ``extend``, ``insert``)."""
-    return frame.ctx.remember("dataflow", frame.func, lambda: _facts_of(frame))
-
-
-def _facts_of(frame: Frame) -> tuple[_Values, set[int], _Values]:
-    body = frame.func.body if frame.func is not None else frame.ctx.module
-    augmented: _Values = {}
-    appended: _Values = {}
-    cut: set[int] = set()
-    stack: list[tuple[cst.CSTNode, bool]] = [(body, False)]
-    while stack:
-        node, no_grad = stack.pop()
-        if type(node) in (cst.FunctionDef, cst.ClassDef, cst.Lambda) and node is not body:
-            continue
-        if type(node) is cst.With:
-            inner = no_grad or any(_disables_grad(item.item) for item in node.items)
-            stack.append((node.body, inner))
-            continue
-        if type(node) is cst.AugAssign and type(node.target) is cst.Name:
-            augmented.setdefault(node.target.value, []).append(node.value)
-            if no_grad:
-                cut.add(id(node.value))
-        elif type(node) in (cst.Assign, cst.AnnAssign) and node.value is not None:
-            if no_grad:
-                cut.add(id(node.value))
-        elif type(node) is cst.Expr and not no_grad:
-            call = node.value
-            if (
-                type(call) is cst.Call
-                and type(call.func) is cst.Attribute
-                and type(call.func.value) is cst.Name
-                and call.func.attr.value in _PUTS
-                and call.args
-            ):
-                appended.setdefault(call.func.value.value, []).append(call.args[-1].value)
-        if not is_expression(node):
-            stack.extend((c, no_grad) for c in kids(node))
-    return augmented, cut, appended
-
-
-def forward_without_grad(cls: ClassInfo) -> bool:
-    """Whether a module class of the linted files runs its whole ``forward`` with gradients
-    off (decorated with ``torch.no_grad()``, or its body one ``with torch.inference_mode():``):
-    a frozen feature extractor, whose outputs carry no graph back to it."""
-    found = cls.method("forward")
-    if found is None:
-        return False
-    node = found[1]
-    if any(turns_grad_off(name) for name in decorators(node)):
-        return True
-    body = node.body.body if type(node.body) is cst.IndentedBlock else ()
-    statements = [
-        stmt
-        for stmt in body
-        if not (
-            type(stmt) is cst.SimpleStatementLine
-            and all(type(s) is cst.Expr and type(s.value) is cst.SimpleString for s in stmt.body)
-        )
-    ]
-    guarded = [stmt for stmt in statements if type(stmt) is cst.With]
-    rest = [stmt for stmt in statements if type(stmt) is not cst.With]
-    return (
-        bool(guarded)
-        and all(any(_disables_grad(item.item) for item in stmt.items) for stmt in guarded)
-        and all(_returns_a_name(stmt) for stmt in rest)
-    )
-
-
-def _returns_a_name(stmt: cst.CSTNode) -> bool:
-    """``return features``: a line that hands back what the guarded block computed."""
-    return (
-        type(stmt) is cst.SimpleStatementLine
-        and len(stmt.body) == 1
-        and type(stmt.body[0]) is cst.Return
-        and type(stmt.body[0].value) is cst.Name
-    )
-
-
-def _disables_grad(item: cst.BaseExpression) -> bool:
-    if type(item) is cst.Call:
-        name = dotted(item.func) or ""
-        last = name.rsplit(".", 1)[-1]
-        if last == "set_grad_enabled":
-            return bool(item.args) and dotted(item.args[0].value) == "False"
-        return turns_grad_off(last)
-    return turns_grad_off(dotted(item) or "")

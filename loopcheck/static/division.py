@@ -8,16 +8,8 @@ import re
 
 import libcst as cst
 
-from loopcheck.static.dataflow import (
-    MAX_DEPTH,
-    MODEL_ROLES,
-    enclosing_frame,
-    function_layout,
-    named_function,
-    returns_of,
-    tuple_element,
-    tuple_place,
-)
+from loopcheck.static.bodies import enclosing_frame, function_layout, named_function, returns_of
+from loopcheck.static.dataflow import MAX_DEPTH, MODEL_ROLES, tuple_element, tuple_place
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.reaching import Definition, Statement
 from loopcheck.static.roles import Role

@@ -8,7 +8,8 @@ from dataclasses import replace
 
 import libcst as cst
 
-from loopcheck.static.index import ClassInfo, FileContext
+from loopcheck.static.classes import ClassInfo
+from loopcheck.static.index import FileContext
 from loopcheck.static.ownership import configured_models, models_in, per_instance
 from loopcheck.static.roles import (
     Obj,

@@ -4,13 +4,14 @@ part in a training step, and which branch conditions repeat — computed once, i
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import libcst as cst
 
 from loopcheck.diagnostic import Span
+from loopcheck.static.classes import ClassInfo
 from loopcheck.static.conditions import condition_key, modular, modulus_of
 from loopcheck.static.model import Site
 from loopcheck.static.positions import Range, positions
@@ -69,133 +70,8 @@ MOVE_WORDS = {
     *CLEARING_NAMES,
 }
 
-_MODULE_BASES = {"Module", "LightningModule", "PreTrainedModel"}
 # ``evaluate``, ``validate``, ``run_validation``, ``test`` or ``*_test`` (not pytest's ``test_*``)
 EVALUATING = re.compile(r"(?i)(eval|valid|predict|infer)|^test$|_test$")
-
-
-@dataclass(eq=False)
-class ClassInfo:
-    """A class defined in some linted file."""
-
-    name: str
-    node: cst.ClassDef
-    ctx: FileContext
-    base_names: list[str]  # qualified through the file's imports
-    methods: dict[str, cst.FunctionDef]
-    attr_values: dict[str, list[tuple[cst.BaseExpression, cst.FunctionDef]]]
-    class_values: dict[str, cst.BaseExpression] = field(default_factory=dict)
-    _bases: list[ClassInfo] | None = None
-    _calls_inherited: bool | None = None
-
-    @property
-    def bases(self) -> list[ClassInfo]:
-        """The base classes defined in linted files (this one or another)."""
-        if self._bases is None:
-            self._bases = []  # guards against cycles while resolving
-            found = [self.ctx.resolve_class(name) for name in self.base_names]
-            self._bases = [b for b in found if b is not None and b is not self]
-        return self._bases
-
-    def mro(self) -> Iterator[ClassInfo]:
-        seen: set[int] = set()
-        stack = [self]
-        while stack:
-            info = stack.pop(0)
-            if id(info) in seen:
-                continue
-            seen.add(id(info))
-            yield info
-            stack.extend(info.bases)
-
-    def _any_base(self, names: set[str]) -> bool:
-        return any(b.rsplit(".", 1)[-1] in names for info in self.mro() for b in info.base_names)
-
-    @property
-    def is_module(self) -> bool:
-        return self._any_base(_MODULE_BASES)
-
-    @property
-    def is_lightning(self) -> bool:
-        return self._any_base({"LightningModule"})
-
-    @property
-    def is_abstract(self) -> bool:
-        """Declared abstract: derived from ``ABC`` (or a ``Protocol``)."""
-        return self._any_base({"ABC", "ABCMeta", "Protocol"})
-
-    @property
-    def is_optimizer(self) -> bool:
-        return self._any_base({"Optimizer"})
-
-    @property
-    def unresolved_bases(self) -> bool:
-        """Some base class is defined outside the linted files (it may define anything)."""
-        for info in self.mro():
-            for name in info.base_names:
-                last = name.rsplit(".", 1)[-1]
-                if last in _MODULE_BASES or last in {"object", "ABC", "Generic", "Protocol"}:
-                    continue
-                if info.ctx.resolve_class(name) is None:
-                    return True
-        return False
-
-    def method(self, name: str) -> tuple[ClassInfo, cst.FunctionDef] | None:
-        """The method ``name`` as this class resolves it (own, then its bases')."""
-        for info in self.mro():
-            if name in info.methods:
-                return info, info.methods[name]
-        return None
-
-    def calls_inherited(self) -> bool:
-        """Whether a method of this class (or of its linted bases) calls a method of ``self``
-        that no linted class defines: one of a base class defined elsewhere."""
-        if self._calls_inherited is None:
-            self._calls_inherited = False
-            for info in self.mro():
-                for method in info.methods.values():
-                    for node in walk(method.body):
-                        if type(node) is not cst.Call:
-                            continue
-                        name = _self_attribute(node.func)
-                        if name is not None and self.method(name) is None:
-                            if not any(self.attribute_values(name)):
-                                self._calls_inherited = True
-                                return True
-        return self._calls_inherited
-
-    def method_aliases(self, attr: str) -> list[str]:
-        """The methods that ``self.<attr>`` is bound to (``self.step_fn = self._step``, kept
-        when wrapped again: ``self.step_fn = compile(self.step_fn)``); none when some value
-        assigned to it is anything else."""
-        aliases: list[str] = []
-        for _, value, _ in self.attribute_values(attr):
-            if type(value) is cst.Call and any(
-                _self_attribute(arg.value) in (attr, *aliases) for arg in value.args
-            ):
-                continue  # the same function wrapped
-            name = _self_attribute(value)
-            if name is None or name == attr or self.method(name) is None:
-                return []
-            aliases.append(name)
-        return aliases
-
-    def attribute_values(
-        self, attr: str
-    ) -> Iterator[tuple[ClassInfo, cst.BaseExpression, cst.FunctionDef | None]]:
-        """Every value assigned to ``self.<attr>`` (or the class attribute) along the MRO."""
-        for info in self.mro():
-            for value, method in info.attr_values.get(attr, ()):
-                yield info, value, method
-            if attr in info.class_values:
-                yield info, info.class_values[attr], None
-
-
-def _self_attribute(expr: cst.BaseExpression) -> str | None:
-    """``attr`` for ``self.attr``."""
-    if type(expr) is cst.Attribute and type(expr.value) is cst.Name and expr.value.value == "self":
-        return expr.attr.value
-    return None
 
 
 @dataclass

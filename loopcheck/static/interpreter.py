@@ -18,6 +18,7 @@ import libcst as cst
 from loopcheck.protocol import Event, Move
 from loopcheck.static import conditions, guards
 from loopcheck.static.actions import Reader
+from loopcheck.static.branching import Branches
 from loopcheck.static.callees import steps_in_hooks
 from loopcheck.static.checks import Checks
 from loopcheck.static.facts import flag_set, handed_back, mode_saved, requires_grad_test
@@ -38,7 +39,7 @@ from loopcheck.static.moves import (
 )
 from loopcheck.static.paths import Flow, PathState, cap, forget_locals, merge
 from loopcheck.static.recording import Recorder
-from loopcheck.static.roles import Obj, Role
+from loopcheck.static.roles import Obj
 from loopcheck.static.syntax import (
     decorators,
     ends_with_continue,
@@ -46,9 +47,7 @@ from loopcheck.static.syntax import (
     is_increment,
     is_loss_name,
     literal,
-    negated_if,
     turns_grad_off,
-    without_not,
 )
 
 MAX_FOLLOW_DEPTH = 6
@@ -89,7 +88,7 @@ def _enters_no_grad(body: cst.BaseSuite) -> bool:
     return False
 
 
-class Interpreter(Recorder, Checks, Loops):
+class Interpreter(Recorder, Checks, Loops, Branches):
     """Walks statements over sets of path states (see the module docstring)."""
 
     def __init__(self, model: FileModel) -> None:
@@ -262,37 +261,6 @@ class Interpreter(Recorder, Checks, Loops):
                 return 1
         return 0
 
-    def gate_of_context(self, item: cst.BaseExpression) -> str | None:
-        """``with accelerator.accumulate(model):``: prepared optimizers and schedulers act
-        only when the accelerator syncs gradients."""
-        if not (type(item) is cst.Call and type(item.func) is cst.Attribute):
-            return None
-        if item.func.attr.value != "accumulate":
-            return None
-        owner = self.frame.resolve(item.func.value)
-        if owner is None or owner.role is not Role.ACCELERATOR:
-            return None
-        return f"<sync:{owner.key}>"
-
-    def gate_condition(self, test: cst.BaseExpression) -> tuple[str, bool] | None:
-        """A condition that reads a gate: ``accelerator.sync_gradients``,
-        ``engine.is_gradient_accumulation_boundary()``."""
-        test, negated = without_not(test)
-        polarity = not negated
-        if type(test) is cst.Attribute and test.attr.value == "sync_gradients":
-            owner = self.frame.resolve(test.value)
-            if owner is not None and owner.role is Role.ACCELERATOR:
-                return f"<sync:{owner.key}>", polarity
-        if (
-            type(test) is cst.Call
-            and type(test.func) is cst.Attribute
-            and test.func.attr.value == "is_gradient_accumulation_boundary"
-        ):
-            owner = self.frame.resolve(test.func.value)
-            if owner is not None and owner.role is Role.ENGINE:
-                return f"<boundary:{owner.key}>", polarity
-        return None
-
     def exec_match(self, stmt: cst.Match, states: set[PathState]) -> Flow:
         flow = Flow()
         for case in stmt.cases:
@@ -335,92 +303,6 @@ class Interpreter(Recorder, Checks, Loops):
             return flow
         other = stmt.orelse.body if type(stmt.orelse) is cst.Else else stmt.orelse
         return merge(flow, self.exec_stmt(other, skipped) if skipped else Flow())
-
-    def split(
-        self, test: cst.BaseExpression, states: set[PathState], substitute: bool = True
-    ) -> tuple[set[PathState], set[PathState]]:
-        """The paths that take a branch and those that skip it, with what each learns.
-        ``substitute``: names of the callee may stand for conditions of its caller (not once
-        the condition is the caller's own text)."""
-        ctx = self.ctx
-        if substitute:
-            replaced, ctx = self.caller_condition(test, ctx)
-            substitute = replaced is test
-            test = replaced
-        inner, negated = without_not(test)
-        if type(inner) is cst.BooleanOperation:
-            # each operand decided on its own: ``i > 0 and i % n == 0``
-            left_taken, left_skipped = self.split(inner.left, states, substitute)
-            if type(inner.operator) is cst.And:
-                right_taken, right_skipped = self.split(inner.right, left_taken, substitute)
-                taken, skipped = right_taken, left_skipped | right_skipped
-            else:
-                right_taken, right_skipped = self.split(inner.right, left_skipped, substitute)
-                taken, skipped = left_taken | right_taken, right_skipped
-            return (skipped, taken) if negated else (taken, skipped)
-        sign = conditions.counter_sign(test)
-        guard = conditions.modular(ctx.code, test)
-        if guard is not None and conditions.modulus_of(guard[0]) not in ctx.tracked_moduli:
-            guard = None
-        gate = self.gate_condition(test)
-        if gate is not None:
-            text, polarity = gate
-            tracked = True
-        elif type(inner) is cst.Name and any(
-            conditions.known(s.facts, inner.value) is not None for s in states
-        ):
-            # a flag set to a literal or a saved mode (``if was_training:``), not a counter
-            text, polarity, tracked = inner.value, not negated, True
-        elif sign is not None:
-            text, polarity, names = sign
-            self.fact_names.setdefault(text, names)
-            tracked = True
-        elif guard is not None:
-            text, polarity, names = guard
-            self.fact_names.setdefault(text, names)
-            tracked = True
-        else:
-            found, polarity = conditions.condition_key(ctx.code, test)
-            text = found  # type: ignore[assignment]
-            tracked = found is not None and found in ctx.tracked_conditions
-        taken: set[PathState] = set()
-        skipped: set[PathState] = set()
-        for s in states:
-            known = conditions.known(s.facts, text) if tracked else None
-            if known is None and guard is not None and gate is None:
-                known = conditions.residue_excludes(s.facts, text)
-                if known is not None:
-                    s = s.with_fact(text, known)
-            if known is None:
-                if tracked:
-                    taken.add(s.with_fact(text, polarity))
-                    skipped.add(s.with_fact(text, not polarity))
-                else:
-                    taken.add(s)
-                    skipped.add(s)
-            elif known == polarity:
-                taken.add(s)
-            else:
-                skipped.add(s)
-        return taken, skipped
-
-    def caller_condition(
-        self, test: cst.BaseExpression, ctx: FileContext
-    ) -> tuple[cst.BaseExpression, FileContext]:
-        """``if update_grad:`` in a helper called with ``update_grad=(i + 1) % n == 0``: the
-        caller's condition (negated under ``not``), read in the caller's file."""
-        inner, negated = without_not(test)
-        if type(inner) is not cst.Name:
-            return test, ctx
-        if inner.value not in self.frame.conditions:
-            # a local flag set once to a step guard (``is_last_accum_step = (step + 1) %
-            # n == 0``): a branch on it is a branch on that guard
-            flag = conditions.guard_flag(self.frame, inner.value)
-            if flag is not None:
-                return negated_if(flag, negated), ctx
-            return test, ctx
-        expr, caller = self.frame.conditions[inner.value]
-        return negated_if(expr, negated), caller
 
     def exec_try(self, stmt: cst.Try | cst.TryStar, states: set[PathState]) -> Flow:
         body = self.exec_stmt(stmt.body, states)

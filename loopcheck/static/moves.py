@@ -11,8 +11,9 @@ import libcst as cst
 from loopcheck.protocol import Event
 
 if TYPE_CHECKING:
+    from loopcheck.static.classes import ClassInfo
     from loopcheck.static.dataflow import Origin
-    from loopcheck.static.index import ClassInfo, FileContext
+    from loopcheck.static.index import FileContext
     from loopcheck.static.model import Site
     from loopcheck.static.roles import Obj
 

@@ -15,8 +15,9 @@ from loopcheck.static.syntax import is_data, roots_of
 from loopcheck.static.tree import walk
 
 if TYPE_CHECKING:
+    from loopcheck.static.classes import ClassInfo
     from loopcheck.static.frames import Frame
-    from loopcheck.static.index import ClassInfo, FileContext
+    from loopcheck.static.index import FileContext
 
 _MODEL_ROLES = (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
 

@@ -11,7 +11,8 @@ from typing import TypeVar
 
 import libcst as cst
 
-from loopcheck.static.index import ClassInfo, FileContext
+from loopcheck.static.classes import ClassInfo
+from loopcheck.static.index import FileContext
 from loopcheck.static.parsing import parse_module
 
 # A file that never mentions one of these defines no function that takes part in a step.

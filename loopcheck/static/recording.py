@@ -11,8 +11,8 @@ import libcst as cst
 
 from loopcheck.protocol import Event, Grads, Move, OptState, Violation, advance
 from loopcheck.static import conditions, tensors
+from loopcheck.static.bodies import function_layout
 from loopcheck.static.callees import backward_of, may_step, runs_backward
-from loopcheck.static.dataflow import function_layout
 from loopcheck.static.frames import FrameStack
 from loopcheck.static.index import FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, Site, overlap

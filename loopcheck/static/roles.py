@@ -18,7 +18,7 @@ from loopcheck.static.syntax import dotted as _dotted
 from loopcheck.static.tree import is_expression, kids
 
 if TYPE_CHECKING:
-    from loopcheck.static.index import ClassInfo
+    from loopcheck.static.classes import ClassInfo
 
 
 class Role(enum.Enum):

@@ -9,9 +9,10 @@ import libcst as cst
 
 from loopcheck.static.apis import CLIP_FUNCTIONS
 from loopcheck.static.callees import does_nothing
+from loopcheck.static.classes import ClassInfo
 from loopcheck.static.frames import instance_of
 from loopcheck.static.host import HostView
-from loopcheck.static.index import ClassInfo, FileContext
+from loopcheck.static.index import FileContext
 from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import called_name, is_abstract
 

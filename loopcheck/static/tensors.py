@@ -8,17 +8,13 @@ import re
 
 import libcst as cst
 
+from loopcheck.static.bodies import function_layout, returns_of
 from loopcheck.static.callees import BACKWARD_CALLS, given_arguments
-from loopcheck.static.dataflow import (
-    function_layout,
-    origin,
-    returns_of,
-    tuple_element,
-    tuple_place,
-)
+from loopcheck.static.classes import ClassInfo
+from loopcheck.static.dataflow import origin, tuple_element, tuple_place
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import EVALUATING as _EVALUATING
-from loopcheck.static.index import ClassInfo, FileContext
+from loopcheck.static.index import FileContext
 from loopcheck.static.ownership import constructor_of
 from loopcheck.static.reaching import Statement
 from loopcheck.static.roles import Imports, Role
