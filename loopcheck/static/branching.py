@@ -11,7 +11,7 @@ from loopcheck.static.frames import FrameStack
 from loopcheck.static.index import FileContext
 from loopcheck.static.paths import PathState
 from loopcheck.static.roles import Role
-from loopcheck.static.syntax import negated_if, without_not
+from loopcheck.static.syntax import chains_in, negated_if, without_not
 
 
 class Branches(FrameStack):
@@ -73,12 +73,20 @@ class Branches(FrameStack):
                 taken, skipped = left_taken | right_taken, right_skipped
             return (skipped, taken) if negated else (taken, skipped)
         sign = conditions.counter_sign(test)
-        guard = conditions.modular(ctx.code, test)
+        guard = conditions.modular(ctx.code, test, ctx.cycles)
         if guard is not None and conditions.modulus_of(guard[0]) not in ctx.tracked_moduli:
             guard = None
         gate = self.gate_condition(test)
+        presence = self.presence(inner) if substitute and gate is None else None
         if gate is not None:
             text, polarity = gate
+            tracked = True
+        elif presence is not None:
+            # ``if scaler is not None:`` here and ``if self.fp16_scaler is not None:`` in the
+            # method that backpropagates test the same object: one fact, named by its key
+            text, tests_none, names = presence
+            polarity = tests_none != negated
+            self.fact_names[text] = self.fact_names.get(text, set()) | names
             tracked = True
         elif type(inner) is cst.Name and any(
             conditions.known(s.facts, inner.value) is not None for s in states
@@ -117,6 +125,26 @@ class Branches(FrameStack):
             else:
                 skipped.add(s)
         return taken, skipped
+
+    def presence(self, test: cst.BaseExpression) -> tuple[str, bool, set[str]] | None:
+        """``x is None``, ``x is not None`` or a bare ``x`` on a name or attribute chain that
+        resolves to a known object (a scaler, an accelerator, a model): the fact's text, named
+        by the object's key, whether the test is ``is None``, and the names it reads."""
+        tests_none = False
+        if type(test) is cst.Comparison and len(test.comparisons) == 1:
+            comp = test.comparisons[0]
+            if not (type(comp.comparator) is cst.Name and comp.comparator.value == "None"):
+                return None
+            if type(comp.operator) not in (cst.Is, cst.IsNot):
+                return None
+            tests_none = type(comp.operator) is cst.Is
+            test = test.left
+        if type(test) not in (cst.Name, cst.Attribute):
+            return None
+        obj = self.frame.resolve(test)
+        if obj is None:
+            return None
+        return f"@{obj.key} is None", tests_none, chains_in(test)
 
     def caller_condition(
         self, test: cst.BaseExpression, ctx: FileContext

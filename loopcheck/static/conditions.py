@@ -3,7 +3,7 @@ counter, conditions decided by literal arguments, and how facts are forgotten or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import libcst as cst
@@ -27,11 +27,20 @@ def condition_key(code: Render, test: cst.BaseExpression) -> tuple[str | None, b
     return code(test), polarity
 
 
-def modular(code: Render, test: cst.BaseExpression) -> tuple[str, bool, set[str]] | None:
+def modular(
+    code: Render, test: cst.BaseExpression, cycles: Mapping[str, str] | None = None
+) -> tuple[str, bool, set[str]] | None:
     """A step guard on a counter, ``(i + k) % N == r`` (or ``!=``), as a fact about ``i``:
-    its key names the counter, the modulus and the offset ``k - r``."""
+    its key names the counter, the modulus and the offset ``k - r``. A counter that cycles
+    through a range of length N (``cycles``: its name and N's text) is compared as a residue:
+    ``k == 1`` is ``(k - 1) % N == 0``, ``k == N - 1`` is ``(k + 1) % N == 0``."""
     test, negated = without_not(test)
     polarity = not negated
+    if cycles:
+        found = _cycle_residue(code, test, cycles)
+        if found is not None:
+            key, equal = found
+            return key, polarity == equal, {key.split("%")[1]}
     if type(test) is cst.BinaryOperation and type(test.operator) is cst.Modulo:
         # ``if (i + 1) % n:`` is ``!= 0``
         test = cst.Comparison(
@@ -64,6 +73,36 @@ def modular(code: Render, test: cst.BaseExpression) -> tuple[str, bool, set[str]
     offset -= int(comp.comparator.evaluated_value)
     key = f"%{counter.value}%{code(mod.right)}%{offset}"
     return key, polarity, {counter.value} | chains_in(mod.right)
+
+
+def _cycle_residue(
+    code: Render, test: cst.BaseExpression, cycles: Mapping[str, str]
+) -> tuple[str, bool] | None:
+    """``k == c``, ``k == N`` or ``k == N - c`` on a cycling counter ``k`` of length ``N``:
+    the key of the residue it tests, and whether the test is ``==`` (not ``!=``)."""
+    if not (type(test) is cst.Comparison and len(test.comparisons) == 1):
+        return None
+    comp = test.comparisons[0]
+    if type(comp.operator) not in (cst.Equal, cst.NotEqual) or type(test.left) is not cst.Name:
+        return None
+    modulus = cycles.get(test.left.value)
+    if modulus is None:
+        return None
+    value = comp.comparator
+    if type(value) is cst.Integer:
+        offset = -int(value.evaluated_value)
+    elif code(value) == modulus:
+        offset = 0
+    elif (
+        type(value) is cst.BinaryOperation
+        and type(value.operator) is cst.Subtract
+        and type(value.right) is cst.Integer
+        and code(value.left) == modulus
+    ):
+        offset = int(value.right.evaluated_value)
+    else:
+        return None
+    return f"%{test.left.value}%{modulus}%{offset}", type(comp.operator) is cst.Equal
 
 
 def modulus_of(key: str) -> str:
@@ -227,7 +266,7 @@ def guard_flag(frame: Frame, name: str) -> cst.Comparison | None:
         return None
     if not values or len(values) != 1 or type(values[0]) is not cst.Comparison:
         return None
-    guard = modular(frame.ctx.code, values[0])
+    guard = modular(frame.ctx.code, values[0], frame.ctx.cycles)
     if guard is None or modulus_of(guard[0]) not in frame.ctx.tracked_moduli:
         return None
     return values[0]

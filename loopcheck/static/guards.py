@@ -15,9 +15,11 @@ from loopcheck.static.roles import Role
 from loopcheck.static.syntax import (
     call_args,
     counter_of,
+    cycled_range,
     dotted,
     is_increment,
     negated_if,
+    range_length,
     without_not,
 )
 from loopcheck.static.tree import walk
@@ -115,6 +117,10 @@ def _start(loop: cst.For) -> int | None:
         start = positional[0] if len(positional) >= 2 else None
     elif func == "enumerate":
         start = keywords.get("start") or (positional[1] if len(positional) > 1 else None)
+    elif func == "zip":
+        cycled = cycled_range(loop)
+        found = range_length(cycled[1]) if cycled is not None else None
+        return found[1] if found is not None else None
     if start is None:
         return 0
     if type(start) is cst.Integer:

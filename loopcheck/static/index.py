@@ -20,10 +20,12 @@ from loopcheck.static.syntax import (
     all_params,
     assignments,
     chains_in,
+    cycled_range,
     evaluation_order,
     incremented,
     loop_assigned,
     nested_defs,
+    range_length,
     without_not,
 )
 from loopcheck.static.tree import is_expression, kids, walk
@@ -107,7 +109,9 @@ class FileContext:
         self.called_in_loop: set[str] = set()  # names called somewhere inside a loop body
         self.tracked_conditions: set[str] = set()
         self.relevant: set[int] = set()  # ids of the functions that may take part in a step
-        self.tracked_moduli: set[str] = set()  # counter%modulus pairs guarding two branches
+        self.tracked_moduli: set[str] = set()
+        # counters that cycle through a range beside the data, with the range's length
+        self.cycles: dict[str, str] = {}  # counter%modulus pairs guarding two branches
         self.fact_names: dict[str, set[str]] = {}
         self.module_frame: object = None  # set by the frames module on first use
         # blocks asserting that .grad is None (with the block: see ``probes``)
@@ -318,6 +322,10 @@ class _Indexer:
             ):
                 self.guard_flags.append((node.targets[0].target.value, node.value))
             if kind is cst.For or kind is cst.While:
+                if kind is cst.For and (cycled := cycled_range(node)) is not None:
+                    length = range_length(cycled[1])
+                    if length is not None:
+                        self.ctx.cycles[cycled[0]] = self.ctx.code(length[0])
                 body = node.body
                 stack.extend((c, owner, in_loop or c is body) for c in kids(node))
                 continue
@@ -328,7 +336,7 @@ class _Indexer:
         for name, value in self.guard_flags:
             # each test of the flag tests its guard: the modulus is tracked like a repeated
             # ``if (i + 1) % n == 0:``
-            guard = modular(self.ctx.code, value)
+            guard = modular(self.ctx.code, value, self.ctx.cycles)
             tests = self.condition_counts.get(name, 0)
             if guard is not None and tests:
                 modulus = modulus_of(guard[0])
@@ -355,7 +363,7 @@ class _Indexer:
         if type(inner) is cst.BooleanOperation:  # each operand is decided on its own
             self._condition(inner.left)
             self._condition(inner.right)
-        guard = modular(self.ctx.code, test)
+        guard = modular(self.ctx.code, test, self.ctx.cycles)
         if guard is not None:
             modulus = modulus_of(guard[0])
             self.moduli_counts[modulus] = self.moduli_counts.get(modulus, 0) + 1

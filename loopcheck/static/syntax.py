@@ -254,7 +254,8 @@ def incremented(body: cst.CSTNode) -> set[str]:
 
 def counter_of(stmt: cst.For | cst.While) -> str | None:
     """The loop variable that grows by one per iteration: ``for i in range(...)``,
-    ``for i, x in enumerate(...)``."""
+    ``for i, x in enumerate(...)``, or one that cycles through a range beside the data
+    (``for batch, k in zip(loader, cycle(range(1, n + 1)))``)."""
     if type(stmt) is not cst.For or type(stmt.iter) is not cst.Call:
         return None
     func = dotted(stmt.iter.func)
@@ -264,6 +265,50 @@ def counter_of(stmt: cst.For | cst.While) -> str | None:
     if func == "enumerate" and type(target) is cst.Tuple and target.elements:
         first = target.elements[0].value
         return first.value if type(first) is cst.Name else None
+    cycled = cycled_range(stmt)
+    return cycled[0] if cycled is not None else None
+
+
+def cycled_range(stmt: cst.For) -> tuple[str, cst.Call] | None:
+    """``for batch, k in zip(loader, cycle(range(...)))``: ``k`` and its range. The counter
+    numbers the micro-batches of each accumulation window over and over."""
+    if not (type(stmt.iter) is cst.Call and dotted(stmt.iter.func) == "zip"):
+        return None
+    if type(stmt.target) is not cst.Tuple or len(stmt.target.elements) != len(stmt.iter.args):
+        return None
+    for element, arg in zip(stmt.target.elements, stmt.iter.args, strict=True):
+        value = arg.value
+        if not (
+            type(value) is cst.Call
+            and (dotted(value.func) or "").rpartition(".")[2] == "cycle"
+            and len(value.args) == 1
+            and type(value.args[0].value) is cst.Call
+            and dotted(value.args[0].value.func) == "range"
+        ):
+            continue
+        if type(element.value) is cst.Name:
+            return element.value.value, value.args[0].value
+    return None
+
+
+def range_length(call: cst.Call) -> tuple[cst.BaseExpression, int] | None:
+    """The length and first value of ``range(n)``, ``range(0, n)`` or ``range(1, n + 1)``."""
+    args = [a.value for a in call.args]
+    if len(args) == 1:
+        return args[0], 0
+    if len(args) != 2 or type(args[0]) is not cst.Integer:
+        return None
+    start = int(args[0].evaluated_value)
+    if start == 0:
+        return args[1], 0
+    end = args[1]
+    if (
+        type(end) is cst.BinaryOperation
+        and type(end.operator) is cst.Add
+        and type(end.right) is cst.Integer
+        and int(end.right.evaluated_value) == start
+    ):
+        return end.left, start
     return None
 
 
