@@ -9,7 +9,9 @@ class LossKeptWithGraph(ProtocolRule):
     """## What it does
     Flags a loss tensor summed across iterations (`total_loss += loss`, `total = total + loss`)
     or collected in a list (`losses.append(loss)`) with its autograd graph, without `.item()`,
-    `.detach()` or `float()`, when that total is never backpropagated.
+    `.detach()` or `float()`, when that total is never backpropagated. A meter counts as such a
+    total: `losses.update(loss, n)` on an instance of a class of the linted files whose
+    `update` adds its argument to an attribute (`self.sum += val * n`) as it is.
 
     ## Why is this bad?
     A tensor that comes out of a forward pass holds its whole autograd graph: every activation

@@ -20,6 +20,12 @@ class ZeroGradInAccumulation(ProtocolRule):
     wrapper's `update_params(loss)` between two steps; a clear may be a helper that zeroes
     each parameter's gradient by hand.
 
+    A clear guarded to run on the first micro-batch of each window is fine:
+    `if i % accum == 0:` on the counter whose `(i + 1) % accum == 0` guards the step, or
+    `if k == 1:` on a counter cycled beside the loader
+    (`for batch, k in zip(loader, cycle(range(1, accum + 1))):`) whose `k % accum == 0`
+    guards the step.
+
     ## Why is this bad?
     Each clear throws away the gradients accumulated so far, so the step applies the last
     micro-batch only: the effective batch is N times smaller than configured and the

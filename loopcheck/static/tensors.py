@@ -45,17 +45,85 @@ def kept_graph(
         func = call.func
         if type(func) is cst.Attribute and func.attr.value == "append" and len(call.args) == 1:
             target, added = func.value, call.args[0].value
+        else:
+            for name, value in _metered(frame, call):
+                if _keeps_graph(frame, name, value, at):
+                    return name, stmt
+            return None
     name = _accumulator(frame, target) if target is not None else None
     if name is None or added is None:
         return None  # not an accumulator set up before the loop
+    if not _keeps_graph(frame, name, added, at):
+        return None
+    return name, stmt
+
+
+def _keeps_graph(frame: Frame, name: str, added: cst.BaseExpression, at: Statement | None) -> bool:
+    """Whether what is added to the accumulator ``name`` is a loss with a model's graph."""
     if not _names_a_loss(added) and not _LOSSES.search(name):
-        return None  # outputs or features collected: an evaluation's business (LC502)
+        return False  # outputs or features collected: an evaluation's business (LC502)
     # a model's graph reaches it (what else does need not be known: it is certainly a graph)
     if not origin(frame, added, at).models:
-        return None
-    if not _surely_a_graph(frame, added, at, 0):
-        return None  # through a helper we cannot see: it may return ``loss.item()``
-    return name, stmt
+        return False
+    # through a helper we cannot see, it may be ``loss.item()``
+    return _surely_a_graph(frame, added, at, 0)
+
+
+def _metered(frame: Frame, call: cst.Call) -> list[tuple[str, cst.BaseExpression]]:
+    """``losses.update(loss, n)`` on a meter, an instance of a class of the linted files whose
+    method adds the argument to an attribute of its own (``self.sum += val * n``): the
+    meter's name with each value so handed in."""
+    func = call.func
+    if type(func) is not cst.Attribute:
+        return []
+    meter = frame.resolve(func.value)
+    if meter is None or meter.role is not Role.INSTANCE or meter.cls is None:
+        return []
+    found = meter.cls.method(func.attr.value)
+    name = dotted(func.value)
+    if found is None or name is None:
+        return []
+    method = found[1]
+    params = [p.name.value for p in method.params.params][1:]  # after ``self``
+    summed = found[0].ctx.remember("summed", method, lambda: _summed_parameters(method))
+    handed = []
+    for i, arg in enumerate(call.args):
+        if arg.star:
+            break
+        param = arg.keyword.value if arg.keyword is not None else None
+        if param is None and i < len(params):
+            param = params[i]
+        if param in summed:
+            handed.append((name, arg.value))
+    return handed
+
+
+def _summed_parameters(method: cst.FunctionDef) -> frozenset[str]:
+    """The parameters a method adds, as they are, to an attribute of ``self``
+    (``self.sum += val * n``; not ``val.item()``, nor a parameter the method reassigns first,
+    as ``v = v.item()`` does)."""
+    params = {p.name.value for p in method.params.params[1:]}
+    reassigned: set[str] = set()
+    summed: set[str] = set()
+    for node in walk(method.body):
+        if type(node) in (cst.Assign, cst.AugAssign, cst.AnnAssign):
+            targets = (
+                [t.target for t in node.targets] if type(node) is cst.Assign else [node.target]
+            )
+            for target in targets:
+                if type(target) is cst.Name:
+                    reassigned.add(target.value)
+        if not (type(node) is cst.AugAssign and type(node.operator) is cst.AddAssign):
+            continue
+        target = node.target
+        on_self = (
+            type(target) is cst.Attribute
+            and type(target.value) is cst.Name
+            and target.value.value == "self"
+        )
+        if on_self and not any(type(n) is cst.Call for n in walk(node.value)):
+            summed |= names_in(node.value) & params
+    return frozenset(summed - reassigned)
 
 
 # methods of a tensor whose result keeps the tensor's graph
