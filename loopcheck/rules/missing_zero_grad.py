@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from loopcheck.protocol import Move
-from loopcheck.rules._base import ProtocolRule
+from loopcheck.rules._base import Finding, ProtocolRule
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from loopcheck.diagnostic import Span
-    from loopcheck.rules._base import Finding
     from loopcheck.static.model import FileModel, LoopSummary, Record
 
 
@@ -78,12 +77,23 @@ class MissingZeroGrad(ProtocolRule):
         "first in the closure)"
     )
 
+    periodic_message = (
+        "`{call}` applies gradients that pile up across iterations: this loop steps every "
+        "iteration but clears only under a counter's guard (every n-th iteration); clear once "
+        "per step, or step under the same guard"
+    )
+
     def check(self, model: FileModel) -> Iterable[Finding]:
         for record in model.violations(self.code):
             if self.keep(model, record):
                 loop = _loop_with_backward(record.loop, record.key)
                 closure = loop is not None and loop.closure_evaluations
                 template = self.closure_message if closure else self.message
+                if _cleared_periodically(loop, record):
+                    # which of the two the author meant is not known: no fix
+                    message = self.periodic_message.format(call=record.site.text)
+                    yield Finding(record.site.span, message, record.site.path, None)
+                    continue
                 yield self.finding(model, record, template.format(call=record.site.text))
 
     def keep(self, model: FileModel, record: Record) -> bool:
@@ -97,6 +107,8 @@ class MissingZeroGrad(ProtocolRule):
         # a clear (or unseen code) only on paths this one excludes (the AMP branch clears,
         # the fp32 branch of the same loop does not) does not clear this path's gradients
         clears = loop.has(Move.ZERO, record.key) or loop.has(Move.OPAQUE, record.key)
+        if _cleared_periodically(loop, record):
+            return True  # cleared every n-th iteration only, on the path seen piling up
         return not clears or (
             loop is record.loop and model.apart_from(record, Move.ZERO, Move.OPAQUE)
         )
@@ -116,3 +128,8 @@ def _loop_with_backward(loop: LoopSummary | None, key: str) -> LoopSummary | Non
     while loop is not None and not (loop.has(Move.BACKWARD, key) and loop.has(Move.STEP, key)):
         loop = loop.parent
     return loop
+
+
+def _cleared_periodically(loop: LoopSummary | None, record: Record) -> bool:
+    """The loop that steps on this path clears the optimizer only under a counter's guard."""
+    return loop is not None and loop is record.loop and loop.clears_periodically(record.key)

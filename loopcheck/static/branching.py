@@ -76,6 +76,8 @@ class Branches(FrameStack):
         guard = conditions.modular(ctx.code, test, ctx.cycles)
         if guard is not None and conditions.modulus_of(guard[0]) not in ctx.tracked_moduli:
             guard = None
+        if guard is not None and guard[0].split("%")[1] in ctx.cycles:
+            sign = None  # ``k == 0`` on a cycled counter is a residue, not the first iteration
         gate = self.gate_condition(test)
         presence = self.presence(inner) if substitute and gate is None else None
         if gate is not None:

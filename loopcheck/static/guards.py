@@ -74,6 +74,20 @@ def steps_in(frame: Frame, branch: cst.CSTNode | None) -> bool:
     return False
 
 
+def backprops_in(branch: cst.CSTNode | None) -> bool:
+    """Whether a branch runs a backward of its own (``g_loss.backward()``): its step applies
+    what that backward computes, as a GAN's generator trained every ``n_critic`` iterations
+    does, not gradients accumulated before the branch."""
+    if branch is None:
+        return False
+    return any(
+        type(node) is cst.Call
+        and type(node.func) is cst.Attribute
+        and node.func.attr.value in ("backward", "manual_backward")
+        for node in walk(branch)
+    )
+
+
 def counter_base(
     counter: str, loops: list[cst.CSTNode], guard_stmt: cst.CSTNode, before: set[int]
 ) -> int | None:

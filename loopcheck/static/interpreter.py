@@ -103,6 +103,7 @@ class Interpreter(Recorder, Checks, Loops, Branches):
         self.follows = 0  # calls followed in this root's analysis
         self.discarding = 0  # inside a block that drops the batch (except, ``...; continue``)
         self.probing = 0  # inside a block that probes the model (``assert p.grad is None``)
+        self.on_residue = 0  # inside a branch taken on one residue of a counter (every n-th)
         self.fact_names: dict[str, set[str]] = {}
         self.saved_modes: dict[str, str] = {}
         self._seeded: set[int] = set()
@@ -297,12 +298,21 @@ class Interpreter(Recorder, Checks, Loops, Branches):
             return self.exec_stmt(branch, states) if branch is not None else Flow(normal=states)
         taken, skipped = self.split(stmt.test, states)
         taken, skipped = self.engine_side(guards.deepspeed_side(stmt.test), taken, skipped)
-        flow = self.exec_stmt(stmt.body, taken) if taken else Flow()
+        guard = guards.read_guard(self.ctx.code, stmt.test)
+        self.on_residue += guard is not None and guard.zero
+        try:
+            flow = self.exec_stmt(stmt.body, taken) if taken else Flow()
+        finally:
+            self.on_residue -= guard is not None and guard.zero
         if stmt.orelse is None:
             flow.normal |= skipped
             return flow
         other = stmt.orelse.body if type(stmt.orelse) is cst.Else else stmt.orelse
-        return merge(flow, self.exec_stmt(other, skipped) if skipped else Flow())
+        self.on_residue += guard is not None and not guard.zero
+        try:
+            return merge(flow, self.exec_stmt(other, skipped) if skipped else Flow())
+        finally:
+            self.on_residue -= guard is not None and not guard.zero
 
     def exec_try(self, stmt: cst.Try | cst.TryStar, states: set[PathState]) -> Flow:
         body = self.exec_stmt(stmt.body, states)

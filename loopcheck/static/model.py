@@ -101,6 +101,9 @@ class LoopSummary:
     # the branch facts of each path on which an optimizer was stepped, cleared or handed to
     # unseen code (which may have done either)
     move_facts: dict[tuple[Move, str], set[frozenset]] = field(default_factory=dict)
+    # the optimizers cleared on some path not decided by a counter's residue (a clear under
+    # ``if (i + 1) % n == 0:`` alone runs every n-th iteration, not every one)
+    unguarded_clears: set[str] = field(default_factory=set)
 
     @property
     def depth(self) -> int:
@@ -117,6 +120,17 @@ class LoopSummary:
         (then which backward calls reach that optimizer is known too)."""
         models = self.step_models.get(key)
         return bool(models) and overlap(models, frozenset(self.forward_keys))
+
+    def clears_periodically(self, key: str) -> bool:
+        """Whether every clear of this optimizer in the loop runs only on some residues of a
+        counter (``if (i + 1) % n_critic == 0:``), and nothing else may clear it."""
+        return (
+            self.has(Move.ZERO, key)
+            and key not in self.unguarded_clears
+            and not self.has(Move.OPAQUE, key)
+            and not self.clears_by_name
+            and not self.grads_rewritten
+        )
 
     def clears(self, key: str) -> bool:
         """Whether anything in the loop may clear (or rewrite) this optimizer's gradients."""

@@ -52,6 +52,7 @@ class Recorder(FrameStack):
     transitions: dict[tuple[OptState, Event], tuple[OptState, tuple[Violation, ...]]]
     step_functions: dict[Site, tuple[FileContext, cst.FunctionDef | None]]
     applied: set[Site]  # backward calls whose gradients some optimizer's step applied
+    on_residue: int  # inside a branch taken on one residue of a counter (every n-th)
 
     grad_modes: list[bool]  # innermost last: False under no_grad / inference_mode
     no_grad_blocks: list[cst.CSTNode]  # the ``with torch.no_grad():`` blocks being run
@@ -347,6 +348,8 @@ class Recorder(FrameStack):
             if event.move is Move.ZERO and self.probing:
                 continue  # cancels a probe's backward: not a clear of the loop's gradients
             summary.moves.add((event.move, key))
+            if event.move is Move.ZERO and not self.on_residue:
+                summary.unguarded_clears.add(key)
             if event.move in (Move.OPAQUE, Move.ZERO, Move.STEP):
                 facts = self.invariant(state.facts, summary)
                 summary.move_facts.setdefault((event.move, key), set()).add(facts)
