@@ -302,8 +302,15 @@ class Reader(Targets):
         qual = self.ctx.imports.qualify(func) if type(func) in (cst.Name, cst.Attribute) else None
         if qual is not None:
             last = qual.rsplit(".", 1)[-1]
-            if last in CLIP_FUNCTIONS and ("torch" in qual or qual == last):
+            # (``nn.utils.clip_grad_norm_`` with ``nn`` from a star import: torch's all the same)
+            if last in CLIP_FUNCTIONS and (
+                "torch" in qual or qual == last or qual.endswith(f"nn.utils.{last}")
+            ):
                 return self.apis.clip(call, positional[0] if positional else None)
+            if last in CLIP_FUNCTIONS and type(func) is cst.Attribute and qual == dotted(func):
+                # ``module.clip_grad_norm_(max_norm)`` (FSDP), ``optimizer.clip_grad_norm(
+                # max_norm)`` (fairseq): a clip of the receiver's parameters
+                return self.apis.clip(call, func.value)
             if last == "grad" and "autograd" in qual:
                 return [Mark("autograd"), *self.apis.opaque_args(call)]
             if qual in {"torch.autograd.backward", "autograd.backward"}:

@@ -200,6 +200,10 @@ class ApiReader(HostView):
                 return [forward, Mark("opaque_model")]
             if method in {"eval", "train"}:
                 return [Mode(site, owner.key, _training(method, positional, keywords))]
+            if method == "clip_grad_norm_":
+                # FSDP's ``model.clip_grad_norm_(max_norm)``: a clip of the module's gradients
+                assert type(call.func) is cst.Attribute
+                return self.clip(call, call.func.value)
             if method in _MODEL_HARMLESS or is_model_method(method):
                 return []
             if owner.cls is None and self.ctx.sole_method(method) is not None:
