@@ -51,6 +51,7 @@ class UnscalePerMicrobatch(ProtocolRule):
     summary = "`scaler.unscale_(opt)` reachable twice before `scaler.update()`"
 
     message = (
-        "`{call}` can run twice before `scaler.update()` (once per micro-batch): it raises at "
+        "`{call}` can run twice before `scaler.update()` (a second unscale on the path, or "
+        "one per micro-batch): it raises at "
         "run time; unscale once per optimizer step, right before clipping"
     )

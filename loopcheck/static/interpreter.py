@@ -39,16 +39,19 @@ from loopcheck.static.moves import (
 )
 from loopcheck.static.paths import Flow, PathState, cap, forget_locals, merge
 from loopcheck.static.recording import Recorder
-from loopcheck.static.roles import Obj
+from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (
     decorators,
+    dotted,
     ends_with_continue,
     grad_context,
     is_increment,
     is_loss_name,
     literal,
     turns_grad_off,
+    without_not,
 )
+from loopcheck.static.tree import walk
 
 MAX_FOLLOW_DEPTH = 6
 _PRESENT = object()  # the value of a parameter known to hold an optimizer, scaler, model...
@@ -296,7 +299,19 @@ class Interpreter(Recorder, Checks, Loops, Branches):
             if not decided:
                 branch = stmt.orelse.body if type(stmt.orelse) is cst.Else else stmt.orelse
             return self.exec_stmt(branch, states) if branch is not None else Flow(normal=states)
-        taken, skipped = self.split(stmt.test, states)
+        stage = self.unscale_stage(stmt)
+        if stage is not None:
+            # ``if state["stage"] is not OptState.UNSCALED: scaler.unscale_(opt)``: each path
+            # knows whether it has unscaled since the last update
+            keys, when_unscaled = stage
+            taken = {
+                s
+                for s in states
+                if all(s.get(k).unscaled_since_update for k in keys) == when_unscaled
+            }
+            skipped = states - taken
+        else:
+            taken, skipped = self.split(stmt.test, states)
         taken, skipped = self.engine_side(guards.deepspeed_side(stmt.test), taken, skipped)
         guard = guards.read_guard(self.ctx.code, stmt.test)
         self.on_residue += guard is not None and guard.zero
@@ -313,6 +328,32 @@ class Interpreter(Recorder, Checks, Loops, Branches):
             return merge(flow, self.exec_stmt(other, skipped) if skipped else Flow())
         finally:
             self.on_residue -= guard is not None and not guard.zero
+
+    def unscale_stage(self, stmt: cst.If) -> tuple[list[str], bool] | None:
+        """A test of a GradScaler's per-optimizer stage (``OptState.UNSCALED``) around an
+        ``unscale_`` of known optimizers: those optimizers, and whether the test holds when
+        they were already unscaled."""
+        inner, negated = without_not(stmt.test)
+        if not (type(inner) is cst.Comparison and len(inner.comparisons) == 1):
+            return None
+        comp = inner.comparisons[0]
+        if not (dotted(comp.comparator) or "").endswith("OptState.UNSCALED"):
+            return None
+        keys: list[str] = []
+        for node in walk(stmt.body):
+            if (
+                type(node) is cst.Call
+                and type(node.func) is cst.Attribute
+                and node.func.attr.value == "unscale_"
+                and node.args
+            ):
+                held = self.frame.resolve(node.args[0].value)
+                if held is not None and held.role is Role.OPTIMIZER:
+                    keys.extend(held.members or (held.key,))
+        if not keys:
+            return None
+        holds_when_unscaled = type(comp.operator) in (cst.Is, cst.Equal)
+        return keys, holds_when_unscaled != negated
 
     def exec_try(self, stmt: cst.Try | cst.TryStar, states: set[PathState]) -> Flow:
         body = self.exec_stmt(stmt.body, states)
