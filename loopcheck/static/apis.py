@@ -220,15 +220,35 @@ class ApiReader(HostView):
     def scaler_call(self, method: str, site: Site, positional: list) -> list[Action]:
         if method in {"step", "unscale_"} and positional:
             target = self.frame.resolve(positional[0])
-            if target is None or target.role is not Role.OPTIMIZER:
+            if target is None:
                 return []
-            keys = target.members or (target.key,)
+            if target.role is Role.OPTIMIZER:
+                keys = target.members or (target.key,)
+            else:
+                keys = self.wrapped_optimizers(positional[0], target)
+                if not keys:
+                    return []
             if method == "step":
                 return [Emit(Event(Move.STEP, site, via_scaler=True), keys, gate=self.host.gate)]
             return [Emit(Event(Move.UNSCALE, site), keys)]
         if method == "update":
             return [Emit(Event(Move.SCALER_UPDATE, site), None)]
         return []
+
+    def wrapped_optimizers(self, expr: cst.BaseExpression, target: Obj) -> tuple[str, ...]:
+        """The optimizers an optimizer wrapper of the linted files holds (a Noam schedule's
+        ``self.optimizer``), when the scaler is handed the wrapper: ``scaler.step(wrapper)``
+        steps them through the wrapper's ``step()``."""
+        cls = target.cls
+        if target.role is not Role.INSTANCE or cls is None or cls.method("step") is None:
+            return ()
+        keys: list[str] = []
+        for info in cls.mro():
+            for attr in info.attr_values:
+                held = self.frame.resolve(cst.Attribute(value=expr, attr=cst.Name(attr)))
+                if held is not None and held.role is Role.OPTIMIZER:
+                    keys.extend(held.members or (held.key,))
+        return tuple(dict.fromkeys(keys))
 
     def known_other(self, receiver: cst.BaseExpression) -> bool:
         """A plain local or global name assigned from something that is not an optimizer

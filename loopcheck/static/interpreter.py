@@ -39,7 +39,7 @@ from loopcheck.static.moves import (
 )
 from loopcheck.static.paths import Flow, PathState, cap, forget_locals, merge
 from loopcheck.static.recording import Recorder
-from loopcheck.static.roles import Obj, Role
+from loopcheck.static.roles import Obj, Role, constructed_role
 from loopcheck.static.syntax import (
     decorators,
     dotted,
@@ -407,6 +407,9 @@ class Interpreter(Recorder, Checks, Loops, Branches):
             fresh = frozenset(self.ctx.loop_assigned(self.loop_stack[-1].node))
             actions.extend(reader.of_assignment(value, names, fresh))
         states = self.run_actions(actions, states)
+        if type(value) is cst.Call and len(targets) == 1:
+            for key in self.built_optimizers(value, targets[0]):
+                states = {s.without_opt(key) for s in states}
         if type(value) is cst.Call and any(is_loss_name(n) for n in names):
             self.mark("loss")
         if type(stmt) is cst.AugAssign and is_increment(stmt):
@@ -427,6 +430,33 @@ class Interpreter(Recorder, Checks, Loops, Branches):
         if saved is not None:
             states = self.save_mode(states, *saved)
         return states
+
+    def built_optimizers(self, value: cst.Call, target: cst.BaseExpression) -> tuple[str, ...]:
+        """``opt = torch.optim.Adam(...)``: the keys of an optimizer constructed here, whose
+        protocol starts anew (a test function called twice builds a new one each time)."""
+        if type(value.func) not in (cst.Name, cst.Attribute):
+            return ()
+        qual = self.ctx.imports.qualify(value.func)
+        if qual is None or not qual.rpartition(".")[2][:1].isupper():
+            return ()  # a class (``torch.optim.Adam``), not ``self.optimizers()``
+        if constructed_role(qual) is not Role.OPTIMIZER:
+            return ()
+        held = self.frame.resolve(target)
+        if held is None or held.role is not Role.OPTIMIZER or not held.models:
+            return ()
+        # gradients live on the parameters: only a model built anew here too (in this call,
+        # and in this iteration of the innermost loop) has none left from before
+        frame = self.frame
+        loop = self.loop_stack[-1].node if self.loop_stack else None
+        fresh = self.ctx.loop_assigned(loop) if loop is not None else None
+        for model in held.models:
+            scope, _, name = model.partition(":")
+            name = name.split(".", 1)[0]
+            if scope != frame.scope or name in frame.params or name not in frame.local_values:
+                return ()
+            if fresh is not None and name not in fresh:
+                return ()
+        return held.members or (held.key,)
 
     # running actions over states
 

@@ -14,7 +14,7 @@ from loopcheck.static import conditions, guards, tensors
 from loopcheck.static.callees import may_clear, names_a_move
 from loopcheck.static.facts import handed_back_in
 from loopcheck.static.frames import FrameStack
-from loopcheck.static.model import FileModel, LoopSummary
+from loopcheck.static.model import FileModel, LoopSummary, RootSummary
 from loopcheck.static.paths import Flow, PathState, cap
 from loopcheck.static.roles import Role, role_from_name
 from loopcheck.static.syntax import chains_in, counter_of, is_true
@@ -34,6 +34,7 @@ class Loops(FrameStack):
     ``Interpreter``."""
 
     model: FileModel
+    root: RootSummary | None
     loop_stack: list[LoopSummary]
     summaries: dict[int, LoopSummary]
     fact_names: dict[str, set[str]]
@@ -108,6 +109,10 @@ class Loops(FrameStack):
         """Run a loop's ``body`` (or ``run_body``, what one iteration does when it is no
         block of statements) to a fixed point over the back edge."""
         summary = self.summary(node)
+        if self.root is not None and self.root.grads_written:
+            # gradients written by hand before the loop (``p.grad = torch.rand_like(p)``): its
+            # steps apply them, no backward needed
+            summary.grads_read = True
         if states and not summary.eval_like and all(s.evaluating for s in states):
             # entered with a model in eval mode on every path: an evaluation loop (LC502),
             # unless its code turns gradients off by other means, or is a unit test

@@ -153,6 +153,7 @@ class RootSummary:
     stepped: bool = False  # some STEP, opaque optimizer call or unresolved .step() was seen
     stepped_unkeyed: bool = False  # an unresolved .step(), or gradients used by hand
     unkeyed_outside: bool = False  # ... one of them outside every loop
+    grads_written: bool = False  # gradients written by hand (``p.grad = g``) somewhere in it
     # optimizers stepped, or handed to code we cannot see (STEP and OPAQUE events)
     stepped_keys: set[str] = field(default_factory=set)
     step_sites: set[tuple[str, Site]] = field(default_factory=set)  # each optimizer's steps

@@ -68,6 +68,13 @@ class PathState:
         opts = tuple(sorted(opts, key=lambda item: item[0]))
         return PathState(opts, self.facts, self.last_zeroed, self.evaluating)
 
+    def without_opt(self, key: str) -> PathState:
+        """The optimizer ``key`` built anew: nothing known of it yet."""
+        if all(k != key for k, _ in self.opts):
+            return self
+        opts = tuple((k, s) for k, s in self.opts if k != key)
+        return PathState(opts, self.facts, self.last_zeroed, self.evaluating)
+
     def with_facts(self, facts: frozenset[tuple[str, bool]]) -> PathState:
         if facts is self.facts:
             return self

@@ -472,6 +472,8 @@ class Recorder(FrameStack):
         if what == "grads" and self.root is not None:
             # gradients used by hand: a manual update is possible
             self.root.stepped = self.root.stepped_unkeyed = True
+        if what == "grads_rewritten" and self.root is not None:
+            self.root.grads_written = True
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][\w.]*")
