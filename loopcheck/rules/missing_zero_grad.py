@@ -78,9 +78,9 @@ class MissingZeroGrad(ProtocolRule):
     )
 
     periodic_message = (
-        "`{call}` applies gradients that pile up across iterations: this loop steps every "
-        "iteration but clears only under a counter's guard (every n-th iteration); clear once "
-        "per step, or step under the same guard"
+        "`{call}` applies gradients that pile up: this loop clears them only under a counter's "
+        "guard (every n-th iteration), so what a step left uncleared (on the other iterations, "
+        "or before the loop) is applied again; clear once per step, or step under the same guard"
     )
 
     def check(self, model: FileModel) -> Iterable[Finding]:

@@ -69,10 +69,13 @@ class TrainModeNotRestored(ProtocolRule):
         # trains (record.loop: the innermost loop around both)
         if record.loop is None or not _trains(record.loop):
             return False
-        # seen only in functions the linted files call, analysed out of context: their
-        # callers, which hand in what the model is (a frozen feature extractor), decide
+        if record.loop.updates_model(record.key):
+            return True  # an optimizer the loop steps trains the model left in eval mode
+        # seen only in functions the linted files call, analysed out of context, with the
+        # model handed in: their callers, which say what it is (a frozen feature extractor),
+        # decide
         return not all(
-            r.root is not None and r.root.referenced
+            r.root is not None and r.root.referenced and r.handed_in
             for r in model.violations(self.code)
             if r.site == record.site
         )

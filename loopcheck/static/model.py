@@ -121,6 +121,10 @@ class LoopSummary:
         models = self.step_models.get(key)
         return bool(models) and overlap(models, frozenset(self.forward_keys))
 
+    def updates_model(self, model: str) -> bool:
+        """Whether an optimizer stepped in the loop is known to update this model."""
+        return any(overlap(models, frozenset({model})) for models in self.step_models.values())
+
     def clears_periodically(self, key: str) -> bool:
         """Whether every clear of this optimizer in the loop runs only on some residues of a
         counter (``if (i + 1) % n_critic == 0:``), and nothing else may clear it."""
@@ -190,6 +194,8 @@ class Record:
     loop: LoopSummary | None
     root: RootSummary | None = None
     cause: Site | None = None  # the earlier move the violation concerns, if any
+    # LC503: the model is a parameter of the function analysed (its callers say what it is)
+    handed_in: bool = False
 
 
 class FileModel:

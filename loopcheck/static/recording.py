@@ -105,8 +105,12 @@ class Recorder(FrameStack):
                 # helpers' own loops know nothing of their callers)
                 loop = next((s for s in reversed(self.loop_stack) if eval_site in s.sites), None)
                 if loop is not None:
-                    record = Record("LC503", eval_site, key, loop, self.root, action.site)
-                    self.model.add_record(record)
+                    root = self.frames[0] if self.frames else None
+                    scope, _, name = key.partition(":")
+                    handed_in = root is not None and scope == root.scope and name in root.params
+                    self.model.add_record(
+                        Record("LC503", eval_site, key, loop, self.root, action.site, handed_in)
+                    )
 
     def mode(self, state: PathState, action: Mode) -> PathState:
         if action.key is None:
