@@ -115,6 +115,9 @@ def _implicit_loop(
         return False
     if func.name.value.startswith("test") or cls.name.startswith("Test"):
         return False  # a test runner calls each test once, on a fresh fixture
+    wrapper = "optim" in cls.name.lower() and func.name.value in ("step", "zero_grad")
+    if cls.is_optimizer or wrapper:
+        return False  # an optimizer (or its wrapper) of its own: its caller's loop steps it
     return _steps_owned(ctx, func, cls, scope, depth=0)
 
 

@@ -304,7 +304,13 @@ class _Indexer:
                             mentions[owner] = True
                         if type(func) is cst.Name and name in params.get(owner, ()):
                             calls[owner].add("__call__")  # a callable object handed in
-                    if in_loop:
+                    if in_loop and not (
+                        type(func) is cst.Attribute
+                        and name in _MODULE_API
+                        and not (type(func.value) is cst.Name and func.value.value == "self")
+                    ):
+                        # (``env.step(action)`` in a rollout loop does not call a ``step``
+                        # method of this file in a loop; ``self.step()`` would)
                         self.ctx.called_in_loop.add(name)
             elif kind is cst.If or kind is cst.While:
                 self._condition(node.test)

@@ -69,6 +69,11 @@ class Loops(FrameStack):
         states = self.run_actions(self.reader.of_expr(head), states)
         assigned = chains_in(stmt.target) if type(stmt) is cst.For else set()
         infinite = type(stmt) is cst.While and is_true(stmt.test)
+        if infinite and _retries(stmt):
+            # ``while True: try: <step> except OOM: ...; continue`` then ``return``: the same
+            # batch tried again after an error, not the next iteration
+            flow = self.exec_stmt(stmt.body, states)
+            return Flow(normal=flow.normal | flow.continues | flow.breaks, returns=flow.returns)
         orelse = stmt.orelse.body if stmt.orelse is not None else None
         return self.run_loop(stmt, stmt.body, states, assigned, counter_of(stmt), orelse, infinite)
 
@@ -268,3 +273,14 @@ def _over_parameters(stmt: cst.For) -> bool:
         and type(it.func) is cst.Attribute
         and it.func.attr.value in ("parameters", "named_parameters")
     )
+
+
+def _retries(loop: cst.While) -> bool:
+    """A retry loop: its body tries something (a ``try`` among its statements) and ends by
+    leaving the loop (``return`` or ``break``), so it goes round again only by ``continue``."""
+    body = loop.body
+    if type(body) is not cst.IndentedBlock or not body.body:
+        return False
+    last = body.body[-1]
+    ends = type(last) is cst.SimpleStatementLine and type(last.body[-1]) in (cst.Return, cst.Break)
+    return ends and any(type(stmt) in (cst.Try, cst.TryStar) for stmt in body.body)
