@@ -19,7 +19,7 @@ from loopcheck.static.ownership import constructor_of
 from loopcheck.static.reaching import Statement
 from loopcheck.static.roles import Imports, Role
 from loopcheck.static.syntax import dotted, literal, names_in
-from loopcheck.static.tree import kids, walk
+from loopcheck.static.tree import is_expression, kids, walk
 
 
 def kept_graph(
@@ -33,13 +33,21 @@ def kept_graph(
         target, added = stmt.target, stmt.value
     elif type(stmt) is cst.Assign and len(stmt.targets) == 1:
         value = stmt.value
+        name = dotted(stmt.targets[0].target)
         if (
             type(value) is cst.BinaryOperation
             and type(value.operator) is cst.Add
             and dotted(value.left) is not None
-            and dotted(value.left) == dotted(stmt.targets[0].target)
+            and dotted(value.left) == name
         ):
             target, added = stmt.targets[0].target, value.right
+        elif (
+            type(value) is cst.BinaryOperation
+            and name is not None
+            and any(dotted(node) == name for node in walk(value) if is_expression(node))
+        ):
+            # a running mean of itself and the loss: ``tloss = (tloss * i + loss) / (i + 1)``
+            target, added = stmt.targets[0].target, value
     elif type(stmt) is cst.Expr and type(stmt.value) is cst.Call:
         call = stmt.value
         func = call.func
