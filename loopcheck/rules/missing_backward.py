@@ -68,8 +68,12 @@ class MissingBackward(Rule):
                 record.site.path,
             )
         for site, loop in model.steps_only_cleared():
-            if loop.opaque_training or loop.grads_read or loop.grads_inspected:
+            if loop.grads_read or loop.grads_inspected:
                 continue
+            if loop.opaque_training and not any(
+                loop.steps_apart_from_opaque(key) for key, at in loop.steps.items() if at == site
+            ):
+                continue  # unseen code that may train the model, on this step's paths too
             if len(loop.steps) != 1 or not (loop.forward or loop.loss_assigned):
                 # with several optimizers, a backward bound to the others may still reach
                 # this one's parameters (an RL encoder fed by the critic's loss); without a

@@ -121,6 +121,14 @@ class LoopSummary:
         models = self.step_models.get(key)
         return bool(models) and overlap(models, frozenset(self.forward_keys))
 
+    def steps_apart_from_opaque(self, key: str) -> bool:
+        """Whether every path on which this optimizer is stepped excludes, by a run-long
+        choice, every path on which it is handed to code we cannot see (the fp32 branch's
+        ``optimizer.step()`` beside the AMP branch's ``loss_scaler(loss, optimizer)``)."""
+        steps = self.move_facts.get((Move.STEP, key), set())
+        opaque = self.move_facts.get((Move.OPAQUE, key), set())
+        return bool(steps) and bool(opaque) and all(apart({path}, opaque) for path in steps)
+
     def updates_model(self, model: str) -> bool:
         """Whether an optimizer stepped in the loop is known to update this model."""
         return any(overlap(models, frozenset({model})) for models in self.step_models.values())
