@@ -505,6 +505,11 @@ def evaluates(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
     teacher's targets in one loop and evaluates in another."""
     if func is None or func.name.value.startswith("test_"):
         return False  # a unit test (memory is no concern there)
+    if any(
+        info.name.startswith("Test") and info.methods.get(func.name.value) is func
+        for info in ctx.classes.values()
+    ):
+        return False  # ``class TestNoOptim: def test(self):``, pytest's unit test
     return bool(_EVALUATING.search(func.name.value))
 
 
