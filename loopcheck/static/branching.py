@@ -129,9 +129,9 @@ class Branches(FrameStack):
         return taken, skipped
 
     def presence(self, test: cst.BaseExpression) -> tuple[str, bool, set[str]] | None:
-        """``x is None``, ``x is not None`` or a bare ``x`` on a name or attribute chain that
-        resolves to a known object (a scaler, an accelerator, a model): the fact's text, named
-        by the object's key, whether the test is ``is None``, and the names it reads."""
+        """``x is None``, ``x is not None`` or a bare ``x`` on a loss scaler (resolved as one,
+        or named for one): the fact's text, whether the test is ``is None``, and the names it
+        reads."""
         tests_none = False
         if type(test) is cst.Comparison and len(test.comparisons) == 1:
             comp = test.comparisons[0]
@@ -143,10 +143,14 @@ class Branches(FrameStack):
             test = test.left
         if type(test) not in (cst.Name, cst.Attribute):
             return None
+        last = test.value if type(test) is cst.Name else test.attr.value
         obj = self.frame.resolve(test)
-        if obj is None:
+        if "scaler" not in last.lower() and (obj is None or obj.role is not Role.SCALER):
             return None
-        return f"@{obj.key} is None", tests_none, chains_in(test)
+        # named by the last part of its name, which a local alias keeps
+        # (``fp16_scaler = model.fp16_scaler``): the same in every analysis of the loop,
+        # whether or not the object resolves there
+        return f"@{last} is None", tests_none, chains_in(test)
 
     def caller_condition(
         self, test: cst.BaseExpression, ctx: FileContext

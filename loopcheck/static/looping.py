@@ -148,13 +148,6 @@ class Loops(FrameStack):
                 key = conditions.positive_key(counter)  # type: ignore[arg-type]
                 self.fact_names.setdefault(key, {counter})  # type: ignore[arg-type]
                 entry = {s.with_fact(key, start > 0) for s in entry}
-                # and ``(i + k) % n == 0`` holds the first time for k == -start only
-                prefix = f"%{counter}%"
-                for modulus in self.ctx.tracked_moduli:
-                    if modulus.startswith(prefix) and modulus.count("%") == 2:
-                        first = f"{modulus}%{-start}"
-                        self.fact_names.setdefault(first, {counter})  # type: ignore[arg-type]
-                        entry = {s.with_fact(first, True) for s in entry}
             seen = set(entry)
             after_body: set[PathState] = set()  # loops are assumed to run at least once
             breaks: set[PathState] = set()

@@ -104,6 +104,7 @@ class LoopSummary:
     # the optimizers cleared on some path not decided by a counter's residue (a clear under
     # ``if (i + 1) % n == 0:`` alone runs every n-th iteration, not every one)
     unguarded_clears: set[str] = field(default_factory=set)
+    unguarded_steps: set[str] = field(default_factory=set)  # ... stepped so (every iteration)
 
     @property
     def depth(self) -> int:
@@ -135,10 +136,12 @@ class LoopSummary:
 
     def clears_periodically(self, key: str) -> bool:
         """Whether every clear of this optimizer in the loop runs only on some residues of a
-        counter (``if (i + 1) % n_critic == 0:``), and nothing else may clear it."""
+        counter (``if (i + 1) % n_critic == 0:``) while a step of it runs on any iteration,
+        and nothing else may clear it."""
         return (
             self.has(Move.ZERO, key)
             and key not in self.unguarded_clears
+            and key in self.unguarded_steps
             and not self.has(Move.OPAQUE, key)
             and not self.clears_by_name
             and not self.grads_rewritten
