@@ -59,7 +59,7 @@ class Checks(FrameStack):
         if not (when_zero or otherwise) or (when_zero and otherwise):
             return  # steps on no branch, or on both: not an accumulation guard
         stepping = stmt.body if body_steps else other
-        if guards.backprops_in(stepping):
+        if self.ctx.remember("backprops", stepping, lambda: guards.backprops_in(stepping)):
             return  # the branch backpropagates what it steps: an update every N iterations
         if not _after_backward(states):
             return

@@ -313,7 +313,9 @@ class Interpreter(Recorder, Checks, Loops, Branches):
         else:
             taken, skipped = self.split(stmt.test, states)
         taken, skipped = self.engine_side(guards.deepspeed_side(stmt.test), taken, skipped)
-        guard = guards.read_guard(self.ctx.code, stmt.test)
+        guard = self.ctx.remember(
+            "guard", stmt, lambda: guards.read_guard(self.ctx.code, stmt.test)
+        )
         self.on_residue += guard is not None and guard.zero
         try:
             flow = self.exec_stmt(stmt.body, taken) if taken else Flow()
@@ -434,9 +436,16 @@ class Interpreter(Recorder, Checks, Loops, Branches):
     def built_optimizers(self, value: cst.Call, target: cst.BaseExpression) -> tuple[str, ...]:
         """``opt = torch.optim.Adam(...)``: the keys of an optimizer constructed here, whose
         protocol starts anew (a test function called twice builds a new one each time)."""
-        if type(value.func) not in (cst.Name, cst.Attribute):
+        func = value.func
+        if type(func) is cst.Name:
+            last = func.value
+        elif type(func) is cst.Attribute:
+            last = func.attr.value
+        else:
             return ()
-        qual = self.ctx.imports.qualify(value.func)
+        if not last[:1].isupper():
+            return ()  # (cheap first: a class is named so)
+        qual = self.ctx.imports.qualify(func)
         if qual is None or not qual.rpartition(".")[2][:1].isupper():
             return ()  # a class (``torch.optim.Adam``), not ``self.optimizers()``
         if constructed_role(qual) is not Role.OPTIMIZER:

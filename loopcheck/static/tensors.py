@@ -27,43 +27,53 @@ def kept_graph(
 ) -> tuple[str, cst.CSTNode] | None:
     """``total += loss`` / ``total = total + loss`` / ``losses.append(loss)`` where the added
     tensor carries the graph of a model's forward: the accumulator's name and the node to flag."""
-    added: cst.BaseExpression | None = None
-    target: cst.BaseExpression | None = None
-    if type(stmt) is cst.AugAssign and type(stmt.operator) is cst.AddAssign:
-        target, added = stmt.target, stmt.value
-    elif type(stmt) is cst.Assign and len(stmt.targets) == 1:
-        value = stmt.value
-        name = dotted(stmt.targets[0].target)
-        if (
-            type(value) is cst.BinaryOperation
-            and type(value.operator) is cst.Add
-            and dotted(value.left) is not None
-            and dotted(value.left) == name
-        ):
-            target, added = stmt.targets[0].target, value.right
-        elif (
-            type(value) is cst.BinaryOperation
-            and name is not None
-            and any(dotted(node) == name for node in walk(value) if is_expression(node))
-        ):
-            # a running mean of itself and the loss: ``tloss = (tloss * i + loss) / (i + 1)``
-            target, added = stmt.targets[0].target, value
-    elif type(stmt) is cst.Expr and type(stmt.value) is cst.Call:
-        call = stmt.value
-        func = call.func
-        if type(func) is cst.Attribute and func.attr.value == "append" and len(call.args) == 1:
-            target, added = func.value, call.args[0].value
-        else:
-            for name, value in _metered(frame, call):
-                if _keeps_graph(frame, name, value, at):
-                    return name, stmt
-            return None
-    name = _accumulator(frame, target) if target is not None else None
-    if name is None or added is None:
+    shape = frame.ctx.remember("accumulates", stmt, lambda: _accumulation(stmt))
+    if shape is None:
+        return None
+    target, added = shape
+    if target is None:
+        assert type(stmt) is cst.Expr and type(stmt.value) is cst.Call
+        for name, value in _metered(frame, stmt.value):
+            if _keeps_graph(frame, name, value, at):
+                return name, stmt
+        return None
+    name = _accumulator(frame, target)
+    if name is None:
         return None  # not an accumulator set up before the loop
     if not _keeps_graph(frame, name, added, at):
         return None
     return name, stmt
+
+
+def _accumulation(
+    stmt: cst.CSTNode,
+) -> tuple[cst.BaseExpression | None, cst.BaseExpression] | None:
+    """What a statement adds to what (its text alone, read once): ``(target, added)``;
+    ``(None, call)`` for a method call that may feed a meter; None for anything else."""
+    if type(stmt) is cst.AugAssign and type(stmt.operator) is cst.AddAssign:
+        return stmt.target, stmt.value
+    if type(stmt) is cst.Assign and len(stmt.targets) == 1:
+        value = stmt.value
+        if type(value) is not cst.BinaryOperation:
+            return None
+        name = dotted(stmt.targets[0].target)
+        if type(value.operator) is cst.Add and dotted(value.left) is not None:
+            if dotted(value.left) == name:
+                return stmt.targets[0].target, value.right
+        if name is not None and any(
+            dotted(node) == name for node in walk(value) if is_expression(node)
+        ):
+            # a running mean of itself and the loss: ``tloss = (tloss * i + loss) / (i + 1)``
+            return stmt.targets[0].target, value
+        return None
+    if type(stmt) is cst.Expr and type(stmt.value) is cst.Call:
+        call = stmt.value
+        func = call.func
+        if type(func) is cst.Attribute and func.attr.value == "append" and len(call.args) == 1:
+            return func.value, call.args[0].value
+        if type(func) is cst.Attribute and call.args:
+            return None, call
+    return None
 
 
 def _keeps_graph(frame: Frame, name: str, added: cst.BaseExpression, at: Statement | None) -> bool:
@@ -82,13 +92,15 @@ def _metered(frame: Frame, call: cst.Call) -> list[tuple[str, cst.BaseExpression
     method adds the argument to an attribute of its own (``self.sum += val * n``): the
     meter's name with each value so handed in."""
     func = call.func
-    if type(func) is not cst.Attribute:
+    if type(func) is not cst.Attribute or not call.args:
         return []
+    name = dotted(func.value)
+    if not (name and _LOSSES.search(name)) and not any(_names_a_loss(a.value) for a in call.args):
+        return []  # (cheap first: what it sums must be named a loss, or the meter for one)
     meter = frame.resolve(func.value)
     if meter is None or meter.role is not Role.INSTANCE or meter.cls is None:
         return []
     found = meter.cls.method(func.attr.value)
-    name = dotted(func.value)
     if found is None or name is None:
         return []
     method = found[1]
