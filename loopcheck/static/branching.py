@@ -1,6 +1,7 @@
 """How a branch condition divides the paths: framework gates (an accelerator's sync, an
-engine's accumulation boundary), counters and their residues, flags set to literals, and a
-helper's flag that stands for its caller's condition."""
+engine's accumulation boundary), counters and their residues, flags set to literals, a loss
+scaler's presence and unscale stage, and a helper's flag that stands for its caller's
+condition."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from loopcheck.static.frames import FrameStack
 from loopcheck.static.index import FileContext
 from loopcheck.static.paths import PathState
 from loopcheck.static.roles import Role
-from loopcheck.static.syntax import chains_in, negated_if, without_not
+from loopcheck.static.syntax import chains_in, dotted, negated_if, without_not
+from loopcheck.static.tree import walk
 
 
 class Branches(FrameStack):
@@ -151,6 +153,32 @@ class Branches(FrameStack):
         # (``fp16_scaler = model.fp16_scaler``): the same in every analysis of the loop,
         # whether or not the object resolves there
         return f"@{last} is None", tests_none, chains_in(test)
+
+    def unscale_stage(self, stmt: cst.If) -> tuple[list[str], bool] | None:
+        """A test of a GradScaler's per-optimizer stage (``OptState.UNSCALED``) around an
+        ``unscale_`` of known optimizers: those optimizers, and whether the test holds when
+        they were already unscaled."""
+        inner, negated = without_not(stmt.test)
+        if not (type(inner) is cst.Comparison and len(inner.comparisons) == 1):
+            return None
+        comp = inner.comparisons[0]
+        if not (dotted(comp.comparator) or "").endswith("OptState.UNSCALED"):
+            return None
+        keys: list[str] = []
+        for node in walk(stmt.body):
+            if (
+                type(node) is cst.Call
+                and type(node.func) is cst.Attribute
+                and node.func.attr.value == "unscale_"
+                and node.args
+            ):
+                held = self.frame.resolve(node.args[0].value)
+                if held is not None and held.role is Role.OPTIMIZER:
+                    keys.extend(held.members or (held.key,))
+        if not keys:
+            return None
+        holds_when_unscaled = type(comp.operator) in (cst.Is, cst.Equal)
+        return keys, holds_when_unscaled != negated
 
     def caller_condition(
         self, test: cst.BaseExpression, ctx: FileContext

@@ -100,7 +100,7 @@ class ClassInfo:
                     for node in walk(method.body):
                         if type(node) is not cst.Call:
                             continue
-                        name = _self_attribute(node.func)
+                        name = self_attribute(node.func)
                         if name is not None and self.method(name) is None:
                             if not any(self.attribute_values(name)):
                                 self._calls_inherited = True
@@ -114,10 +114,10 @@ class ClassInfo:
         aliases: list[str] = []
         for _, value, _ in self.attribute_values(attr):
             if type(value) is cst.Call and any(
-                _self_attribute(arg.value) in (attr, *aliases) for arg in value.args
+                self_attribute(arg.value) in (attr, *aliases) for arg in value.args
             ):
                 continue  # the same function wrapped
-            name = _self_attribute(value)
+            name = self_attribute(value)
             if name is None or name == attr or self.method(name) is None:
                 return []
             aliases.append(name)
@@ -134,7 +134,7 @@ class ClassInfo:
                 yield info, info.class_values[attr], None
 
 
-def _self_attribute(expr: cst.BaseExpression) -> str | None:
+def self_attribute(expr: cst.BaseExpression) -> str | None:
     """``attr`` for ``self.attr``."""
     if type(expr) is cst.Attribute and type(expr.value) is cst.Name and expr.value.value == "self":
         return expr.attr.value

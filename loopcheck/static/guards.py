@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import libcst as cst
 
+from loopcheck.static.callees import BACKWARD_CALLS
 from loopcheck.static.conditions import Render, modular
 from loopcheck.static.frames import Frame
 from loopcheck.static.roles import Role
@@ -83,7 +84,7 @@ def backprops_in(branch: cst.CSTNode | None) -> bool:
     return any(
         type(node) is cst.Call
         and type(node.func) is cst.Attribute
-        and node.func.attr.value in ("backward", "manual_backward")
+        and node.func.attr.value in BACKWARD_CALLS
         for node in walk(branch)
     )
 

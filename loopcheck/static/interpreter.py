@@ -42,16 +42,13 @@ from loopcheck.static.recording import Recorder
 from loopcheck.static.roles import Obj, Role, constructed_role
 from loopcheck.static.syntax import (
     decorators,
-    dotted,
     ends_with_continue,
     grad_context,
     is_increment,
     is_loss_name,
     literal,
     turns_grad_off,
-    without_not,
 )
-from loopcheck.static.tree import walk
 
 MAX_FOLLOW_DEPTH = 6
 _PRESENT = object()  # the value of a parameter known to hold an optimizer, scaler, model...
@@ -316,46 +313,22 @@ class Interpreter(Recorder, Checks, Loops, Branches):
         guard = self.ctx.remember(
             "guard", stmt, lambda: guards.read_guard(self.ctx.code, stmt.test)
         )
-        self.on_residue += guard is not None and guard.zero
-        try:
-            flow = self.exec_stmt(stmt.body, taken) if taken else Flow()
-        finally:
-            self.on_residue -= guard is not None and guard.zero
+        flow = self.exec_branch(stmt.body, taken, guard is not None and guard.zero)
         if stmt.orelse is None:
             flow.normal |= skipped
             return flow
         other = stmt.orelse.body if type(stmt.orelse) is cst.Else else stmt.orelse
-        self.on_residue += guard is not None and not guard.zero
-        try:
-            return merge(flow, self.exec_stmt(other, skipped) if skipped else Flow())
-        finally:
-            self.on_residue -= guard is not None and not guard.zero
+        return merge(flow, self.exec_branch(other, skipped, guard is not None and not guard.zero))
 
-    def unscale_stage(self, stmt: cst.If) -> tuple[list[str], bool] | None:
-        """A test of a GradScaler's per-optimizer stage (``OptState.UNSCALED``) around an
-        ``unscale_`` of known optimizers: those optimizers, and whether the test holds when
-        they were already unscaled."""
-        inner, negated = without_not(stmt.test)
-        if not (type(inner) is cst.Comparison and len(inner.comparisons) == 1):
-            return None
-        comp = inner.comparisons[0]
-        if not (dotted(comp.comparator) or "").endswith("OptState.UNSCALED"):
-            return None
-        keys: list[str] = []
-        for node in walk(stmt.body):
-            if (
-                type(node) is cst.Call
-                and type(node.func) is cst.Attribute
-                and node.func.attr.value == "unscale_"
-                and node.args
-            ):
-                held = self.frame.resolve(node.args[0].value)
-                if held is not None and held.role is Role.OPTIMIZER:
-                    keys.extend(held.members or (held.key,))
-        if not keys:
-            return None
-        holds_when_unscaled = type(comp.operator) in (cst.Is, cst.Equal)
-        return keys, holds_when_unscaled != negated
+    def exec_branch(self, branch: cst.CSTNode, states: set[PathState], on_residue: bool) -> Flow:
+        """One branch of an ``if``; ``on_residue``: taken on one residue of a counter only."""
+        if not states:
+            return Flow()
+        self.on_residue += on_residue
+        try:
+            return self.exec_stmt(branch, states)
+        finally:
+            self.on_residue -= on_residue
 
     def exec_try(self, stmt: cst.Try | cst.TryStar, states: set[PathState]) -> Flow:
         body = self.exec_stmt(stmt.body, states)
@@ -444,11 +417,9 @@ class Interpreter(Recorder, Checks, Loops, Branches):
         else:
             return ()
         if not last[:1].isupper():
-            return ()  # (cheap first: a class is named so)
-        qual = self.ctx.imports.qualify(func)
-        if qual is None or not qual.rpartition(".")[2][:1].isupper():
             return ()  # a class (``torch.optim.Adam``), not ``self.optimizers()``
-        if constructed_role(qual) is not Role.OPTIMIZER:
+        qual = self.ctx.imports.qualify(func)
+        if qual is None or constructed_role(qual) is not Role.OPTIMIZER:
             return ()
         held = self.frame.resolve(target)
         if held is None or held.role is not Role.OPTIMIZER or not held.models:

@@ -352,10 +352,10 @@ class Recorder(FrameStack):
             if event.move is Move.ZERO and self.probing:
                 continue  # cancels a probe's backward: not a clear of the loop's gradients
             summary.moves.add((event.move, key))
-            if event.move in (Move.ZERO, Move.STEP) and not self.on_residue:
-                (
-                    summary.unguarded_clears if event.move is Move.ZERO else summary.unguarded_steps
-                ).add(key)
+            if not self.on_residue and event.move is Move.ZERO:
+                summary.unguarded_clears.add(key)
+            if not self.on_residue and event.move is Move.STEP:
+                summary.unguarded_steps.add(key)
             if event.move in (Move.OPAQUE, Move.ZERO, Move.STEP):
                 facts = self.invariant(state.facts, summary)
                 summary.move_facts.setdefault((event.move, key), set()).add(facts)

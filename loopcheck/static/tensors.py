@@ -10,7 +10,7 @@ import libcst as cst
 
 from loopcheck.static.bodies import function_layout, returns_of
 from loopcheck.static.callees import BACKWARD_CALLS, given_arguments
-from loopcheck.static.classes import ClassInfo
+from loopcheck.static.classes import ClassInfo, self_attribute
 from loopcheck.static.dataflow import origin, tuple_element, tuple_place
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import EVALUATING as _EVALUATING
@@ -18,7 +18,7 @@ from loopcheck.static.index import FileContext
 from loopcheck.static.ownership import constructor_of
 from loopcheck.static.reaching import Statement
 from loopcheck.static.roles import Imports, Role
-from loopcheck.static.syntax import dotted, literal, names_in
+from loopcheck.static.syntax import dotted, literal, loop_assigned, names_in
 from loopcheck.static.tree import is_expression, kids, walk
 
 
@@ -122,28 +122,17 @@ def _summed_parameters(method: cst.FunctionDef) -> frozenset[str]:
     """The parameters a method adds, as they are, to an attribute of ``self``
     (``self.sum += val * n``; not ``val.item()``, nor a parameter the method reassigns first,
     as ``v = v.item()`` does)."""
-    params = {p.name.value for p in method.params.params[1:]}
-    reassigned: set[str] = set()
+    params = {p.name.value for p in method.params.params[1:]} - loop_assigned(method)
     summed: set[str] = set()
     for node in walk(method.body):
-        if type(node) in (cst.Assign, cst.AugAssign, cst.AnnAssign):
-            targets = (
-                [t.target for t in node.targets] if type(node) is cst.Assign else [node.target]
-            )
-            for target in targets:
-                if type(target) is cst.Name:
-                    reassigned.add(target.value)
-        if not (type(node) is cst.AugAssign and type(node.operator) is cst.AddAssign):
-            continue
-        target = node.target
-        on_self = (
-            type(target) is cst.Attribute
-            and type(target.value) is cst.Name
-            and target.value.value == "self"
-        )
-        if on_self and not any(type(n) is cst.Call for n in walk(node.value)):
+        if (
+            type(node) is cst.AugAssign
+            and type(node.operator) is cst.AddAssign
+            and self_attribute(node.target) is not None
+            and not any(type(n) is cst.Call for n in walk(node.value))
+        ):
             summed |= names_in(node.value) & params
-    return frozenset(summed - reassigned)
+    return frozenset(summed)
 
 
 # methods of a tensor whose result keeps the tensor's graph
