@@ -12,7 +12,9 @@ there goes through the full analysis.
 
 With ``--against DIR`` (the root of another loopcheck checkout, e.g. a ``git worktree`` of
 an older commit), the training-heavy files are also linted in process by both versions, each
-in a fresh interpreter, alternating, best of ``--repeat``, and the ratio is printed.
+in a fresh interpreter, alternating, best of ``--repeat``, and the ratio is printed: for all
+of them, for the fixtures alone and for the tree's training files alone (``--tree`` a folder
+of real training code to see the ratio on code as people write it).
 
     python benchmarks/lint_speed.py [--tree DIR] [--limit N] [--repeat K] [--jobs N]
                                     [--against DIR] [--heavy-only]
@@ -208,11 +210,18 @@ def heavy_runs(files: list[Path], jobs: int, args: argparse.Namespace) -> None:
     for name, (seconds, _) in cli_runs(heavy, jobs, args.repeat).items():
         print(f"  CLI, {name + ':':<16} {rate(heavy, heavy_lines, seconds)}")
     if args.against is not None:
-        ours, theirs = against(args.against, heavy, args.repeat)
-        print(
-            f"  in process (CPU): this checkout {ours:.2f} s, {args.against} {theirs:.2f} s; "
-            f"ratio {ours / theirs:.2f}x"
-        )
+        # the fixtures exercise every idiom the linter follows (an older version may skip
+        # them); the tree's training files are code as people write it: both ratios count
+        fixtures = [p for p in heavy if p.is_relative_to(FIXTURES)]
+        tree = [p for p in heavy if not p.is_relative_to(FIXTURES)]
+        for name, part in (("all", heavy), ("fixtures", fixtures), ("tree's", tree)):
+            if not part:
+                continue
+            ours, theirs = against(args.against, part, args.repeat)
+            print(
+                f"  in process (CPU), {name} {len(part)} files: this checkout {ours:.2f} s, "
+                f"{args.against} {theirs:.2f} s; ratio {ours / theirs:.2f}x"
+            )
 
 
 def torchfix_ratio(files: list[Path], lines: int, cold_one: float, repeat: int) -> None:

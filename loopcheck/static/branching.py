@@ -21,6 +21,9 @@ class Branches(FrameStack):
 
     fact_names: dict[str, set[str]]
 
+    def names_changed(self) -> None:
+        raise NotImplementedError
+
     def gate_of_context(self, item: cst.BaseExpression) -> str | None:
         """``with accelerator.accumulate(model):``: prepared optimizers and schedulers act
         only when the accelerator syncs gradients."""
@@ -90,7 +93,10 @@ class Branches(FrameStack):
             # method that backpropagates test the same object: one fact, named by its key
             text, tests_none, names = presence
             polarity = tests_none != negated
-            self.fact_names[text] = self.fact_names.get(text, set()) | names
+            known = self.fact_names.get(text, set())
+            if not names <= known:
+                self.fact_names[text] = known | names
+                self.names_changed()
             tracked = True
         elif type(inner) is cst.Name and any(
             conditions.known(s.facts, inner.value) is not None for s in states

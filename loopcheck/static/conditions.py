@@ -3,6 +3,7 @@ counter, conditions decided by literal arguments, and how facts are forgotten or
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,37 @@ if TYPE_CHECKING:
     from loopcheck.static.frames import Frame
 
 Facts = frozenset[tuple[str, bool]]
+
+
+class FactNames(dict[str, set[str]]):
+    """The names each fact's text mentions, and the first part of every one of them: an
+    assignment whose names share no first part with them touches no fact (see
+    :func:`touches`), whatever facts a path holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads: set[str] = set()
+
+    def __setitem__(self, text: str, names: set[str]) -> None:
+        super().__setitem__(text, names)
+        self.heads.update(name.partition(".")[0] for name in names)
+
+    def setdefault(self, text: str, names: set[str]) -> set[str]:  # type: ignore[override]
+        found = self.get(text)
+        if found is None:
+            self[text] = found = names
+        return found
+
+    def may_touch(self, names: frozenset[str]) -> bool:
+        """Whether assigning ``names`` may touch some fact."""
+        return not self.heads.isdisjoint(_heads(names))
+
+
+@functools.lru_cache(maxsize=1024)
+def _heads(names: frozenset[str]) -> frozenset[str]:
+    return frozenset(name.partition(".")[0] for name in names)
+
+
 Render = Callable[[cst.CSTNode], str]
 
 
@@ -162,8 +194,11 @@ def residue_excludes(facts: Facts, text: str) -> bool | None:
     return None
 
 
-def shifted(facts: Facts, counter: str, fact_names: dict[str, set[str]]) -> Facts:
-    """The counter grew by one: ``(i + 1) % N != 0`` now is ``i % N != 0`` next time."""
+def shifted(
+    facts: Facts, counter: str, fact_names: dict[str, set[str]], positive: bool = True
+) -> Facts:
+    """The counter grew by one: ``(i + 1) % N != 0`` now is ``i % N != 0`` next time; and
+    it is positive (``positive``: when its sign is a fact worth keeping)."""
     prefix = f"%{counter}%"
     out = set()
     for text, value in facts:
@@ -178,7 +213,8 @@ def shifted(facts: Facts, counter: str, fact_names: dict[str, set[str]]) -> Fact
             out.add((new, value))
         else:
             out.add((text, value))
-    out.add((positive_key(counter), True))
+    if positive:
+        out.add((positive_key(counter), True))
     return frozenset(out)
 
 
@@ -235,21 +271,32 @@ def forget(
     names: frozenset[str],
     fact_names: dict[str, set[str]],
     keep: Iterable[str] = (),
+    touched: dict[tuple[str, frozenset[str]], bool] | None = None,
 ) -> Facts:
     """Drop the facts that mention a name just assigned, except the modular facts of the
-    counters in ``keep`` (they are shifted instead)."""
+    counters in ``keep`` (they are shifted instead). ``touched`` remembers, per fact and
+    assignment, whether the assignment touches the fact (valid while ``fact_names`` keeps
+    that fact's names)."""
     if not names or not facts:
         return facts
-    if not any(touches(fact_names.get(text, _NO_NAMES), names) for text, _ in facts):
+    memo = {} if touched is None else touched
+    hit = []
+    for fact in facts:
+        mentioned = fact_names.get(fact[0])
+        if mentioned is None:
+            continue  # no names known: nothing assigned touches it (yet)
+        key = (fact[0], names)
+        found = memo.get(key)
+        if found is None:
+            found = memo[key] = touches(mentioned, names)
+        if found:
+            hit.append(fact)
+    if not hit:
         return facts
     prefixes = tuple(f"%{c}%" for c in keep)
-    kept = frozenset(
-        f
-        for f in facts
-        if not touches(fact_names.get(f[0], _NO_NAMES), names)
-        or (prefixes and f[0].startswith(prefixes))
-    )
-    return facts if len(kept) == len(facts) else kept
+    if prefixes:
+        hit = [f for f in hit if not f[0].startswith(prefixes)]
+    return facts - frozenset(hit) if hit else facts
 
 
 def guard_flag(frame: Frame, name: str) -> cst.Comparison | None:

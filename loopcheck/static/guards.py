@@ -58,12 +58,8 @@ def steps_in(frame: Frame, branch: cst.CSTNode | None) -> bool:
     """Whether a branch steps an optimizer (directly, through a GradScaler or an engine)."""
     if branch is None:
         return False
-    for node in walk(branch):
-        if not (type(node) is cst.Call and type(node.func) is cst.Attribute):
-            continue
-        if node.func.attr.value != "step":
-            continue
-        owner = frame.resolve(node.func.value)
+    for node in frame.ctx.method_calls(branch).get("step", ()):
+        owner = frame.resolve(node.func.value)  # type: ignore[attr-defined]
         if owner is None:
             continue
         if owner.role in (Role.OPTIMIZER, Role.ENGINE):

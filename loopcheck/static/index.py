@@ -12,7 +12,7 @@ import libcst as cst
 
 from loopcheck.diagnostic import Span
 from loopcheck.static.classes import ClassInfo
-from loopcheck.static.conditions import condition_key, modular, modulus_of
+from loopcheck.static.conditions import condition_key, counter_sign, modular, modulus_of
 from loopcheck.static.model import Site
 from loopcheck.static.positions import Range, positions
 from loopcheck.static.roles import Imports
@@ -24,6 +24,7 @@ from loopcheck.static.syntax import (
     evaluation_order,
     incremented,
     loop_assigned,
+    method_calls,
     nested_defs,
     range_length,
     without_not,
@@ -112,6 +113,9 @@ class FileContext:
         self.tracked_moduli: set[str] = set()
         # counters that cycle through a range beside the data, with the range's length
         self.cycles: dict[str, str] = {}  # counter%modulus pairs guarding two branches
+        # names whose sign a condition tests (``i > 0``, ``if step == 0:``): only their counters
+        # carry the fact of the first iteration
+        self.sign_tested: set[str] = set()
         self.fact_names: dict[str, set[str]] = {}
         self.module_frame: object = None  # set by the frames module on first use
         # blocks asserting that .grad is None (with the block: see ``probes``)
@@ -161,6 +165,10 @@ class FileContext:
             return self._remembered[key]  # type: ignore[return-value]
         found = self._remembered[key] = compute()
         return found
+
+    def method_calls(self, node: cst.CSTNode) -> dict[str, list[cst.Call]]:
+        """:func:`syntax.method_calls` under ``node``, cached per node."""
+        return self.remember("method-calls", node, lambda: method_calls(node))
 
     def function_info(self, func: cst.FunctionDef | None) -> FunctionInfo:
         key = id(func)
@@ -237,6 +245,7 @@ class _Indexer:
         self.condition_counts: dict[str, int] = {}
         self.alternatives: set[str] = set()  # conditions choosing between two ways of training
         self.moduli_counts: dict[str, int] = {}
+        self.modular_ifs: list[tuple[str, cst.If]] = []  # (modulus, the if it guards)
         # flags assigned a step guard (``is_last = (i + 1) % n == 0``), tested by name later
         self.guard_flags: list[tuple[str, cst.Comparison]] = []
 
@@ -313,7 +322,7 @@ class _Indexer:
                         # method of this file in a loop; ``self.step()`` would)
                         self.ctx.called_in_loop.add(name)
             elif kind is cst.If or kind is cst.While:
-                self._condition(node.test)
+                self._condition(node.test, node if kind is cst.If else None)
                 if kind is cst.If and node.orelse is not None and _two_ways(node):
                     key = condition_key(self.ctx.code, node.test)[0]
                     if key is not None:
@@ -347,7 +356,6 @@ class _Indexer:
             if guard is not None and tests:
                 modulus = modulus_of(guard[0])
                 self.moduli_counts[modulus] = self.moduli_counts.get(modulus, 0) + tests
-        self.ctx.tracked_moduli = {m for m, n in self.moduli_counts.items() if n > 1}
         external = self._external(calls)
         if any(
             id(c.methods["__call__"]) in {k for k, yes in mentions.items() if yes}
@@ -363,14 +371,28 @@ class _Indexer:
             if "forward" in c.methods
         }
         self.ctx.relevant = _relevant(mentions, calls, enclosing, by_name, external, forwards)
+        # a counter's residues are followed across iterations only for the guards of what may
+        # take part in a step (an evaluation every 250 steps opens no accumulation window)
+        moving = {n for n, keys in by_name.items() if any(k in self.ctx.relevant for k in keys)}
+        moving |= external
+        for modulus, stmt in self.modular_ifs:
+            if _names_move(stmt, moving):
+                self.moduli_counts[modulus] = self.moduli_counts.get(modulus, 0) + 1
+        self.ctx.tracked_moduli = {m for m, n in self.moduli_counts.items() if n > 1}
 
-    def _condition(self, test: cst.BaseExpression) -> None:
+    def _condition(self, test: cst.BaseExpression, stmt: cst.If | None = None) -> None:
+        """Count a condition's tests (``stmt``: the ``if`` it decides, if any)."""
         inner = without_not(test)[0]
         if type(inner) is cst.BooleanOperation:  # each operand is decided on its own
-            self._condition(inner.left)
-            self._condition(inner.right)
+            self._condition(inner.left, stmt)
+            self._condition(inner.right, stmt)
+        sign = counter_sign(test)
+        if sign is not None:
+            self.ctx.sign_tested |= sign[2]
         guard = modular(self.ctx.code, test, self.ctx.cycles)
-        if guard is not None:
+        if guard is not None and stmt is not None:
+            self.modular_ifs.append((modulus_of(guard[0]), stmt))  # counted once relevance is known
+        elif guard is not None:
             modulus = modulus_of(guard[0])
             self.moduli_counts[modulus] = self.moduli_counts.get(modulus, 0) + 1
         text = condition_key(self.ctx.code, test)[0]
@@ -438,6 +460,25 @@ def _two_ways(node: cst.If) -> bool:
         for side in sides
         for n in walk(side)
     )
+
+
+def _names_move(stmt: cst.If, moving: set[str]) -> bool:
+    """Whether an ``if`` may run a move of a training step: it names one, or calls a function
+    or method (of the linted files) that takes part in one."""
+    for node in walk(stmt):
+        kind = type(node)
+        # (``step`` only when called: a counter named ``step`` is no move)
+        if kind is cst.Name and node.value in MOVE_WORDS and node.value != "step":
+            return True
+        if kind is cst.Attribute and node.attr.value in MOVE_WORDS and node.attr.value != "step":
+            return True
+        if kind is cst.Call:
+            func = node.func
+            if type(func) is cst.Name and func.value in moving:
+                return True
+            if type(func) is cst.Attribute and func.attr.value in moving | {"step"}:
+                return True
+    return False
 
 
 def _relevant(

@@ -37,7 +37,7 @@ from loopcheck.static.moves import (
     Mark,
     Mode,
 )
-from loopcheck.static.paths import Flow, PathState, cap, forget_locals, merge
+from loopcheck.static.paths import Flow, PathState, cap, forget_locals, join_complements, merge
 from loopcheck.static.recording import Recorder
 from loopcheck.static.roles import Obj, Role, constructed_role
 from loopcheck.static.syntax import (
@@ -104,13 +104,15 @@ class Interpreter(Recorder, Checks, Loops, Branches):
         self.discarding = 0  # inside a block that drops the batch (except, ``...; continue``)
         self.probing = 0  # inside a block that probes the model (``assert p.grad is None``)
         self.on_residue = 0  # inside a branch taken on one residue of a counter (every n-th)
-        self.fact_names: dict[str, set[str]] = {}
+        self.fact_names = conditions.FactNames()
         self.saved_modes: dict[str, str] = {}
         self._seeded: set[int] = set()
         self.registry: dict[str, Obj] = {}  # optimizers seen, by key
         self.at: cst.CSTNode | None = None  # the statement being run (for reaching values)
         self._forgotten: dict[tuple[object, ...], frozenset[tuple[str, bool]]] = {}
+        self.touched = {}  # whether an assignment touches a fact, per fact text and names
         self.transitions = {}  # the protocol's transitions seen in this file, remembered
+        self.invariants = {}  # the loop-invariant part of a path's facts, per loop
         # the function each step ran in (does it drop a loss? asked only for LC104)
         self.step_functions: dict[Site, tuple[FileContext, cst.FunctionDef | None]] = {}
         self.applied: set[Site] = set()
@@ -316,9 +318,13 @@ class Interpreter(Recorder, Checks, Loops, Branches):
         flow = self.exec_branch(stmt.body, taken, guard is not None and guard.zero)
         if stmt.orelse is None:
             flow.normal |= skipped
-            return flow
-        other = stmt.orelse.body if type(stmt.orelse) is cst.Else else stmt.orelse
-        return merge(flow, self.exec_branch(other, skipped, guard is not None and not guard.zero))
+        else:
+            other = stmt.orelse.body if type(stmt.orelse) is cst.Else else stmt.orelse
+            flow = merge(
+                flow, self.exec_branch(other, skipped, guard is not None and not guard.zero)
+            )
+        flow.normal = join_complements(flow.normal)
+        return flow
 
     def exec_branch(self, branch: cst.CSTNode, states: set[PathState], on_residue: bool) -> Flow:
         """One branch of an ``if``; ``on_residue``: taken on one residue of a counter only."""

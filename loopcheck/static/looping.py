@@ -37,8 +37,9 @@ class Loops(FrameStack):
     root: RootSummary | None
     loop_stack: list[LoopSummary]
     summaries: dict[int, LoopSummary]
-    fact_names: dict[str, set[str]]
+    fact_names: conditions.FactNames
     _forgotten: dict
+    touched: dict[tuple[str, frozenset[str]], bool]
     reader: Reader
 
     def exec_stmt(self, stmt: cst.CSTNode, states: set[PathState]) -> Flow:
@@ -144,7 +145,9 @@ class Loops(FrameStack):
                 f for s in entry for f in s.facts if f[0].startswith(_GATE_PREFIX)
             )
             start = guards.loop_start(node) if counter else None
-            if start is not None:  # ``for i, x in enumerate(...)``: i == 0 the first time
+            if start is not None and counter in self.ctx.sign_tested:
+                # ``for i, x in enumerate(...)``: i == 0 the first time (a fact only for a
+                # counter whose sign some condition tests: each such fact doubles the paths)
                 key = conditions.positive_key(counter)  # type: ignore[arg-type]
                 self.fact_names.setdefault(key, {counter})  # type: ignore[arg-type]
                 entry = {s.with_fact(key, start > 0) for s in entry}
@@ -197,14 +200,19 @@ class Loops(FrameStack):
     def forget(
         self, state: PathState, names: frozenset[str], keep: frozenset[str] = frozenset()
     ) -> PathState:
-        if not names or not state.facts:
+        if not names or not state.facts or not self.fact_names.may_touch(names):
             return state
         memo = (state.facts, names, keep)
         facts = self._forgotten.get(memo)
         if facts is None:
-            facts = conditions.forget(state.facts, names, self.fact_names, keep)
+            facts = conditions.forget(state.facts, names, self.fact_names, keep, self.touched)
             self._forgotten[memo] = facts
         return state.with_facts(facts)
+
+    def names_changed(self) -> None:
+        """A fact now mentions more names: what assignments forget is decided anew."""
+        self._forgotten.clear()
+        self.touched.clear()
 
     def enter(self, state: PathState, loop: cst.CSTNode) -> PathState:
         """A loop starts: tell every optimizer's protocol state. A loop that cannot clear
@@ -237,7 +245,8 @@ class Loops(FrameStack):
         """The counter grew by one: move its modular facts one step."""
         if counter is None or not state.facts:
             return state
-        return state.with_facts(conditions.shifted(state.facts, counter, self.fact_names))
+        positive = counter in self.ctx.sign_tested
+        return state.with_facts(conditions.shifted(state.facts, counter, self.fact_names, positive))
 
     def iterate(
         self, state: PathState, summary: LoopSummary, outer_gates: frozenset = frozenset()

@@ -64,9 +64,16 @@ class PathState:
         return UNKNOWN
 
     def with_opt(self, key: str, state: OptState) -> PathState:
-        opts = tuple((k, s) for k, s in self.opts if k != key) + ((key, state),)
-        opts = tuple(sorted(opts, key=lambda item: item[0]))
-        return PathState(opts, self.facts, self.last_zeroed, self.evaluating)
+        opts = []
+        for k, s in self.opts:
+            if k == key:
+                if s == state:
+                    return self  # unchanged: the same path
+                continue
+            opts.append((k, s))
+        opts.append((key, state))
+        opts.sort(key=_first)
+        return PathState(tuple(opts), self.facts, self.last_zeroed, self.evaluating)
 
     def without_opt(self, key: str) -> PathState:
         """The optimizer ``key`` built anew: nothing known of it yet."""
@@ -81,6 +88,8 @@ class PathState:
         return PathState(self.opts, facts, self.last_zeroed, self.evaluating)
 
     def with_fact(self, text: str, value: bool) -> PathState:
+        if (text, value) in self.facts:
+            return self
         return PathState(self.opts, self.facts | {(text, value)}, self.last_zeroed, self.evaluating)
 
     def with_zeroed(self, last_zeroed: frozenset[str]) -> PathState:
@@ -109,6 +118,44 @@ def merge(a: Flow, b: Flow) -> Flow:
         continues=a.continues | b.continues,
         returns=a.returns | b.returns,
     )
+
+
+def join_complements(states: set[PathState]) -> set[PathState]:
+    """Join the paths that differ only in one fact, held true on one and false on the other:
+    the branch that decided it changed nothing else, so one path with the fact undecided says
+    the same (a later test of it splits again). Lossless, unlike :func:`cap`'s join; without
+    it every condition a script tests twice (``if args.offload:``) doubles the paths."""
+    while len(states) > 1:
+        groups: dict[tuple[object, ...], list[PathState]] = {}
+        for state in states:
+            if state.facts:
+                key = (state.opts, state.last_zeroed, state.evaluating)
+                groups.setdefault(key, []).append(state)
+        joined: dict[PathState, PathState] = {}
+        for group in groups.values():
+            if len(group) < 2:
+                continue
+            by_facts = {state.facts: state for state in group}
+            for state in group:
+                if state in joined:
+                    continue
+                for text, value in state.facts:
+                    if not value:
+                        continue
+                    rest = state.facts - {(text, True)}
+                    partner = by_facts.get(rest | {(text, False)})
+                    if partner is not None and partner not in joined:
+                        merged = state.with_facts(rest)
+                        joined[state] = joined[partner] = merged
+                        break
+        if not joined:
+            return states
+        states = {joined.get(state, state) for state in states}
+    return states
+
+
+def _first(item: tuple[str, OptState]) -> str:
+    return item[0]
 
 
 def cap(states: set[PathState]) -> set[PathState]:

@@ -34,6 +34,7 @@ class Layout:
         self.place: dict[int, tuple[list[Statement], int, Statement | None]] = {}
         self._direct: dict[int, dict[str, list[Definition]]] = {}
         self._nested: dict[int, dict[str, list[Definition]]] = {}
+        self._reaching: dict[tuple[str, int], list[Definition] | None] = {}
         self._blocks(function, None)
 
     def _blocks(self, node: cst.CSTNode, owner: Statement | None) -> None:
@@ -45,7 +46,15 @@ class Layout:
 
     def reaching(self, name: str, at: Statement) -> list[Definition] | None:
         """The definitions of ``name`` that may reach ``at``; None when the value may come
-        from the function's entry (a parameter, a global, a closure variable)."""
+        from the function's entry (a parameter, a global, a closure variable). The list is
+        shared: callers must not change it."""
+        memo = (name, id(at))
+        if memo in self._reaching:
+            return self._reaching[memo]
+        found = self._reaching[memo] = self._reach(name, at)
+        return found
+
+    def _reach(self, name: str, at: Statement) -> list[Definition] | None:
         found: list[Definition] = []
         current: Statement | None = at
         while current is not None and id(current) in self.place:

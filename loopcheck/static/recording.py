@@ -4,6 +4,7 @@ the file model (violations, and what each loop and entry point contains)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import replace
 
@@ -50,6 +51,7 @@ class Recorder(FrameStack):
     fact_names: dict[str, set[str]]
     saved_modes: dict[str, str]  # names saving a model's mode (``was_training``), its key
     transitions: dict[tuple[OptState, Event], tuple[OptState, tuple[Violation, ...]]]
+    invariants: dict[tuple[int, int, frozenset], frozenset]
     step_functions: dict[Site, tuple[FileContext, cst.FunctionDef | None]]
     applied: set[Site]  # backward calls whose gradients some optimizer's step applied
     on_residue: int  # inside a branch taken on one residue of a counter (every n-th)
@@ -414,10 +416,15 @@ class Recorder(FrameStack):
         names the loop never assigns (``use_amp``, not ``i % N == 0``)."""
         if not facts or loop is None:
             return frozenset()
-        assigned = self.ctx.remember(
-            "loop names", loop.node, lambda: _loop_names(self.ctx, loop.node)
-        )
-        return frozenset(f for f in facts if not set(_IDENTIFIER.findall(f[0])) & assigned)
+        memo = (id(self.ctx), id(loop.node), facts)  # asked on every move of every path
+        found = self.invariants.get(memo)
+        if found is None:
+            assigned = self.ctx.remember(
+                "loop names", loop.node, lambda: _loop_names(self.ctx, loop.node)
+            )
+            found = frozenset(f for f in facts if not _identifiers(f[0]) & assigned)
+            self.invariants[memo] = found
+        return found
 
     def helps_caller(self) -> bool:
         """Whether the code running is a helper its caller calls (in a loop of the caller's,
@@ -483,6 +490,12 @@ class Recorder(FrameStack):
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][\w.]*")
+
+
+@functools.lru_cache(maxsize=4096)
+def _identifiers(text: str) -> frozenset[str]:
+    """The names and dotted chains a fact's text mentions."""
+    return frozenset(_IDENTIFIER.findall(text))
 
 
 def _loop_names(ctx: FileContext, node: cst.CSTNode) -> set[str]:

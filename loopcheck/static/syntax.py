@@ -90,6 +90,19 @@ def chains_in(node: cst.CSTNode) -> set[str]:
     return out
 
 
+def method_calls(node: cst.CSTNode) -> dict[str, list[cst.Call]]:
+    """The calls of a method under ``node`` (``opt.step()``, ``x.y.zero_grad()``), by the
+    method's name, in no particular order."""
+    out: dict[str, list[cst.Call]] = {}
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if type(current) is cst.Call and type(current.func) is cst.Attribute:
+            out.setdefault(current.func.attr.value, []).append(current)
+        stack.extend(kids(current))
+    return out
+
+
 def assignments(body: cst.CSTNode) -> Iterator[tuple[cst.BaseExpression, cst.BaseExpression]]:
     """(target, value) pairs of the plain assignments in a body, nested defs excluded."""
     stack: list[cst.CSTNode] = [body]
