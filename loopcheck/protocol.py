@@ -413,10 +413,15 @@ def _grad_rescale(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...
 
 
 def _iteration(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
-    found = ()
+    found: tuple[Violation, ...] = ()
     if s.scaler_step_at is not None:
         # scaler.step without scaler.update before the next iteration
         found = (Violation("LC303", s.scaler_step_at),)
+    if s.pending_step is not None and s.pending_step_cleared:
+        # a step right after its clear, and no backward reached the optimizer in the whole
+        # iteration: its backward is missing (the static observer keeps it only where the
+        # step's function computes a loss it never backpropagates)
+        found = (*found, Violation("LC104", s.pending_step))
     # A scheduler step while gradients accumulate (no optimizer step in this iteration)
     # waits for the next micro-batch: LC202 then.
     accumulating = s.grads is Grads.FRESH and not s.stepped_this_iteration

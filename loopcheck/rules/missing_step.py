@@ -69,10 +69,11 @@ class MissingStep(Rule):
                     for root, loop, _ in deciding
                 ):
                     continue
-            if all(root.referenced for root, _, _ in seen):
+            clears = _clears_unstepped(model, seen)
+            if all(root.referenced for root, _, _ in seen) and not clears:
                 continue  # only ever seen out of context: its caller may step
-            if not any(in_scope for _, _, in_scope in seen):
-                continue
+            if not any(in_scope for _, _, in_scope in seen) and not clears:
+                continue  # an optimizer whose updates some other code (a base class) owns
             loop = seen[0][1]
             if id(loop) in reported:
                 continue
@@ -133,3 +134,16 @@ class MissingStep(Rule):
                 f"steps while the other optimizers do: call `{name}.step()` after backward",
                 site.path,
             )
+
+
+def _clears_unstepped(model: FileModel, seen: list[tuple[RootSummary, LoopSummary, bool]]) -> bool:
+    """Whether the loop clears, on every iteration, an optimizer that nothing in the file
+    ever steps: whoever calls it (a base class elsewhere) could step only after the loop,
+    too late for what each iteration's clear drops (an RL algorithm's ``train()`` that lost
+    its step)."""
+    stepped: set[str] = set()
+    for root in model.roots:
+        if root.stepped_unkeyed:
+            return False
+        stepped |= root.stepped_keys
+    return any(key not in stepped for _, loop, _ in seen for key in loop.unguarded_clears)

@@ -453,9 +453,14 @@ class ApiReader(HostView):
             elif obj.role in (Role.MODEL, Role.LIGHTNING):
                 model = True
         actions: list[Action] = []
+        called = dotted(call.func) or ""
+        if keys and _KEEPS_GRADS.search(called.rsplit(".", 1)[-1]):
+            # ``self._update_learning_rate(self.policy.optimizer)`` sets the learning rate,
+            # ``utils.restart_from_checkpoint(path, optimizer=optimizer)`` loads a state: no
+            # gradient is touched
+            keys = []
         if keys:
             actions.append(Emit(Event(Move.OPAQUE), tuple(keys)))
-        called = dotted(call.func) or ""
         if model and not keys and _LOSS_FUNCTION.search(called) and not _RUNS_STEP.search(called):
             # ``diffusion.training_losses(model, x, t)``: named for the loss it returns, it
             # runs the model forward to compute it, not backward
@@ -469,6 +474,12 @@ class ApiReader(HostView):
 # the names of unseen calls handed the model that may run its backward
 _MAY_TRAIN = re.compile(
     r"(?i)backward|step|optimi|train|fit|update|learn|loss|forward|grad|closure|^run$|^run_"
+)
+# the names of unseen calls handed an optimizer that set its learning rate, save or load its
+# state, or log it, and do no more
+_KEEPS_GRADS = re.compile(
+    r"(?i)^_*(update|adjust|set|warmup|decay)_?(the_)?(learning_rate|lr)s?$"
+    r"|checkpoint|^_*(save|load|resume|restore|restart)(_|$)|^_*log(_|$)|^print"
 )
 _LOSS_FUNCTION = re.compile(r"(?i)(^|[._])\w*losses?$")
 _RUNS_STEP = re.compile(r"(?i)backward|step|optimi")  # ``forward_backward_loss``

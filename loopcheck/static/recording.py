@@ -389,6 +389,12 @@ class Recorder(FrameStack):
                     # stepped yet: seen again once a step ran if it is accumulation; a branch
                     # that lost its step never steps (LC105's), and its clear drops nothing
                     continue
+                if (
+                    code == "LC104"
+                    and event.move is Move.ITERATION
+                    and not self.drops_loss(v.where)
+                ):
+                    continue  # a cleared step no backward confirmed: a loss dropped says it
                 if code == "LC104" and not self.drops_loss(v.where):
                     code = "LC103"  # no loss is left without its backward: misordered
                 elif code == "LC103" and old.pending_step_cleared and self.drops_loss(v.where):
