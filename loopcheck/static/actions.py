@@ -45,6 +45,7 @@ from loopcheck.static.gradients import (
     manual_update,
     reduces_grad,
     rescales_grad,
+    scaled_step,
 )
 from loopcheck.static.host import Host
 from loopcheck.static.index import CLEARING_NAMES, FileContext
@@ -103,6 +104,8 @@ class Reader(Targets):
                     actions.append(Mark("grads_rewritten"))
                 actions.append(Emit(Event(Move.GRAD_RESCALE), None))
             elif type(node) is cst.Call:
+                if scaled_step(node):
+                    actions.append(Emit(Event(Move.GRAD_RESCALE), None))
                 if (hands_grad(node) or changes_grad(node)) and not reduces_grad(node):
                     actions.append(Mark("grads_rewritten"))
                 if manual_update(node):

@@ -91,11 +91,28 @@ def rescales_grad(call: cst.Call) -> bool:
     named for it, handed a factor (torchtune's ``scale_grads(model, 1 / num_tokens)``)."""
     if _grad_method(call) in _RESCALES:
         return True
-    return len(call.args) >= 2 and bool(_RESCALING_HELPER.match(called_name(call)))
+    # a function handed what to rescale and the factor; a method (``optim.multiply_grads(c)``)
+    # handed the factor
+    handed = 1 if type(call.func) is cst.Attribute else 2
+    return len(call.args) >= handed and bool(_RESCALING_HELPER.match(called_name(call)))
 
 
-# ``scale_grads``, ``scale_grads_``, ``rescale_gradients``, ``normalize_grads``
-_RESCALING_HELPER = re.compile(r"(?i)(re)?scale_grad(ient)?s?_?$|normali[sz]e_grad(ient)?s?_?$")
+def scaled_step(call: cst.Call) -> bool:
+    """``optimizer.step(scale=c)``, ``scaler.step(optimizer, scale=c)``: an optimizer (apex's
+    fused Adam) that divides the gradients by ``scale`` as it applies them."""
+    func = call.func
+    return (
+        type(func) is cst.Attribute
+        and func.attr.value == "step"
+        and any(a.keyword is not None and a.keyword.value == "scale" for a in call.args)
+    )
+
+
+# ``scale_grads``, ``scale_grads_``, ``rescale_gradients``, ``normalize_grads``,
+# ``multiply_grads``
+_RESCALING_HELPER = re.compile(
+    r"(?i)(re)?scale_grad(ient)?s?_?$|normali[sz]e_grad(ient)?s?_?$|multiply_grad(ient)?s?_?$"
+)
 
 
 def _grad_method(call: cst.Call) -> str | None:

@@ -113,6 +113,7 @@ class Interpreter(Recorder, Checks, Loops, Branches):
         self.touched = {}  # whether an assignment touches a fact, per fact text and names
         self.transitions = {}  # the protocol's transitions seen in this file, remembered
         self.invariants = {}  # the loop-invariant part of a path's facts, per loop
+        self.adjacent_steps = set()
         # the function each step ran in (does it drop a loss? asked only for LC104)
         self.step_functions: dict[Site, tuple[FileContext, cst.FunctionDef | None]] = {}
         self.applied: set[Site] = set()
@@ -346,9 +347,16 @@ class Interpreter(Recorder, Checks, Loops, Branches):
         else:
             flow.normal = set(body.normal)
         self.discarding += 1  # a clear in a handler drops the failed batch on purpose
+        # a step that raised (``except OverflowError:`` around ``scaler.step``) skipped its
+        # gradients: the next clear drops them on purpose, as after ``if isfinite(norm):``
+        skipped = guards.steps_in(self.frame, stmt.body)
         try:
             for handler in stmt.handlers:
-                flow = merge(flow, self.exec_stmt(handler.body, handler_entry))
+                handled = self.exec_stmt(handler.body, handler_entry)
+                if skipped and handled.normal:
+                    access = [Emit(Event(Move.GRAD_ACCESS), None)]
+                    handled.normal = self.run_actions(access, handled.normal)
+                flow = merge(flow, handled)
         finally:
             self.discarding -= 1
         if stmt.finalbody is None:

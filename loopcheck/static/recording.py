@@ -15,7 +15,7 @@ from loopcheck.static import conditions, tensors
 from loopcheck.static.bodies import function_layout
 from loopcheck.static.callees import backward_of, may_step, runs_backward
 from loopcheck.static.frames import FrameStack
-from loopcheck.static.index import FileContext
+from loopcheck.static.index import CLEARING_NAMES, FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, Site, overlap
 from loopcheck.static.moves import Backward, Emit, Forward, Mode
 from loopcheck.static.paths import PathState
@@ -52,6 +52,7 @@ class Recorder(FrameStack):
     saved_modes: dict[str, str]  # names saving a model's mode (``was_training``), its key
     transitions: dict[tuple[OptState, Event], tuple[OptState, tuple[Violation, ...]]]
     invariants: dict[tuple[int, int, frozenset], frozenset]
+    adjacent_steps: set[Site]  # steps whose statement comes right after a clear
     step_functions: dict[Site, tuple[FileContext, cst.FunctionDef | None]]
     applied: set[Site]  # backward calls whose gradients some optimizer's step applied
     on_residue: int  # inside a branch taken on one residue of a counter (every n-th)
@@ -372,6 +373,8 @@ class Recorder(FrameStack):
         if event.move is Move.STEP and where is not None:
             if old.grads is Grads.CLEAR and old.pending_zero is None and self.loop_stack:
                 self.model.cleared_steps.setdefault(where, self.loop_stack[-1])
+                if self.follows_clear():
+                    self.adjacent_steps.add(where)
             else:  # gradients to apply, or a clear that dropped some (LC102's)
                 self.model.fed_steps.add(where)
             self.step_functions.setdefault(where, (self.ctx, self.frame.func))
@@ -392,9 +395,11 @@ class Recorder(FrameStack):
                 if (
                     code == "LC104"
                     and event.move is Move.ITERATION
-                    and not self.drops_loss(v.where)
+                    and not (v.where in self.adjacent_steps and self.drops_loss(v.where))
                 ):
-                    continue  # a cleared step no backward confirmed: a loss dropped says it
+                    # a cleared step no backward confirmed: only right after its clear (no
+                    # call between that may backpropagate unseen), beside a dropped loss
+                    continue
                 if code == "LC104" and not self.drops_loss(v.where):
                     code = "LC103"  # no loss is left without its backward: misordered
                 elif code == "LC103" and old.pending_step_cleared and self.drops_loss(v.where):
@@ -431,6 +436,18 @@ class Recorder(FrameStack):
             found = frozenset(f for f in facts if not _identifiers(f[0]) & assigned)
             self.invariants[memo] = found
         return found
+
+    def follows_clear(self) -> bool:
+        """Whether the statement being run comes right after a clear in its block (nothing
+        between them could run a backward we cannot see)."""
+        at = self.at
+        if at is None:
+            return False
+        found = function_layout(self.frame).place.get(id(at))
+        if found is None or found[1] == 0:
+            return False
+        block, index, _ = found
+        return any(name in self.ctx.code(block[index - 1]) for name in CLEARING_NAMES)
 
     def helps_caller(self) -> bool:
         """Whether the code running is a helper its caller calls (in a loop of the caller's,
