@@ -18,7 +18,7 @@ from loopcheck.static.model import FileModel, RootSummary
 from loopcheck.static.project import Project
 from loopcheck.static.roles import Role
 from loopcheck.static.syntax import all_params
-from loopcheck.static.tree import kids
+from loopcheck.static.tree import forget, kids
 
 # Parameters a framework passes as the iteration counter of its own loop.
 _FRAMEWORK_COUNTERS = ("batch_idx", "batch_nb", "batch_index")
@@ -28,6 +28,7 @@ def analyze(module: cst.Module, path: str = "<stdin>", project: Project | None =
     """Build the model of one parsed file (``project``: the files linted with it)."""
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 4000))
+    forget()
     try:
         ctx = project.context(path, module) if project is not None else FileContext(module, path)
         return _analyze(ctx)

@@ -14,7 +14,7 @@ class PathState:
     """The protocol state of every optimizer on one path, plus the branch facts decided on it.
     Immutable. Paths live in sets that are joined over and over: the hash is computed once."""
 
-    __slots__ = ("opts", "facts", "last_zeroed", "evaluating", "_hash")
+    __slots__ = ("opts", "facts", "last_zeroed", "evaluating", "_hash", "_protocol")
 
     def __init__(
         self,
@@ -32,6 +32,7 @@ class PathState:
         # the back edge of a loop around that call was crossed since)
         self.evaluating = evaluating
         self._hash = 0
+        self._protocol = 0
 
     def __hash__(self) -> int:
         if not self._hash:
@@ -56,6 +57,19 @@ class PathState:
         if evaluating == self.evaluating:
             return self
         return PathState(self.opts, self.facts, self.last_zeroed, evaluating)
+
+    def protocol_hash(self) -> int:
+        """The hash of everything but the facts (computed once)."""
+        if not self._protocol:
+            self._protocol = hash((self.opts, self.last_zeroed, self.evaluating)) or 1
+        return self._protocol
+
+    def same_protocol(self, other: PathState) -> bool:
+        return (
+            self.opts == other.opts
+            and self.last_zeroed == other.last_zeroed
+            and self.evaluating == other.evaluating
+        )
 
     def get(self, key: str) -> OptState:
         for k, s in self.opts:
@@ -126,11 +140,10 @@ def join_complements(states: set[PathState]) -> set[PathState]:
     the same (a later test of it splits again). Lossless, unlike :func:`cap`'s join; without
     it every condition a script tests twice (``if args.offload:``) doubles the paths."""
     while len(states) > 1:
-        groups: dict[tuple[object, ...], list[PathState]] = {}
+        groups: dict[int, list[PathState]] = {}
         for state in states:
             if state.facts:
-                key = (state.opts, state.last_zeroed, state.evaluating)
-                groups.setdefault(key, []).append(state)
+                groups.setdefault(state.protocol_hash(), []).append(state)
         joined: dict[PathState, PathState] = {}
         for group in groups.values():
             if len(group) < 2:
@@ -144,7 +157,11 @@ def join_complements(states: set[PathState]) -> set[PathState]:
                         continue
                     rest = state.facts - {(text, True)}
                     partner = by_facts.get(rest | {(text, False)})
-                    if partner is not None and partner not in joined:
+                    if (
+                        partner is not None
+                        and partner not in joined
+                        and partner.same_protocol(state)
+                    ):
                         merged = state.with_facts(rest)
                         joined[state] = joined[partner] = merged
                         break

@@ -17,6 +17,9 @@ import libcst as cst
 _FIELDS: dict[type, tuple[str, ...]] = {}
 _IS_NODE: dict[type, bool] = {}
 _IS_EXPRESSION: dict[type, bool] = {}
+# id(node) -> (node, its children), for the file being analysed; the node kept beside its
+# children guards against an id reused after a node was freed
+_KIDS: dict[int, tuple[cst.CSTNode, list[cst.CSTNode]]] = {}
 
 # Fields that hold only layout: whitespace, comments, blank lines, brackets and punctuation.
 _LAYOUT_PREFIXES = ("whitespace", "leading_lines", "lines_after", "trailing_whitespace")
@@ -69,9 +72,17 @@ def is_expression(node: cst.CSTNode) -> bool:
     return known
 
 
+def forget() -> None:
+    """Drop the cached children (a new file is about to be analysed)."""
+    _KIDS.clear()
+
+
 def kids(node: cst.CSTNode) -> list[cst.CSTNode]:
     """The child nodes of ``node`` that carry meaning, in field order (source order for
-    expressions)."""
+    expressions). The list is shared: callers must not change it."""
+    cached = _KIDS.get(id(node))
+    if cached is not None and cached[0] is node:
+        return cached[1]
     out: list[cst.CSTNode] = []
     known = _IS_NODE
     for name in _fields(type(node)):
@@ -90,6 +101,7 @@ def kids(node: cst.CSTNode) -> list[cst.CSTNode]:
                 yes = is_node(value)
             if yes:
                 out.append(value)
+    _KIDS[id(node)] = (node, out)
     return out
 
 
