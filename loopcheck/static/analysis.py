@@ -3,7 +3,6 @@ context of each class that inherits it, and methods a framework calls in a loop 
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterator
 from functools import partial
@@ -131,8 +130,7 @@ def _steps_owned(
     ``self.policy.optimizer.step()``, Lightning's ``self.optimizers()``. A method whose step is
     inside its own loop (an epoch loop in ``fit``) runs that loop itself."""
     frame = Frame(ctx, func, cls, {}, module_frame(ctx), scope)
-    nodes = _outside_loops(func.body)
-    for node in nodes:
+    for node in _outside_loops(func.body):
         if not (type(node) is cst.Call and type(node.func) is cst.Attribute):
             continue
         method = node.func.attr.value
@@ -154,34 +152,6 @@ def _steps_owned(
             # attribute keys are ``Class.attr``; locals and parameters are ``scope:name``
             if obj.key.startswith(f"{cls.name}.") and ":" not in obj.key:
                 return True
-    return depth == 0 and _clears_never_stepped(ctx, frame, cls, nodes)
-
-
-def _clears_never_stepped(
-    ctx: FileContext, frame: Frame, cls: ClassInfo, nodes: list[cst.CSTNode]
-) -> bool:
-    """Whether a method clears an optimizer its instance owns and backpropagates, outside
-    any loop of its own, while nothing in the file steps that optimizer: an RL algorithm's
-    ``update()`` that lost its step runs in its framework's loop all the same."""
-    if not any(
-        type(n) is cst.Call and type(n.func) is cst.Attribute and n.func.attr.value == "backward"
-        for n in nodes
-    ):
-        return False
-    for node in nodes:
-        if not (type(node) is cst.Call and type(node.func) is cst.Attribute):
-            continue
-        if node.func.attr.value != "zero_grad" or type(node.func.value) is not cst.Attribute:
-            continue
-        obj = frame.resolve(node.func.value)
-        if obj is None or obj.role is not Role.OPTIMIZER:
-            continue
-        if not (obj.key.startswith(f"{cls.name}.") and ":" not in obj.key):
-            continue
-        receiver = re.escape(ctx.code(node.func.value))
-        stepped = rf"{receiver}\s*\.\s*step\b|step\(\s*{receiver}\b"
-        if not re.search(stepped, ctx.module.code):
-            return True
     return False
 
 

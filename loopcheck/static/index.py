@@ -268,7 +268,7 @@ class _Indexer:
             kind = type(node)
             if kind is cst.Name:
                 self.ctx.referenced.add(node.value)
-                if owner is not None and node.value in MOVE_WORDS and node.value != "step":
+                if owner is not None and _move_word(node):
                     mentions[owner] = True  # (a ``step`` only when called: see Call)
                 continue
             if kind is cst.Attribute:
@@ -277,9 +277,7 @@ class _Indexer:
                 on_self = type(value) is cst.Name and value.value == "self"
                 if on_self or attr not in _MODULE_API:
                     self.ctx.referenced.add(attr)
-                if owner is not None and (
-                    attr in MOVE_WORDS and attr != "step" or attr in ("eval", "train")
-                ):
+                if owner is not None and (_move_word(node) or attr in ("eval", "train")):
                     # ``.eval()``: an evaluation pass (LC502, LC503); ``.train()``: its end
                     mentions[owner] = True
                 stack.append((value, owner, in_loop))
@@ -462,15 +460,25 @@ def _two_ways(node: cst.If) -> bool:
     )
 
 
+def _move_word(node: cst.CSTNode) -> bool:
+    """A name or attribute that names a move (``step`` only when called: a counter named
+    ``step`` is no move, and the callers test calls on their own)."""
+    kind = type(node)
+    if kind is cst.Name:
+        word = node.value  # type: ignore[attr-defined]
+    elif kind is cst.Attribute:
+        word = node.attr.value  # type: ignore[attr-defined]
+    else:
+        return False
+    return word in MOVE_WORDS and word != "step"
+
+
 def _names_move(stmt: cst.If, moving: set[str]) -> bool:
     """Whether an ``if`` may run a move of a training step: it names one, or calls a function
     or method (of the linted files) that takes part in one."""
     for node in walk(stmt):
         kind = type(node)
-        # (``step`` only when called: a counter named ``step`` is no move)
-        if kind is cst.Name and node.value in MOVE_WORDS and node.value != "step":
-            return True
-        if kind is cst.Attribute and node.attr.value in MOVE_WORDS and node.attr.value != "step":
+        if _move_word(node):
             return True
         if kind is cst.Call:
             func = node.func

@@ -20,7 +20,8 @@ from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, 
 from loopcheck.static.moves import Backward, Emit, Forward, Mode
 from loopcheck.static.paths import PathState
 from loopcheck.static.roles import Obj, Role, role_from_name
-from loopcheck.static.syntax import chains_in
+from loopcheck.static.syntax import called_name, chains_in
+from loopcheck.static.tree import walk
 
 # What a ``Mark`` says of a loop, as the field of ``LoopSummary`` it sets.
 _LOOP_FLAGS = {
@@ -447,7 +448,10 @@ class Recorder(FrameStack):
         if found is None or found[1] == 0:
             return False
         block, index, _ = found
-        return any(name in self.ctx.code(block[index - 1]) for name in CLEARING_NAMES)
+        return any(
+            type(node) is cst.Call and called_name(node) in CLEARING_NAMES
+            for node in walk(block[index - 1])
+        )
 
     def helps_caller(self) -> bool:
         """Whether the code running is a helper its caller calls (in a loop of the caller's,
