@@ -97,6 +97,7 @@ class Interpreter(Recorder, Checks, Loops, Branches):
         self.loop_stack: list[LoopSummary] = []
         self.follow_stack: list[cst.CSTNode] = []
         self.frames: list[Frame] = []
+        self.callee_frames: dict[tuple[object, ...], Frame] = {}  # see ``callee_frame``
         self.gates: list[str] = []
         self.root: RootSummary | None = None
         self.summaries: dict[int, LoopSummary] = {}
@@ -137,6 +138,7 @@ class Interpreter(Recorder, Checks, Loops, Branches):
         """Run one entry point. With ``implicit_loop``, the body is the body of a loop that
         a framework runs (``counter`` grows by one per iteration)."""
         self.frames = [frame]
+        self.callee_frames = {}
         self._seed(frame.ctx)
         self.root = root
         self.loop_stack = []
@@ -491,19 +493,16 @@ class Interpreter(Recorder, Checks, Loops, Branches):
                 states = self.evaluations(action, states)
         return states
 
-    def follow(self, action: Follow, states: set[PathState]) -> set[PathState]:
+    def callee_frame(self, action: Follow, ctx: FileContext) -> Frame:
+        """The frame of a followed function called from the current frame and statement. The
+        same call followed again (a loop's next round, another path) gets the same frame
+        back, with what it already resolved: a frame is a function of how it is called."""
+        key = (action, id(self.frame), id(self.at) if action.tensors else None)
+        frame = self.callee_frames.get(key)
+        if frame is not None:
+            return frame
         node = action.node
-        if node in self.follow_stack or len(self.follow_stack) >= MAX_FOLLOW_DEPTH:
-            return states
-        self.follows += 1
-        if type(node) is cst.Lambda:
-            self.follow_stack.append(node)
-            try:
-                return self.run_actions(self.reader.of_expr(node.body), states)
-            finally:
-                self.follow_stack.pop()
-        ctx = action.ctx or self.ctx
-        self._seed(ctx)
+        assert type(node) is cst.FunctionDef
         nested = ctx is self.ctx and node in self.frame.local_defs.values()
         parent = self.frame if nested else module_frame(ctx)
         name = node.name.value
@@ -522,6 +521,24 @@ class Interpreter(Recorder, Checks, Loops, Branches):
             for name, expr, ctx in action.conditions
             if name not in frame.local_values
         }
+        self.callee_frames[key] = frame
+        return frame
+
+    def follow(self, action: Follow, states: set[PathState]) -> set[PathState]:
+        node = action.node
+        if node in self.follow_stack or len(self.follow_stack) >= MAX_FOLLOW_DEPTH:
+            return states
+        self.follows += 1
+        if type(node) is cst.Lambda:
+            self.follow_stack.append(node)
+            try:
+                return self.run_actions(self.reader.of_expr(node.body), states)
+            finally:
+                self.follow_stack.pop()
+        ctx = action.ctx or self.ctx
+        self._seed(ctx)
+        frame = self.callee_frame(action, ctx)
+        scope = frame.scope
         self.frames.append(frame)
         self.follow_stack.append(node)
         saved_gates, saved_at = self.gates, self.at
