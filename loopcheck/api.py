@@ -145,7 +145,7 @@ def _lint_text(
         return [_syntax_error(text, path, exc)]
     except RecursionError:
         return [_parse_error(path, 1, 1, "file is too deeply nested to parse")]
-    return lint_module(module, path, rules, project)
+    return lint_module(module, path, rules, project, text)
 
 
 def lint_module(
@@ -153,13 +153,15 @@ def lint_module(
     path: str = "<stdin>",
     rules: tuple[type[Rule], ...] = ALL_RULES,
     project: Project | None = None,
+    source: str | None = None,
 ) -> list[Diagnostic]:
     """:func:`lint_source` of a file that libcst has parsed already (checking a fix lints the
-    tree the fixers read instead of parsing the same text again)."""
+    tree the fixers read instead of parsing the same text again); ``source``: the text it was
+    parsed from, when the caller has it (locating findings is then cheaper)."""
     from loopcheck.static import analyze
 
     try:
-        model = analyze(module, path, project)
+        model = analyze(module, path, project, source)
     except RecursionError:
         return [_parse_error(path, 1, 1, "file is too deeply nested to analyse")]
     found: set[Diagnostic] = set()

@@ -8,7 +8,9 @@ from pathlib import Path
 import libcst as cst
 from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider
 
-from loopcheck.static.positions import positions, positions_and_parents
+from loopcheck.static.index import FileContext
+from loopcheck.static.positions import positions, positions_and_parents, statement_positions
+from loopcheck.static.tree import walk
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 ODD = [
@@ -22,14 +24,22 @@ ODD = [
 ]
 
 
+def _texts() -> list[tuple[str, str]]:
+    out = [(path.name, path.read_bytes().decode("utf-8-sig")) for path in _fixture_paths()]
+    return out + [(f"odd {i}", code) for i, code in enumerate(ODD)]
+
+
+def _fixture_paths() -> list[Path]:
+    return sorted(FIXTURES.rglob("*.py"))
+
+
 def _parsed() -> list[tuple[str, cst.Module]]:
     out = []
-    for path in sorted(FIXTURES.rglob("*.py")):
+    for name, text in _texts():
         try:
-            out.append((path.name, cst.parse_module(path.read_bytes().decode("utf-8-sig"))))
+            out.append((name, cst.parse_module(text)))
         except cst.ParserSyntaxError:
             continue  # the LC900 fixtures
-    out += [(f"odd {i}", cst.parse_module(code)) for i, code in enumerate(ODD)]
     return out
 
 
@@ -66,3 +76,56 @@ def test_a_libcst_without_the_expected_code_generation_falls_back(monkeypatch) -
     assert dict(positions(module)) == expected
     ranges, parents = positions_and_parents(module)
     assert dict(ranges) == expected and len(parents) == len(expected) - 1
+
+
+def test_one_statement_alone_is_placed_as_in_the_whole_file() -> None:
+    """Generating one top-level statement and finding it in the text gives each of its nodes
+    the range the whole file's pass gives; where the text cannot place it, nothing."""
+    placed = 0
+    for name, text in _texts()[::3]:  # every third file: a third of the cost, same layouts
+        try:
+            module = cst.parse_module(text)
+        except cst.ParserSyntaxError:
+            continue
+        whole = positions(module)
+        for statement in module.body:
+            alone = statement_positions(module, text, statement)
+            if alone is None:
+                continue
+            placed += 1
+            assert set(alone) == set(walk_all(statement)), name
+            assert alone == {node: whole[node] for node in alone}, name
+    assert placed > 1000
+
+
+def walk_all(node: cst.CSTNode) -> list[cst.CSTNode]:
+    """Every node under ``node``, layout nodes included (what code generation visits)."""
+    out = [node]
+    for child in node.children:
+        out += walk_all(child)
+    return out
+
+
+def test_a_statement_the_text_cannot_place_is_left_to_the_whole_file() -> None:
+    twice = "x = 1\nx = 1\ndef f():\n    opt.step()\n"
+    module = cst.parse_module(twice)
+    assert statement_positions(module, twice, module.body[0]) is None  # it occurs twice
+    assert statement_positions(module, twice, module.body[2]) is not None
+    last = "def f():\n    opt.step()"  # no newline at the end of the file
+    module = cst.parse_module(last)
+    assert statement_positions(module, last, module.body[0]) is None
+    ctx = FileContext(module, "last.py", source=last)
+    step = next(n for n in walk(module) if isinstance(n, cst.Call))
+    assert (ctx.span(step).line, ctx.span(step).column) == (2, 5)
+
+
+def test_a_file_index_locates_every_node_as_the_whole_file_pass_does() -> None:
+    for name, text in _texts()[::7]:
+        try:
+            module = cst.parse_module(text)
+        except cst.ParserSyntaxError:
+            continue
+        whole = FileContext(module, name)  # no text: the whole file's pass
+        lazy = FileContext(module, name, source=text)
+        for node in walk(module):
+            assert lazy.span(node) == whole.span(node), name

@@ -23,13 +23,23 @@ from loopcheck.static.tree import forget, kids
 _FRAMEWORK_COUNTERS = ("batch_idx", "batch_nb", "batch_index")
 
 
-def analyze(module: cst.Module, path: str = "<stdin>", project: Project | None = None) -> FileModel:
-    """Build the model of one parsed file (``project``: the files linted with it)."""
+def analyze(
+    module: cst.Module,
+    path: str = "<stdin>",
+    project: Project | None = None,
+    source: str | None = None,
+) -> FileModel:
+    """Build the model of one parsed file (``project``: the files linted with it; ``source``:
+    the text it was parsed from, which makes finding positions cheaper)."""
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 4000))
     forget()
     try:
-        ctx = project.context(path, module) if project is not None else FileContext(module, path)
+        ctx = (
+            project.context(path, module, source)
+            if project is not None
+            else FileContext(module, path, source=source)
+        )
         return _analyze(ctx)
     finally:
         sys.setrecursionlimit(limit)

@@ -14,7 +14,7 @@ from loopcheck.diagnostic import Span
 from loopcheck.static.classes import ClassInfo
 from loopcheck.static.conditions import condition_key, counter_sign, modular, modulus_of
 from loopcheck.static.model import Site
-from loopcheck.static.positions import Range, positions
+from loopcheck.static.positions import Range, positions, statement_positions
 from loopcheck.static.roles import Imports
 from loopcheck.static.syntax import (
     all_params,
@@ -91,11 +91,20 @@ class FunctionInfo:
 class FileContext:
     """Definitions, imports and positions of one file, computed once."""
 
-    def __init__(self, module: cst.Module, path: str = "<stdin>", project: Project | None = None):
+    def __init__(
+        self,
+        module: cst.Module,
+        path: str = "<stdin>",
+        project: Project | None = None,
+        source: str | None = None,
+    ):
         self.module = module
         self.path = path
         self.project = project
+        self.source = source  # the text ``module`` was parsed from, when the caller has it
         self._positions: Mapping[cst.CSTNode, Range] | None = None
+        self._statement_positions: dict[int, Mapping[cst.CSTNode, Range] | None] = {}
+        self._top_statements: dict[int, cst.BaseStatement] | None = None
         self._order: dict[int, int] | None = None
         self._functions_info: dict[int, FunctionInfo] = {}
         self._loop_assigned: dict[int, set[str]] = {}
@@ -209,11 +218,35 @@ class FileContext:
     # positions
 
     def span(self, node: cst.CSTNode) -> Span:
-        if self._positions is None:
-            # Positions need a full code generation pass: only files with findings pay it.
-            self._positions = positions(self.module)
-        line, column, end_line, end_column = self._positions[node]
+        line, column, end_line, end_column = self._range(node)
         return Span(line, column + 1, end_line, end_column + 1)
+
+    def _range(self, node: cst.CSTNode) -> Range:
+        """Positions need code generation: only files with findings pay it, and only for the
+        top-level statements that hold them while the text is at hand."""
+        if self._positions is None and self.source is not None:
+            top = self._top_statement(node)
+            if top is not None:
+                key = id(top)
+                if key not in self._statement_positions:
+                    self._statement_positions[key] = statement_positions(
+                        self.module, self.source, top
+                    )
+                partial = self._statement_positions[key]
+                if partial is not None and node in partial:
+                    return partial[node]
+        if self._positions is None:
+            self._positions = positions(self.module)
+        return self._positions[node]
+
+    def _top_statement(self, node: cst.CSTNode) -> cst.BaseStatement | None:
+        """The statement of the module's body that holds ``node`` (None: none does)."""
+        if self._top_statements is None:
+            self._top_statements = {}
+            for statement in self.module.body:
+                for inner in walk(statement):
+                    self._top_statements[id(inner)] = statement
+        return self._top_statements.get(id(node))
 
     def site(self, node: cst.CSTNode) -> Site:
         return Site(node, self.span, self.module.code_for_node, self.order, self.path)

@@ -111,6 +111,37 @@ def positions(module: cst.Module) -> Mapping[cst.CSTNode, Range]:
         return {node: _flat(rng) for node, rng in provided.items()}
 
 
+def statement_positions(
+    module: cst.Module, source: str, statement: cst.BaseStatement
+) -> dict[cst.CSTNode, Range] | None:
+    """:func:`positions` of the nodes of one statement of ``module``'s body, found without
+    generating the rest of the file: the statement's code is generated alone, and it is found
+    in ``source`` (the text ``module`` was parsed from) where it occurs once, at the start of a
+    line. None where that cannot be told (the code occurs twice; libcst's code generation
+    differs): the caller takes :func:`positions`."""
+    if not module.has_trailing_newline:
+        return None  # the last statement's newline is not in the source
+    try:
+        state = _State(module, parents=False)
+        statement._codegen(state)
+    except Exception:
+        return None
+    code = "".join(state.tokens)
+    start = source.find(code)
+    if (
+        not code
+        or start < 0
+        or source.find(code, start + 1) >= 0
+        or (start > 0 and source[start - 1] not in "\r\n")
+    ):
+        return None
+    shift = len(_NEWLINES.findall(source, 0, start))
+    return {
+        node: (line + shift, column, end_line + shift, end_column)
+        for node, (line, column, end_line, end_column) in state.ranges.items()
+    }
+
+
 def positions_and_parents(
     module: cst.Module,
 ) -> tuple[Mapping[cst.CSTNode, Range], Mapping[cst.CSTNode, cst.CSTNode]]:

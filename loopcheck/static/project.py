@@ -118,8 +118,8 @@ class Project:
         self._current = _normal(path)
         self.reads = set()
 
-    def context(self, path: str, module: cst.Module) -> FileContext:
-        """The index of a linted file parsed by the caller."""
+    def context(self, path: str, module: cst.Module, source: str | None = None) -> FileContext:
+        """The index of a linted file parsed by the caller (from ``source``, when given)."""
         key = _normal(path)
         ctx = self._contexts.get(key)
         if ctx is None or ctx.module is not module:
@@ -127,7 +127,7 @@ class Project:
             self._answers.clear()  # some may point into the index being replaced
             self._building += 1
             try:
-                ctx = FileContext(module, path, self)
+                ctx = FileContext(module, path, self, source)
             finally:
                 self._building -= 1
             self._contexts[key] = ctx
@@ -147,14 +147,20 @@ class Project:
             if raw is None or (need_moves and not _MOVES.search(raw)):
                 return None
             self._contexts[key] = None  # guards import cycles while indexing
+            text = None
             try:
-                module = parse_module(raw.decode("utf-8-sig"))
+                text = raw.decode("utf-8-sig")
+                module = parse_module(text)
             except (cst.ParserSyntaxError, UnicodeDecodeError, RecursionError, ValueError):
                 module = None
             self.loading += 1
             self._building += 1
             try:
-                ctx = FileContext(module, self._paths[key], self) if module is not None else None
+                ctx = (
+                    FileContext(module, self._paths[key], self, text)
+                    if module is not None
+                    else None
+                )
             finally:
                 self.loading -= 1
                 self._building -= 1
