@@ -104,7 +104,7 @@ class FileContext:
         self.source = source  # the text ``module`` was parsed from, when the caller has it
         self._positions: Mapping[cst.CSTNode, Range] | None = None
         self._statement_positions: dict[int, Mapping[cst.CSTNode, Range] | None] = {}
-        self._top_statements: dict[int, cst.BaseStatement] | None = None
+        self._statements: _Statements | None = None
         self._order: dict[int, int] | None = None
         self._functions_info: dict[int, FunctionInfo] = {}
         self._loop_assigned: dict[int, set[str]] = {}
@@ -222,31 +222,27 @@ class FileContext:
         return Span(line, column + 1, end_line, end_column + 1)
 
     def _range(self, node: cst.CSTNode) -> Range:
-        """Positions need code generation: only files with findings pay it, and only for the
-        top-level statements that hold them while the text is at hand."""
+        """Positions need code generation: only files with findings pay it, and, while the
+        text is at hand, only for the innermost statement around the node that the text places
+        (see ``statement_positions``)."""
         if self._positions is None and self.source is not None:
-            top = self._top_statement(node)
-            if top is not None:
-                key = id(top)
+            if self._statements is None:
+                self._statements = _Statements(self.module)
+            statement = self._statements.owner.get(id(node))
+            while statement is not None:
+                key = id(statement)
+                parent, indents = self._statements.around[key]
                 if key not in self._statement_positions:
                     self._statement_positions[key] = statement_positions(
-                        self.module, self.source, top
+                        self.module, self.source, statement, indents
                     )
                 partial = self._statement_positions[key]
                 if partial is not None and node in partial:
                     return partial[node]
+                statement = parent
         if self._positions is None:
             self._positions = positions(self.module)
         return self._positions[node]
-
-    def _top_statement(self, node: cst.CSTNode) -> cst.BaseStatement | None:
-        """The statement of the module's body that holds ``node`` (None: none does)."""
-        if self._top_statements is None:
-            self._top_statements = {}
-            for statement in self.module.body:
-                for inner in walk(statement):
-                    self._top_statements[id(inner)] = statement
-        return self._top_statements.get(id(node))
 
     def site(self, node: cst.CSTNode) -> Site:
         return Site(node, self.span, self.module.code_for_node, self.order, self.path)
@@ -582,3 +578,30 @@ def _function_info(ctx: FileContext, func: cst.FunctionDef | None) -> FunctionIn
                 ann = ctx.imports.qualify(p.annotation.annotation)
             info.params[p.name.value] = ann
     return info
+
+
+class _Statements:
+    """The innermost statement around each node of a file, and around each statement the one
+    that holds it and the indentation of the blocks it sits in."""
+
+    def __init__(self, module: cst.Module) -> None:
+        self.owner: dict[int, cst.BaseStatement] = {}
+        self.around: dict[int, tuple[cst.BaseStatement | None, tuple[str, ...]]] = {}
+        pending: list[tuple[cst.BaseStatement, cst.BaseStatement | None, tuple[str, ...]]] = [
+            (statement, None, ()) for statement in module.body
+        ]
+        while pending:
+            statement, parent, indents = pending.pop()
+            self.around[id(statement)] = (parent, indents)
+            inside: list[cst.CSTNode] = [statement]
+            while inside:
+                node = inside.pop()
+                self.owner[id(node)] = statement
+                if type(node) is cst.IndentedBlock:
+                    indent = module.default_indent if node.indent is None else node.indent
+                    nested = (*indents, indent)
+                    pending += [(inner, statement, nested) for inner in node.body]
+                    body = {id(inner) for inner in node.body}
+                    inside += [k for k in kids(node) if id(k) not in body]
+                else:
+                    inside += kids(node)

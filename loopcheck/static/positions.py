@@ -112,17 +112,22 @@ def positions(module: cst.Module) -> Mapping[cst.CSTNode, Range]:
 
 
 def statement_positions(
-    module: cst.Module, source: str, statement: cst.BaseStatement
+    module: cst.Module,
+    source: str,
+    statement: cst.BaseStatement,
+    indents: tuple[str, ...] = (),
 ) -> dict[cst.CSTNode, Range] | None:
-    """:func:`positions` of the nodes of one statement of ``module``'s body, found without
-    generating the rest of the file: the statement's code is generated alone, and it is found
-    in ``source`` (the text ``module`` was parsed from) where it occurs once, at the start of a
-    line. None where that cannot be told (the code occurs twice; libcst's code generation
-    differs): the caller takes :func:`positions`."""
+    """:func:`positions` of the nodes of one statement of ``module``, found without generating
+    the rest of the file: the statement's code is generated alone (indented by ``indents``, the
+    indentation of each block around it), and it is found in ``source`` (the text ``module``
+    was parsed from) where it occurs once, at the start of a line. None where that cannot be
+    told (the code occurs twice; libcst's code generation differs): the caller takes an
+    enclosing statement, or :func:`positions`."""
     if not module.has_trailing_newline:
         return None  # the last statement's newline is not in the source
     try:
         state = _State(module, parents=False)
+        state.indent_tokens = list(indents)
         statement._codegen(state)
     except Exception:
         return None
