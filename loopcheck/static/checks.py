@@ -63,6 +63,8 @@ class Checks(FrameStack):
             return  # the branch backpropagates what it steps: an update every N iterations
         if not _after_backward(states):
             return
+        if _one_unless_deepspeed(guard.modulus, frame, at):
+            return
         base = self.counter_base(guard.counter, frame, at)
         if base is not None and guards.off_by_one(guard, base, when_zero, otherwise):
             site = ctx.site(expr)
@@ -174,3 +176,22 @@ def _reset_every_iteration(loop: cst.CSTNode, name: str) -> bool:
         )
         for stmt in body.body
     )
+
+
+def _one_unless_deepspeed(modulus: str, frame: Frame | None, at: cst.CSTNode | None) -> bool:
+    """Whether the guard's modulus is 1, or read from DeepSpeed's configuration, wherever it
+    is assigned: with 1 nothing accumulates, and with DeepSpeed its engine does (a prepared
+    optimizer's step acts only at the engine's boundary). No guard to get wrong either way."""
+    if frame is None or at is None or not modulus.isidentifier():
+        return False
+    defs = function_layout(frame).reaching(modulus, at)  # type: ignore[arg-type]
+    if not defs:
+        return False
+    for d in defs:
+        if d.augmented or d.loop_target:
+            return False
+        if type(d.value) is cst.Integer and d.value.value == "1":
+            continue
+        if "deepspeed" not in frame.ctx.code(d.value).lower():
+            return False
+    return True
