@@ -261,7 +261,7 @@ class Reader(Targets):
                 handled = self.apis.method_call(owner, method, call, positional, keywords)
                 if handled is not None:
                     return handled
-            if method == "backward":
+            if method == "backward" and not _defines(owner, "backward"):
                 return [self.apis.backward(call, func.value)]
             if method in CLEARING_NAMES and (owner is None or owner.cls is None):
                 return [Mark("clears"), *self.apis.unresolved_clear(call)]
@@ -550,3 +550,14 @@ class Reader(Targets):
 
 
 _LOSS_CLASS = re.compile(r"(?i)loss$|criterion$")
+
+
+def _defines(owner: Obj | None, method: str) -> bool:
+    """Whether ``owner`` is an instance of a linted class that defines ``method`` (a ZeRO
+    wrapper's ``backward(loss)``: followed like any method, not taken for a tensor's)."""
+    return (
+        owner is not None
+        and owner.role is Role.INSTANCE
+        and owner.cls is not None
+        and owner.cls.method(method) is not None
+    )

@@ -370,6 +370,29 @@ class Frame:
                 return out
         return None
 
+    def _handed_models(self, call: cst.Call) -> frozenset[str]:
+        """The models of the optimizers handed to a call (``ZeroWrapper(opt)``; ``opt =
+        ZeroWrapper(opt)``: what ``opt`` held before)."""
+        models: set[str] = set()
+        for arg in call.args:
+            value = arg.value
+            if type(value) is cst.Name and any(
+                v is call for v in self.local_values.get(value.value, ())
+            ):
+                held = [
+                    self.value_role(v, value.value)
+                    for v in self.local_values[value.value]
+                    if v is not call
+                ]
+            elif type(value) in (cst.Name, cst.Attribute):
+                held = [self.resolve(value)]
+            else:
+                continue
+            for obj in held:
+                if obj is not None and obj.role is Role.OPTIMIZER:
+                    models |= obj.models
+        return frozenset(models)
+
     def _call_role(self, value: cst.Call, key: str) -> Obj | None:
         func = value.func
         positional, keywords = call_args(value)
@@ -402,8 +425,10 @@ class Frame:
             if cls is not None:
                 if cls.is_optimizer:
                     return Obj(Role.OPTIMIZER, key, models_in(self, value))
-                role = Role.MODEL if cls.is_module else Role.INSTANCE
-                return Obj(role, key, cls=cls)
+                if cls.is_module:
+                    return Obj(Role.MODEL, key, cls=cls)
+                # an optimizer wrapper handed an optimizer: the models it updates
+                return Obj(Role.INSTANCE, key, self._handed_models(value), cls=cls)
             first = positional[0] if positional else None
             if type(first) is cst.Name and (
                 first.value in self.local_defs or first.value in self.ctx.functions

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from loopcheck.static.roles import Obj, Role
-from loopcheck.static.syntax import is_data, roots_of
+from loopcheck.static.syntax import all_params, is_data, roots_of
 from loopcheck.static.tree import walk
 
 if TYPE_CHECKING:
@@ -207,10 +207,27 @@ def per_instance(owner: Obj, found: Obj, attr: str) -> Obj:
     assert cls is not None
     if found.role is not Role.OPTIMIZER or owner.key in (cls.name, f"{cls.name}.self"):
         return found
+    if found.key == f"{cls.name}.{attr}" and _handed_to_constructor(cls, attr):
+        # ``base = ZeroWrapper(opt_a); dist = ZeroWrapper(opt_b)``: each instance holds the
+        # optimizer it was handed, not one that every instance shares
+        return replace(found, key=f"{owner.key}.{attr}", models=owner.models or found.models)
     if found.key != f"{cls.name}.{attr}" or not _over_own_parameters(cls, attr):
         return found  # handed in, or built over other objects' parameters
     models = frozenset(owner.key if m == cls.name else m for m in found.models)
     return replace(found, key=f"{owner.key}.{attr}", models=models or frozenset({owner.key}))
+
+
+def _handed_to_constructor(cls: ClassInfo, attr: str) -> bool:
+    """Whether ``self.<attr>`` is only ever assigned a parameter of the ``__init__`` that
+    assigns it (an optimizer wrapper's ``self.optim = optim``)."""
+    values = cls.attribute_values(attr)
+    return bool(values) and all(
+        method is not None
+        and method.name.value == "__init__"
+        and type(value) is cst.Name
+        and any(param.name.value == value.value for param in all_params(method))
+        for _, value, method in values
+    )
 
 
 def _over_own_parameters(cls: ClassInfo, attr: str) -> bool:
