@@ -146,7 +146,8 @@ _NOT_A_MODEL = re.compile(
 
 
 _OPTIMIZER_INPUTS = re.compile(
-    r"optimi[sz]er_(params?|parameters|param_groups|groups?|args?|kwargs|config|cfg|state_dict"
+    r"optimi[sz]er_((grouped|named|trainable|decay)_)?(params?|parameters|param_groups|groups?"
+    r"|args?|kwargs|config|cfg|state_dict"
     r"|names?)(_|$)"
 )
 
