@@ -148,11 +148,28 @@ class Frame:
             return None  # ``import torch.optim as optim`` is a module, not an optimizer
         role = role_from_name(name, self.params.get(name))
         if role is None:
+            if local and self.used_as_engine(name):
+                return Obj(Role.ENGINE, f"{self.scope}:{name}")
             return None
         if role is Role.OPTIMIZER and self.params.get(name) is None and self.read_as_settings(name):
             return None  # ``opt.src_pad_idx``: an options namespace called ``opt``
         key = (self.kept_as(name) if name in self.params else None) or f"{self.scope}:{name}"
         return Obj(role, key)
+
+    def used_as_engine(self, name: str) -> bool:
+        """Whether this function hands ``name`` a loss to backpropagate and steps it
+        (``distr_vae.backward(loss)`` then ``distr_vae.step()``): a DeepSpeed-style engine,
+        whatever it is called and however it was made (``distr_vae, ... = backend.distribute(
+        ...)``). A tensor's ``backward`` takes no loss and a tensor has no ``step``."""
+        calls = self.ctx.method_calls(self.func.body if self.func is not None else self.ctx.module)
+
+        def on_name(call: cst.Call) -> bool:
+            func = call.func
+            return type(func.value) is cst.Name and func.value.value == name  # type: ignore[attr-defined]
+
+        return any(
+            on_name(c) and c.args and c.args[0].keyword is None for c in calls.get("backward", ())
+        ) and any(on_name(c) and not c.args for c in calls.get("step", ()))
 
     def read_as_settings(self, name: str) -> bool:
         """Whether this function reads attributes of ``name`` that no optimizer has
