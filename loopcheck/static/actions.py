@@ -50,7 +50,7 @@ from loopcheck.static.gradients import (
 from loopcheck.static.host import Host
 from loopcheck.static.index import CLEARING_NAMES, FileContext
 from loopcheck.static.moves import Action, Alternatives, Emit, Follow, Forward, Mark
-from loopcheck.static.roles import Obj, Role
+from loopcheck.static.roles import Obj, Role, constructed_role
 from loopcheck.static.syntax import (
     by_zero,
     call_args,
@@ -554,10 +554,17 @@ _LOSS_CLASS = re.compile(r"(?i)loss$|criterion$")
 
 def _defines(owner: Obj | None, method: str) -> bool:
     """Whether ``owner`` is an instance of a linted class that defines ``method`` (a ZeRO
-    wrapper's ``backward(loss)``: followed like any method, not taken for a tensor's)."""
+    wrapper's ``backward(loss)``: followed like any method, not taken for a tensor's). A
+    framework's own class linted with its sources (Accelerate's ``Accelerator``) keeps the
+    meaning the linter gives its API."""
     return (
         owner is not None
         and owner.role is Role.INSTANCE
         and owner.cls is not None
+        and constructed_role(owner.cls.name) not in _FRAMEWORK_ROLES
         and owner.cls.method(method) is not None
     )
+
+
+# Objects whose ``backward`` the linter reads as the framework's own (``accelerator.backward``)
+_FRAMEWORK_ROLES = (Role.ACCELERATOR, Role.SCALER, Role.ENGINE)
