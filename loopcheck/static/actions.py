@@ -49,7 +49,7 @@ from loopcheck.static.gradients import (
 )
 from loopcheck.static.host import Host
 from loopcheck.static.index import CLEARING_NAMES, FileContext
-from loopcheck.static.moves import Action, Alternatives, Emit, Follow, Forward, Mark
+from loopcheck.static.moves import Action, Alternatives, Emit, Follow, Forward, Mark, Mode
 from loopcheck.static.roles import Obj, Role, constructed_role
 from loopcheck.static.syntax import (
     by_zero,
@@ -261,6 +261,12 @@ class Reader(Targets):
                 handled = self.apis.method_call(owner, method, call, positional, keywords)
                 if handled is not None:
                     return handled
+            if method in ("train", "eval") and owner is None and not call.args:
+                submodule = self._submodule_key(func.value)
+                if submodule is not None:
+                    # ``self.classifier_head.train()`` in a model's method: a submodule of
+                    # a type the linter does not know, switched with the model
+                    return [Mode(self.site(call), submodule, method == "train")]
             if method == "backward" and not _defines(owner, "backward"):
                 return [self.apis.backward(call, func.value)]
             if method in CLEARING_NAMES and (owner is None or owner.cls is None):
@@ -280,6 +286,18 @@ class Reader(Targets):
                 if not self.apis.known_other(func.value):
                     prefix.append(Mark("stepped"))
         return prefix + self._plain_call(call, positional, keywords)
+
+    def _submodule_key(self, expr: cst.BaseExpression) -> str | None:
+        """``self.<attr>`` in a method of a model class: the key of that attribute (None:
+        not such a chain)."""
+        if type(expr) is not cst.Attribute or type(expr.value) is not cst.Name:
+            return None
+        if expr.value.value != "self":
+            return None
+        me = self.frame.resolve(expr.value)
+        if me is None or me.role is not Role.MODEL or me.cls is None:
+            return None
+        return f"{me.cls.name}.{expr.attr.value}"
 
     def _plain_call(
         self,

@@ -126,10 +126,15 @@ class Recorder(FrameStack):
             # an earlier ``eval()`` froze it): this ``eval()`` changes nothing, the earlier
             # one stands
             return state
+        keys = frozenset({action.key})
+        me = self.frame.bound.get("self")
+        if action.training and me is not None and me.cls is not None:
+            if action.key.startswith(f"{me.cls.name}."):
+                # ``self.head.train()`` in a method of the model (``model.train_custom()``): the
+                # model's own training mode, its frozen parts left in eval on purpose
+                keys |= {me.key}
         kept = frozenset(
-            entry
-            for entry in state.evaluating
-            if not overlap(frozenset({entry[0]}), frozenset({action.key}))
+            entry for entry in state.evaluating if not overlap(frozenset({entry[0]}), keys)
         )
         if not action.training:
             kept |= {(action.key, action.site, False)}
