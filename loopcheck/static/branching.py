@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import libcst as cst
 
-from loopcheck.static import conditions
-from loopcheck.static.frames import FrameStack
+from loopcheck.static import conditions, guards
+from loopcheck.static.frames import Frame, FrameStack
 from loopcheck.static.index import FileContext
+from loopcheck.static.ownership import constructor_of
 from loopcheck.static.paths import PathState
 from loopcheck.static.roles import Role
 from loopcheck.static.syntax import chains_in, dotted, negated_if, without_not
@@ -22,6 +23,9 @@ class Branches(FrameStack):
     fact_names: dict[str, set[str]]
 
     def names_changed(self) -> None:
+        raise NotImplementedError
+
+    def counter_base(self, counter: str, frame: Frame | None, at: cst.CSTNode | None) -> int | None:
         raise NotImplementedError
 
     def gate_of_context(self, item: cst.BaseExpression) -> str | None:
@@ -45,6 +49,9 @@ class Branches(FrameStack):
             owner = self.frame.resolve(test.value)
             if owner is not None and owner.role is Role.ACCELERATOR:
                 return f"<sync:{owner.key}>", polarity
+        synced = self.counted_sync(test)
+        if synced is not None:
+            return synced[0], synced[1] != negated
         if (
             type(test) is cst.Call
             and type(test.func) is cst.Attribute
@@ -53,6 +60,44 @@ class Branches(FrameStack):
             owner = self.frame.resolve(test.func.value)
             if owner is not None and owner.role is Role.ENGINE:
                 return f"<boundary:{owner.key}>", polarity
+        return None
+
+    def counted_sync(self, test: cst.BaseExpression) -> tuple[str, bool] | None:
+        """``training_step % args.gradient_accumulation_steps == 0`` on a counter that numbers
+        the micro-batches from 1, beside an accelerator built with that many accumulation
+        steps: true exactly when the accelerator syncs (its prepared optimizer steps), so the
+        same fact. With the polarity of the test (``!= 0``: true when it does not sync)."""
+        if not self.loop_stack or type(test) is not cst.Comparison:
+            return None
+        guard = guards.read_guard(self.ctx.code, test)
+        if guard is None:
+            return None
+        accelerator = self._accumulating_accelerator(guard.modulus)
+        if accelerator is None:
+            return None
+        base = self.counter_base(guard.counter, self.frame, self.at)
+        if base is None or guard.offset != 1 - base:
+            return None
+        return f"<sync:{accelerator}>", guard.zero
+
+    def _accumulating_accelerator(self, modulus: str) -> str | None:
+        """The key of an accelerator in sight built with ``gradient_accumulation_steps`` given
+        as ``modulus`` (the same text)."""
+        frame: Frame | None = self.frame
+        while frame is not None:
+            for name in frame.local_values:
+                obj = frame.resolve_name(name)
+                if obj is None or obj.role is not Role.ACCELERATOR:
+                    continue
+                built = constructor_of(frame, cst.Name(name))
+                for arg in built.args if built is not None else ():
+                    if (
+                        arg.keyword is not None
+                        and arg.keyword.value == "gradient_accumulation_steps"
+                    ):
+                        if self.ctx.code(arg.value) == modulus:
+                            return obj.key
+            frame = frame.parent
         return None
 
     def split(
