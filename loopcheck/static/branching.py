@@ -69,6 +69,9 @@ class Branches(FrameStack):
         same fact. With the polarity of the test (``!= 0``: true when it does not sync)."""
         if not self.loop_stack or type(test) is not cst.Comparison:
             return None
+        left = test.left
+        if type(left) is not cst.BinaryOperation or type(left.operator) is not cst.Modulo:
+            return None
         guard = guards.read_guard(self.ctx.code, test)
         if guard is None:
             return None

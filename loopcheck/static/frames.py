@@ -161,15 +161,8 @@ class Frame:
         (``distr_vae.backward(loss)`` then ``distr_vae.step()``): a DeepSpeed-style engine,
         whatever it is called and however it was made (``distr_vae, ... = backend.distribute(
         ...)``). A tensor's ``backward`` takes no loss and a tensor has no ``step``."""
-        calls = self.ctx.method_calls(self.func.body if self.func is not None else self.ctx.module)
-
-        def on_name(call: cst.Call) -> bool:
-            func = call.func
-            return type(func.value) is cst.Name and func.value.value == name  # type: ignore[attr-defined]
-
-        return any(
-            on_name(c) and c.args and c.args[0].keyword is None for c in calls.get("backward", ())
-        ) and any(on_name(c) and not c.args for c in calls.get("step", ()))
+        body = self.func.body if self.func is not None else self.ctx.module
+        return name in self.ctx.remember("engines", body, lambda: _engine_names(self.ctx, body))
 
     def read_as_settings(self, name: str) -> bool:
         """Whether this function reads attributes of ``name`` that no optimizer has
@@ -634,3 +627,20 @@ class FrameStack:
     @property
     def ctx(self) -> FileContext:
         return self.frames[-1].ctx
+
+
+def _engine_names(ctx: FileContext, body: cst.CSTNode) -> frozenset[str]:
+    """The names a body both hands a loss to (``x.backward(loss)``) and steps (``x.step()``)."""
+    calls = ctx.method_calls(body)
+
+    def receivers(method: str, handed_a_loss: bool) -> set[str]:
+        return {
+            call.func.value.value  # type: ignore[attr-defined]
+            for call in calls.get(method, ())
+            if type(call.func.value) is cst.Name  # type: ignore[attr-defined]
+            and (
+                bool(call.args) and call.args[0].keyword is None if handed_a_loss else not call.args
+            )
+        }
+
+    return frozenset(receivers("backward", True) & receivers("step", False))
