@@ -40,6 +40,9 @@ CLIP_FUNCTIONS = {
     "clip_grad_value_",
     "clip_grads_with_norm_",
 }
+# An engine's methods that run forward and backward passes inside (a pipeline schedule)
+_RUNS_PASSES = re.compile(r"backward|schedule|^train_batch$")
+
 _OPTIMIZER_HARMLESS = {
     "state_dict",
     "load_state_dict",
@@ -136,6 +139,10 @@ class ApiReader(HostView):
                 return [Emit(Event(Move.ZERO, site), keys)]
             if method == "forward":
                 return [Forward(site, owner.key)]
+            if _RUNS_PASSES.search(method):
+                # ``engine.execute_schedule(data_iter)``, DeepSpeed's ``engine.train_batch()``:
+                # forward and backward passes run inside (a pipeline schedule)
+                return [Mark("opaque_model"), self.backward_of(call, None)]
             return []
         if role is Role.SCHEDULER:
             if method == "step":
