@@ -14,7 +14,7 @@ from loopcheck.diagnostic import Span
 from loopcheck.static.classes import ClassInfo
 from loopcheck.static.conditions import condition_key, counter_sign, modular, modulus_of
 from loopcheck.static.model import Site
-from loopcheck.static.positions import Range, positions, statement_positions
+from loopcheck.static.positions import Range, Statements, positions, statement_positions
 from loopcheck.static.roles import Imports
 from loopcheck.static.syntax import (
     all_params,
@@ -104,7 +104,7 @@ class FileContext:
         self.source = source  # the text ``module`` was parsed from, when the caller has it
         self._positions: Mapping[cst.CSTNode, Range] | None = None
         self._statement_positions: dict[int, Mapping[cst.CSTNode, Range] | None] = {}
-        self._statements: _Statements | None = None
+        self._statements: Statements | None = None
         self._order: dict[int, int] | None = None
         self._functions_info: dict[int, FunctionInfo] = {}
         self._loop_assigned: dict[int, set[str]] = {}
@@ -227,7 +227,7 @@ class FileContext:
         (see ``statement_positions``)."""
         if self._positions is None and self.source is not None:
             if self._statements is None:
-                self._statements = _Statements(self.module)
+                self._statements = Statements(self.module)
             statement = self._statements.owner.get(id(node))
             while statement is not None:
                 key = id(statement)
@@ -578,30 +578,3 @@ def _function_info(ctx: FileContext, func: cst.FunctionDef | None) -> FunctionIn
                 ann = ctx.imports.qualify(p.annotation.annotation)
             info.params[p.name.value] = ann
     return info
-
-
-class _Statements:
-    """The innermost statement around each node of a file, and around each statement the one
-    that holds it and the indentation of the blocks it sits in."""
-
-    def __init__(self, module: cst.Module) -> None:
-        self.owner: dict[int, cst.BaseStatement] = {}
-        self.around: dict[int, tuple[cst.BaseStatement | None, tuple[str, ...]]] = {}
-        pending: list[tuple[cst.BaseStatement, cst.BaseStatement | None, tuple[str, ...]]] = [
-            (statement, None, ()) for statement in module.body
-        ]
-        while pending:
-            statement, parent, indents = pending.pop()
-            self.around[id(statement)] = (parent, indents)
-            inside: list[cst.CSTNode] = [statement]
-            while inside:
-                node = inside.pop()
-                self.owner[id(node)] = statement
-                if type(node) is cst.IndentedBlock:
-                    indent = module.default_indent if node.indent is None else node.indent
-                    nested = (*indents, indent)
-                    pending += [(inner, statement, nested) for inner in node.body]
-                    body = {id(inner) for inner in node.body}
-                    inside += [k for k in kids(node) if id(k) not in body]
-                else:
-                    inside += kids(node)

@@ -16,6 +16,8 @@ import libcst as cst
 from libcst._nodes.internal import CodegenState
 from libcst.metadata import CodeRange, MetadataWrapper, ParentNodeProvider, PositionProvider
 
+from loopcheck.static.tree import kids
+
 _NEWLINES = re.compile(r"\r\n?|\n")
 Range = tuple[int, int, int, int]
 
@@ -166,3 +168,30 @@ def positions_and_parents(
 
 def _flat(rng: CodeRange) -> Range:
     return (rng.start.line, rng.start.column, rng.end.line, rng.end.column)
+
+
+class Statements:
+    """The innermost statement around each node of a file, and around each statement the one
+    that holds it and the indentation of the blocks it sits in."""
+
+    def __init__(self, module: cst.Module) -> None:
+        self.owner: dict[int, cst.BaseStatement] = {}
+        self.around: dict[int, tuple[cst.BaseStatement | None, tuple[str, ...]]] = {}
+        pending: list[tuple[cst.BaseStatement, cst.BaseStatement | None, tuple[str, ...]]] = [
+            (statement, None, ()) for statement in module.body
+        ]
+        while pending:
+            statement, parent, indents = pending.pop()
+            self.around[id(statement)] = (parent, indents)
+            inside: list[cst.CSTNode] = [statement]
+            while inside:
+                node = inside.pop()
+                self.owner[id(node)] = statement
+                if type(node) is cst.IndentedBlock:
+                    indent = module.default_indent if node.indent is None else node.indent
+                    nested = (*indents, indent)
+                    pending += [(inner, statement, nested) for inner in node.body]
+                    body = {id(inner) for inner in node.body}
+                    inside += [k for k in kids(node) if id(k) not in body]
+                else:
+                    inside += kids(node)
