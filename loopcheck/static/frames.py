@@ -19,7 +19,14 @@ from loopcheck.static.roles import (
     is_model_wrapper,
     role_from_name,
 )
-from loopcheck.static.syntax import DATA_CALLS, call_args, dotted, is_data, literal_index
+from loopcheck.static.syntax import (
+    DATA_CALLS,
+    call_args,
+    dotted,
+    engine_names,
+    is_data,
+    literal_index,
+)
 from loopcheck.static.tree import walk
 
 _MODEL_ROLES = (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
@@ -162,7 +169,9 @@ class Frame:
         whatever it is called and however it was made (``distr_vae, ... = backend.distribute(
         ...)``). A tensor's ``backward`` takes no loss and a tensor has no ``step``."""
         body = self.func.body if self.func is not None else self.ctx.module
-        return name in self.ctx.remember("engines", body, lambda: _engine_names(self.ctx, body))
+        return name in self.ctx.remember(
+            "engines", body, lambda: engine_names(self.ctx.method_calls(body))
+        )
 
     def read_as_settings(self, name: str) -> bool:
         """Whether this function reads attributes of ``name`` that no optimizer has
@@ -627,20 +636,3 @@ class FrameStack:
     @property
     def ctx(self) -> FileContext:
         return self.frames[-1].ctx
-
-
-def _engine_names(ctx: FileContext, body: cst.CSTNode) -> frozenset[str]:
-    """The names a body both hands a loss to (``x.backward(loss)``) and steps (``x.step()``)."""
-    calls = ctx.method_calls(body)
-
-    def receivers(method: str, handed_a_loss: bool) -> set[str]:
-        return {
-            call.func.value.value  # type: ignore[attr-defined]
-            for call in calls.get(method, ())
-            if type(call.func.value) is cst.Name  # type: ignore[attr-defined]
-            and (
-                bool(call.args) and call.args[0].keyword is None if handed_a_loss else not call.args
-            )
-        }
-
-    return frozenset(receivers("backward", True) & receivers("step", False))

@@ -518,3 +518,20 @@ def none_test(test: cst.BaseExpression) -> bool:
         and all(type(c.operator) in (cst.Is, cst.IsNot) for c in inner.comparisons)
         and all(dotted(c.comparator) == "None" for c in inner.comparisons)
     )
+
+
+def engine_names(calls: dict[str, list[cst.Call]]) -> frozenset[str]:
+    """The names that a body's method calls (:func:`method_calls`) both hand a loss to
+    (``x.backward(loss)``) and step (``x.step()``): engines, used as such."""
+
+    def receivers(method: str, handed_a_loss: bool) -> set[str]:
+        return {
+            call.func.value.value  # type: ignore[attr-defined]
+            for call in calls.get(method, ())
+            if type(call.func.value) is cst.Name  # type: ignore[attr-defined]
+            and (
+                bool(call.args) and call.args[0].keyword is None if handed_a_loss else not call.args
+            )
+        }
+
+    return frozenset(receivers("backward", True) & receivers("step", False))
