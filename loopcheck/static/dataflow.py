@@ -30,6 +30,7 @@ from loopcheck.static.syntax import (
     params_of,
 )
 from loopcheck.static.tree import is_expression, kids
+from loopcheck.static.usage import read_as_settings
 
 MODEL_ROLES = (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
 # Methods and attributes whose result carries no graph back to the models.
@@ -441,7 +442,7 @@ def _settings_parameter(frame: Frame, name: str) -> bool:
     if _SCALAR_NAME.search(name) or _DATA_NAME.search(name):
         return True
     # ``opt.trg_pad_idx``: a namespace of options (the attributes read say so)
-    return name in _NAMESPACE_NAMES and frame.read_as_settings(name)
+    return name in _NAMESPACE_NAMES and read_as_settings(frame.ctx, frame.func, name)
 
 
 # Parameters that hand in data: what they yield depends on no model (``next(data_iter)``)

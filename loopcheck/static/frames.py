@@ -10,7 +10,7 @@ import libcst as cst
 
 from loopcheck.static.classes import ClassInfo
 from loopcheck.static.index import FileContext
-from loopcheck.static.ownership import configured_models, models_in, per_instance
+from loopcheck.static.ownership import configured_models, handed_models, models_in, per_instance
 from loopcheck.static.roles import (
     Obj,
     Role,
@@ -23,11 +23,10 @@ from loopcheck.static.syntax import (
     DATA_CALLS,
     call_args,
     dotted,
-    engine_names,
     is_data,
     literal_index,
 )
-from loopcheck.static.tree import walk
+from loopcheck.static.usage import read_as_settings, stepped_receivers, used_as_engine
 
 _MODEL_ROLES = (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
 # Roles an attribute chain may announce by its last name (``self.policy.optimizer``).
@@ -40,17 +39,6 @@ _SETTINGS = re.compile(
 )
 # Calls that return settings or data, never an optimizer, whatever the variable is called.
 _CONTAINER_METHODS = {"values", "items", "__iter__", "get", "pop"}
-# What code reads of an optimizer (anything else read of a name makes it a namespace).
-_OPTIMIZER_API = frozenset(
-    {
-        "step", "zero_grad", "param_groups", "state", "state_dict", "load_state_dict",
-        "add_param_group", "defaults", "optimizer", "register_step_pre_hook",
-        "register_step_post_hook", "train", "eval", "synchronize", "skip_synchronize",
-        "consolidate_state_dict", "backward", "clip_grad_norm", "clip_grad_norm_",
-        "update_lr", "step_and_update_lr", "get_lr", "lr", "module", "param_groups_",
-    }
-)  # fmt: skip
-_OPTIMIZER_CORE = frozenset({"step", "zero_grad", "param_groups", "state_dict", "load_state_dict"})
 _OPTIMIZER_MODULE_PREFIXES = (
     "torch.optim",
     "bitsandbytes.optim",
@@ -155,42 +143,17 @@ class Frame:
             return None  # ``import torch.optim as optim`` is a module, not an optimizer
         role = role_from_name(name, self.params.get(name))
         if role is None:
-            if local and self.used_as_engine(name):
+            if local and used_as_engine(self.ctx, self.func, name):
                 return Obj(Role.ENGINE, f"{self.scope}:{name}")
             return None
-        if role is Role.OPTIMIZER and self.params.get(name) is None and self.read_as_settings(name):
+        if (
+            role is Role.OPTIMIZER
+            and self.params.get(name) is None
+            and read_as_settings(self.ctx, self.func, name)
+        ):
             return None  # ``opt.src_pad_idx``: an options namespace called ``opt``
         key = (self.kept_as(name) if name in self.params else None) or f"{self.scope}:{name}"
         return Obj(role, key)
-
-    def used_as_engine(self, name: str) -> bool:
-        """Whether this function hands ``name`` a loss to backpropagate and steps it
-        (``distr_vae.backward(loss)`` then ``distr_vae.step()``): a DeepSpeed-style engine,
-        whatever it is called and however it was made (``distr_vae, ... = backend.distribute(
-        ...)``). A tensor's ``backward`` takes no loss and a tensor has no ``step``."""
-        body = self.func.body if self.func is not None else self.ctx.module
-        return name in self.ctx.remember(
-            "engines", body, lambda: engine_names(self.ctx.method_calls(body))
-        )
-
-    def read_as_settings(self, name: str) -> bool:
-        """Whether this function reads attributes of ``name`` that no optimizer has
-        (``opt.batch_size``, ``opt.trg_pad_idx``) and none that every optimizer has: a
-        namespace of options."""
-        func = self.func
-
-        def read() -> bool:
-            attrs = {
-                node.attr.value
-                for node in walk(func.body if func is not None else self.ctx.module)
-                if type(node) is cst.Attribute
-                and type(node.value) is cst.Name
-                and node.value.value == name
-            }
-            # ``optimizer.sync_lookahead()`` beside ``optimizer.step()`` is an optimizer still
-            return bool(attrs - _OPTIMIZER_API) and not attrs & _OPTIMIZER_CORE
-
-        return self.ctx.remember(f"settings:{name}", func, read)
 
     def kept_as(self, name: str) -> str | None:
         """``self.<attr>``'s key when this method stores its parameter ``name`` there
@@ -389,29 +352,6 @@ class Frame:
                 return out
         return None
 
-    def _handed_models(self, call: cst.Call) -> frozenset[str]:
-        """The models of the optimizers handed to a call (``ZeroWrapper(opt)``; ``opt =
-        ZeroWrapper(opt)``: what ``opt`` held before)."""
-        models: set[str] = set()
-        for arg in call.args:
-            value = arg.value
-            if type(value) is cst.Name and any(
-                v is call for v in self.local_values.get(value.value, ())
-            ):
-                held = [
-                    self.value_role(v, value.value)
-                    for v in self.local_values[value.value]
-                    if v is not call
-                ]
-            elif type(value) in (cst.Name, cst.Attribute):
-                held = [self.resolve(value)]
-            else:
-                continue
-            for obj in held:
-                if obj is not None and obj.role is Role.OPTIMIZER:
-                    models |= obj.models
-        return frozenset(models)
-
     def _call_role(self, value: cst.Call, key: str) -> Obj | None:
         func = value.func
         positional, keywords = call_args(value)
@@ -447,7 +387,7 @@ class Frame:
                 if cls.is_module:
                     return Obj(Role.MODEL, key, cls=cls)
                 # an optimizer wrapper handed an optimizer: the models it updates
-                return Obj(Role.INSTANCE, key, self._handed_models(value), cls=cls)
+                return Obj(Role.INSTANCE, key, handed_models(self, value), cls=cls)
             first = positional[0] if positional else None
             if type(first) is cst.Name and (
                 first.value in self.local_defs or first.value in self.ctx.functions
@@ -574,7 +514,7 @@ class Frame:
         if self.func is not None:
             # optimizers held by other objects, seen where they are cleared or stepped here
             # (``self.critic.optimizer.step()``)
-            for receiver in _stepped_receivers(self.ctx, self.func):
+            for receiver in stepped_receivers(self.ctx, self.func):
                 obj = self.resolve(receiver)
                 if obj is not None and obj.role is Role.OPTIMIZER and not obj.members:
                     found.setdefault(obj.key, obj)
@@ -591,23 +531,6 @@ def module_frame(ctx: FileContext) -> Frame:
         frame = Frame(ctx, None, None, {}, None, f"<module:{ctx.path}>")
         ctx.module_frame = frame
     return frame
-
-
-def _stepped_receivers(ctx: FileContext, func: cst.FunctionDef) -> tuple[cst.Attribute, ...]:
-    """The attribute chains a function steps or clears (``self.critic.optimizer`` in
-    ``self.critic.optimizer.step()``), found once per function."""
-    return ctx.remember(
-        "stepped-receivers",
-        func,
-        lambda: tuple(
-            node.func.value
-            for node in walk(func.body)
-            if type(node) is cst.Call
-            and type(node.func) is cst.Attribute
-            and node.func.attr.value in {"step", "zero_grad"}
-            and type(node.func.value) is cst.Attribute
-        ),
-    )
 
 
 def _attribute_cache(ctx: FileContext) -> dict[tuple[int, str], Obj | None]:

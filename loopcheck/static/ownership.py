@@ -192,6 +192,30 @@ def _parameter_owners(expr: cst.CSTNode) -> list[cst.BaseExpression]:
     return out
 
 
+def handed_models(frame: Frame, call: cst.Call) -> frozenset[str]:
+    """The models of the optimizers handed to a call (``ZeroWrapper(opt)``; ``opt =
+    ZeroWrapper(opt)``: what ``opt`` held before)."""
+    models: set[str] = set()
+    for arg in call.args:
+        value = arg.value
+        if type(value) is cst.Name and any(
+            v is call for v in frame.local_values.get(value.value, ())
+        ):
+            held = [
+                frame.value_role(v, value.value)
+                for v in frame.local_values[value.value]
+                if v is not call
+            ]
+        elif type(value) in (cst.Name, cst.Attribute):
+            held = [frame.resolve(value)]
+        else:
+            continue
+        for obj in held:
+            if obj is not None and obj.role is Role.OPTIMIZER:
+                models |= obj.models
+    return frozenset(models)
+
+
 def _module_frame(ctx: FileContext) -> Frame:
     from loopcheck.static.frames import module_frame  # frames uses this module
 
