@@ -277,6 +277,8 @@ class _Indexer:
         self.modular_ifs: list[tuple[str, cst.If]] = []  # (modulus, the if it guards)
         # flags assigned a step guard (``is_last = (i + 1) % n == 0``), tested by name later
         self.guard_flags: list[tuple[str, cst.Comparison]] = []
+        # functions called through an imported module (``steps.train_step``): (alias, name)
+        self.module_calls: set[tuple[str, str]] = set()
 
     def index(self, module: cst.Module) -> None:
         for stmt in module.body:
@@ -332,6 +334,8 @@ class _Indexer:
                     name = func.value
                 elif type(func) is cst.Attribute:
                     name = func.attr.value
+                    if type(func.value) is cst.Name:
+                        self.module_calls.add((func.value.value, name))
                 if name is not None:
                     if owner is not None:
                         calls[owner].add(name)
@@ -440,6 +444,12 @@ class _Indexer:
                 continue
             if self.ctx.project.takes_part(self.ctx, qual):
                 out.add(local)
+        for local, name in self.module_calls:
+            # ``from . import steps`` then ``steps.train_step(...)``: a function of a linted
+            # module, called by its own name
+            qual = self.ctx.imports.aliases.get(local)
+            if qual is not None and self.ctx.project.takes_part(self.ctx, f"{qual}.{name}"):
+                out.add(name)
         return out
 
     def _class(self, node: cst.ClassDef) -> None:

@@ -75,7 +75,9 @@ class Imports:
                     local = name
                     if alias.asname is not None and type(alias.asname.name) is cst.Name:
                         local = alias.asname.name.value
-                    self.aliases[local] = f"{base}.{name}" if base else name
+                    # ``from . import helpers``: ``.helpers``, the module beside this one
+                    joined = f"{base}.{name}" if node.module is not None else base + name
+                    self.aliases[local] = joined if base else name
 
     def qualify(self, expr: cst.BaseExpression) -> str | None:
         """The dotted name of ``expr`` with its first part resolved through the imports."""
