@@ -95,7 +95,9 @@ def lint_source(
     configuration, no ``# noqa``: those are the caller's (see ``loopcheck.runner``).
     """
     raw = source.encode("utf-8") if isinstance(source, str) else source
-    if not _PREFILTER.search(raw) and not (project is not None and project.imports_linted(raw)):
+    if not _PREFILTER.search(raw) and not (
+        project is not None and project.imports_helpers(raw, path)
+    ):
         return []  # neither a move nor a helper of the linted files that may make one
     with _collection_paused():
         return _lint_text(raw, path, rules, project)
@@ -140,7 +142,8 @@ def _lint_text(
     from loopcheck.static.parsing import parse_module
 
     try:
-        module = parse_module(text)
+        # a file loaded already for another's sake is not parsed again
+        module = (project.parsed(path, text) if project is not None else None) or parse_module(text)
     except cst.ParserSyntaxError as exc:
         return [_syntax_error(text, path, exc)]
     except RecursionError:

@@ -132,3 +132,53 @@ def test_a_cached_finding_goes_stale_when_another_file_starts_calling_its_functi
     warm = loopcheck("--format", "json", ".", cwd=tmp_path)
     assert warm.returncode == 0, warm.stdout
     assert findings(warm) == set()
+
+
+def test_a_loop_that_makes_no_move_itself_goes_stale_when_its_helper_starts_stepping(
+    tmp_path: Path,
+) -> None:
+    # train.py mentions no move: it is analysed only because it imports a helper that may make
+    # one, and whether it does is read from helpers.py, on which its cached answer depends
+    (tmp_path / "train.py").write_text(
+        "from helpers import update\n\n\n"
+        "def main(model, optimizer, loader):\n"
+        "    for batch in loader:\n"
+        "        update(model, optimizer, batch)\n"
+    )
+    (tmp_path / "helpers.py").write_text(
+        "def update(model, optimizer, batch):\n    return model(batch)\n"
+    )
+    cold = loopcheck("--format", "json", ".", cwd=tmp_path)
+    assert cold.returncode == 0, cold.stdout
+    # the helper now backprops and steps, and the loop never clears
+    (tmp_path / "helpers.py").write_text(
+        "def update(model, optimizer, batch):\n"
+        "    model(batch).mean().backward()\n"
+        "    optimizer.step()\n"
+    )
+    warm = loopcheck("--format", "json", ".", cwd=tmp_path)
+    assert findings(warm) == {("helpers.py", 3, "LC101")}, warm.stdout
+
+
+def test_a_file_that_imports_only_move_free_names_is_not_analysed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (the gate that spares a whole package's worth of parses: what each file imports from the
+    # linted files is read from Python's own parse; libcst parses only what may take part)
+    from loopcheck.static import Project
+
+    (tmp_path / "config.py").write_text("class Config:\n    lr = 0.1\n")
+    (tmp_path / "steps.py").write_text(
+        "def update(model, optimizer, batch):\n"
+        "    model(batch).mean().backward()\n"
+        "    optimizer.step()\n"
+    )
+    uses_config = b"from config import Config\n\nprint(Config.lr)\n"
+    uses_steps = b"from . import steps\n\nfor b in data:\n    steps.update(m, o, b)\n"
+    paths = [str(tmp_path / n) for n in ("config.py", "steps.py", "a.py", "b.py")]
+    project = Project(paths)
+    project.begin(paths[2])
+    assert not project.imports_helpers(uses_config, paths[2])
+    assert str(tmp_path / "config.py") in project.reads  # were it to change, so might the answer
+    project.begin(paths[3])
+    assert project.imports_helpers(uses_steps, paths[3])

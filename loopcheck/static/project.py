@@ -3,6 +3,7 @@ parsed and indexed once, on demand, so that calls are followed across files."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -52,8 +53,11 @@ class Project:
         self.reads: set[str] = set()
         # answers of ``definition`` and ``takes_part`` per (file, name), with the files each
         # answer looked into, so that a later file reusing the answer depends on them too
-        self._answers: dict[tuple[str, FileContext, str], tuple[object, frozenset[str]]] = {}
+        self._answers: dict[tuple[str, str, str], tuple[object, frozenset[str]]] = {}
+        self._dependents: dict[str, set[tuple[str, str, str]]] = {}  # path: answers read it
         self._touched: set[str] | None = None
+        self._borrowed: set[str] = set()  # files indexed for another's sake
+        self._outlines: dict[str, tuple[frozenset[str], dict[str, str]] | None] = {}
         self._moves: dict[str, bool] = {}
         self._mentions: dict[tuple[str, str], frozenset[str]] = {}  # (name, module): files
 
@@ -71,6 +75,26 @@ class Project:
         for match in _IMPORTS.finditer(raw):
             dotted = (match.group(1) or match.group(2) or b"").decode("ascii", "replace")
             if dotted.startswith(".") or any(p in self._stems for p in dotted.split(".")):
+                return True
+        return False
+
+    def imports_helpers(self, raw: bytes, path: str) -> bool:
+        """Whether a file that makes no move itself imports, from the linted files, a function
+        or class that may take part in a training step (its loop may run that helper); the
+        files the answer looked into are recorded as read."""
+        if not self.imports_linted(raw):
+            return False
+        aliases = _import_aliases(raw)
+        if aliases is None:
+            return True  # Python cannot read it: the full parse reports why
+        importer = _normal(path)
+        for local, qual in aliases:
+            if self._takes_part_from(importer, qual):
+                return True
+            # ``steps.train_step(...)`` through ``from . import steps``
+            called = re.finditer(rb"\b" + re.escape(local.encode()) + rb"\.(\w+)\s*\(", raw)
+            names = {m[1].decode("ascii", "replace") for m in called}
+            if any(self._takes_part_from(importer, f"{qual}.{name}") for name in names):
                 return True
         return False
 
@@ -122,9 +146,12 @@ class Project:
         """The index of a linted file parsed by the caller (from ``source``, when given)."""
         key = _normal(path)
         ctx = self._contexts.get(key)
-        if ctx is None or ctx.module is not module:
+        if ctx is None or ctx.module is not module or key in self._borrowed:
+            # (a file indexed for another's sake did not look as far into its own imports)
+            self._borrowed.discard(key)
+            if ctx is not None:
+                self._forget_answers(ctx.path)  # they may point into the index being replaced
             self._contexts[key] = None  # files importing this one back see it as opaque
-            self._answers.clear()  # some may point into the index being replaced
             self._building += 1
             try:
                 ctx = FileContext(module, path, self, source)
@@ -132,6 +159,16 @@ class Project:
                 self._building -= 1
             self._contexts[key] = ctx
         return ctx
+
+    def parsed(self, path: str, text: str) -> cst.Module | None:
+        """The tree of a linted file already parsed from ``text`` for another's sake."""
+        ctx = self._contexts.get(_normal(path))
+        return ctx.module if ctx is not None and ctx.source == text else None
+
+    def _forget_answers(self, path: str) -> None:
+        """Drop the remembered answers that looked into the linted file ``path``."""
+        for key in self._dependents.pop(path, ()):
+            self._answers.pop(key, None)
 
     def source(self, path: str) -> bytes | None:
         key = _normal(path)
@@ -165,12 +202,18 @@ class Project:
                 self.loading -= 1
                 self._building -= 1
             self._contexts[key] = ctx
+            self._borrowed.add(key)
         if ctx is not None:
-            if self._touched is not None:
-                self._touched.add(ctx.path)
-            if key != self._current:
-                self.reads.add(ctx.path)
+            self._note_read(key)
         return ctx
+
+    def _note_read(self, key: str) -> None:
+        """Record that the answer being computed looked into the linted file ``key``."""
+        path = self._paths.get(key, key)
+        if self._touched is not None:
+            self._touched.add(path)
+        if key != self._current:
+            self.reads.add(path)
 
     def _has_moves(self, key: str) -> bool:
         found = self._moves.get(key)
@@ -179,14 +222,12 @@ class Project:
             found = self._moves[key] = raw is not None and _MOVES.search(raw) is not None
         return found
 
-    def _remembered(
-        self, kind: str, ctx: FileContext, qualname: str, answer: Callable[[], _T]
-    ) -> _T:
-        """``answer()``, computed once per file and name while no file is being indexed; a
-        remembered answer still records the files it looked into as read."""
+    def _remembered(self, kind: str, importer: str, qualname: str, answer: Callable[[], _T]) -> _T:
+        """``answer()``, computed once per importing file and name while no file is being
+        indexed; a remembered answer still records the files it looked into as read."""
         if self._building:
             return answer()
-        key = (kind, ctx, qualname)
+        key = (kind, importer, qualname)
         hit = self._answers.get(key)
         if hit is None:
             outer, self._touched = self._touched, set()
@@ -197,6 +238,8 @@ class Project:
             if outer is not None:
                 outer |= touched
             hit = self._answers[key] = (value, frozenset(touched))
+            for path in touched:
+                self._dependents.setdefault(path, set()).add(key)
         else:
             if self._touched is not None:
                 self._touched |= hit[1]
@@ -209,35 +252,73 @@ class Project:
     def definition(self, ctx: FileContext, qualname: str) -> Definition | None:
         """The function or class of a linted file that ``qualname`` (a name qualified through
         ``ctx``'s imports) refers to, following re-exports by package ``__init__`` files."""
-        return self._remembered("def", ctx, qualname, lambda: self._definition(ctx, qualname))
+        return self._definition_from(_normal(ctx.path), qualname)
 
-    def _definition(self, ctx: FileContext, qualname: str, depth: int = 0) -> Definition | None:
+    def _definition_from(self, importer: str, qualname: str) -> Definition | None:
+        return self._remembered(
+            "def", importer, qualname, lambda: self._definition(importer, qualname)
+        )
+
+    def _definition(self, importer: str, qualname: str) -> Definition | None:
+        located = self._locate(importer, qualname)
+        if located is None:
+            return None
+        other = self._load(located[0], need_moves=False)
+        found = _defined(other, [located[1]]) if other is not None else None
+        return (other, found) if other is not None and found is not None else None
+
+    def _locate(self, importer: str, qualname: str, depth: int = 0) -> tuple[str, str] | None:
+        """The linted file that defines what ``qualname`` names, and the name it has there,
+        following re-exports. Only outlines are read: a file is parsed and indexed when what
+        it defines is needed (a package's ``__init__`` is seldom worth libcst's parse)."""
         if depth > _MAX_REEXPORTS:
             return None
-        for module_key, names in self._candidates(ctx.path, qualname):
-            other = self._load(module_key, need_moves=False)
-            if other is None or other is ctx:
+        for module_key, names in self._candidates(importer, qualname):
+            if module_key == importer:
                 continue
-            found = _defined(other, names)
-            if found is not None:
-                return other, found
-            alias = other.imports.aliases.get(names[0])
-            if alias is not None and len(names) == 1:
-                return self._definition(other, alias, depth + 1)
+            outline = self._outline(module_key)
+            if outline is None:
+                continue
+            self._note_read(module_key)
+            defined, aliases = outline
+            if len(names) != 1:
+                continue
+            if names[0] in defined:
+                return module_key, names[0]
+            alias = aliases.get(names[0])
+            if alias is not None:
+                return self._locate(module_key, alias, depth + 1)
         return None
+
+    def _outline(self, key: str) -> tuple[frozenset[str], dict[str, str]] | None:
+        """The names a linted file defines at its top level and what its imported names stand
+        for, read with Python's parser; None when it cannot be read or parsed."""
+        if key not in self._outlines:
+            raw = self.source(key)
+            self._outlines[key] = _outline(raw) if raw is not None else None
+        return self._outlines[key]
 
     def takes_part(self, ctx: FileContext, qualname: str) -> bool:
         """Whether an imported name is a function (or a class with a method) of a linted file
         that may take part in a training step."""
-        return self._remembered("part", ctx, qualname, lambda: self._takes_part(ctx, qualname))
+        return self._takes_part_from(_normal(ctx.path), qualname)
 
-    def _takes_part(self, ctx: FileContext, qualname: str) -> bool:
-        for module_key, _ in self._candidates(ctx.path, qualname):
+    def _takes_part_from(self, importer: str, qualname: str) -> bool:
+        return self._remembered(
+            "part", importer, qualname, lambda: self._takes_part(importer, qualname)
+        )
+
+    def _takes_part(self, importer: str, qualname: str) -> bool:
+        for module_key, _ in self._candidates(importer, qualname):
             if self.source(module_key) is None:
                 continue
+            self._note_read(module_key)  # (were it to make a move, the answer would change)
             if not self._has_moves(module_key) and os.path.basename(module_key) != "__init__.py":
                 continue  # no move here; a package's __init__ may re-export one from elsewhere
-            found = self.definition(ctx, qualname)
+            located = self._locate(importer, qualname)
+            if located is None or located[0] != module_key and not self._has_moves(located[0]):
+                return False  # re-exported from a file that makes no move either
+            found = self._definition_from(importer, qualname)
             if found is None:
                 return False
             other, definition = found
@@ -277,6 +358,61 @@ class Project:
             init = os.path.join(roots[0], "__init__.py")
             if init in self._paths:
                 yield init, parts
+
+
+def _outline(raw: bytes) -> tuple[frozenset[str], dict[str, str]] | None:
+    """See :meth:`Project._outline`."""
+    try:
+        tree = ast.parse(raw)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    defined = frozenset(
+        node.name
+        for node in tree.body
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+    )
+    # a name imported twice stands for its first import, as in ``Imports``
+    return defined, dict(_aliases_of(tree))
+
+
+def _import_aliases(raw: bytes) -> list[tuple[str, str]] | None:
+    """Each imported name of a file's text and what it stands for, as :class:`~loopcheck.
+    static.roles.Imports` qualifies it (every binding of a name imported twice), read with
+    Python's own parser, much faster than libcst's; None when Python cannot parse the text."""
+    try:
+        tree = ast.parse(raw)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    return _aliases_of(tree)
+
+
+def _aliases_of(tree: ast.Module) -> list[tuple[str, str]]:
+    """The (name, what it stands for) pairs of a module's imports, in the order ``Imports``
+    meets them: later statements first, so that in a dict the first import wins."""
+    aliases: list[tuple[str, str]] = []
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname is not None:
+                    aliases.append((alias.asname, alias.name))
+                else:
+                    head = alias.name.split(".")[0]
+                    aliases.append((head, head))
+        elif isinstance(node, ast.ImportFrom):
+            base = "." * node.level + (node.module or "")
+            for alias in node.names:
+                if alias.name == "*":
+                    continue
+                joined = f"{base}.{alias.name}" if node.module is not None else base + alias.name
+                aliases.append((alias.asname or alias.name, joined if base else alias.name))
+        else:
+            for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+                inner = getattr(node, field, None)
+                if isinstance(inner, list):
+                    stack.extend(inner)
+    return aliases
 
 
 def _defined(ctx: FileContext, names: list[str]) -> cst.FunctionDef | ClassInfo | None:
