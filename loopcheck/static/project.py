@@ -22,6 +22,9 @@ _MAX_REEXPORTS = 4
 _IMPORTS = re.compile(rb"^[ \t]*(?:from[ \t]+(\.*[\w.]*)[ \t]+import|import[ \t]+([\w.]+))", re.M)
 
 Definition = tuple[FileContext, "cst.FunctionDef | ClassInfo"]
+# A file's top-level definitions, its imports (name, what it stands for) in the order
+# ``Imports`` meets them, and the same as a dict (a name imported twice: its first import).
+Outline = tuple[frozenset[str], list[tuple[str, str]], dict[str, str]]
 _T = TypeVar("_T")
 
 
@@ -57,7 +60,7 @@ class Project:
         self._dependents: dict[str, set[tuple[str, str, str]]] = {}  # path: answers read it
         self._touched: set[str] | None = None
         self._borrowed: set[str] = set()  # files indexed for another's sake
-        self._outlines: dict[str, tuple[frozenset[str], dict[str, str]] | None] = {}
+        self._outlines: dict[str, Outline | None] = {}
         self._moves: dict[str, bool] = {}
         self._mentions: dict[tuple[str, str], frozenset[str]] = {}  # (name, module): files
 
@@ -84,11 +87,11 @@ class Project:
         files the answer looked into are recorded as read."""
         if not self.imports_linted(raw):
             return False
-        aliases = _import_aliases(raw)
-        if aliases is None:
-            return True  # Python cannot read it: the full parse reports why
         importer = _normal(path)
-        for local, qual in aliases:
+        outline = self._outline(importer) if self.source(importer) == raw else _outline(raw)
+        if outline is None:
+            return True  # Python cannot read it: the full parse reports why
+        for local, qual in outline[1]:
             if self._takes_part_from(importer, qual):
                 return True
             # ``steps.train_step(...)`` through ``from . import steps``
@@ -280,7 +283,7 @@ class Project:
             if outline is None:
                 continue
             self._note_read(module_key)
-            defined, aliases = outline
+            defined, _, aliases = outline
             if len(names) != 1:
                 continue
             if names[0] in defined:
@@ -290,7 +293,7 @@ class Project:
                 return self._locate(module_key, alias, depth + 1)
         return None
 
-    def _outline(self, key: str) -> tuple[frozenset[str], dict[str, str]] | None:
+    def _outline(self, key: str) -> Outline | None:
         """The names a linted file defines at its top level and what its imported names stand
         for, read with Python's parser; None when it cannot be read or parsed."""
         if key not in self._outlines:
@@ -360,7 +363,7 @@ class Project:
                 yield init, parts
 
 
-def _outline(raw: bytes) -> tuple[frozenset[str], dict[str, str]] | None:
+def _outline(raw: bytes) -> Outline | None:
     """See :meth:`Project._outline`."""
     try:
         tree = ast.parse(raw)
@@ -371,19 +374,8 @@ def _outline(raw: bytes) -> tuple[frozenset[str], dict[str, str]] | None:
         for node in tree.body
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
     )
-    # a name imported twice stands for its first import, as in ``Imports``
-    return defined, dict(_aliases_of(tree))
-
-
-def _import_aliases(raw: bytes) -> list[tuple[str, str]] | None:
-    """Each imported name of a file's text and what it stands for, as :class:`~loopcheck.
-    static.roles.Imports` qualifies it (every binding of a name imported twice), read with
-    Python's own parser, much faster than libcst's; None when Python cannot parse the text."""
-    try:
-        tree = ast.parse(raw)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return None
-    return _aliases_of(tree)
+    aliases = _aliases_of(tree)
+    return defined, aliases, dict(aliases)
 
 
 def _aliases_of(tree: ast.Module) -> list[tuple[str, str]]:
