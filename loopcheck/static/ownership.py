@@ -95,16 +95,33 @@ def configured_models(frame: Frame, owner: Obj, index: int | None) -> frozenset[
         if type(node) is not cst.Return or node.value is None:
             continue
         value = node.value
+        if (
+            type(value) in (cst.Tuple, cst.List)
+            and len(value.elements) == 2
+            and type(value.elements[0].value) in (cst.Tuple, cst.List)
+        ):
+            value = value.elements[0].value  # ``return [opt_g, opt_d], [sched_g, sched_d]``
         if type(value) in (cst.Tuple, cst.List) and index is not None:
             if index >= len(value.elements):
                 continue
             value = value.elements[index].value
         elif index is not None:
             continue
+        value = _optimizer_entry(value)
         obj = frame.value_role(value, None)
         if obj is not None and obj.role is Role.OPTIMIZER:
             return obj.models
     return frozenset()
+
+
+def _optimizer_entry(value: cst.BaseExpression) -> cst.BaseExpression:
+    """``{"optimizer": opt, "lr_scheduler": ...}``: the optimizer of a Lightning dict."""
+    if type(value) is cst.Dict:
+        for element in value.elements:
+            key = getattr(element, "key", None)
+            if type(key) is cst.SimpleString and key.evaluated_value == "optimizer":
+                return element.value
+    return value
 
 
 def models_in(frame: Frame, expr: cst.CSTNode) -> frozenset[str]:

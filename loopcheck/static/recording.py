@@ -415,10 +415,12 @@ class Recorder(FrameStack):
                 elif code == "LC102" and old.pending_zero_shared and isinstance(event.where, Site):
                     # the clear dropped only what another optimizer's loss left (a GAN's
                     # generator loss, already applied to the generator, reaching the
-                    # discriminator), and the step's own loss is computed but never
-                    # backpropagated: the backward is missing, not misplaced
-                    if v.cause in self.applied and self.drops_loss(event.where):
-                        code, where, cause = "LC104", event.where, None
+                    # discriminator), as a GAN means to: the step after it has no backward
+                    # of its own. Its loss computed but never backpropagated, the backward
+                    # is missing; else it comes after the step, misplaced
+                    if v.cause in self.applied:
+                        code = "LC104" if self.drops_loss(event.where) else "LC103"
+                        where, cause = event.where, None
                 if code == "LC101" and self.blame_caller(loop):
                     # a helper handed the loss (a loss scaler) or one that only moves (an
                     # optimizer wrapper's step) steps what its caller never clears: the

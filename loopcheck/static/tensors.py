@@ -458,6 +458,8 @@ def _dead_losses(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[st
                     # (not a running total set up as ``epoch_loss = 0.0``)
                     if "loss" in name.lower() and not literal(node.value)[0]:
                         assigned.add(name)
+            if type(node.value) is cst.Name and all(_logged_into(t.target) for t in node.targets):
+                skipped.add(id(node.value))  # ``loss_dict["g"] = g_loss``: kept for the log
         elif type(node) is cst.AugAssign and type(node.target) is cst.Name:
             skipped.add(id(node.target))
         elif type(node) is cst.Attribute and node.attr.value in _LOGGED:
@@ -471,6 +473,20 @@ def _dead_losses(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[st
 
 # what reading a loss for the log calls on it
 _LOGGED = {"item", "detach", "cpu", "numpy", "tolist", "data"}
+# containers that keep values for the log (``loss_dict``, ``logs``, ``stats``, ``metrics``)
+_LOG_CONTAINER = re.compile(r"(?i)(^|_)(dict|logs?|log_dict|stats|metrics|info|records?)$")
+
+
+def _logged_into(target: cst.BaseExpression) -> bool:
+    """``loss_dict["g"]``: an entry, under a literal key, of a container kept for the log."""
+    return (
+        type(target) is cst.Subscript
+        and type(target.value) is cst.Name
+        and _LOG_CONTAINER.search(target.value.value) is not None
+        and len(target.slice) == 1
+        and type(target.slice[0].slice) is cst.Index
+        and type(target.slice[0].slice.value) is cst.SimpleString
+    )
 
 
 def _backpropagated(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[str]:
