@@ -117,7 +117,7 @@ class Interpreter(Recorder, Checks, Loops, Branches):
         self.adjacent_steps = set()
         # the function each step ran in (does it drop a loss? asked only for LC104)
         self.step_functions: dict[Site, tuple[FileContext, cst.FunctionDef | None]] = {}
-        self.applied: set[Site] = set()
+        self.applied: dict[Site, set[str]] = {}
         self.grad_modes: list[bool] = []
         self.no_grad_blocks: list[cst.CSTNode] = []
 

@@ -55,7 +55,7 @@ class Recorder(FrameStack):
     invariants: dict[tuple[int, int, frozenset], frozenset]
     adjacent_steps: set[Site]  # steps whose statement comes right after a clear
     step_functions: dict[Site, tuple[FileContext, cst.FunctionDef | None]]
-    applied: set[Site]  # backward calls whose gradients some optimizer's step applied
+    applied: dict[Site, set[str]]  # backward calls whose gradients a step applied: its keys
     on_residue: int  # inside a branch taken on one residue of a counter (every n-th)
 
     grad_modes: list[bool]  # innermost last: False under no_grad / inference_mode
@@ -387,7 +387,7 @@ class Recorder(FrameStack):
             if self.root is not None:
                 self.root.step_sites.add((key, where))
             if isinstance(old.last_backward, Site) and old.grads is Grads.FRESH:
-                self.applied.add(old.last_backward)
+                self.applied.setdefault(old.last_backward, set()).add(key)
         loop = self.loop_stack[-1] if self.loop_stack else None
         for v in violations:
             if isinstance(v.where, Site):
@@ -421,6 +421,11 @@ class Recorder(FrameStack):
                     if v.cause in self.applied:
                         code = "LC104" if self.drops_loss(event.where) else "LC103"
                         where, cause = event.where, None
+                if code == "LC201" and not self.applied.get(v.where, {key}) & {key}:
+                    # the repeated backward is another optimizer's update, each applied by
+                    # its step (SAC's actor loss reaching the critics): what it leaves here
+                    # piles up (LC101's), it is no accumulation to divide
+                    continue
                 if code == "LC101" and self.blame_caller(loop):
                     # a helper handed the loss (a loss scaler) or one that only moves (an
                     # optimizer wrapper's step) steps what its caller never clears: the
