@@ -165,6 +165,8 @@ def _surely_a_graph(
         return _surely_a_graph(frame, expr.left, at, depth + 1, carried) or _surely_a_graph(
             frame, expr.right, at, depth + 1, carried
         )
+    if type(expr) is cst.UnaryOperation and type(expr.operator) is not cst.Not:
+        return _surely_a_graph(frame, expr.expression, at, depth + 1, carried)  # ``-x.mean()``
     if type(expr) in (cst.Subscript, cst.Attribute):
         if type(expr) is cst.Attribute and expr.attr.value in {"data", "grad"}:
             return False
@@ -193,8 +195,13 @@ def _surely_a_graph(
     held = frame.resolve(func) if type(func) in (cst.Name, cst.Attribute) else None
     if held is not None and held.role in (Role.MODEL, Role.LIGHTNING, Role.ENGINE):
         return True
-    if type(func) is cst.Attribute and func.attr.value in _TENSOR_METHODS:
-        return _surely_a_graph(frame, func.value, at, depth + 1, carried)
+    if type(func) is cst.Attribute and not frame.is_module_name(func.value):
+        if func.attr.value in _TENSOR_METHODS:  # (``th.gather(q, 1, a)`` is torch's, below)
+            return _surely_a_graph(frame, func.value, at, depth + 1, carried)
+        if _FORWARD_METHOD.search(func.attr.value) and (
+            _a_model(frame, func.value) or origin(frame, func.value, at).models
+        ):
+            return True  # ``self.policy.evaluate_actions(obs, actions)``: a forward by name
     qual = frame.ctx.imports.qualify(func) if type(func) in (cst.Name, cst.Attribute) else None
     helper = _helper(frame, func, qual)
     if helper is not None:  # a function of the linted files: what every return of it is
@@ -257,6 +264,12 @@ def _helper(
         return found[0], found[1]
     return None
 
+
+# model methods that run a forward by another name (RL policies, VAEs, encoders)
+_FORWARD_METHOD = re.compile(
+    r"(?i)^(forward\w*|evaluate_actions?|action_log_prob|log_prob\w*|get_action(_and_value)?"
+    r"|get_value|q\d?_forward|encode|decode|logits)$"
+)
 
 _LOSS_NAME = re.compile(
     r"(?i)^(criterion|crit|loss_?fn|loss_?func|compute_loss(es)?|\w*_loss(es)?|loss(es)?)$"
