@@ -355,6 +355,9 @@ class Reader(Targets):
             return [a for a in self.apis.opaque_args(call) if isinstance(a, Emit)]
         if frame.value_role(call, None) is not None:
             return []  # building an optimizer, scheduler, scaler or model does not step one
+        built = frame.tuple_role(call, 0, "@built")
+        if built is not None and built.role is Role.ENGINE:
+            return []  # ``model, *_ = deepspeed.initialize(model=model, ...)`` wraps the model
         return [*self._handed_loss(call, positional, keywords), *self.apis.opaque_args(call)]
 
     def _handed_loss(

@@ -110,6 +110,13 @@ class Frame:
     def _resolve_name(self, name: str) -> Obj | None:
         if name in self.bound:
             return self.bound[name]
+        if name in self.local_values:
+            # ``model = build(); model, *_ = deepspeed.initialize(model=model, ...)``: the
+            # name ends up holding the engine that wraps the model
+            for index, value in self.tuple_values.get(name, ()):
+                found = self.tuple_role(value, index, name)
+                if found is not None and found.role is Role.ENGINE:
+                    return found
         for value in self.local_values.get(name, ()):
             found = self.value_role(value, name)
             if found is not None:
