@@ -50,7 +50,7 @@ from loopcheck.static.gradients import (
 from loopcheck.static.host import Host
 from loopcheck.static.index import CLEARING_NAMES, FileContext
 from loopcheck.static.moves import Action, Alternatives, Emit, Follow, Forward, Mark, Mode
-from loopcheck.static.roles import Obj, Role, constructed_role
+from loopcheck.static.roles import Obj, Role, builds_engine, constructed_role
 from loopcheck.static.syntax import (
     by_zero,
     call_args,
@@ -355,8 +355,7 @@ class Reader(Targets):
             return [a for a in self.apis.opaque_args(call) if isinstance(a, Emit)]
         if frame.value_role(call, None) is not None:
             return []  # building an optimizer, scheduler, scaler or model does not step one
-        built = frame.tuple_role(call, 0, "@built")
-        if built is not None and built.role is Role.ENGINE:
+        if qual is not None and builds_engine(qual):
             return []  # ``model, *_ = deepspeed.initialize(model=model, ...)`` wraps the model
         return [*self._handed_loss(call, positional, keywords), *self.apis.opaque_args(call)]
 

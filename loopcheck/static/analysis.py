@@ -17,7 +17,7 @@ from loopcheck.static.model import FileModel, RootSummary
 from loopcheck.static.project import Project
 from loopcheck.static.roles import Role
 from loopcheck.static.syntax import all_params
-from loopcheck.static.tree import forget, kids, walk
+from loopcheck.static.tree import forget, kids
 
 # Parameters a framework passes as the iteration counter of its own loop.
 _FRAMEWORK_COUNTERS = ("batch_idx", "batch_nb", "batch_index")
@@ -85,52 +85,11 @@ def _referenced(ctx: FileContext, func: cst.FunctionDef, cls: ClassInfo | None) 
     it is a public function of the module that another linted file names (it may import and
     call it; a method is judged with its class: a base class calls it, or a framework)."""
     name = func.name.value
-    if name in ctx.referenced and not (cls is None and _only_launched(ctx, name)):
+    if name in ctx.referenced:
         return True
     public = cls is None and not name.startswith("_")
     project = ctx.project
     return public and project is not None and project.mentioned_elsewhere(ctx.path, name)
-
-
-# Calls that run a function handed to them as a program's entry point (a command line, or one
-# process per device): the function's own analysis is the one in context.
-_LAUNCHERS = frozenset(
-    {
-        "fire.Fire", "typer.run", "jsonargparse.CLI", "torch.multiprocessing.spawn",
-        "torch.multiprocessing.start_processes", "multiprocessing.Process",
-        "torch.multiprocessing.Process",
-    }
-)  # fmt: skip
-
-
-def _only_launched(ctx: FileContext, name: str) -> bool:
-    """Whether the file names the function ``name`` only to hand it to a launcher
-    (``fire.Fire(train)``, ``mp.spawn(train, ...)``, ``Process(target=train)``)."""
-    named, launched = ctx.remember("launched", ctx.module, lambda: _launches(ctx))
-    return launched.get(name, 0) > 0 and named.get(name, 0) == launched[name]
-
-
-def _launches(ctx: FileContext) -> tuple[dict[str, int], dict[str, int]]:
-    """How often each name is read in the file, and how often it is handed to a launcher."""
-    named: dict[str, int] = {}
-    launched: dict[str, int] = {}
-    skip: set[int] = set()  # the names of definitions, and attributes after a dot
-    for node in walk(ctx.module):
-        kind = type(node)
-        if kind is cst.FunctionDef or kind is cst.ClassDef:
-            skip.add(id(node.name))
-        elif kind is cst.Attribute:
-            skip.add(id(node.attr))
-        elif kind is cst.Name and id(node) not in skip:
-            named[node.value] = named.get(node.value, 0) + 1
-        elif kind is cst.Call and ctx.imports.qualify(node.func) in _LAUNCHERS:
-            for arg in node.args:
-                first = arg is node.args[0] and arg.keyword is None
-                if (first or (arg.keyword is not None and arg.keyword.value == "target")) and (
-                    type(arg.value) is cst.Name
-                ):
-                    launched[arg.value.value] = launched.get(arg.value.value, 0) + 1
-    return named, launched
 
 
 def _entry_points(ctx: FileContext) -> Iterator[tuple[cst.FunctionDef, ClassInfo | None, str]]:

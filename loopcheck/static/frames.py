@@ -14,6 +14,7 @@ from loopcheck.static.ownership import configured_models, handed_models, models_
 from loopcheck.static.roles import (
     Obj,
     Role,
+    builds_engine,
     constructed_role,
     is_model_method,
     is_model_wrapper,
@@ -481,7 +482,7 @@ class Frame:
                 models = configured_models(self, owner, index)
                 return Obj(Role.OPTIMIZER, f"{owner.key}.optimizers[{index}]", models)
         qual = self.ctx.imports.qualify(func) if type(func) in (cst.Name, cst.Attribute) else None
-        if qual is not None and qual.endswith("initialize") and "deepspeed" in qual:
+        if qual is not None and builds_engine(qual):
             roles = {0: Role.ENGINE, 1: Role.OPTIMIZER, 3: Role.SCHEDULER}
             role = roles.get(index)
             return Obj(role, key) if role is not None else None

@@ -40,6 +40,16 @@ CLEARING_NAMES = ("zero_grad", "reset_grad", "clear_grad", "zero_grads", "clear_
 
 # Method names that real code calls on models and optimizers all the time: ``model.train()``
 # does not mean that a trainer's own ``train`` method is called from this file.
+# Calls that run a function handed to them as a program's entry point (a command line, one
+# process per device): naming it there gives it no caller whose context it needs.
+_LAUNCHERS = frozenset(
+    {
+        "fire.Fire", "typer.run", "jsonargparse.CLI", "torch.multiprocessing.spawn",
+        "torch.multiprocessing.start_processes", "multiprocessing.Process",
+        "torch.multiprocessing.Process",
+    }
+)  # fmt: skip
+_LAUNCHER_NAMES = frozenset(q.rsplit(".", 1)[-1] for q in _LAUNCHERS)
 _MODULE_API = {
     "train",
     "eval",
@@ -115,7 +125,7 @@ class FileContext:
         self.imports = Imports(module)
         self.functions: dict[str, cst.FunctionDef] = {}
         self.classes: dict[str, ClassInfo] = {}
-        self.referenced: set[str] = set()
+        self.referenced: set[str] = set()  # names read (not those only handed to a launcher)
         self.called_in_loop: set[str] = set()  # names called somewhere inside a loop body
         self.tracked_conditions: set[str] = set()
         self.relevant: set[int] = set()  # ids of the functions that may take part in a step
@@ -294,10 +304,13 @@ class _Indexer:
         by_name: dict[str, list[int]] = {}
         params: dict[int, set[str]] = {}
         stack: list[tuple[cst.CSTNode, int | None, bool]] = [(module, None, False)]
+        launched: set[int] = set()  # ``fire.Fire(train)``: the launched function's name
         while stack:
             node, owner, in_loop = stack.pop()
             kind = type(node)
             if kind is cst.Name:
+                if id(node) in launched:
+                    continue
                 self.ctx.referenced.add(node.value)
                 if owner is not None and _move_word(node):
                     mentions[owner] = True  # (a ``step`` only when called: see Call)
@@ -336,6 +349,16 @@ class _Indexer:
                     name = func.attr.value
                     if type(func.value) is cst.Name:
                         self.module_calls.add((func.value.value, name))
+                if name in _LAUNCHER_NAMES and self.ctx.imports.qualify(func) in _LAUNCHERS:
+                    launched |= {
+                        id(arg.value)
+                        for i, arg in enumerate(node.args)
+                        if type(arg.value) is cst.Name
+                        and (
+                            (i == 0 and arg.keyword is None)
+                            or (arg.keyword is not None and arg.keyword.value == "target")
+                        )
+                    }
                 if name is not None:
                     if owner is not None:
                         calls[owner].add(name)

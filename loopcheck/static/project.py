@@ -7,6 +7,8 @@ import ast
 import os
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,10 +24,21 @@ _MAX_REEXPORTS = 4
 _IMPORTS = re.compile(rb"^[ \t]*(?:from[ \t]+(\.*[\w.]*)[ \t]+import|import[ \t]+([\w.]+))", re.M)
 
 Definition = tuple[FileContext, "cst.FunctionDef | ClassInfo"]
-# A file's top-level definitions, its imports (name, what it stands for) in the order
-# ``Imports`` meets them, and the same as a dict (a name imported twice: its first import).
-Outline = tuple[frozenset[str], list[tuple[str, str]], dict[str, str]]
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Outline:
+    """What Python's own parser tells of a linted file: the names it defines at its top level,
+    and its imports (name, what it stands for) in the order ``Imports`` meets them."""
+
+    defined: frozenset[str]
+    imports: tuple[tuple[str, str], ...]
+
+    @cached_property
+    def aliases(self) -> dict[str, str]:
+        """The imports as ``Imports`` keeps them (a name imported twice: its first import)."""
+        return dict(self.imports)
 
 
 def _read(path: str) -> bytes | None:
@@ -91,7 +104,7 @@ class Project:
         outline = self._outline(importer) if self.source(importer) == raw else _outline(raw)
         if outline is None:
             return True  # Python cannot read it: the full parse reports why
-        for local, qual in outline[1]:
+        for local, qual in outline.imports:
             if self._takes_part_from(importer, qual):
                 return True
             # ``steps.train_step(...)`` through ``from . import steps``
@@ -283,12 +296,11 @@ class Project:
             if outline is None:
                 continue
             self._note_read(module_key)
-            defined, _, aliases = outline
             if len(names) != 1:
                 continue
-            if names[0] in defined:
+            if names[0] in outline.defined:
                 return module_key, names[0]
-            alias = aliases.get(names[0])
+            alias = outline.aliases.get(names[0])
             if alias is not None:
                 return self._locate(module_key, alias, depth + 1)
         return None
@@ -374,8 +386,7 @@ def _outline(raw: bytes) -> Outline | None:
         for node in tree.body
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
     )
-    aliases = _aliases_of(tree)
-    return defined, aliases, dict(aliases)
+    return Outline(defined, tuple(_aliases_of(tree)))
 
 
 def _aliases_of(tree: ast.Module) -> list[tuple[str, str]]:

@@ -196,6 +196,11 @@ def is_model_wrapper(qualname: str) -> bool:
     return qualname.rsplit(".", 1)[-1] in _MODEL_WRAPPERS
 
 
+def builds_engine(qualname: str) -> bool:
+    """``deepspeed.initialize(model=model, ...)``: returns (engine, optimizer, _, scheduler)."""
+    return qualname.endswith("initialize") and "deepspeed" in qualname
+
+
 def is_model_method(name: str) -> bool:
     """``model.to(device)`` and friends return the model itself."""
     return name in _MODEL_METHODS
