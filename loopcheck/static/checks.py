@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import libcst as cst
 
 from loopcheck.protocol import Grads
@@ -39,7 +41,12 @@ class Checks(FrameStack):
         if source is None:
             return
         expr, negated, ctx, frame, at = source
-        guard = guards.read_guard(ctx.code, negated_if(expr, negated))
+        loop = self.loop_stack[-1].node
+        guard = guards.read_guard(
+            ctx.code,
+            negated_if(expr, negated),
+            lambda counter: guards.wrap_modulus(ctx.code, loop, counter),
+        )
         if guard is None:
             return
         other = stmt.orelse.body if type(stmt.orelse) is cst.Else else stmt.orelse
@@ -116,14 +123,9 @@ class Checks(FrameStack):
         loops = [s.node for s in self.loop_stack if id(s.node) in layout.place]
         if type(frame.func) is cst.FunctionDef and self.loop_stack[0].node is frame.func:
             loops.insert(0, frame.func)
-        base = guards.counter_base(counter, loops, at, layout.before(at, loops))  # type: ignore[arg-type]
-        if base is None:
-            return None
-        values = frame.local_values.get(counter, ())
-        manual = not any(type(n) is cst.For and counter_of(n) == counter for n in loops)
-        if manual and not any(type(v) is cst.Integer and v.value == "0" for v in values):
-            return None  # a counter incremented by hand from an unknown start
-        return base
+        return guards.counter_base(
+            counter, loops, at, layout, lambda: _starts_at_zero(frame, counter)
+        )
 
     def check_kept_graph(self, stmt: cst.CSTNode) -> None:
         """LC501: a loss summed or collected across iterations with its graph, never
@@ -195,3 +197,56 @@ def _one_unless_deepspeed(modulus: str, frame: Frame | None, at: cst.CSTNode | N
         if "deepspeed" not in frame.ctx.code(d.value).lower():
             return False
     return True
+
+
+def _starts_at_zero(frame: Frame, counter: str) -> bool:
+    """Whether a counter incremented by hand is set to 0 before its loop: ``step = 0``,
+    ``self.step = 0`` in the class, ``state = {"iter_num": 0, ...}`` or
+    ``TrainState(acc_step=0, ...)`` here or in the caller that handed ``state`` in."""
+    if counter.isidentifier():
+        return _zero_among(frame.local_values.get(counter, ()))
+    head, _, rest = counter.partition(".")
+    if head == "self" and rest.isidentifier() and frame.cls is not None:
+        return _zero_among(value for _, value, _ in frame.cls.attribute_values(rest))
+    if "[" in counter:
+        head, _, key = counter[:-1].partition("[")
+        field = key.strip("'\"")
+    else:
+        head, _, field = counter.rpartition(".")
+    if not head.isidentifier() or not field.isidentifier():
+        return False
+    current: Frame | None = frame
+    for _ in range(3):  # the function, its caller, theirs
+        if current is None:
+            return False
+        for value in current.local_values.get(head, ()):
+            if _zero_among(_field_values(value, field)):
+                return True
+        handed = current.handed
+        if handed is None or head not in handed[2]:
+            return False
+        arg = handed[2][head]
+        if type(arg) is not cst.Name:
+            return False
+        current, head = handed[0], arg.value  # type: ignore[assignment]
+    return False
+
+
+def _field_values(value: cst.BaseExpression, field: str) -> list[cst.BaseExpression]:
+    """What ``value["field"]`` or ``value.field`` holds when ``value`` builds it: a dict
+    literal's entry, a constructor's keyword."""
+    if type(value) is cst.Dict:
+        return [
+            e.value
+            for e in value.elements
+            if type(e) is cst.DictElement
+            and type(e.key) is cst.SimpleString
+            and e.key.evaluated_value == field
+        ]
+    if type(value) is cst.Call:
+        return [a.value for a in value.args if a.keyword is not None and a.keyword.value == field]
+    return []
+
+
+def _zero_among(values: Iterable[cst.BaseExpression]) -> bool:
+    return any(type(v) is cst.Integer and v.value == "0" for v in values)
