@@ -50,6 +50,7 @@ from loopcheck.static.gradients import (
 from loopcheck.static.host import Host
 from loopcheck.static.index import CLEARING_NAMES, FileContext
 from loopcheck.static.moves import Action, Alternatives, Emit, Follow, Forward, Mark, Mode
+from loopcheck.static.ownership import module_key, optimized_models
 from loopcheck.static.roles import Obj, Role, builds_engine, constructed_role
 from loopcheck.static.syntax import (
     by_zero,
@@ -267,6 +268,11 @@ class Reader(Targets):
                     # ``self.classifier_head.train()`` in a model's method: a submodule of
                     # a type the linter does not know, switched with the model
                     return [Mode(self.site(call), submodule, method == "train")]
+                trained = module_key(self.frame, func.value)
+                if trained is not None and trained in optimized_models(self.frame):
+                    # ``G_AB.eval()``: a module of a type the linter does not know, whose
+                    # parameters an optimizer in sight trains
+                    return [Mode(self.site(call), trained, method == "train")]
             if method == "backward" and not _defines(owner, "backward"):
                 return [self.apis.backward(call, func.value)]
             if method in CLEARING_NAMES and (owner is None or owner.cls is None):

@@ -21,7 +21,7 @@ from loopcheck.static.bodies import (
 from loopcheck.static.classes import ClassInfo
 from loopcheck.static.frames import Frame
 from loopcheck.static.index import FileContext
-from loopcheck.static.ownership import module_key
+from loopcheck.static.ownership import module_key, optimized_models
 from loopcheck.static.reaching import Definition, Statement
 from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (
@@ -157,13 +157,13 @@ class _Tracer:
         if self._tensors is None:
             # the last part of each optimized key, to rule most names out cheaply
             self._tensors = {
-                k.rpartition(":")[2].rpartition(".")[2]: k for k in _optimized_models(self.frame)
+                k.rpartition(":")[2].rpartition(".")[2]: k for k in optimized_models(self.frame)
             }
         last = node.value if type(node) is cst.Name else node.attr.value
         if last not in self._tensors:
             return NOTHING
         key = module_key(frame, node)
-        return Origin(frozenset({key}), True) if key in _optimized_models(self.frame) else NOTHING
+        return Origin(frozenset({key}), True) if key in optimized_models(self.frame) else NOTHING
 
     def expr(self, node: cst.BaseExpression, depth: int, at: Statement | None = None) -> Origin:
         if depth > MAX_DEPTH:
@@ -300,7 +300,7 @@ class _Tracer:
             if callee is not None and callee.role in MODEL_ROLES:
                 return self.obj(callee) | args
             key = module_key(self.frame, func)
-            if key is not None and key in _optimized_models(self.frame):
+            if key is not None and key in optimized_models(self.frame):
                 return Origin(frozenset({key}), True) | args  # ``ac.v(obs)``, ``ac.v`` optimized
             return self.expr(func.value, depth + 1, at) | args
         if type(func) is cst.Name:
@@ -465,16 +465,3 @@ def _expressions(node: cst.CSTNode) -> list[cst.BaseExpression]:
         else:
             stack.extend(kids(child))
     return out
-
-
-def _optimized_models(frame: Frame | None) -> frozenset[str]:
-    """The models of the optimizers visible in a frame and the frames around it (once per
-    frame: the optimizers in sight do not change while it runs)."""
-    if frame is None:
-        return frozenset()
-    if frame.optimized is None:
-        found: set[str] = set(_optimized_models(frame.parent))
-        for opt in frame.optimizers():
-            found |= opt.models
-        frame.optimized = frozenset(found)
-    return frame.optimized

@@ -47,6 +47,19 @@ def constructor_of(frame: Frame, expr: cst.BaseExpression) -> cst.Call | None:
     return None
 
 
+def optimized_models(frame: Frame | None) -> frozenset[str]:
+    """The models of the optimizers visible in a frame and the frames around it (once per
+    frame: the optimizers in sight do not change while it runs)."""
+    if frame is None:
+        return frozenset()
+    if frame.optimized is None:
+        found: set[str] = set(optimized_models(frame.parent))
+        for opt in frame.optimizers():
+            found |= opt.models
+        frame.optimized = frozenset(found)
+    return frame.optimized
+
+
 def module_key(frame: Frame, expr: cst.BaseExpression) -> str | None:
     """A key for an object of no known role that may be a module, so that an optimizer
     built from its parameters and a loss computed by calling it meet: ``frame.qf1``, or a
