@@ -27,7 +27,7 @@ from loopcheck.static.moves import (
     Mode,
 )
 from loopcheck.static.ownership import constructor_of
-from loopcheck.static.roles import Obj, Role, is_model_method
+from loopcheck.static.roles import Obj, Role, builds_engine, is_model_method
 from loopcheck.static.syntax import body_clears, called_name, dotted, literal, roots_of
 from loopcheck.static.tree import walk
 
@@ -139,6 +139,8 @@ class ApiReader(HostView):
                 return [Emit(Event(Move.ZERO, site), keys)]
             if method == "forward":
                 return [Forward(site, owner.key)]
+            if method in {"eval", "train"}:
+                return [Mode(site, owner.key, _training(method, positional, keywords))]
             if _RUNS_PASSES.search(method):
                 # ``engine.execute_schedule(data_iter)``, DeepSpeed's ``engine.train_batch()``:
                 # forward and backward passes run inside (a pipeline schedule)
@@ -455,7 +457,9 @@ class ApiReader(HostView):
             )
             if obj is None:
                 continue
-            if obj.role in (Role.OPTIMIZER, Role.ENGINE):
+            if obj.role is Role.ENGINE and self._not_yet_engine(arg.value):
+                model = True  # the module handed on before ``deepspeed.initialize`` wraps it
+            elif obj.role in (Role.OPTIMIZER, Role.ENGINE):
                 keys.extend(obj.members or (obj.key,))
             elif obj.role in (Role.MODEL, Role.LIGHTNING):
                 model = True
@@ -477,16 +481,35 @@ class ApiReader(HostView):
             actions.append(Mark("opaque_model" if trains else "opaque_aside"))
         return actions
 
+    def _not_yet_engine(self, expr: cst.BaseExpression) -> bool:
+        """``model`` handed on before ``model, *_ = deepspeed.initialize(model=model)`` rebinds
+        it (``get_optimizer_grouped_parameters(model, ...)``): there it is still the module."""
+        at = self.host.at
+        if type(expr) is not cst.Name or at is None or self.frame.func is None:
+            return False
+        name = expr.value
+        if not any(self._builds_engine(v) for _, v in self.frame.tuple_values.get(name, ())):
+            return False  # an engine handed in, or built some other way
+        defs = function_layout(self.frame).reaching(name, at)
+        return not any(self._builds_engine(d.value) for d in defs or ())
+
+    def _builds_engine(self, value: cst.BaseExpression) -> bool:
+        if type(value) is not cst.Call or type(value.func) not in (cst.Name, cst.Attribute):
+            return False
+        qual = self.frame.ctx.imports.qualify(value.func)
+        return qual is not None and builds_engine(qual)
+
 
 # the names of unseen calls handed the model that may run its backward
 _MAY_TRAIN = re.compile(
     r"(?i)backward|step|optimi|train|fit|update|learn|loss|forward|grad|closure|^run$|^run_"
 )
-# the names of unseen calls handed an optimizer that set its learning rate, save or load its
-# state, or log it, and do no more
+# the names of unseen calls handed an optimizer (or an engine) that set its learning rate,
+# save or load its state, log it, or convert or export the model it holds, and do no more
 _KEEPS_GRADS = re.compile(
     r"(?i)^_*(update|adjust|set|warmup|decay)_?(the_)?(learning_rate|lr)s?$"
     r"|checkpoint|^_*(save|load|resume|restore|restart)(_|$)|^_*log(_|$)|^print"
+    r"|^_*(convert|export|merge|unwrap)_"
 )
 _LOSS_FUNCTION = re.compile(r"(?i)(^|[._])\w*losses?$")
 _RUNS_STEP = re.compile(r"(?i)backward|step|optimi")  # ``forward_backward_loss``
