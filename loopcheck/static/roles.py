@@ -162,6 +162,9 @@ def constructed_role(qualname: str) -> Role | None:
         return Role.SCALER
     if qualname in _ACCELERATORS or last in {"Accelerator", "Fabric"}:
         return Role.ACCELERATOR
+    if qualname.startswith("schedulefree.") or low.endswith("schedulefree"):
+        # ``schedulefree.AdamWScheduleFree``: an optimizer that needs no LR schedule
+        return Role.OPTIMIZER if last[:1].isupper() else None
     if "pipelining" in qualname or last.startswith("Schedule"):
         return None  # a pipeline-parallel schedule (ScheduleGPipe): its step() runs the stage
     if "lr_scheduler." in qualname or "schedul" in low or last == "SWALR":
