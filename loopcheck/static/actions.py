@@ -48,9 +48,10 @@ from loopcheck.static.gradients import (
     scaled_step,
 )
 from loopcheck.static.host import Host
-from loopcheck.static.index import CLEARING_NAMES, FileContext
+from loopcheck.static.index import FileContext
 from loopcheck.static.moves import Action, Alternatives, Emit, Follow, Forward, Mark, Mode
 from loopcheck.static.ownership import module_key, optimized_models
+from loopcheck.static.relevance import CLEARING_NAMES
 from loopcheck.static.roles import Obj, Role, builds_engine, constructed_role
 from loopcheck.static.syntax import (
     by_zero,

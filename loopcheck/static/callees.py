@@ -16,7 +16,8 @@ import libcst as cst
 
 from loopcheck.static.classes import ClassInfo
 from loopcheck.static.frames import Frame
-from loopcheck.static.index import CLEARING_NAMES, FileContext
+from loopcheck.static.index import FileContext
+from loopcheck.static.relevance import CLEARING_NAMES
 from loopcheck.static.roles import Role, role_from_name, steps_no_optimizer
 from loopcheck.static.syntax import (
     called_name,

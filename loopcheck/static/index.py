@@ -15,6 +15,7 @@ from loopcheck.static.classes import ClassInfo
 from loopcheck.static.conditions import condition_key, counter_sign, modular, modulus_of
 from loopcheck.static.model import Site
 from loopcheck.static.positions import Range, Statements, positions, statement_positions
+from loopcheck.static.relevance import move_word, names_move, relevant_functions, two_ways
 from loopcheck.static.roles import Imports
 from loopcheck.static.syntax import (
     all_params,
@@ -29,17 +30,13 @@ from loopcheck.static.syntax import (
     range_length,
     without_not,
 )
-from loopcheck.static.tree import is_expression, kids, walk
+from loopcheck.static.tree import is_expression, kids
 
 _T = TypeVar("_T")
 
 if TYPE_CHECKING:
     from loopcheck.static.project import Project
 
-CLEARING_NAMES = ("zero_grad", "reset_grad", "clear_grad", "zero_grads", "clear_grads")
-
-# Method names that real code calls on models and optimizers all the time: ``model.train()``
-# does not mean that a trainer's own ``train`` method is called from this file.
 # Calls that run a function handed to them as a program's entry point (a command line, one
 # process per device): naming it there gives it no caller whose context it needs.
 _LAUNCHERS = frozenset(
@@ -50,6 +47,8 @@ _LAUNCHERS = frozenset(
     }
 )  # fmt: skip
 _LAUNCHER_NAMES = frozenset(q.rsplit(".", 1)[-1] for q in _LAUNCHERS)
+# Method names that real code calls on models and optimizers all the time: ``model.train()``
+# does not mean that a trainer's own ``train`` method is called from this file.
 _MODULE_API = {
     "train",
     "eval",
@@ -63,24 +62,6 @@ _MODULE_API = {
     "parameters",
     "state_dict",
     "load_state_dict",
-}
-
-# Words without which a function cannot take part in a training step.
-MOVE_WORDS = {
-    "backward",
-    "step",
-    "zero_grad",
-    "grad",
-    "clip_grad_norm_",
-    "clip_grad_value_",
-    "clip_grad_norm",
-    "clip_grads_with_norm_",
-    "clip_gradients",
-    "unscale_",
-    "manual_backward",
-    "first_step",
-    "second_step",
-    *CLEARING_NAMES,
 }
 
 # ``evaluate``, ``validate``, ``run_validation``, ``test`` or ``*_test`` (not pytest's ``test_*``)
@@ -312,7 +293,7 @@ class _Indexer:
                 if id(node) in launched:
                     continue
                 self.ctx.referenced.add(node.value)
-                if owner is not None and _move_word(node):
+                if owner is not None and move_word(node):
                     mentions[owner] = True  # (a ``step`` only when called: see Call)
                 continue
             if kind is cst.Attribute:
@@ -321,7 +302,7 @@ class _Indexer:
                 on_self = type(value) is cst.Name and value.value == "self"
                 if on_self or attr not in _MODULE_API:
                     self.ctx.referenced.add(attr)
-                if owner is not None and (_move_word(node) or attr in ("eval", "train")):
+                if owner is not None and (move_word(node) or attr in ("eval", "train")):
                     # ``.eval()``: an evaluation pass (LC502, LC503); ``.train()``: its end
                     mentions[owner] = True
                 stack.append((value, owner, in_loop))
@@ -377,7 +358,7 @@ class _Indexer:
                         self.ctx.called_in_loop.add(name)
             elif kind is cst.If or kind is cst.While:
                 self._condition(node.test, node if kind is cst.If else None)
-                if kind is cst.If and node.orelse is not None and _two_ways(node):
+                if kind is cst.If and node.orelse is not None and two_ways(node):
                     key = condition_key(self.ctx.code, node.test)[0]
                     if key is not None:
                         self.alternatives.add(key)
@@ -424,13 +405,15 @@ class _Indexer:
             for c in self.ctx.classes.values()
             if "forward" in c.methods
         }
-        self.ctx.relevant = _relevant(mentions, calls, enclosing, by_name, external, forwards)
+        self.ctx.relevant = relevant_functions(
+            mentions, calls, enclosing, by_name, external, forwards
+        )
         # a counter's residues are followed across iterations only for the guards of what may
         # take part in a step (an evaluation every 250 steps opens no accumulation window)
         moving = {n for n, keys in by_name.items() if any(k in self.ctx.relevant for k in keys)}
         moving |= external
         for modulus, stmt in self.modular_ifs:
-            if _names_move(stmt, moving):
+            if names_move(stmt, moving):
                 self.moduli_counts[modulus] = self.moduli_counts.get(modulus, 0) + 1
         self.ctx.tracked_moduli = {m for m, n in self.moduli_counts.items() if n > 1}
 
@@ -505,80 +488,6 @@ class _Indexer:
         self.ctx.classes[node.name.value] = ClassInfo(
             node.name.value, node, self.ctx, bases, methods, attrs, class_values
         )
-
-
-def _two_ways(node: cst.If) -> bool:
-    """Whether an ``if``/``else`` chooses between two ways of training: both branches call
-    something, and one of them makes a move (``if scaler: scaler(loss, opt) else: ...``). Such
-    a choice is made once for the run, so its condition is followed across iterations."""
-    orelse = node.orelse.body if type(node.orelse) is cst.Else else node.orelse
-    sides = [node.body, orelse]
-    if not all(any(type(n) is cst.Call for n in walk(side)) for side in sides):
-        return False
-    return any(
-        type(n) is cst.Attribute and n.attr.value in MOVE_WORDS
-        for side in sides
-        for n in walk(side)
-    )
-
-
-def _move_word(node: cst.CSTNode) -> bool:
-    """A name or attribute that names a move (``step`` only when called: a counter named
-    ``step`` is no move, and the callers test calls on their own)."""
-    kind = type(node)
-    if kind is cst.Name:
-        word = node.value  # type: ignore[attr-defined]
-    elif kind is cst.Attribute:
-        word = node.attr.value  # type: ignore[attr-defined]
-    else:
-        return False
-    return word in MOVE_WORDS and word != "step"
-
-
-def _names_move(stmt: cst.If, moving: set[str]) -> bool:
-    """Whether an ``if`` may run a move of a training step: it names one, or calls a function
-    or method (of the linted files) that takes part in one."""
-    for node in walk(stmt):
-        kind = type(node)
-        if _move_word(node):
-            return True
-        if kind is cst.Call:
-            func = node.func
-            if type(func) is cst.Name and func.value in moving:
-                return True
-            if type(func) is cst.Attribute and func.attr.value in moving | {"step"}:
-                return True
-    return False
-
-
-def _relevant(
-    mentions: dict[int, bool],
-    calls: dict[int, set[str]],
-    enclosing: dict[int, int | None],
-    by_name: dict[str, list[int]],
-    external: set[str],
-    forwards: dict[str, int],
-) -> set[int]:
-    """Functions that can take part in a training step: those that mention a move (directly
-    or in a nested function), and those that call, by name, a function that can (of this file
-    or imported from another linted file)."""
-    relevant = {key for key, yes in mentions.items() if yes}
-    for key in list(relevant):
-        parent = enclosing.get(key)
-        while parent is not None:
-            relevant.add(parent)
-            parent = enclosing.get(parent)
-    changed = True
-    while changed:
-        changed = False
-        names = {name for name, keys in by_name.items() if any(k in relevant for k in keys)}
-        names |= external
-        names |= {name for name, key in forwards.items() if key in relevant}
-        for key, called in calls.items():
-            if key not in relevant and called & names:
-                relevant.add(key)
-                changed = True
-    return relevant
 
 
 def _function_info(ctx: FileContext, func: cst.FunctionDef | None) -> FunctionInfo:

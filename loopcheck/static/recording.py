@@ -15,10 +15,11 @@ from loopcheck.static import conditions, tensors
 from loopcheck.static.bodies import function_layout
 from loopcheck.static.callees import backward_of, may_step, runs_backward
 from loopcheck.static.frames import FrameStack
-from loopcheck.static.index import CLEARING_NAMES, FileContext
+from loopcheck.static.index import FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary, Site, overlap
 from loopcheck.static.moves import Backward, Emit, Forward, Mode
 from loopcheck.static.paths import PathState
+from loopcheck.static.relevance import CLEARING_NAMES
 from loopcheck.static.roles import Obj, Role, role_from_name
 from loopcheck.static.syntax import called_name, chains_in
 from loopcheck.static.tree import walk
