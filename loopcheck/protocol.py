@@ -64,7 +64,8 @@ class Event:
     via_scaler: bool = False  # STEP through scaler.step(opt)
     # ZERO that drops a batch on purpose (then skips the step); SCHED_STEP told its epoch or
     # metric (``scheduler.step(epoch)``: the schedule is not shifted by when it is called),
-    # or of a scheduler whose optimizer is unknown
+    # or of a scheduler whose optimizer is unknown; OPAQUE of an optimizer built anew (it
+    # starts from nothing, and has stepped nothing)
     deliberate: bool = False
     # BACKWARD of a loss that also feeds other optimizers (a GAN's generator loss reaches the
     # discriminator), or whose origin is not fully known: clearing what it left is no LC108

@@ -199,7 +199,7 @@ class Reader(Targets):
             return []
         if built is None or built.role is not Role.OPTIMIZER or built.members:
             return []
-        return [Mark("built_optimizer"), Emit(Event(Move.OPAQUE), (built.key,))]
+        return [Mark("built_optimizer"), Emit(Event(Move.OPAQUE, deliberate=True), (built.key,))]
 
     def reads_gradients(self, test: cst.BaseExpression) -> bool:
         """A condition on the gradients themselves (a non-finite norm, a found inf): paths

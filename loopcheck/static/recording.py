@@ -374,7 +374,10 @@ class Recorder(FrameStack):
             if event.move is Move.STEP and where is not None:
                 summary.steps.setdefault(key, where)
                 summary.step_models.setdefault(key, self.known_models(key))
-        if event.move in (Move.STEP, Move.OPAQUE) and self.root is not None:
+        if (
+            event.move is Move.STEP or event.move is Move.OPAQUE and not event.deliberate
+        ) and self.root is not None:
+            # (an optimizer built anew has applied nothing yet)
             self.root.stepped = True
             self.root.stepped_keys.add(key)
         if event.move is Move.STEP and where is not None:
