@@ -11,6 +11,10 @@ class AccumulationOffByOne(ProtocolRule):
     the wrong micro-batch: `i % N == 0` on a 0-based counter (`enumerate`, `range`, a counter
     incremented after the test) steps after the very first micro-batch, then every N; and an
     inverted guard (the step in the branch taken on N-1 of N micro-batches) steps almost always.
+    The counter may be the loop's (`enumerate`, also behind a progress bar), one derived from it
+    (`ni = i + nb * epoch`), one kept by hand in a name, an attribute or a state dict
+    (`self.step`, `state["iter_num"]`, set to 0 where it is built), or one kept wrapped
+    (`acc = (acc + 1) % N`, then `acc == 0`).
     The guard is read wherever the step's condition comes from: the `if` itself (`or` a
     last-batch flush included), `if i % N != 0: continue` before the step, a flag computed
     earlier in the iteration (`need_update = last_batch or i % N == 0`), or a condition handed
