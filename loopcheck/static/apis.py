@@ -460,7 +460,8 @@ class ApiReader(HostView):
             if obj.role is Role.ENGINE and self._not_yet_engine(arg.value):
                 model = True  # the module handed on before ``deepspeed.initialize`` wraps it
             elif obj.role in (Role.OPTIMIZER, Role.ENGINE):
-                keys.extend(obj.members or (obj.key,))
+                if not self._hands_back(call, arg.value):
+                    keys.extend(obj.members or (obj.key,))
             elif obj.role in (Role.MODEL, Role.LIGHTNING):
                 model = True
         actions: list[Action] = []
@@ -480,6 +481,29 @@ class ApiReader(HostView):
             trains = _MAY_TRAIN.search(called.rsplit(".", 1)[-1])
             actions.append(Mark("opaque_model" if trains else "opaque_aside"))
         return actions
+
+    def _hands_back(self, call: cst.Call, expr: cst.BaseExpression) -> bool:
+        """``model, optimizer, loader = engine.make_private(optimizer=optimizer, ...)``,
+        ``optimizer = hvd.DistributedOptimizer(optimizer)``: the call wraps the optimizer and
+        hands it back under its own name, where every later clear and step is seen; it
+        applies no gradient itself."""
+        at = self.host.at
+        name = dotted(expr)
+        if type(at) is not cst.SimpleStatementLine or name is None:
+            return False
+        for statement in at.body:
+            if type(statement) is not cst.Assign or statement.value is not call:
+                continue
+            for target in statement.targets:
+                value = target.target
+                elements = (
+                    [e.value for e in value.elements]
+                    if type(value) in (cst.Tuple, cst.List)
+                    else [value]
+                )
+                if any(dotted(e) == name for e in elements):
+                    return True
+        return False
 
     def _not_yet_engine(self, expr: cst.BaseExpression) -> bool:
         """``model`` handed on before ``model, *_ = deepspeed.initialize(model=model)`` rebinds
