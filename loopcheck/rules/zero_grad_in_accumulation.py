@@ -24,7 +24,10 @@ class ZeroGradInAccumulation(ProtocolRule):
     `if i % accum == 0:` on the counter whose `(i + 1) % accum == 0` guards the step, or
     `if k == 1:` on a counter cycled beside the loader
     (`for batch, k in zip(loader, cycle(range(1, accum + 1))):`) whose `k % accum == 0`
-    guards the step.
+    guards the step. So is a clear after a backward that keeps its graph for a second one
+    (`loss.mean().backward(retain_graph=True)` only feeding per-sample norm hooks, as in
+    ghost clipping, then the clear, then the rescaled loss's backward): the first pass is a
+    probe, not a micro-batch.
 
     ## Why is this bad?
     Each clear throws away the gradients accumulated so far, so the step applies the last

@@ -346,7 +346,15 @@ class ApiReader(HostView):
         found = origin(self.frame, origin_of or loss, at)
         inside = self._computed_in_no_grad(loss)
         caller = self.frame.handed_at if handed else None
-        return Backward(site, scaled, split, found, inside, caller)  # type: ignore[arg-type]
+        return Backward(
+            site,
+            scaled,
+            split,  # type: ignore[arg-type]
+            found,
+            inside,
+            caller,
+            retains=_retains_graph(call),
+        )
 
     def _computed_in_no_grad(self, loss: cst.BaseExpression) -> bool:
         """Whether the loss was computed inside the no-grad region the backward runs in: inline
@@ -522,6 +530,14 @@ class ApiReader(HostView):
             return False
         qual = self.frame.ctx.imports.qualify(value.func)
         return qual is not None and builds_engine(qual)
+
+
+def _retains_graph(call: cst.Call) -> bool:
+    """``loss.backward(retain_graph=True)``: keeps the graph for another backward."""
+    for arg in call.args:
+        if arg.keyword is not None and arg.keyword.value == "retain_graph":
+            return not (type(arg.value) is cst.Name and arg.value.value in ("False", "None"))
+    return False
 
 
 # the names of unseen calls handed the model that may run its backward

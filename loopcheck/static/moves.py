@@ -44,6 +44,11 @@ class Backward:
     # of another package): surely backpropagated there, for what eval mode means (LC503),
     # while what it did to the optimizer stays unknown
     probe: bool = False
+    # ``backward(retain_graph=True)``: the graph will be run backward again, by a second
+    # backward of the same iteration (Opacus's ghost clipping backpropagates the mean loss for
+    # the per-sample norms, clears, then backpropagates the rescaled loss): clearing what
+    # this one left is the point, not a lost micro-batch (no LC108)
+    retains: bool = False
 
 
 @dataclass(frozen=True)

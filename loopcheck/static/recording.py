@@ -330,7 +330,7 @@ class Recorder(FrameStack):
                 action.site,
                 scaled=action.scaled,
                 divided=action.divided,
-                shared=key_shared,
+                shared=key_shared or action.retains,
                 handed_at=action.handed_at,
             )
             state = self.apply(state, key, event)
