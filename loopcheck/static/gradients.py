@@ -192,7 +192,20 @@ def _inspects(ctx: FileContext, node: cst.Attribute, up: tuple[cst.CSTNode, ...]
     while rest and type(rest[0]) is cst.Attribute and rest[0].attr.value == "data":
         rest = rest[1:]  # ``p.grad.data.norm()``
     if len(rest) >= 2 and type(rest[0]) is cst.Attribute and type(rest[1]) is cst.Call:
-        return rest[0].attr.value in _INSPECTING_METHODS and rest[1].func is rest[0]
+        method = rest[0].attr.value
+        if method not in _INSPECTING_METHODS or rest[1].func is not rest[0]:
+            return False
+        if method in _COPYING_METHODS:
+            # ``p.grad.detach().norm()`` inspects; a bare copy is handed on to be used by
+            # hand (an A3C worker's ``[p.grad.clone() for p in params]`` queued for the
+            # process that steps the shared model)
+            after = rest[2:]
+            return bool(after) and (
+                type(after[0]) in (cst.Comparison, cst.ComparisonTarget)
+                or type(after[0]) is cst.Attribute
+                and after[0].attr.value in _INSPECTING_METHODS - _COPYING_METHODS
+            )
+        return True
     if len(up) >= 2 and type(parent) is cst.Arg and type(up[1]) is cst.Call:
         if reduces_grad(up[1]):
             return True  # ``accelerator.reduce(p.grad, reduction="mean")``: averaged
@@ -210,4 +223,5 @@ _INSPECTING_METHODS = frozenset(
     {"norm", "abs", "sum", "mean", "max", "min", "item", "isfinite", "isnan", "isinf", "all"}
     | {"any", "pow", "square", "numel", "size", "float", "detach", "clone", "cpu", "std", "var"}
 )
+_COPYING_METHODS = frozenset({"detach", "clone", "cpu", "float"})
 _INSPECTING_FUNCTIONS = frozenset({"vector_norm", "matrix_norm", "stack", "count_nonzero"})
