@@ -14,7 +14,9 @@ class AccumulationOffByOne(ProtocolRule):
     The counter may be the loop's (`enumerate`, also behind a progress bar), one derived from it
     (`ni = i + nb * epoch`), one kept by hand in a name, an attribute or a state dict
     (`self.step`, `state["iter_num"]`, set to 0 where it is built), or one kept wrapped
-    (`acc = (acc + 1) % N`, then `acc == 0`).
+    (`acc = (acc + 1) % N`, then `acc == 0`). A modulus recomputed from the counter itself (a
+    warm-up that ramps `accumulate` from 1 at the first micro-batch) is a schedule whose first
+    window is meant to be short: not reported.
     The guard is read wherever the step's condition comes from: the `if` itself (`or` a
     last-batch flush included), `if i % N != 0: continue` before the step, a flag computed
     earlier in the iteration (`need_update = last_batch or i % N == 0`), or a condition handed

@@ -14,7 +14,13 @@ from loopcheck.static.frames import Frame, FrameStack
 from loopcheck.static.index import FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary
 from loopcheck.static.paths import PathState
-from loopcheck.static.syntax import counter_of, ends_with_continue, negated_if, without_not
+from loopcheck.static.syntax import (
+    counter_of,
+    ends_with_continue,
+    names_in,
+    negated_if,
+    without_not,
+)
 from loopcheck.static.tree import walk
 
 
@@ -71,6 +77,8 @@ class Checks(FrameStack):
         if not _after_backward(states):
             return
         if _one_unless_deepspeed(guard.modulus, frame, at):
+            return
+        if _follows_counter(guard.modulus, guard.counter, frame, at):
             return
         base = self.counter_base(guard.counter, frame, at)
         if base is not None and guards.off_by_one(guard, base, when_zero, otherwise):
@@ -197,6 +205,18 @@ def _one_unless_deepspeed(modulus: str, frame: Frame | None, at: cst.CSTNode | N
         if "deepspeed" not in frame.ctx.code(d.value).lower():
             return False
     return True
+
+
+def _follows_counter(
+    modulus: str, counter: str, frame: Frame | None, at: cst.CSTNode | None
+) -> bool:
+    """Whether the modulus is recomputed from the counter itself (YOLO's warm-up ramps
+    ``accumulate = max(1, np.interp(ni, xi, [1, nbs / bs]).round())``, 1 at ``ni == 0``):
+    the windows follow a schedule, and the first one is as long as it was meant to be."""
+    if frame is None or at is None or not modulus.isidentifier() or not counter.isidentifier():
+        return False
+    defs = function_layout(frame).reaching(modulus, at)  # type: ignore[arg-type]
+    return any(counter in names_in(d.value) for d in defs or ())
 
 
 def _starts_at_zero(frame: Frame, counter: str) -> bool:
