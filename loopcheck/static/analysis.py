@@ -9,6 +9,7 @@ from functools import partial
 
 import libcst as cst
 
+from loopcheck.static.callees import handed_callbacks
 from loopcheck.static.classes import ClassInfo
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import FileContext
@@ -64,6 +65,16 @@ def _analyze(ctx: FileContext) -> FileModel:
             interp.run_root(frame, body, root, implicit_loop=func, counter=_counter(func))
         else:
             interp.run_root(frame, body, root)
+        for callback in handed_callbacks(ctx, func):
+            # run by the framework it is handed to, once per batch: a loop of its own, its
+            # free names those of the function that defines it
+            inner = Frame(ctx, callback, None, {}, frame, callback.name.value)
+            root = RootSummary(f"{scope}.{callback.name.value}")
+            model.roots.append(root)
+            inner_body = callback.body.body if type(callback.body) is cst.IndentedBlock else []
+            interp.run_root(
+                inner, inner_body, root, implicit_loop=callback, counter=_counter(callback)
+            )
     return model
 
 

@@ -50,6 +50,48 @@ def called_names(func: cst.FunctionDef) -> frozenset[str]:
     return names
 
 
+def handed_callbacks(ctx: FileContext, func: cst.FunctionDef) -> list[cst.FunctionDef]:
+    """The functions defined in ``func`` that take part in a step and that it hands to a
+    call instead of calling them: a framework runs them once per batch (ignite's
+    ``Engine(train_step)``). A closure handed to ``step(closure)`` is followed there."""
+    defs = ctx.function_info(func).local_defs
+    if not defs:
+        return []
+    handed: dict[str, cst.FunctionDef] = {}
+    for node in walk(func.body):
+        if type(node) is not cst.Call:
+            continue
+        if type(node.func) is cst.Attribute and node.func.attr.value == "step":
+            continue
+        for arg in node.args:
+            value = arg.value
+            if type(value) is cst.Name and value.value in defs:
+                handed[value.value] = defs[value.value]
+    called = called_names(func)
+    return [
+        node
+        for name, node in handed.items()
+        if name not in called and id(node) in ctx.relevant and _runs_backward_itself(node)
+    ]
+
+
+def _runs_backward_itself(func: cst.FunctionDef) -> bool:
+    """Whether a function's own body (not a function nested in it) calls ``backward``."""
+    stack: list[cst.CSTNode] = [func.body]
+    while stack:
+        node = stack.pop()
+        if type(node) in (cst.FunctionDef, cst.ClassDef, cst.Lambda):
+            continue
+        if (
+            type(node) is cst.Call
+            and type(node.func) is cst.Attribute
+            and "backward" in node.func.attr.value
+        ):
+            return True
+        stack.extend(kids(node))
+    return False
+
+
 def passes_parameters_on(ctx: FileContext, func: cst.FunctionDef) -> bool:
     """Whether a function hands one of its parameters to a call (which may do anything with
     an optimizer or model it receives); cached per function."""
