@@ -511,9 +511,11 @@ def _function_info(ctx: FileContext, func: cst.FunctionDef | None) -> FunctionIn
             info.loop_targets.setdefault(node.target.value, node.iter)
         if not is_expression(node):
             stack.extend(kids(node))
+    # the functions it defines (at module level too: a closure defined in the loop of an
+    # ``if __name__ == "__main__":`` block, handed to ``optimizer.step(closure)``)
+    for node in nested_defs(body):
+        info.local_defs.setdefault(node.name.value, node)
     if func is not None:
-        for node in nested_defs(func.body):
-            info.local_defs.setdefault(node.name.value, node)
         for p in all_params(func):
             ann = None
             if p.annotation is not None:
