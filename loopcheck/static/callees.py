@@ -100,7 +100,8 @@ def passes_parameters_on(ctx: FileContext, func: cst.FunctionDef) -> bool:
 
 def passed_on(ctx: FileContext, func: cst.FunctionDef) -> frozenset[str]:
     """The parameters a function hands to calls (``save_on_master(optimizer)``), as opposed
-    to those it only calls methods of (``optimizer.state_dict()``); cached per function."""
+    to those it only calls methods of (``optimizer.state_dict()``) or builds a learning-rate
+    schedule over (``LambdaLR(optimizer, ...)``); cached per function."""
     names = {p.name.value for p in params_of(func)} | {
         p.name.value for p in func.params.kwonly_params
     }
@@ -111,12 +112,23 @@ def passed_on(ctx: FileContext, func: cst.FunctionDef) -> frozenset[str]:
         lambda: frozenset(
             a.value.value
             for node in walk(func.body)
-            if type(node) is cst.Call
-            and not (type(node.func) is cst.Name and node.func.value in LOOKS_ONLY)
+            if type(node) is cst.Call and not _only_looks(ctx, node.func)
             for a in node.args
             if type(a.value) is cst.Name and a.value.value in names
         ),
     )
+
+
+def _only_looks(ctx: FileContext, func: cst.BaseExpression) -> bool:
+    if type(func) is cst.Name and func.value in LOOKS_ONLY:
+        return True
+    # ``torch.optim.lr_scheduler.LambdaLR(optimizer, ...)``,
+    # ``transformers.get_cosine_schedule_with_warmup(optimizer, ...)``: a schedule built over it
+    qual = ctx.imports.qualify(func) if type(func) in (cst.Name, cst.Attribute) else None
+    return qual is not None and bool(_SCHEDULE_BUILDER.search(qual))
+
+
+_SCHEDULE_BUILDER = re.compile(r"lr_scheduler\.|(^|\.)get_\w*schedule\w*$")
 
 
 # Builtins that only look at what they are given (``isinstance(optimizers, list)``).
