@@ -26,7 +26,7 @@ from loopcheck.static.moves import (
     Mark,
     Mode,
 )
-from loopcheck.static.ownership import constructor_of
+from loopcheck.static.ownership import constructor_of, module_key
 from loopcheck.static.roles import Obj, Role, builds_engine, is_model_method
 from loopcheck.static.syntax import body_clears, called_name, dotted, literal, roots_of
 from loopcheck.static.tree import walk
@@ -411,9 +411,16 @@ class ApiReader(HostView):
     def unresolved_clear(self, call: cst.Call) -> list[Action]:
         """``something.zero_grad()`` on a receiver we could not resolve: with one optimizer in
         sight it is that optimizer's clear; otherwise no claim."""
-        opts = [o.key for o in self.frame.optimizers()]
+        optimizers = self.frame.optimizers()
+        opts = [o.key for o in optimizers]
         if len(opts) == 1:
             return [Emit(self.zero_event(self.site(call)), tuple(opts))]
+        receiver = call.func.value if type(call.func) is cst.Attribute else None
+        key = module_key(self.frame, receiver) if receiver is not None else None
+        if key is not None and any(key in o.models for o in optimizers):
+            # ``D.zero_grad()`` on a module of a type we do not know (a repository's own
+            # ``module.ConvDiscriminator``), with ``D_optimizer`` built over ``D.parameters()``
+            return self.zero_for_model(Obj(Role.MODEL, key), self.site(call))
         return [Emit(Event(Move.OPAQUE), tuple(opts))] if opts else []
 
     def clears_all_grads(self, stmt: cst.For) -> list[Action] | None:
