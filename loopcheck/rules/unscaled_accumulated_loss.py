@@ -19,7 +19,9 @@ class UnscaledAccumulatedLoss(ProtocolRule):
     that divides (`accelerator.backward` of an accumulating Accelerator, a DeepSpeed engine) and
     no gradients rescaled by hand before the step. When a helper runs the backward of a loss it
     is handed (a MAE-style `loss_scaler(loss, optimizer, update_grad=...)`), the division is
-    the caller's: the finding is at the call that hands the undivided loss in.
+    the caller's: the finding is at the call that hands the undivided loss in. A micro-batch
+    loop over `range(N)` whose `N` is only ever the literal 1 (a module constant nobody raised)
+    runs one backward per step: nothing accumulates.
 
     ## Why is this bad?
     `backward()` adds into `.grad`, so N undivided micro-batches produce N times the gradient

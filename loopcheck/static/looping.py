@@ -18,6 +18,7 @@ from loopcheck.static.model import FileModel, LoopSummary, RootSummary
 from loopcheck.static.paths import Flow, PathState, cap
 from loopcheck.static.roles import Role, role_from_name
 from loopcheck.static.syntax import chains_in, counter_of, is_true
+from loopcheck.static.tree import walk
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -55,9 +56,12 @@ class Loops(FrameStack):
         raise NotImplementedError
 
     def exec_loop(self, stmt: cst.For | cst.While, states: set[PathState]) -> Flow:
-        if type(stmt) is cst.For and (self.over_optimizers(stmt) or _over_parameters(stmt)):
+        if type(stmt) is cst.For and (
+            self.over_optimizers(stmt) or _over_parameters(stmt) or self.runs_once(stmt)
+        ):
             # ``for opt in optimizers: opt.zero_grad()``: one move on each, not a training loop
-            # (nor ``for p in model.parameters(): p.data.add_(p.grad, alpha=-lr)``: one update)
+            # (nor ``for p in model.parameters(): p.data.add_(p.grad, alpha=-lr)``: one update,
+            # nor ``for _ in range(GRADIENT_ACCUMULATE_EVERY)`` with that constant set to 1)
             states = self.run_actions(self.reader.of_expr(stmt.iter), states)
             flow = self.exec_stmt(stmt.body, states)
             return Flow(normal=flow.normal | flow.continues | flow.breaks, returns=flow.returns)
@@ -87,6 +91,40 @@ class Loops(FrameStack):
         if element is not None:
             return element.role is Role.OPTIMIZER
         return role_from_name(stmt.target.value) is Role.OPTIMIZER
+
+    def runs_once(self, stmt: cst.For) -> bool:
+        """``for _ in range(1)``, or over ``range(N)`` with every assignment of ``N`` the
+        literal 1 (a module constant nobody raised): one pass, no accumulation."""
+        it = stmt.iter
+        if not (
+            type(it) is cst.Call
+            and type(it.func) is cst.Name
+            and it.func.value == "range"
+            and len(it.args) == 1
+        ):
+            return False
+        count = it.args[0].value
+        if type(count) is cst.Integer:
+            return count.value == "1"
+        if type(count) is not cst.Name:
+            return False
+        frame = self.frame
+        while frame is not None and count.value not in frame.local_values:
+            if count.value in frame.params or count.value in frame.tuple_values:
+                return False
+            frame = frame.parent
+        if frame is None:
+            return False
+        values = frame.local_values.get(count.value, ())
+        if not values or not all(type(v) is cst.Integer and v.value == "1" for v in values):
+            return False
+        body = frame.func.body if frame.func is not None else frame.ctx.module
+        return not any(
+            type(node) is cst.AugAssign
+            and type(node.target) is cst.Name
+            and node.target.value == count.value
+            for node in walk(body)
+        )
 
     def summary(self, node: cst.CSTNode) -> LoopSummary:
         summary = self.summaries.get(id(node))
