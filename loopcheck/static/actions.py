@@ -182,9 +182,20 @@ class Reader(CallFollower):
             return [Emit(Event(Move.SCALER_UPDATE), None)]
         if not touches(chains_in(value), fresh):
             return []
+        if (built is None or built.role is not Role.OPTIMIZER) and any(
+            self._builds_optimizer(arg.value, name) for arg in value.args
+        ):
+            # ``optim = OptimWrapper(SGD(model.parameters()))``: a new optimizer, wrapped
+            built = self.frame.resolve_name(name)
         if built is None or built.role is not Role.OPTIMIZER or built.members:
             return []
         return [Mark("built_optimizer"), Emit(Event(Move.OPAQUE, deliberate=True), (built.key,))]
+
+    def _builds_optimizer(self, value: cst.BaseExpression, name: str) -> bool:
+        if type(value) is not cst.Call:
+            return False
+        role = self.frame.value_role(value, name)
+        return role is not None and role.role is Role.OPTIMIZER and not role.members
 
     def reads_gradients(self, test: cst.BaseExpression) -> bool:
         """A condition on the gradients themselves (a non-finite norm, a found inf): paths
