@@ -61,8 +61,8 @@ def handed_callbacks(ctx: FileContext, func: cst.FunctionDef) -> list[cst.Functi
     for node in walk(func.body):
         if type(node) is not cst.Call:
             continue
-        if type(node.func) is cst.Attribute and node.func.attr.value == "step":
-            continue
+        if called_name(node) in ("step", "partial"):
+            continue  # ``opt.step(closure)`` follows it; ``partial(fn, ...)`` is called later
         for arg in node.args:
             value = arg.value
             if type(value) is cst.Name and value.value in defs:
