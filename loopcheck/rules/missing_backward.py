@@ -22,7 +22,9 @@ class MissingBackward(Rule):
     after a clear on every path, with no backward between (SAM's `second_step()` after
     `first_step(zero_grad=True)` when the second loss lost its backward). A call the linter
     cannot see that is handed the model and named as if it trained it excuses the loop; one
-    that only toggles something (`disable_running_stats(model)`) does not.
+    that only toggles something (`disable_running_stats(model)`) does not, nor, in a loop
+    that computes its own loss, one that only runs a model (`vae.encode(x)`, a pipeline built
+    `from_pretrained` for sample images).
 
     ## Why is this bad?
     Without a backward pass no gradient is ever produced: `step()` finds `.grad` empty and
@@ -88,7 +90,10 @@ class MissingBackward(Rule):
                 site.path,
             )
         for loop in model.loops:
-            if loop.opaque_model or loop.grads_read or loop.grads_inspected:
+            if loop.opaque_training or loop.grads_read or loop.grads_inspected:
+                continue
+            if loop.opaque_model and not loop.loss_assigned:
+                # the model handed to code we cannot see, and no loss of the loop's own
                 continue
             if not (loop.forward or loop.loss_assigned):
                 continue

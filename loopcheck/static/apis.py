@@ -223,7 +223,14 @@ class ApiReader(HostView):
                 return [a for a in self.opaque_args(call) if isinstance(a, Emit)]
             if not self.host.grad_enabled:
                 return [forward, *self.opaque_args(call)]  # ``vae.encode(x)`` under no_grad
-            return [forward, Mark("opaque_model"), *self.opaque_args(call)]
+            # a method named for training may run its backward and step; ``vae.encode(x)``
+            # runs a forward
+            trains = _MAY_TRAIN.search(method) is not None
+            return [
+                forward,
+                Mark("opaque_model" if trains else "opaque_aside"),
+                *self.opaque_args(call),
+            ]
         return None
 
     def scaler_call(self, method: str, site: Site, positional: list) -> list[Action]:
@@ -549,7 +556,8 @@ def _retains_graph(call: cst.Call) -> bool:
 
 # the names of unseen calls handed the model that may run its backward
 _MAY_TRAIN = re.compile(
-    r"(?i)backward|step|optimi|train|fit|update|learn|loss|forward|grad|closure|^run$|^run_"
+    r"(?i)backward|backprop|step|optimi|(?<!pre)train|fit|update|learn|loss|forward|grad"
+    r"|closure|^run$|^run_"
 )
 # the names of unseen calls handed an optimizer (or an engine) that set its learning rate,
 # save or load its state, log it, or convert or export the model it holds, and do no more
