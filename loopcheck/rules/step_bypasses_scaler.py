@@ -8,7 +8,9 @@ from loopcheck.rules._base import ProtocolRule
 class StepBypassesScaler(ProtocolRule):
     """## What it does
     Flags `optimizer.step()` called directly on gradients of a loss scaled by a GradScaler
-    (`scaler.scale(loss).backward()`), instead of `scaler.step(optimizer)`.
+    (`scaler.scale(loss).backward()`), instead of `scaler.step(optimizer)`. A scaler that is a
+    real GradScaler on one branch and a do-nothing stand-in on the other (AMP optional) counts
+    as a GradScaler: on the AMP path the bypass is wrong.
 
     ## Why is this bad?
     The gradients are still multiplied by the scale factor (2**16 at the start): the update is

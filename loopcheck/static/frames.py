@@ -118,10 +118,17 @@ class Frame:
                 found = self.tuple_role(value, index, name)
                 if found is not None and found.role is Role.ENGINE:
                     return found
+        first = None
         for value in self.local_values.get(name, ()):
             found = self.value_role(value, name)
-            if found is not None:
+            if found is not None and found.role is Role.SCALER:
+                # ``GradScaler()`` on one branch, a do-nothing stand-in on the other: the
+                # loss may be scaled, and what bypasses the scaler is wrong on that path
                 return found
+            if first is None:
+                first = found
+        if first is not None:
+            return first
         for index, value in self.tuple_values.get(name, ()):
             found = self.tuple_role(value, index, name)
             if found is not None:
