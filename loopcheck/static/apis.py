@@ -13,7 +13,6 @@ from loopcheck.static.bodies import function_layout
 from loopcheck.static.classes import ClassInfo
 from loopcheck.static.dataflow import Origin, origin
 from loopcheck.static.division import divided_where
-from loopcheck.static.host import HostView
 from loopcheck.static.index import FileContext
 from loopcheck.static.model import Site
 from loopcheck.static.moves import (
@@ -26,9 +25,10 @@ from loopcheck.static.moves import (
     Mark,
     Mode,
 )
+from loopcheck.static.opaque import MAY_TRAIN, OpaqueCalls
 from loopcheck.static.ownership import constructor_of, module_key
-from loopcheck.static.roles import Obj, Role, builds_engine, is_model_method
-from loopcheck.static.syntax import body_clears, called_name, dotted, literal, roots_of
+from loopcheck.static.roles import Obj, Role, is_model_method
+from loopcheck.static.syntax import body_clears, call_args, called_name, literal, roots_of
 from loopcheck.static.tree import walk
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ _MODEL_HARMLESS = {
 }
 
 
-class ApiReader(HostView):
+class ApiReader(OpaqueCalls):
     """The moves of calls whose receiver's role is known, in the host's current frame."""
 
     def method_call(
@@ -225,7 +225,7 @@ class ApiReader(HostView):
                 return [forward, *self.opaque_args(call)]  # ``vae.encode(x)`` under no_grad
             # a method named for training may run its backward and step; ``vae.encode(x)``
             # runs a forward
-            trains = _MAY_TRAIN.search(method) is not None
+            trains = MAY_TRAIN.search(method) is not None
             return [
                 forward,
                 Mark("opaque_model" if trains else "opaque_aside"),
@@ -461,113 +461,12 @@ class ApiReader(HostView):
             return [*mark, Emit(self.zero_event(site), tuple(bound))]
         return [*mark, Emit(Event(Move.OPAQUE), tuple(unbound))] if unbound else mark
 
-    # calls into code of the linted files
-
-    def opaque_args(self, call: cst.Call, only: frozenset[int] | None = None) -> list[Action]:
-        """A call we cannot see into: optimizers it receives may have been stepped or cleared;
-        a model it receives may have been run backward (``only``: the ids of the argument
-        values that may go anywhere, when the others are known to stay put)."""
-        keys: list[str] = []
-        model = False
-        for arg in call.args:
-            if only is not None and id(arg.value) not in only:
-                continue
-            obj = (
-                self.frame.resolve(arg.value)
-                if type(arg.value) in (cst.Name, cst.Attribute, cst.Subscript)
-                else None
-            )
-            if obj is None:
-                continue
-            if obj.role is Role.ENGINE and self._not_yet_engine(arg.value):
-                model = True  # the module handed on before ``deepspeed.initialize`` wraps it
-            elif obj.role in (Role.OPTIMIZER, Role.ENGINE):
-                if not self._hands_back(call, arg.value):
-                    keys.extend(obj.members or (obj.key,))
-            elif obj.role in (Role.MODEL, Role.LIGHTNING):
-                model = True
-        actions: list[Action] = []
-        called = dotted(call.func) or ""
-        if keys and _KEEPS_GRADS.search(called.rsplit(".", 1)[-1]):
-            # ``self._update_learning_rate(self.policy.optimizer)`` sets the learning rate,
-            # ``utils.restart_from_checkpoint(path, optimizer=optimizer)`` loads a state: no
-            # gradient is touched
-            keys = []
-        if keys:
-            actions.append(Emit(Event(Move.OPAQUE), tuple(keys)))
-        if model and not keys and _LOSS_FUNCTION.search(called) and not _RUNS_STEP.search(called):
-            # ``diffusion.training_losses(model, x, t)``: named for the loss it returns, it
-            # runs the model forward to compute it, not backward
-            actions.append(Mark("forward"))
-        elif model:
-            trains = _MAY_TRAIN.search(called.rsplit(".", 1)[-1])
-            actions.append(Mark("opaque_model" if trains else "opaque_aside"))
-        return actions
-
-    def _hands_back(self, call: cst.Call, expr: cst.BaseExpression) -> bool:
-        """``model, optimizer, loader = engine.make_private(optimizer=optimizer, ...)``,
-        ``optimizer = hvd.DistributedOptimizer(optimizer)``: the call wraps the optimizer and
-        hands it back under its own name, where every later clear and step is seen; it
-        applies no gradient itself."""
-        at = self.host.at
-        name = dotted(expr)
-        if type(at) is not cst.SimpleStatementLine or name is None:
-            return False
-        for statement in at.body:
-            if type(statement) is not cst.Assign or statement.value is not call:
-                continue
-            for target in statement.targets:
-                value = target.target
-                elements = (
-                    [e.value for e in value.elements]
-                    if type(value) in (cst.Tuple, cst.List)
-                    else [value]
-                )
-                if any(dotted(e) == name for e in elements):
-                    return True
-        return False
-
-    def _not_yet_engine(self, expr: cst.BaseExpression) -> bool:
-        """``model`` handed on before ``model, *_ = deepspeed.initialize(model=model)`` rebinds
-        it (``get_optimizer_grouped_parameters(model, ...)``): there it is still the module."""
-        at = self.host.at
-        if type(expr) is not cst.Name or at is None or self.frame.func is None:
-            return False
-        name = expr.value
-        if not any(self._builds_engine(v) for _, v in self.frame.tuple_values.get(name, ())):
-            return False  # an engine handed in, or built some other way
-        defs = function_layout(self.frame).reaching(name, at)
-        return not any(self._builds_engine(d.value) for d in defs or ())
-
-    def _builds_engine(self, value: cst.BaseExpression) -> bool:
-        if type(value) is not cst.Call or type(value.func) not in (cst.Name, cst.Attribute):
-            return False
-        qual = self.frame.ctx.imports.qualify(value.func)
-        return qual is not None and builds_engine(qual)
-
 
 def _retains_graph(call: cst.Call) -> bool:
     """``loss.backward(retain_graph=True)``: keeps the graph for another backward."""
-    for arg in call.args:
-        if arg.keyword is not None and arg.keyword.value == "retain_graph":
-            return not (type(arg.value) is cst.Name and arg.value.value in ("False", "None"))
-    return False
-
-
-# the names of unseen calls handed the model that may run its backward
-_MAY_TRAIN = re.compile(
-    r"(?i)backward|backprop|step|optimi|(?<!pre)train|fit|update|learn|loss|forward|grad"
-    r"|closure|^run$|^run_"
-)
-# the names of unseen calls handed an optimizer (or an engine) that set its learning rate,
-# save or load its state, log it, or convert or export the model it holds, and do no more
-_KEEPS_GRADS = re.compile(
-    r"(?i)^_*(update|adjust|set|warmup|decay)_?(the_)?(learning_rate|lr)s?$"
-    r"|checkpoint|^_*(save|load|resume|restore|restart)(_|$)|^_*log(_|$)|^print"
-    r"|^_*(convert|export|merge|unwrap)_"
-)
-_LOSS_FUNCTION = re.compile(r"(?i)(^|[._])\w*losses?$")
-_RUNS_STEP = re.compile(r"(?i)backward|step|optimi")  # ``forward_backward_loss``
+    value = call_args(call)[1].get("retain_graph")
+    is_literal, kept = literal(value)
+    return value is not None and (kept or not is_literal)
 
 
 # The ids of the nodes under a node, remembered with the node itself: a node that was freed
