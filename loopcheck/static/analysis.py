@@ -60,7 +60,7 @@ def _analyze(ctx: FileContext) -> FileModel:
         root = RootSummary(scope, partial(_referenced, ctx, func, cls))
         model.roots.append(root)
         implicit = _implicit_loop(ctx, func, cls, scope)
-        body = func.body.body if type(func.body) is cst.IndentedBlock else [func.body]
+        body = _statements(func)
         if implicit:
             interp.run_root(frame, body, root, implicit_loop=func, counter=_counter(func))
         else:
@@ -71,9 +71,12 @@ def _analyze(ctx: FileContext) -> FileModel:
             inner = Frame(ctx, callback, None, {}, frame, callback.name.value)
             root = RootSummary(f"{scope}.{callback.name.value}")
             model.roots.append(root)
-            inner_body = callback.body.body if type(callback.body) is cst.IndentedBlock else []
             interp.run_root(
-                inner, inner_body, root, implicit_loop=callback, counter=_counter(callback)
+                inner,
+                _statements(callback),
+                root,
+                implicit_loop=callback,
+                counter=_counter(callback),
             )
     return model
 
@@ -187,6 +190,12 @@ def _outside_loops(body: cst.CSTNode) -> list[cst.CSTNode]:
         out.append(node)
         stack.extend(kids(node))
     return out
+
+
+def _statements(func: cst.FunctionDef) -> list[cst.BaseStatement]:
+    """A function's body as statements (``def f(): return x`` has one, on its line)."""
+    body = func.body
+    return list(body.body) if type(body) is cst.IndentedBlock else [body]  # type: ignore[list-item]
 
 
 def _counter(func: cst.FunctionDef) -> str | None:

@@ -71,25 +71,8 @@ def handed_callbacks(ctx: FileContext, func: cst.FunctionDef) -> list[cst.Functi
     return [
         node
         for name, node in handed.items()
-        if name not in called and id(node) in ctx.relevant and _runs_backward_itself(node)
+        if name not in called and id(node) in ctx.relevant and runs_backward(ctx, node, None)
     ]
-
-
-def _runs_backward_itself(func: cst.FunctionDef) -> bool:
-    """Whether a function's own body (not a function nested in it) calls ``backward``."""
-    stack: list[cst.CSTNode] = [func.body]
-    while stack:
-        node = stack.pop()
-        if type(node) in (cst.FunctionDef, cst.ClassDef, cst.Lambda):
-            continue
-        if (
-            type(node) is cst.Call
-            and type(node.func) is cst.Attribute
-            and "backward" in node.func.attr.value
-        ):
-            return True
-        stack.extend(kids(node))
-    return False
 
 
 def passes_parameters_on(ctx: FileContext, func: cst.FunctionDef) -> bool:
