@@ -9,7 +9,11 @@ class LossKeptWithGraph(ProtocolRule):
     """## What it does
     Flags a loss tensor summed across iterations (`total_loss += loss`, `total = total + loss`)
     or collected in a list (`losses.append(loss)`) with its autograd graph, without `.item()`,
-    `.detach()` or `float()`, when that total is never backpropagated. A meter counts as such a
+    `.detach()` or `float()`, when that total is never backpropagated. The tensor added is a
+    loss with a graph when a model's forward reaches it, through helpers of the linted files,
+    or when it is the very tensor a backward of the iteration was given. Unit tests (`test_*`
+    functions, methods of `Test*` classes) are not flagged: they run a handful of steps and
+    keep the losses to compare them. A meter counts as such a
     total: `losses.update(loss, n)` on an instance of a class of the linted files whose
     `update` adds its argument to an attribute (`self.sum += val * n`) as it is.
 
