@@ -7,7 +7,11 @@ from loopcheck.rules._base import ProtocolRule
 
 class ZeroGradAfterBackward(ProtocolRule):
     """## What it does
-    Flags a `zero_grad()` placed between `backward()` and `step()`.
+    Flags a `zero_grad()` placed between `backward()` and `step()`. Looking at the gradients
+    in between (a norm for the log, `p.grad is None`) or cleaning them in place
+    (`p.grad.clamp_(-1, 1)`, `torch.nan_to_num(p.grad, out=p.grad)`) does not use them up:
+    the clear still drops what the step was meant to apply. Gradients taken out by hand
+    (copied into a buffer, handed to another process) are the author's business.
 
     ## Why is this bad?
     The clear wipes the gradients the backward pass just produced, so the step that follows

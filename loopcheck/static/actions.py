@@ -35,9 +35,11 @@ from loopcheck.static.gradients import (
     manual_update,
     reduces_grad,
     rescales_grad,
+    sanitized_grads,
     scaled_step,
 )
 from loopcheck.static.host import Host
+from loopcheck.static.kept import names_a_loss
 from loopcheck.static.moves import Action, Emit, Forward, Mark, Mode
 from loopcheck.static.ownership import module_key, optimized_models
 from loopcheck.static.relevance import CLEARING_NAMES
@@ -100,11 +102,18 @@ class Reader(CallFollower):
                 actions.extend(self.of_call(node))
             elif type(node) is cst.Attribute and node.attr.value == "grad":
                 if id(node) in inspected_grads(self.ctx, expr):
-                    actions.append(Mark("grads_inspected"))  # ``p.grad is None``, a norm
-                else:
-                    actions.append(Mark("grads"))
-                    if keeps_grad(self.ctx, expr):
-                        actions.append(Mark("grads_rewritten"))
+                    # ``p.grad is None``, a norm: looked at, still to be applied (a clear
+                    # before the step drops them all the same)
+                    actions.append(Mark("grads_inspected"))
+                    continue
+                actions.append(Mark("grads"))
+                if id(node) in sanitized_grads(self.ctx, expr):
+                    # ``p.grad.clamp_(-1, 1)``, ``torch.nan_to_num(p.grad, out=p.grad)``:
+                    # changed in place, still to be applied
+                    actions.append(Mark("grads_rewritten"))
+                    continue
+                if keeps_grad(self.ctx, expr):
+                    actions.append(Mark("grads_rewritten"))
                 actions.append(Emit(Event(Move.GRAD_ACCESS), None))
         return actions
 
@@ -271,6 +280,9 @@ class Reader(CallFollower):
                     # parameters an optimizer in sight trains
                     return [Mode(self.site(call), trained, method == "train")]
             if method == "backward" and not _defines(owner, "backward"):
+                handed = _handed_loss(owner, func.value, positional)
+                if handed is not None:
+                    return [self.apis.backward_of(call, handed)]
                 return [self.apis.backward(call, func.value)]
             if method in CLEARING_NAMES and (owner is None or owner.cls is None):
                 return [Mark("clears"), *self.apis.unresolved_clear(call)]
@@ -411,6 +423,16 @@ class Reader(CallFollower):
 
 
 _LOSS_CLASS = re.compile(r"(?i)loss$|criterion$")
+
+
+def _handed_loss(
+    owner: Obj | None, receiver: cst.BaseExpression, positional: Sequence[cst.BaseExpression]
+) -> cst.BaseExpression | None:
+    """``self.strategy.backward(loss, model, optimizer)``: an object of no known role handed
+    the loss to backpropagate (a tensor's own ``backward`` takes a gradient, not a loss)."""
+    if owner is not None or not positional or names_a_loss(receiver):
+        return None
+    return positional[0] if names_a_loss(positional[0]) else None
 
 
 def _defines(owner: Obj | None, method: str) -> bool:

@@ -165,6 +165,40 @@ def _string_value(node: cst.BaseExpression) -> str:
     return ""
 
 
+def sanitized_grads(ctx: FileContext, expr: cst.BaseExpression) -> frozenset[int]:
+    """The ``.grad`` reads of an expression that change the gradient in place and leave it to
+    be applied: the receiver of an in-place method other than a rescale (``p.grad.clamp_(-1,
+    1)``, ``p.grad.data.nan_to_num_()``) or the ``out=`` of a torch function
+    (``torch.nan_to_num(p.grad, out=p.grad)``). Cached per expression."""
+    return ctx.remember("sanitized-grads", expr, lambda: _sanitized(ctx, expr))
+
+
+def _sanitized(ctx: FileContext, expr: cst.BaseExpression) -> frozenset[int]:
+    found: set[int] = set()
+    for node in walk(expr):
+        if type(node) is not cst.Call:
+            continue
+        method = _grad_method(node)
+        if method is not None and method in _SANITIZING:
+            found |= {id(n) for n in walk(node.func) if _is_grad(n)}
+            continue
+        qual = ctx.imports.qualify(node.func) if type(node.func) in _DOTTED else None
+        if qual is None or not qual.startswith("torch."):
+            continue
+        out = next((a.value for a in node.args if a.keyword and a.keyword.value == "out"), None)
+        if out is not None and _is_grad(out):
+            found |= {id(n) for a in node.args for n in walk(a.value) if _is_grad(n)}
+    return frozenset(found)
+
+
+def _is_grad(node: cst.CSTNode) -> bool:
+    return type(node) is cst.Attribute and node.attr.value == "grad"
+
+
+# in-place methods that bound or clean a gradient, leaving it to be applied
+_SANITIZING = {"clamp_", "clip_", "nan_to_num_", "clamp_min_", "clamp_max_"}
+
+
 def inspected_grads(ctx: FileContext, expr: cst.BaseExpression) -> frozenset[int]:
     """The ``.grad`` reads of an expression that only inspect the gradient (``p.grad is not
     None``, ``p.grad.norm()``, ``torch.isfinite(p.grad)``): no update by hand can hide in
