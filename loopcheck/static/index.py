@@ -272,11 +272,18 @@ class _Indexer:
         self.module_calls: set[tuple[str, str]] = set()
 
     def index(self, module: cst.Module) -> None:
+        nested: list[cst.ClassDef] = []
         for stmt in module.body:
             if type(stmt) is cst.FunctionDef:
                 self.ctx.functions.setdefault(stmt.name.value, stmt)
             elif type(stmt) is cst.ClassDef:
                 self._class(stmt)
+                nested.extend(_nested_classes(stmt))
+        for node in nested:
+            # ``class Algorithm: class Optimizer:``, a wrapper defined inside the class that
+            # uses it: known by its own name, unless a class of the module already is
+            if node.name.value not in self.ctx.classes:
+                self._class(node)
         # One walk: references, repeated conditions, and per function (the innermost one
         # around each node) whether it mentions a move and which names it calls.
         mentions: dict[int, bool] = {}
@@ -488,6 +495,16 @@ class _Indexer:
         self.ctx.classes[node.name.value] = ClassInfo(
             node.name.value, node, self.ctx, bases, methods, attrs, class_values
         )
+
+
+def _nested_classes(node: cst.ClassDef) -> list[cst.ClassDef]:
+    """The classes defined in a class's body, at any depth of classes."""
+    found = []
+    for stmt in node.body.body:
+        if type(stmt) is cst.ClassDef:
+            found.append(stmt)
+            found.extend(_nested_classes(stmt))
+    return found
 
 
 def _function_info(ctx: FileContext, func: cst.FunctionDef | None) -> FunctionInfo:
