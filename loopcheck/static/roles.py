@@ -153,6 +153,10 @@ _OPTIMIZER_INPUTS = re.compile(
     r"|names?)(_|$)"
 )
 
+# a callee named for acting on an optimizer, not for making one: ``_optimizer_step``,
+# ``optimizer_zero_grad``, ``optimizer_update``
+_OPTIMIZER_ACTS = re.compile(r"optimi[sz]er_?(step|zero_grad|update|apply|backward)(_|$)")
+
 
 def constructed_role(qualname: str) -> Role | None:
     """The role of what calling ``qualname`` returns, judged from the callee's name."""
@@ -173,6 +177,8 @@ def constructed_role(qualname: str) -> Role | None:
         return None
     if _OPTIMIZER_INPUTS.search(low):
         return None  # ``network.prepare_optimizer_params(...)``: what an optimizer is given
+    if _OPTIMIZER_ACTS.search(low):
+        return None  # ``grad_norm = self._optimizer_step()``: what acting on one returns
     if "optimizer" in low or _OPTIMIZER_CLASS.match(last):
         return Role.OPTIMIZER
     if any(qualname.startswith(prefix) for prefix in _OPTIMIZER_MODULES) and last[:1].isupper():
