@@ -76,6 +76,33 @@ def test_many_branches_stay_bounded() -> None:
     assert codes(source) == []
 
 
+def test_doubling_definitions_are_read_once(monkeypatch) -> None:
+    """Names defined from the previous one twice over (``a2 = a1 * a1 + a1 * a1``), a dozen
+    deep, into a total LC501 asks about: each definition is read a bounded number of times,
+    not once per path through the chain (4 ** 12 of them)."""
+    from loopcheck.static import kept
+
+    calls = 0
+    real = kept._surely_a_graph
+
+    def counting(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kept, "_surely_a_graph", counting)
+    chain = "".join(f"    a{i} = a{i - 1} * a{i - 1} + a{i - 1} * a{i - 1}\n" for i in range(1, 13))
+    source = (
+        "def train(model, loader, optimizer):\n    total_loss = 0.0\n"
+        "    for x, y in loader:\n        a0 = unknown(model(x))\n"
+        + chain.replace("    a", "        a")
+        + "        optimizer.zero_grad()\n        model(x).sum().backward()\n"
+        "        optimizer.step()\n        total_loss += a12\n"
+    )
+    assert codes(source) == []
+    assert 0 < calls < 5_000
+
+
 @settings(
     max_examples=60,
     deadline=None,

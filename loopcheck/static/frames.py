@@ -90,6 +90,7 @@ class Frame:
         self.carried: dict[str, object] | None = None  # their origins, once asked for
         self.optimized: frozenset[str] | None = None  # the models of the optimizers in sight
         self.origins: dict[tuple[int, int], object] = {}  # loss origins (see dataflow)
+        self.graphs: dict[tuple, bool] = {}  # names surely holding a graph (see kept)
         self._optimizers: list[Obj] | None = None
         self._values: dict[tuple[int, str | None], Obj | None] = {}
 

@@ -244,18 +244,23 @@ def _surely_a_graph(
         defs = function_layout(frame).reaching(expr.value, at)
         if defs is None:
             return expr.value in carried  # a helper's parameter
-        return any(
-            not d.loop_target
-            and _surely_a_graph(
-                frame,
-                d.value,
-                d.statement,
-                depth + 1,
-                carried,
-                tuple_place(frame, expr.value, d.value),
+        # each name read once per depth: ``y = x * x + x``, chained, would fan out
+        memo = (id(expr), id(at), depth, carried)
+        found = frame.graphs.get(memo)
+        if found is None:
+            found = frame.graphs[memo] = any(
+                not d.loop_target
+                and _surely_a_graph(
+                    frame,
+                    d.value,
+                    d.statement,
+                    depth + 1,
+                    carried,
+                    tuple_place(frame, expr.value, d.value),
+                )
+                for d in defs
             )
-            for d in defs
-        )
+        return found
     if type(expr) is not cst.Call:
         return False
     func = expr.func
