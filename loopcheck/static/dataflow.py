@@ -19,7 +19,7 @@ from loopcheck.static.bodies import (
     returns_of,
 )
 from loopcheck.static.classes import ClassInfo
-from loopcheck.static.frames import Frame
+from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import FileContext
 from loopcheck.static.ownership import module_key, optimized_models
 from loopcheck.static.reaching import Definition, Statement
@@ -179,6 +179,9 @@ class _Tracer:
             field = self.field(node, depth, at)
             if field is not None:
                 return field
+            kept = self.kept_on_self(node, depth)
+            if kept is not None:
+                return kept | self.optimized_tensor(self.frame, node)
             return self.expr(node.value, depth + 1, at) | self.optimized_tensor(self.frame, node)
         if type(node) is cst.Call:
             return self.call(node, depth, at)
@@ -404,6 +407,34 @@ class _Tracer:
                 return None
             for expr, where in chosen:
                 out = out | tracer.expr(expr, depth + 1, where)
+        return out
+
+    def kept_on_self(self, node: cst.Attribute, depth: int) -> Origin | None:
+        """``self.output`` where a method of the class stored a tensor (``self.output =
+        self.net_g(self.lq)``, BasicSR's and pix2pix's GAN models): what the stored values
+        carry, each read in the method that stores it. None: no such attribute."""
+        frame = self.frame
+        cls = frame.cls
+        if cls is None or type(node.value) is not cst.Name or node.value.value != "self":
+            return None
+        attr = node.attr.value
+        stored = [(info, v, m) for info in cls.mro() for v, m in info.attr_values.get(attr, ())]
+        if not stored or all(type(v) is not cst.Call for _, v, _ in stored):
+            return None  # never stored from a call: a setting, a counter, a list
+        memo = (id(cls), "self." + attr, -1)
+        if memo in self.names:
+            return self.names[memo]
+        self.names[memo] = NOTHING  # ``self.x = self.x + y`` adds nothing new
+        out = NOTHING
+        me = frame.bound.get("self")
+        for info, value, method in stored:
+            if method is frame.func:
+                out = out | self.expr(value, depth + 1, None)
+                continue
+            scope = f"{info.name}.{method.name.value}"
+            there = Frame(info.ctx, method, info, {"self": me}, module_frame(info.ctx), scope)
+            out = out | _Tracer(there, helpers=self.helpers).expr(value, depth + 1, None)
+        self.names[memo] = out
         return out
 
     def instance_models(self, obj: Obj) -> Origin:
