@@ -65,9 +65,9 @@ def _analyze(ctx: FileContext) -> FileModel:
             interp.run_root(frame, body, root, implicit_loop=func, counter=_counter(func))
         else:
             interp.run_root(frame, body, root)
-        for callback in handed_callbacks(ctx, func):
-            # run by the framework it is handed to, once per batch: a loop of its own, its
-            # free names those of the function that defines it
+        for callback, returned in handed_callbacks(ctx, func):
+            # run by the framework it is handed to, or by the caller it is returned to, once
+            # per batch: a loop of its own, its free names those of the function defining it
             inner = Frame(ctx, callback, None, {}, frame, callback.name.value)
             root = RootSummary(f"{scope}.{callback.name.value}")
             model.roots.append(root)
@@ -77,6 +77,7 @@ def _analyze(ctx: FileContext) -> FileModel:
                 root,
                 implicit_loop=callback,
                 counter=_counter(callback),
+                caller_clears=returned,
             )
     return model
 

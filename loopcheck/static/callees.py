@@ -50,15 +50,23 @@ def called_names(func: cst.FunctionDef) -> frozenset[str]:
     return names
 
 
-def handed_callbacks(ctx: FileContext, func: cst.FunctionDef) -> list[cst.FunctionDef]:
+def handed_callbacks(ctx: FileContext, func: cst.FunctionDef) -> list[tuple[cst.FunctionDef, bool]]:
     """The functions defined in ``func`` that take part in a step and that it hands to a
-    call instead of calling them: a framework runs them once per batch (ignite's
-    ``Engine(train_step)``). A closure handed to ``step(closure)`` is followed there."""
+    call or returns instead of calling them: a framework or the caller runs them once per
+    batch (ignite's ``Engine(train_step)``, a factory's ``return train_step``: True, its
+    caller clears between calls). A closure handed to ``step(closure)`` is followed there."""
     defs = ctx.function_info(func).local_defs
     if not defs:
         return []
     handed: dict[str, cst.FunctionDef] = {}
+    returned: set[str] = set()
     for node in walk(func.body):
+        if type(node) is cst.Return and type(node.value) is cst.Name:
+            if node.value.value in defs:
+                # ``return train_step``: a step factory, whose caller runs it once per batch
+                handed[node.value.value] = defs[node.value.value]
+                returned.add(node.value.value)
+            continue
         if type(node) is not cst.Call:
             continue
         if called_name(node) in ("step", "partial"):
@@ -69,10 +77,21 @@ def handed_callbacks(ctx: FileContext, func: cst.FunctionDef) -> list[cst.Functi
                 handed[value.value] = defs[value.value]
     called = called_names(func)
     return [
-        node
+        (node, name in returned)
         for name, node in handed.items()
-        if name not in called and id(node) in ctx.relevant and runs_backward(ctx, node, None)
+        if name not in called
+        and id(node) in ctx.relevant
+        and runs_backward(ctx, node, None)
+        and (name not in returned or _calls_step(node))
     ]
+
+
+def _calls_step(func: cst.FunctionDef) -> bool:
+    """Whether a function's text calls a ``.step()`` (its caller need not step for it)."""
+    return any(
+        type(n) is cst.Call and type(n.func) is cst.Attribute and n.func.attr.value == "step"
+        for n in walk(func.body)
+    )
 
 
 def passes_parameters_on(ctx: FileContext, func: cst.FunctionDef) -> bool:

@@ -134,9 +134,12 @@ class Interpreter(Recorder, Checks, Loops, Branches):
         root: RootSummary,
         implicit_loop: cst.FunctionDef | None = None,
         counter: str | None = None,
+        caller_clears: bool = False,
     ) -> None:
         """Run one entry point. With ``implicit_loop``, the body is the body of a loop that
-        a framework runs (``counter`` grows by one per iteration)."""
+        a framework runs (``counter`` grows by one per iteration); ``caller_clears``: a step
+        function a factory returns, whose caller clears the gradients before each call
+        (open_clip keeps ``zero_grad`` out of its compiled step)."""
         self.frames = [frame]
         self.callee_frames = {}
         self._seed(frame.ctx)
@@ -153,8 +156,23 @@ class Interpreter(Recorder, Checks, Loops, Branches):
             self.exec_block(body, states)
             return
         block = implicit_loop.body
+        run_body = None
+        if caller_clears:
+            clear = [Emit(Event(Move.ZERO, None, deliberate=True), None)]
+
+            def run_body(entry: set[PathState]) -> Flow:
+                return self.exec_stmt(block, self.run_actions(clear, entry))
+
         self.run_loop(
-            implicit_loop, block, states, set(), counter, None, infinite=False, framework=True
+            implicit_loop,
+            block,
+            states,
+            set(),
+            counter,
+            None,
+            infinite=False,
+            framework=True,
+            run_body=run_body,
         )
 
     def _seed(self, ctx: FileContext) -> None:
