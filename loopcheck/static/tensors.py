@@ -172,6 +172,9 @@ def _dead_losses(ctx: FileContext, func: cst.FunctionDef | None) -> frozenset[st
                 skipped.add(id(node.value))  # ``loss_dict["g"] = g_loss``: kept for the log
         elif type(node) is cst.AugAssign and type(node.target) is cst.Name:
             skipped.add(id(node.target))
+        elif type(node) is cst.Assert:
+            # ``assert torch.isfinite(losses).all()``: checked, not used
+            skipped |= {id(n) for n in walk(node) if type(n) is cst.Name}
         elif type(node) is cst.Attribute and node.attr.value in _LOGGED:
             if type(node.value) is cst.Name:
                 skipped.add(id(node.value))  # ``d_loss.item()``
