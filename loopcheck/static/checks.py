@@ -155,7 +155,9 @@ class Checks(FrameStack):
             return
         if _reset_every_iteration(self.loop_stack[-1].node, name):
             return  # set anew in the loop that adds to it: it holds one iteration's terms
-        if name in tensors.backpropagated(self.ctx, self.frame.func):
+        if name in tensors.backpropagated(self.ctx, self.frame.func) and (
+            not name.isidentifier() or kept.reaches_a_backward(frame, name)
+        ):
             return  # a differentiable total, backpropagated later
         if tensors.unrolls_graph(self.ctx, self.frame.func):
             return  # an unrolled inner loop: its graphs are kept to differentiate through

@@ -10,7 +10,7 @@ import libcst as cst
 
 from loopcheck.static.bodies import function_layout, returns_of
 from loopcheck.static.callees import BACKWARD_CALLS, given_arguments
-from loopcheck.static.classes import self_attribute
+from loopcheck.static.classes import ClassInfo, self_attribute
 from loopcheck.static.dataflow import origin, tuple_element, tuple_place
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import FileContext
@@ -106,6 +106,47 @@ def _given_to_backward(frame: Frame, added: cst.BaseExpression, at: Statement | 
             if there and {id(d.statement) for d in there} == mine:
                 return True
     return False
+
+
+def reaches_a_backward(frame: Frame, name: str) -> bool:
+    """Whether the value of ``name`` flows into what a backward of the function is given,
+    through the definitions that reach that backward (``loss = total / n; loss.backward()``),
+    not through a name reused later for something else (``loss = tr_loss / steps`` for the
+    report, after the training loop)."""
+    layout = function_layout(frame)
+    seen: set[tuple[str, int]] = set()
+    work = list(_backward_reads(frame.ctx, frame.func))
+    while work:
+        read, at = work.pop()
+        if read == name:
+            return True
+        if (read, id(at)) in seen or len(seen) > 2_000:
+            continue
+        seen.add((read, id(at)))
+        for d in layout.reaching(read, at) or ():
+            work.extend((n, d.statement) for n in names_in(d.value))
+    return False
+
+
+def _backward_reads(ctx: FileContext, func: cst.FunctionDef | None) -> list[tuple[str, Statement]]:
+    """The names each backward of a function reads (its receiver and arguments), with its
+    statement."""
+
+    def read() -> list[tuple[str, Statement]]:
+        found = []
+        for stmt in walk(func.body if func is not None else ctx.module):
+            if type(stmt) is not cst.SimpleStatementLine:
+                continue
+            for node in walk(stmt):
+                if type(node) is cst.Call and type(node.func) is cst.Attribute:
+                    if node.func.attr.value in BACKWARD_CALLS:
+                        names = names_in(node.func.value)
+                        for arg in node.args:
+                            names |= names_in(arg.value)
+                        found.extend((n, stmt) for n in names)
+        return found
+
+    return ctx.remember("backward reads", func, read)
 
 
 def _backward_tensors(
@@ -276,15 +317,18 @@ def _surely_a_graph(
             return True  # ``self.policy.evaluate_actions(obs, actions)``: a forward by name
     qual = frame.ctx.imports.qualify(func) if type(func) in (cst.Name, cst.Attribute) else None
     helper = _helper(frame, func, qual)
-    if helper is not None:  # a function of the linted files: what every return of it is
-        ctx, node = helper
+    if helper is not None:  # a function or method of the linted files: what it returns
+        ctx, node, cls = helper
         positional = [a.value for a in expr.args if a.keyword is None and not a.star]
         keywords = {a.keyword.value: a.value for a in expr.args if a.keyword is not None}
         starred = any(a.star for a in expr.args)  # ``f(*outs, y)``: places shift
-        given = {} if starred else given_arguments(node, None, positional, keywords)
+        given = {} if starred else given_arguments(node, cls, positional, keywords)
         # the models handed in stay models in there (``fast_adapt(model, batch)`` runs it)
-        models = {name: frame.resolve(arg) for name, arg in given.items() if _a_model(frame, arg)}
-        callee = Frame(ctx, node, None, models, module_frame(ctx), node.name.value)
+        bound = {name: frame.resolve(arg) for name, arg in given.items() if _a_model(frame, arg)}
+        if cls is not None:
+            bound["self"] = frame.resolve_name("self")
+        scope = node.name.value if cls is None else f"{cls.name}.{node.name.value}"
+        callee = Frame(ctx, node, cls, bound, module_frame(ctx), scope)
         handed = frozenset(
             name
             for name, arg in given.items()
@@ -328,15 +372,26 @@ def _a_model(frame: Frame, expr: cst.BaseExpression) -> bool:
 
 def _helper(
     frame: Frame, func: cst.BaseExpression, qual: str | None
-) -> tuple[FileContext, cst.FunctionDef] | None:
-    """The function a call runs when it is one of this file or of another linted file."""
+) -> tuple[FileContext, cst.FunctionDef, ClassInfo | None] | None:
+    """The function a call runs when it is one of this file or of another linted file, or a
+    method of the instance (``self.train_micro_batch(batch)``), with its class."""
     if type(func) is cst.Name and func.value in frame.ctx.functions:
-        return frame.ctx, frame.ctx.functions[func.value]
+        return frame.ctx, frame.ctx.functions[func.value], None
+    if (
+        type(func) is cst.Attribute
+        and type(func.value) is cst.Name
+        and func.value.value == "self"
+        and frame.cls is not None
+    ):
+        found = frame.cls.method(func.attr.value)
+        if found is not None:
+            return found[0].ctx, found[1], found[0]
+        return None
     if qual is None:
         return None
-    found = frame.ctx.external(qual)
-    if found is not None and type(found[1]) is cst.FunctionDef:
-        return found[0], found[1]
+    found_ext = frame.ctx.external(qual)
+    if found_ext is not None and type(found_ext[1]) is cst.FunctionDef:
+        return found_ext[0], found_ext[1], None
     return None
 
 
@@ -391,6 +446,17 @@ def _accumulator(frame: Frame, target: cst.BaseExpression) -> str | None:
 
 
 def _starts_empty(value: cst.BaseExpression) -> bool:
-    return type(value) in (cst.Integer, cst.Float) or (
-        type(value) is cst.List and not value.elements
-    )
+    """``0.0``, ``[]``, or a zero tensor (``torch.tensor(0.0, device=...)``, ``torch.zeros(1)``)."""
+    if type(value) in (cst.Integer, cst.Float):
+        return True
+    if type(value) is cst.List:
+        return not value.elements
+    if type(value) is cst.Call and type(value.func) is cst.Attribute and value.args:
+        first = value.args[0].value
+        if value.func.attr.value == "tensor":
+            return type(first) in (cst.Integer, cst.Float) and first.value in ("0", "0.0", "0.")
+        if value.func.attr.value == "zeros":
+            return type(first) in (cst.Integer, cst.Tuple) or (
+                type(first) is cst.List and not first.elements
+            )
+    return False
