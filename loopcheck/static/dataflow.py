@@ -323,7 +323,9 @@ class _Tracer:
                 return args if args.models else Origin(args.models, False)
             key = module_key(self.frame, func) if callee is None else None
             if key is not None:
-                return Origin(frozenset({key}), True) | args  # ``critic = Critic(); critic(x)``
+                # ``critic = Critic(); critic(x)``; a loss module built over models runs them
+                # (``world_model_loss = DreamerModelLoss(world_model)``)
+                return Origin(frozenset({key}), True) | self.models_handed(func) | args
             return args
         return args | UNKNOWN
 
@@ -408,6 +410,21 @@ class _Tracer:
             for expr, where in chosen:
                 out = out | tracer.expr(expr, depth + 1, where)
         return out
+
+    def models_handed(self, func: cst.Name) -> Origin:
+        """The models handed to the calls that built the object ``func`` names."""
+        keys: set[str] = set()
+        built = [v for v in self.frame.local_values.get(func.value, ()) if type(v) is cst.Call]
+        for arg in (a for call in built for a in call.args):
+            if type(arg.value) in (cst.Name, cst.Attribute):
+                found = self.frame.resolve(arg.value)
+                if found is not None and found.role in MODEL_ROLES:
+                    keys |= self.obj(found).models
+                    continue
+                key = module_key(self.frame, arg.value)  # a module an optimizer in sight trains
+                if key is not None and key in optimized_models(self.frame):
+                    keys.add(key)
+        return Origin(frozenset(keys), True)
 
     def kept_on_self(self, node: cst.Attribute, depth: int) -> Origin | None:
         """``self.output`` where a method of the class stored a tensor (``self.output =
