@@ -16,7 +16,8 @@ class SchedulerBeforeOptimizer(ProtocolRule):
     this iteration's backward, or before any gradient at all — at the top of the epoch loop,
     before the epoch's training (the habit of PyTorch before 1.1). A scheduler told its epoch
     or metric (`scheduler.step(epoch)`) is not shifted by when it is called and is not flagged
-    there.
+    there. A schedule returned together with its optimizer by one call (`optimizer, scheduler
+    = make_optimizer(cfg, model)`) schedules that optimizer.
 
     ## Why is this bad?
     Since PyTorch 1.1 a scheduler's `step()` moves to the next learning rate for the *next*

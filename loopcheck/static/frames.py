@@ -169,7 +169,25 @@ class Frame:
         ):
             return None  # ``opt.src_pad_idx``: an options namespace called ``opt``
         key = (self.kept_as(name) if name in self.params else None) or f"{self.scope}:{name}"
+        if role is Role.SCHEDULER:
+            beside = self._optimizers_beside(name)
+            if beside:
+                return Obj(role, key, beside)
         return Obj(role, key)
+
+    def _optimizers_beside(self, name: str) -> frozenset[str]:
+        """The optimizers unpacked from the same call as the scheduler ``name``
+        (``optimizer, scheduler = make_optimizer(cfg, model)``): the one it schedules."""
+        keys: set[str] = set()
+        for _, value in self.tuple_values.get(name, ()):
+            if type(value) is not cst.Call:
+                continue
+            for other, places in self.tuple_values.items():
+                if other != name and any(v is value for _, v in places):
+                    found = self.resolve_name(other)
+                    if found is not None and found.role is Role.OPTIMIZER and not found.members:
+                        keys.add(found.key)
+        return frozenset(keys)
 
     def kept_as(self, name: str) -> str | None:
         """``self.<attr>``'s key when this method stores its parameter ``name`` there
