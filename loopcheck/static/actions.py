@@ -25,6 +25,7 @@ from loopcheck.static.callees import (
     runs_backward,
 )
 from loopcheck.static.calls import CallFollower
+from loopcheck.static.classes import ClassInfo, self_attribute
 from loopcheck.static.conditions import touches
 from loopcheck.static.gradients import (
     asserts_no_grad,
@@ -252,6 +253,15 @@ class Reader(CallFollower):
         cache[id(body)] = (body, found)
         return found
 
+    def _called_on_self(self, receiver: cst.BaseExpression) -> bool:
+        """``self.<attr>`` that a method of the class calls (``self._model(**batch)``)."""
+        cls = self.frame.cls
+        attr = self_attribute(receiver)
+        if cls is None or attr is None:
+            return False
+        called = self.ctx.remember("called on self", cls.node, lambda: _self_calls(cls))
+        return attr in called
+
     # calls
 
     def of_call(self, call: cst.Call) -> list[Action]:
@@ -275,12 +285,15 @@ class Reader(CallFollower):
                     # a type the linter does not know, switched with the model
                     return [Mode(self.site(call), submodule, method == "train")]
                 trained = module_key(self.frame, func.value)
-                if trained is not None and trained in optimized_models(self.frame):
+                if trained is not None and (
+                    trained in optimized_models(self.frame) or self._called_on_self(func.value)
+                ):
                     # ``G_AB.eval()``: a module of a type the linter does not know, whose
-                    # parameters an optimizer in sight trains
+                    # parameters an optimizer in sight trains, or that the instance runs
+                    # (``self._model(**batch)`` in its loss method)
                     return [Mode(self.site(call), trained, method == "train")]
             if method == "backward" and not _defines(owner, "backward"):
-                handed = _handed_loss(owner, func.value, positional)
+                handed = _loss_given(owner, func.value, positional)
                 if handed is not None:
                     return [self.apis.backward_of(call, handed)]
                 return [self.apis.backward(call, func.value)]
@@ -425,7 +438,19 @@ class Reader(CallFollower):
 _LOSS_CLASS = re.compile(r"(?i)loss$|criterion$")
 
 
-def _handed_loss(
+def _self_calls(cls: ClassInfo) -> frozenset[str]:
+    """The attributes of ``self`` that a class's methods call as functions."""
+    found = set()
+    for info in cls.mro():
+        for node in walk(info.node):
+            if type(node) is cst.Call:
+                attr = self_attribute(node.func)
+                if attr is not None:
+                    found.add(attr)
+    return frozenset(found)
+
+
+def _loss_given(
     owner: Obj | None, receiver: cst.BaseExpression, positional: Sequence[cst.BaseExpression]
 ) -> cst.BaseExpression | None:
     """``self.strategy.backward(loss, model, optimizer)``: an object of no known role handed
