@@ -255,12 +255,20 @@ class Reader(CallFollower):
 
     def _called_on_self(self, receiver: cst.BaseExpression) -> bool:
         """``self.<attr>`` that a method of the class calls (``self._model(**batch)``)."""
+        return self._on_self(receiver)[0]
+
+    def _switched_on_self(self, receiver: cst.BaseExpression) -> bool:
+        """``self.<attr>`` that a method of the class calls and switches with ``eval()`` or
+        ``train()``: a module."""
+        return all(self._on_self(receiver))
+
+    def _on_self(self, receiver: cst.BaseExpression) -> tuple[bool, bool]:
         cls = self.frame.cls
         attr = self_attribute(receiver)
         if cls is None or attr is None:
-            return False
-        called = self.ctx.remember("called on self", cls.node, lambda: _self_calls(cls))
-        return attr in called
+            return False, False
+        called, switched = self.ctx.remember("used on self", cls.node, lambda: _self_uses(cls))
+        return attr in called, attr in switched
 
     # calls
 
@@ -375,6 +383,11 @@ class Reader(CallFollower):
             held = frame.resolve(func)
             if held is not None and held.role in (Role.MODEL, Role.ENGINE, Role.LIGHTNING):
                 return self.forward(held, call)  # ``self.model(x)``
+            key = module_key(frame, func) if held is None else None
+            if key is not None and self._switched_on_self(func):
+                # ``self._model(**batch)`` whose ``eval()``/``train()`` the class calls: a
+                # module of a type the linter does not know, run forward
+                return [Forward(self.site(call), key), *self.apis.opaque_args(call)]
         if qual is not None and harmless_call(qual):
             return []
         if qual is not None and averages_gradients(qual):
@@ -438,16 +451,22 @@ class Reader(CallFollower):
 _LOSS_CLASS = re.compile(r"(?i)loss$|criterion$")
 
 
-def _self_calls(cls: ClassInfo) -> frozenset[str]:
-    """The attributes of ``self`` that a class's methods call as functions."""
-    found = set()
+def _self_uses(cls: ClassInfo) -> tuple[frozenset[str], frozenset[str]]:
+    """The attributes of ``self`` that a class's methods call as functions, and those they
+    switch with ``.eval()`` or ``.train()``."""
+    called, switched = set(), set()
     for info in cls.mro():
         for node in walk(info.node):
-            if type(node) is cst.Call:
-                attr = self_attribute(node.func)
+            if type(node) is not cst.Call:
+                continue
+            attr = self_attribute(node.func)
+            if attr is not None:
+                called.add(attr)
+            elif type(node.func) is cst.Attribute and node.func.attr.value in ("eval", "train"):
+                attr = self_attribute(node.func.value)
                 if attr is not None:
-                    found.add(attr)
-    return frozenset(found)
+                    switched.add(attr)
+    return frozenset(called), frozenset(switched)
 
 
 def _loss_given(
