@@ -128,11 +128,13 @@ def reaches_a_backward(frame: Frame, name: str) -> bool:
     return False
 
 
-def _backward_reads(ctx: FileContext, func: cst.FunctionDef | None) -> list[tuple[str, Statement]]:
-    """The names each backward of a function reads (its receiver and arguments), with its
-    statement."""
+def _backward_calls(
+    ctx: FileContext, func: cst.FunctionDef | None
+) -> list[tuple[Statement, cst.Call]]:
+    """Each ``backward`` call of a function (``x.backward()``, ``accelerator.backward(x)``),
+    with the statement holding it; read once per function."""
 
-    def read() -> list[tuple[str, Statement]]:
+    def read() -> list[tuple[Statement, cst.Call]]:
         found = []
         for stmt in walk(func.body if func is not None else ctx.module):
             if type(stmt) is not cst.SimpleStatementLine:
@@ -140,13 +142,22 @@ def _backward_reads(ctx: FileContext, func: cst.FunctionDef | None) -> list[tupl
             for node in walk(stmt):
                 if type(node) is cst.Call and type(node.func) is cst.Attribute:
                     if node.func.attr.value in BACKWARD_CALLS:
-                        names = names_in(node.func.value)
-                        for arg in node.args:
-                            names |= names_in(arg.value)
-                        found.extend((n, stmt) for n in names)
+                        found.append((stmt, node))
         return found
 
-    return ctx.remember("backward reads", func, read)
+    return ctx.remember("backward calls", func, read)
+
+
+def _backward_reads(ctx: FileContext, func: cst.FunctionDef | None) -> list[tuple[str, Statement]]:
+    """The names each backward of a function reads (its receiver and arguments), with its
+    statement."""
+    found = []
+    for stmt, call in _backward_calls(ctx, func):
+        names = names_in(call.func.value)  # type: ignore[attr-defined]
+        for arg in call.args:
+            names |= names_in(arg.value)
+        found.extend((n, stmt) for n in names)
+    return found
 
 
 def _backward_tensors(
@@ -154,25 +165,13 @@ def _backward_tensors(
 ) -> list[tuple[Statement, str]]:
     """Each statement of a function that runs a backward, with the name of the tensor it is
     given, as it is or scaled (``x.backward()``, ``s.scale(x).backward()``, ``(x / n)``)."""
-
-    def read() -> list[tuple[Statement, str]]:
-        found = []
-        for stmt in walk(func.body if func is not None else ctx.module):
-            if type(stmt) is not cst.SimpleStatementLine:
-                continue
-            for node in walk(stmt):
-                if type(node) is not cst.Call or type(node.func) is not cst.Attribute:
-                    continue
-                if node.func.attr.value not in BACKWARD_CALLS:
-                    continue
-                given = [node.func.value, *(a.value for a in node.args[:1])]
-                for expr in given:
-                    name = _scaled_name(expr)
-                    if name is not None:
-                        found.append((stmt, name))
-        return found
-
-    return ctx.remember("backward tensors", func, read)
+    found = []
+    for stmt, call in _backward_calls(ctx, func):
+        for expr in [call.func.value, *(a.value for a in call.args[:1])]:  # type: ignore[attr-defined]
+            name = _scaled_name(expr)
+            if name is not None:
+                found.append((stmt, name))
+    return found
 
 
 def _scaled_name(expr: cst.BaseExpression) -> str | None:
