@@ -176,18 +176,21 @@ class Frame:
         return Obj(role, key)
 
     def _optimizers_beside(self, name: str) -> frozenset[str]:
-        """The optimizers unpacked from the same call as the scheduler ``name``
-        (``optimizer, scheduler = make_optimizer(cfg, model)``): the one it schedules."""
+        """The optimizer unpacked from the same call as the scheduler ``name`` (``optimizer,
+        scheduler = make_optimizer(cfg, model)``): the one it schedules, when it is alone."""
         keys: set[str] = set()
         for _, value in self.tuple_values.get(name, ()):
             if type(value) is not cst.Call:
                 continue
             for other, places in self.tuple_values.items():
                 if other != name and any(v is value for _, v in places):
-                    found = self.resolve_name(other)
-                    if found is not None and found.role is Role.OPTIMIZER and not found.members:
-                        keys.add(found.key)
-        return frozenset(keys)
+                    # by its name, as an unpacked local of an unknown call is resolved (not
+                    # by resolving it: that may unpack the same call again, and recurse)
+                    if role_from_name(other) is Role.OPTIMIZER:
+                        keys.add(f"{self.scope}:{other}")
+        # several optimizers beside it (``model, opt, sched, ddp_model, ddp_opt, ddp_sched =
+        # setup()``): which one it schedules is unknown
+        return frozenset(keys) if len(keys) == 1 else frozenset()
 
     def kept_as(self, name: str) -> str | None:
         """``self.<attr>``'s key when this method stores its parameter ``name`` there
