@@ -77,6 +77,7 @@ class Frame:
         self.loop_targets = info.loop_targets
         self._cache: dict[str, Obj | None] = {}
         self._busy: set[str] = set()
+        self._building: set[str] = set()  # optimizers whose models are being read
         self.constants: dict[str, object] = {}  # parameters known to hold a literal value
         # parameters holding a condition of the caller: (its expression, the caller's file)
         self.conditions: dict[str, tuple[cst.BaseExpression, FileContext]] = {}
@@ -173,6 +174,17 @@ class Frame:
             beside = self._optimizers_beside(name)
             if beside:
                 return Obj(role, key, beside)
+        if role is Role.OPTIMIZER and name in self.local_values and name not in self._building:
+            # ``optim = optim_cls(model.parameters(), **kwargs)``: a class handed in, called
+            # over a model's parameters (read once: the models may name it again)
+            self._building.add(name)
+            try:
+                built = [v for v in self.local_values[name] if type(v) is cst.Call]
+                models = frozenset().union(*(models_in(self, v) for v in built))
+            finally:
+                self._building.discard(name)
+            if models:
+                return Obj(role, key, models)
         return Obj(role, key)
 
     def _optimizers_beside(self, name: str) -> frozenset[str]:
