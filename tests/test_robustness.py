@@ -103,6 +103,42 @@ def test_doubling_definitions_are_read_once(monkeypatch) -> None:
     assert 0 < calls < 5_000
 
 
+def test_tensors_stored_on_self_in_many_methods_are_read_once(monkeypatch) -> None:
+    """``self.router = self.router.cuda()`` in a dozen methods (Megatron's router tests): each
+    store is read a bounded number of times when a loss's origin reaches ``self.router``, not
+    once per path through the other methods' stores."""
+    from loopcheck.static import dataflow
+
+    calls = 0
+    real = dataflow._Tracer.kept_on_self
+
+    def counting(self, node, depth):
+        nonlocal calls
+        calls += 1
+        return real(self, node, depth)
+
+    monkeypatch.setattr(dataflow._Tracer, "kept_on_self", counting)
+    methods = "".join(
+        f"    def move_{i}(self):\n        self.router = self.router.cuda()\n"
+        f"        self.mlp = self.mlp.cuda()\n\n"
+        for i in range(12)
+    )
+    source = (
+        "import torch\n\n\nclass Router:\n"
+        "    def setup(self, mlp):\n        self.mlp = mlp\n"
+        "        self.router = self.mlp.router\n\n"
+        + methods
+        + "    def train(self, batches):\n"
+        "        optimizer = torch.optim.SGD(self.mlp.parameters(), lr=0.1)\n"
+        "        for x in batches:\n            optimizer.zero_grad()\n"
+        "            out = (self.router.weight @ x).sum() + self.mlp(x).sum()\n"
+        "            out.backward()\n"
+        "            optimizer.step()\n"
+    )
+    assert codes(source) == []
+    assert 0 < calls < 2_000
+
+
 @settings(
     max_examples=60,
     deadline=None,

@@ -450,7 +450,10 @@ class _Tracer:
                 continue
             scope = f"{info.name}.{method.name.value}"
             there = Frame(info.ctx, method, info, {"self": me}, module_frame(info.ctx), scope)
-            out = out | _Tracer(there, helpers=self.helpers).expr(value, depth + 1, None)
+            tracer = _Tracer(there, helpers=self.helpers)
+            tracer.names = self.names  # one memo: ``self.router = self.router.cuda()`` in
+            # every method would otherwise read each store once per path through the others
+            out = out | tracer.expr(value, depth + 1, None)
         self.names[memo] = out
         return out
 
