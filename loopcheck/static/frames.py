@@ -175,11 +175,18 @@ class Frame:
             if beside:
                 return Obj(role, key, beside)
         if role is Role.OPTIMIZER and name in self.local_values and name not in self._building:
-            # ``optim = optim_cls(model.parameters(), **kwargs)``: a class handed in, called
-            # over a model's parameters (read once: the models may name it again)
+            # ``optim = optim_cls(model.parameters(), **kwargs)``: a class handed in as a
+            # parameter, called over a model's parameters (read once: the models may name it
+            # again). Not any call: ``optim_full_sd = get_full_optimizer_state_dict(optim)``
             self._building.add(name)
             try:
-                built = [v for v in self.local_values[name] if type(v) is cst.Call]
+                built = [
+                    v
+                    for v in self.local_values[name]
+                    if type(v) is cst.Call
+                    and type(v.func) is cst.Name
+                    and v.func.value in self.params
+                ]
                 models = frozenset().union(*(models_in(self, v) for v in built))
             finally:
                 self._building.discard(name)
