@@ -126,9 +126,7 @@ def test_tensors_stored_on_self_in_many_methods_are_read_once(monkeypatch) -> No
     source = (
         "import torch\n\n\nclass Router:\n"
         "    def setup(self, mlp):\n        self.mlp = mlp\n"
-        "        self.router = self.mlp.router\n\n"
-        + methods
-        + "    def train(self, batches):\n"
+        "        self.router = self.mlp.router\n\n" + methods + "    def train(self, batches):\n"
         "        optimizer = torch.optim.SGD(self.mlp.parameters(), lr=0.1)\n"
         "        for x in batches:\n            optimizer.zero_grad()\n"
         "            out = (self.router.weight @ x).sum() + self.mlp(x).sum()\n"
