@@ -82,16 +82,8 @@ def handed_callbacks(ctx: FileContext, func: cst.FunctionDef) -> list[tuple[cst.
         if name not in called
         and id(node) in ctx.relevant
         and runs_backward(ctx, node, None)
-        and (name not in returned or _calls_step(node))
+        and (name not in returned or may_step(ctx, node))
     ]
-
-
-def _calls_step(func: cst.FunctionDef) -> bool:
-    """Whether a function's text calls a ``.step()`` (its caller need not step for it)."""
-    return any(
-        type(n) is cst.Call and type(n.func) is cst.Attribute and n.func.attr.value == "step"
-        for n in walk(func.body)
-    )
 
 
 def passes_parameters_on(ctx: FileContext, func: cst.FunctionDef) -> bool:
