@@ -25,7 +25,7 @@ from loopcheck.static.callees import (
     runs_backward,
 )
 from loopcheck.static.calls import CallFollower
-from loopcheck.static.classes import ClassInfo, self_attribute
+from loopcheck.static.classes import self_attribute, self_uses
 from loopcheck.static.conditions import touches
 from loopcheck.static.gradients import (
     asserts_no_grad,
@@ -253,22 +253,15 @@ class Reader(CallFollower):
         cache[id(body)] = (body, found)
         return found
 
-    def _called_on_self(self, receiver: cst.BaseExpression) -> bool:
-        """``self.<attr>`` that a method of the class calls (``self._model(**batch)``)."""
-        return self._on_self(receiver)[0]
-
-    def _switched_on_self(self, receiver: cst.BaseExpression) -> bool:
-        """``self.<attr>`` that a method of the class calls and switches with ``eval()`` or
-        ``train()``: a module."""
-        return all(self._on_self(receiver))
-
-    def _on_self(self, receiver: cst.BaseExpression) -> tuple[bool, bool]:
+    def _used_on_self(self, receiver: cst.BaseExpression) -> tuple[bool, bool]:
+        """For ``self.<attr>``: whether the class calls it (``self._model(**batch)``), and
+        whether it also switches it with ``eval()``/``train()`` (a module, then)."""
         cls = self.frame.cls
         attr = self_attribute(receiver)
         if cls is None or attr is None:
             return False, False
-        called, switched = self.ctx.remember("used on self", cls.node, lambda: _self_uses(cls))
-        return attr in called, attr in switched
+        called, switched = self_uses(cls)
+        return attr in called, attr in called and attr in switched
 
     # calls
 
@@ -294,7 +287,7 @@ class Reader(CallFollower):
                     return [Mode(self.site(call), submodule, method == "train")]
                 trained = module_key(self.frame, func.value)
                 if trained is not None and (
-                    trained in optimized_models(self.frame) or self._called_on_self(func.value)
+                    trained in optimized_models(self.frame) or self._used_on_self(func.value)[0]
                 ):
                     # ``G_AB.eval()``: a module of a type the linter does not know, whose
                     # parameters an optimizer in sight trains, or that the instance runs
@@ -384,7 +377,7 @@ class Reader(CallFollower):
             if held is not None and held.role in (Role.MODEL, Role.ENGINE, Role.LIGHTNING):
                 return self.forward(held, call)  # ``self.model(x)``
             key = module_key(frame, func) if held is None else None
-            if key is not None and self._switched_on_self(func):
+            if key is not None and self._used_on_self(func)[1]:
                 # ``self._model(**batch)`` whose ``eval()``/``train()`` the class calls: a
                 # module of a type the linter does not know, run forward
                 return [Forward(self.site(call), key), *self.apis.opaque_args(call)]
@@ -449,24 +442,6 @@ class Reader(CallFollower):
 
 
 _LOSS_CLASS = re.compile(r"(?i)loss$|criterion$")
-
-
-def _self_uses(cls: ClassInfo) -> tuple[frozenset[str], frozenset[str]]:
-    """The attributes of ``self`` that a class's methods call as functions, and those they
-    switch with ``.eval()`` or ``.train()``."""
-    called, switched = set(), set()
-    for info in cls.mro():
-        for node in walk(info.node):
-            if type(node) is not cst.Call:
-                continue
-            attr = self_attribute(node.func)
-            if attr is not None:
-                called.add(attr)
-            elif type(node.func) is cst.Attribute and node.func.attr.value in ("eval", "train"):
-                attr = self_attribute(node.func.value)
-                if attr is not None:
-                    switched.add(attr)
-    return frozenset(called), frozenset(switched)
 
 
 def _loss_given(

@@ -139,3 +139,26 @@ def self_attribute(expr: cst.BaseExpression) -> str | None:
     if type(expr) is cst.Attribute and type(expr.value) is cst.Name and expr.value.value == "self":
         return expr.attr.value
     return None
+
+
+def self_uses(cls: ClassInfo) -> tuple[frozenset[str], frozenset[str]]:
+    """The attributes of ``self`` that a class's methods (its bases' too) call as functions
+    (``self._model(**batch)``), and those they switch with ``.eval()`` or ``.train()``;
+    read once per class."""
+
+    def read() -> tuple[frozenset[str], frozenset[str]]:
+        called, switched = set(), set()
+        for info in cls.mro():
+            for node in walk(info.node):
+                if type(node) is not cst.Call:
+                    continue
+                attr = self_attribute(node.func)
+                if attr is not None:
+                    called.add(attr)
+                elif type(node.func) is cst.Attribute and node.func.attr.value in ("eval", "train"):
+                    attr = self_attribute(node.func.value)
+                    if attr is not None:
+                        switched.add(attr)
+        return frozenset(called), frozenset(switched)
+
+    return cls.ctx.remember("used on self", cls.node, read)
