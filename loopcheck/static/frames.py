@@ -10,7 +10,14 @@ import libcst as cst
 
 from loopcheck.static.classes import ClassInfo
 from loopcheck.static.index import FileContext
-from loopcheck.static.ownership import configured_models, handed_models, models_in, per_instance
+from loopcheck.static.ownership import (
+    built_by_class_handed_in,
+    configured_models,
+    handed_models,
+    models_in,
+    optimizer_beside,
+    per_instance,
+)
 from loopcheck.static.roles import (
     Obj,
     Role,
@@ -77,7 +84,7 @@ class Frame:
         self.loop_targets = info.loop_targets
         self._cache: dict[str, Obj | None] = {}
         self._busy: set[str] = set()
-        self._building: set[str] = set()  # optimizers whose models are being read
+        self.building: set[str] = set()  # optimizers whose models are being read (ownership)
         self.constants: dict[str, object] = {}  # parameters known to hold a literal value
         # parameters holding a condition of the caller: (its expression, the caller's file)
         self.conditions: dict[str, tuple[cst.BaseExpression, FileContext]] = {}
@@ -171,45 +178,10 @@ class Frame:
             return None  # ``opt.src_pad_idx``: an options namespace called ``opt``
         key = (self.kept_as(name) if name in self.params else None) or f"{self.scope}:{name}"
         if role is Role.SCHEDULER:
-            beside = self._optimizers_beside(name)
-            if beside:
-                return Obj(role, key, beside)
-        if role is Role.OPTIMIZER and name in self.local_values and name not in self._building:
-            # ``optim = optim_cls(model.parameters(), **kwargs)``: a class handed in as a
-            # parameter, called over a model's parameters (read once: the models may name it
-            # again). Not any call: ``optim_full_sd = get_full_optimizer_state_dict(optim)``
-            self._building.add(name)
-            try:
-                built = [
-                    v
-                    for v in self.local_values[name]
-                    if type(v) is cst.Call
-                    and type(v.func) is cst.Name
-                    and v.func.value in self.params
-                ]
-                models = frozenset().union(*(models_in(self, v) for v in built))
-            finally:
-                self._building.discard(name)
-            if models:
-                return Obj(role, key, models)
+            return Obj(role, key, optimizer_beside(self, name))
+        if role is Role.OPTIMIZER:
+            return Obj(role, key, built_by_class_handed_in(self, name))
         return Obj(role, key)
-
-    def _optimizers_beside(self, name: str) -> frozenset[str]:
-        """The optimizer unpacked from the same call as the scheduler ``name`` (``optimizer,
-        scheduler = make_optimizer(cfg, model)``): the one it schedules, when it is alone."""
-        keys: set[str] = set()
-        for _, value in self.tuple_values.get(name, ()):
-            if type(value) is not cst.Call:
-                continue
-            for other, places in self.tuple_values.items():
-                if other != name and any(v is value for _, v in places):
-                    # by its name, as an unpacked local of an unknown call is resolved (not
-                    # by resolving it: that may unpack the same call again, and recurse)
-                    if role_from_name(other) is Role.OPTIMIZER:
-                        keys.add(f"{self.scope}:{other}")
-        # several optimizers beside it (``model, opt, sched, ddp_model, ddp_opt, ddp_sched =
-        # setup()``): which one it schedules is unknown
-        return frozenset(keys) if len(keys) == 1 else frozenset()
 
     def kept_as(self, name: str) -> str | None:
         """``self.<attr>``'s key when this method stores its parameter ``name`` there

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import libcst as cst
 
-from loopcheck.static.roles import Obj, Role
+from loopcheck.static.roles import Obj, Role, role_from_name
 from loopcheck.static.syntax import all_params, is_data, roots_of
 from loopcheck.static.tree import walk
 
@@ -303,3 +303,40 @@ def _over_own_parameters(cls: ClassInfo, attr: str) -> bool:
             for value in values
         )
     )
+
+
+def optimizer_beside(frame: Frame, name: str) -> frozenset[str]:
+    """The optimizer unpacked from the same call as the scheduler ``name`` (``optimizer,
+    scheduler = make_optimizer(cfg, model)``): the one it schedules, when it is alone."""
+    keys: set[str] = set()
+    for _, value in frame.tuple_values.get(name, ()):
+        if type(value) is not cst.Call:
+            continue
+        for other, places in frame.tuple_values.items():
+            if other != name and any(v is value for _, v in places):
+                # by its name, as an unpacked local of an unknown call is resolved (not by
+                # resolving it: that may unpack the same call again, and recurse)
+                if role_from_name(other) is Role.OPTIMIZER:
+                    keys.add(f"{frame.scope}:{other}")
+    # several optimizers beside it (``model, opt, sched, ddp_model, ddp_opt, ddp_sched =
+    # setup()``): which one it schedules is unknown
+    return frozenset(keys) if len(keys) == 1 else frozenset()
+
+
+def built_by_class_handed_in(frame: Frame, name: str) -> frozenset[str]:
+    """The models of an optimizer named ``name`` built by a class handed in as a parameter
+    (``optim = optim_cls(model.parameters(), **kwargs)``). Not any call: ``optim_full_sd =
+    get_full_optimizer_state_dict(optim)`` builds no optimizer. Read once per name: the
+    models may name the optimizer again."""
+    if name not in frame.local_values or name in frame.building:
+        return frozenset()
+    frame.building.add(name)
+    try:
+        built = [
+            v
+            for v in frame.local_values[name]
+            if type(v) is cst.Call and type(v.func) is cst.Name and v.func.value in frame.params
+        ]
+        return frozenset().union(*(models_in(frame, v) for v in built))
+    finally:
+        frame.building.discard(name)
