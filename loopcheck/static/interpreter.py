@@ -155,25 +155,7 @@ class Interpreter(Recorder, Checks, Loops, Branches):
         if implicit_loop is None:
             self.exec_block(body, states)
             return
-        block = implicit_loop.body
-        run_body = None
-        if caller_clears:
-            clear = [Emit(Event(Move.ZERO, None, deliberate=True), None)]
-
-            def run_body(entry: set[PathState]) -> Flow:
-                return self.exec_stmt(block, self.run_actions(clear, entry))
-
-        self.run_loop(
-            implicit_loop,
-            block,
-            states,
-            set(),
-            counter,
-            None,
-            infinite=False,
-            framework=True,
-            run_body=run_body,
-        )
+        self.run_framework_loop(implicit_loop, states, counter, caller_clears)
 
     def _seed(self, ctx: FileContext) -> None:
         if id(ctx) not in self._seeded:

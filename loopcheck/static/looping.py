@@ -15,6 +15,7 @@ from loopcheck.static.callees import may_clear, names_a_move
 from loopcheck.static.facts import handed_back_in
 from loopcheck.static.frames import FrameStack
 from loopcheck.static.model import FileModel, LoopSummary, RootSummary
+from loopcheck.static.moves import Emit
 from loopcheck.static.paths import Flow, PathState, cap
 from loopcheck.static.roles import Role, role_from_name
 from loopcheck.static.syntax import chains_in, counter_of, is_true
@@ -137,6 +138,27 @@ class Loops(FrameStack):
             self.summaries[id(node)] = summary
             self.model.loops.append(summary)
         return summary
+
+    def run_framework_loop(
+        self,
+        func: cst.FunctionDef,
+        states: set[PathState],
+        counter: str | None,
+        caller_clears: bool,
+    ) -> None:
+        """Run a function's body as the body of a loop its framework runs (a Lightning
+        ``training_step``, a handed or returned step); ``caller_clears``: a step a factory
+        returns, whose caller clears before each call (a deliberate clear opens each
+        iteration)."""
+        block = func.body
+        run_body = None
+        if caller_clears:
+            clear = [Emit(Event(Move.ZERO, None, deliberate=True), None)]
+
+            def run_body(entry: set[PathState]) -> Flow:
+                return self.exec_stmt(block, self.run_actions(clear, entry))
+
+        self.run_loop(func, block, states, set(), counter, None, False, True, run_body)
 
     def run_loop(
         self,
