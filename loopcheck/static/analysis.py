@@ -10,7 +10,7 @@ from functools import partial
 import libcst as cst
 
 from loopcheck.static.callees import handed_callbacks
-from loopcheck.static.classes import ClassInfo
+from loopcheck.static.classes import ClassInfo, is_test_class
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import FileContext
 from loopcheck.static.interpreter import Interpreter
@@ -139,7 +139,7 @@ def _implicit_loop(
     A function stepping a local optimizer or one passed in is not: its caller owns the loop."""
     if cls is None or func.name.value in ctx.called_in_loop or func.name.value == "__init__":
         return False
-    if func.name.value.startswith("test") or cls.name.startswith("Test"):
+    if func.name.value.startswith("test") or is_test_class(cls.name):
         return False  # a test runner calls each test once, on a fresh fixture
     wrapper = "optim" in cls.name.lower() and func.name.value in ("step", "zero_grad")
     if cls.is_optimizer or wrapper:

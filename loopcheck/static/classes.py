@@ -162,3 +162,9 @@ def self_uses(cls: ClassInfo) -> tuple[frozenset[str], frozenset[str]]:
         return frozenset(called), frozenset(switched)
 
     return cls.ctx.remember("used on self", cls.node, read)
+
+
+def is_test_class(name: str) -> bool:
+    """A class named as a container of unit tests (``TestTrainer``, ``DistributedTest``,
+    ``ModelTests``): a test runner calls its methods, once each, on fresh fixtures."""
+    return name.startswith("Test") or name.endswith(("Test", "Tests"))

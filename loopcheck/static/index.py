@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 import libcst as cst
 
 from loopcheck.diagnostic import Span
-from loopcheck.static.classes import ClassInfo
+from loopcheck.static.classes import ClassInfo, is_test_class
 from loopcheck.static.conditions import condition_key, counter_sign, modular, modulus_of
 from loopcheck.static.model import Site
 from loopcheck.static.positions import Range, Statements, positions, statement_positions
@@ -501,7 +501,7 @@ def _nested_classes(node: cst.ClassDef) -> list[cst.ClassDef]:
     """The classes defined in a class's body, at any depth of classes; not those of a test
     container (``class DistributedTest: class _DistTestBase:``, a base of test cases that a
     test framework parametrises and runs elsewhere), left out as before they were indexed."""
-    if "Test" in node.name.value:
+    if is_test_class(node.name.value):
         return []
     found = []
     for stmt in node.body.body:

@@ -10,7 +10,7 @@ import re
 import libcst as cst
 
 from loopcheck.static.callees import BACKWARD_CALLS
-from loopcheck.static.classes import ClassInfo
+from loopcheck.static.classes import ClassInfo, is_test_class
 from loopcheck.static.index import EVALUATING as _EVALUATING
 from loopcheck.static.index import FileContext
 from loopcheck.static.roles import Imports
@@ -247,7 +247,7 @@ def unit_test(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
     if func.name.value.startswith("test_"):
         return True
     return any(
-        info.name.startswith("Test") and info.methods.get(func.name.value) is func
+        is_test_class(info.name) and info.methods.get(func.name.value) is func
         for info in ctx.classes.values()
     )
 
