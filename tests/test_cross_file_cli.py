@@ -182,3 +182,33 @@ def test_a_file_that_imports_only_move_free_names_is_not_analysed(
     assert str(tmp_path / "config.py") in project.reads  # were it to change, so might the answer
     project.begin(paths[3])
     assert project.imports_helpers(uses_steps, paths[3])
+
+
+HELPER_CHAIN = {
+    # the loop's helper reaches the step three files away; each file makes some move itself
+    "main.py": "import torch\n\nfrom x import outer\n\n"
+    "model = torch.nn.Linear(2, 1)\n"
+    "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+    "for batch in torch.randn(10, 4, 2):\n    outer(model, opt, batch)\n",
+    "x.py": "from y import middle\n\n\ndef outer(model, opt, batch):\n"
+    "    middle(model, opt, batch)\n\n\ndef reset(opt):\n    opt.zero_grad()\n",
+    "y.py": "from z import train_step\n\n\ndef middle(model, opt, batch):\n"
+    "    train_step(model, opt, batch)\n\n\ndef reset(opt):\n    opt.zero_grad()\n",
+    "z.py": "def train_step(model, opt, batch):\n    loss = model(batch).sum()\n"
+    "    loss.backward()\n    opt.step()\n",
+}
+
+
+def test_findings_do_not_depend_on_which_files_one_process_linted_before(
+    tmp_path: Path,
+) -> None:
+    # How far a file's index looks into its imports depends on what it is indexed for, not on
+    # whether this process linted it already: a middle file linted first must not make the
+    # loop's helper chain look deeper than when the loop's file comes first.
+    for name, text in HELPER_CHAIN.items():
+        (tmp_path / name).write_text(text)
+    first = loopcheck("--format", "json", "--no-cache", "--jobs", "1", *HELPER_CHAIN, cwd=tmp_path)
+    orders = (["y.py", "main.py", "x.py", "z.py"], ["x.py", "y.py", "z.py", "main.py"])
+    for order in orders:
+        other = loopcheck("--format", "json", "--no-cache", "--jobs", "1", *order, cwd=tmp_path)
+        assert findings(other) == findings(first), order

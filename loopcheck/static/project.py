@@ -58,7 +58,9 @@ class Project:
         for path in paths:
             self._paths.setdefault(_normal(path), path)
         self._read = read
-        self._contexts: dict[str, FileContext | None] = {}
+        # each file's index per depth (see ``_depth``), and its tree, parsed once for all depths
+        self._contexts: dict[tuple[str, int], FileContext | None] = {}
+        self._trees: dict[str, tuple[str, cst.Module] | None] = {}
         self._sources: dict[str, bytes | None] = {}
         self._current: str | None = None
         self._stems: frozenset[str] | None = None
@@ -72,7 +74,6 @@ class Project:
         self._answers: dict[tuple[str, str, str], tuple[object, frozenset[str]]] = {}
         self._dependents: dict[str, set[tuple[str, str, str]]] = {}  # path: answers read it
         self._touched: set[str] | None = None
-        self._borrowed: set[str] = set()  # files indexed for another's sake
         self._outlines: dict[str, Outline | None] = {}
         self._moves: dict[str, bool] = {}
         self._mentions: dict[tuple[str, str], frozenset[str]] = {}  # (name, module): files
@@ -159,27 +160,32 @@ class Project:
         self.reads = set()
 
     def context(self, path: str, module: cst.Module, source: str | None = None) -> FileContext:
-        """The index of a linted file parsed by the caller (from ``source``, when given)."""
+        """The index of a linted file parsed by the caller (from ``source``, when given), for
+        its own analysis (depth 0)."""
         key = _normal(path)
-        ctx = self._contexts.get(key)
-        if ctx is None or ctx.module is not module or key in self._borrowed:
-            # (a file indexed for another's sake did not look as far into its own imports)
-            self._borrowed.discard(key)
+        if source is not None and key not in self._trees and self._on_disk(key, source):
+            self._trees[key] = (source, module)  # other files' indexes of it share the tree
+        ctx = self._contexts.get((key, 0))
+        if ctx is None or ctx.module is not module:
             if ctx is not None:
                 self._forget_answers(ctx.path)  # they may point into the index being replaced
-            self._contexts[key] = None  # files importing this one back see it as opaque
+            self._contexts[key, 0] = None
             self._building += 1
             try:
                 ctx = FileContext(module, path, self, source)
             finally:
                 self._building -= 1
-            self._contexts[key] = ctx
+            self._contexts[key, 0] = ctx
         return ctx
+
+    def _on_disk(self, key: str, text: str) -> bool:
+        raw = self.source(key)
+        return raw is not None and raw.decode("utf-8-sig", "replace") == text
 
     def parsed(self, path: str, text: str) -> cst.Module | None:
         """The tree of a linted file already parsed from ``text`` for another's sake."""
-        ctx = self._contexts.get(_normal(path))
-        return ctx.module if ctx is not None and ctx.source == text else None
+        tree = self._trees.get(_normal(path))
+        return tree[1] if tree is not None and tree[0] == text else None
 
     def _forget_answers(self, path: str) -> None:
         """Drop the remembered answers that looked into the linted file ``path``."""
@@ -192,36 +198,47 @@ class Project:
             self._sources[key] = self._read(self._paths.get(key, path))
         return self._sources[key]
 
+    @property
+    def _depth(self) -> int:
+        """How far from a file's own analysis an index built now lies: 1 for a file that the
+        analysed one (or its own index) reaches, 2 for one reached while indexing another
+        for its sake. An index of depth 2 does not look into its imports, one of depth 1
+        looks one file further (see ``FileContext``'s external helpers). What a file is
+        indexed for, not which files happened to be linted before it in this process,
+        decides how far it looks: findings do not depend on file order or parallelism."""
+        return min(self.loading + 1, 2)
+
     def _load(self, key: str, need_moves: bool) -> FileContext | None:
-        if key in self._contexts:
-            ctx = self._contexts[key]
+        depth = self._depth
+        if (key, depth) in self._contexts:
+            ctx = self._contexts[key, depth]
         else:
             raw = self.source(key)
             if raw is None or (need_moves and not _MOVES.search(raw)):
                 return None
-            self._contexts[key] = None  # guards import cycles while indexing
-            text = None
-            try:
-                text = raw.decode("utf-8-sig")
-                module = parse_module(text)
-            except (cst.ParserSyntaxError, UnicodeDecodeError, RecursionError, ValueError):
-                module = None
+            self._contexts[key, depth] = None  # guards import cycles while indexing
+            tree = self._tree(key, raw)
             self.loading += 1
             self._building += 1
             try:
-                ctx = (
-                    FileContext(module, self._paths[key], self, text)
-                    if module is not None
-                    else None
-                )
+                ctx = FileContext(tree[1], self._paths[key], self, tree[0]) if tree else None
             finally:
                 self.loading -= 1
                 self._building -= 1
-            self._contexts[key] = ctx
-            self._borrowed.add(key)
+            self._contexts[key, depth] = ctx
         if ctx is not None:
             self._note_read(key)
         return ctx
+
+    def _tree(self, key: str, raw: bytes) -> tuple[str, cst.Module] | None:
+        """A linted file's text and libcst tree (None when it cannot be parsed), parsed once."""
+        if key not in self._trees:
+            try:
+                text = raw.decode("utf-8-sig")
+                self._trees[key] = (text, parse_module(text))
+            except (cst.ParserSyntaxError, UnicodeDecodeError, RecursionError, ValueError):
+                self._trees[key] = None
+        return self._trees[key]
 
     def _note_read(self, key: str) -> None:
         """Record that the answer being computed looked into the linted file ``key``."""
