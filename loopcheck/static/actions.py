@@ -144,6 +144,12 @@ class Reader(CallFollower):
                 # processes, neither applied nor cleared
                 return [Mark("grads_inspected"), Emit(Event(Move.GRAD_ACCESS), None)]
             return [Mark("grads"), Mark("grads_rewritten"), Emit(Event(Move.OPAQUE), None)]
+        if type(target) is cst.Attribute and target.attr.value == "main_grad":
+            if type(value) is cst.Name and value.value == "None":
+                return []
+            # ``param.main_grad = g``: the fp32 gradient buffer that mixed-precision optimizers
+            # (Megatron, Apex) step on, written by hand: gradients given, as by ``p.grad = g``
+            return [Mark("grads"), Mark("grads_rewritten"), Emit(Event(Move.OPAQUE), None)]
         if type(target) is cst.Attribute and target.attr.value == "data":
             inner = target.value
             if type(inner) is cst.Attribute and inner.attr.value == "grad":
