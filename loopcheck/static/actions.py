@@ -42,7 +42,7 @@ from loopcheck.static.gradients import (
 from loopcheck.static.host import Host
 from loopcheck.static.kept import names_a_loss
 from loopcheck.static.moves import Action, Emit, Forward, Mark, Mode
-from loopcheck.static.ownership import module_key, optimized_models
+from loopcheck.static.ownership import frozen_by_code, module_key, optimized_models
 from loopcheck.static.relevance import CLEARING_NAMES
 from loopcheck.static.roles import Obj, Role, builds_engine, constructed_role
 from loopcheck.static.syntax import (
@@ -285,6 +285,8 @@ class Reader(CallFollower):
                 handled = self.apis.method_call(owner, method, call, positional, keywords)
                 if handled is not None:
                     return handled
+            if method in ("train", "eval") and frozen_by_code(self.frame, func.value):
+                return []  # a frozen teacher or EMA copy: never trained, eval on purpose
             if method in ("train", "eval") and owner is None and not call.args:
                 submodule = self._submodule_key(func.value)
                 if submodule is not None:

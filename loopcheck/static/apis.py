@@ -26,7 +26,7 @@ from loopcheck.static.moves import (
     Mode,
 )
 from loopcheck.static.opaque import MAY_TRAIN, OpaqueCalls
-from loopcheck.static.ownership import constructor_of, module_key
+from loopcheck.static.ownership import constructor_of, frozen_by_code, module_key
 from loopcheck.static.roles import Obj, Role, is_model_method
 from loopcheck.static.syntax import body_clears, call_args, called_name, literal, roots_of
 from loopcheck.static.tree import walk
@@ -208,6 +208,9 @@ class ApiReader(OpaqueCalls):
             if method in {"generate", "loss", "compute_loss"}:
                 return [forward, Mark("opaque_model")]
             if method in {"eval", "train"}:
+                assert type(call.func) is cst.Attribute
+                if frozen_by_code(self.frame, call.func.value):
+                    return []  # a frozen teacher or EMA copy: never trained, eval on purpose
                 return [Mode(site, owner.key, _training(method, positional, keywords))]
             if method == "clip_grad_norm_":
                 # FSDP's ``model.clip_grad_norm_(max_norm)``: a clip of the module's gradients

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from loopcheck.static.roles import Obj, Role, role_from_name
-from loopcheck.static.syntax import all_params, is_data, roots_of
+from loopcheck.static.syntax import all_params, dotted, is_data, literal, roots_of
 from loopcheck.static.tree import walk
 
 if TYPE_CHECKING:
@@ -340,3 +340,61 @@ def built_by_class_handed_in(frame: Frame, name: str) -> frozenset[str]:
         return frozenset().union(*(models_in(frame, v) for v in built))
     finally:
         frame.building.discard(name)
+
+
+def frozen_by_code(frame: Frame, expr: cst.BaseExpression) -> bool:
+    """Whether the code freezes the module ``expr`` names and never unfreezes it
+    (``teacher.requires_grad_(False)``, or ``p.requires_grad = False`` for each of its
+    parameters): a teacher, an EMA copy or a target network, never trained, whose eval mode is
+    deliberate. A ``self`` attribute is read over its class, a name over its function."""
+    chain = dotted(expr)
+    if chain is None:
+        return False
+    if chain.startswith("self.") and frame.cls is not None:
+        scope: cst.CSTNode = frame.cls.node
+    else:
+        scope = frame.func if frame.func is not None else frame.ctx.module
+    settings = frame.ctx.remember("requires-grad settings", scope, lambda: _requires_grad(scope))
+    return settings.get(chain) is False
+
+
+def _requires_grad(scope: cst.CSTNode) -> dict[str, bool | None]:
+    """What each module's ``requires_grad`` is set to under ``scope``: False when every setting
+    freezes it, None when one may unfreeze it."""
+    found: dict[str, bool | None] = {}
+
+    def note(chain: str | None, value: cst.BaseExpression | None) -> None:
+        if chain is None:
+            return
+        is_literal, setting = literal(value) if value is not None else (True, True)
+        frozen = is_literal and setting is False
+        found[chain] = False if frozen and found.get(chain, False) is False else None
+
+    for node in walk(scope):
+        if type(node) is cst.Call and type(node.func) is cst.Attribute:
+            if node.func.attr.value == "requires_grad_":
+                value = node.args[0].value if node.args else None
+                note(dotted(node.func.value), value)
+        elif type(node) is cst.For and type(node.target) is cst.Name:
+            owner = _parameters_of(node.iter)
+            if owner is None:
+                continue
+            param = node.target.value
+            for inner in walk(node.body):
+                if type(inner) is cst.Assign and len(inner.targets) == 1:
+                    target = inner.targets[0].target
+                    if (
+                        type(target) is cst.Attribute
+                        and target.attr.value == "requires_grad"
+                        and dotted(target.value) == param
+                    ):
+                        note(owner, inner.value)
+    return found
+
+
+def _parameters_of(expr: cst.BaseExpression) -> str | None:
+    """``teacher.parameters()`` (or ``named_parameters()``, unpacked): the module's chain."""
+    if type(expr) is cst.Call and type(expr.func) is cst.Attribute:
+        if expr.func.attr.value == "parameters":
+            return dotted(expr.func.value)
+    return None
