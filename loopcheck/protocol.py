@@ -75,6 +75,10 @@ class Event:
     # handing two losses are two losses, not accumulation; a loss left undivided is the
     # caller's to divide, LC201 is reported there)
     handed_at: Hashable = None
+    # BACKWARD: the calls through which the analysis reached it (the static observer's helper
+    # call sites): one helper's backward run from two call sites is two losses, not the same
+    # backward again (a GAN's ``backward_D(real_a, fake_a)`` then ``backward_D(real_b, fake_b)``)
+    context: Hashable = None
     # the hash, computed once: observers remember transitions by (state, event)
     _hash: int = field(default=0, init=False, compare=False, repr=False)
 
@@ -233,7 +237,8 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     # accumulation window: the clip saw a partial sum, the schedule moved once per micro-batch.
     # a loss handed to a helper that runs the backward is told apart by the call handing it
     place = e.where if e.handed_at is None else e.handed_at
-    repeated = place in s.backward_sites
+    occurrence = (place, e.context)
+    repeated = occurrence in s.backward_sites
     if s.clipped_at is not None and not e.shared and repeated:
         found.append(Violation("LC203", s.clipped_at))
     per_micro = s.sched_per_micro
@@ -250,7 +255,9 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
     # Several different losses into one step (GAN real + fake) are not accumulation; the same
     # backward reached again before the step is.
     sites = (
-        s.backward_sites if repeated or len(s.backward_sites) >= 8 else s.backward_sites | {place}
+        s.backward_sites
+        if repeated or len(s.backward_sites) >= 8
+        else s.backward_sites | {occurrence}
     )
     new = replace(
         s,

@@ -28,7 +28,8 @@ class UnscaledAccumulatedLoss(ProtocolRule):
     of one batch. The effective learning rate is N times too large (or, with clipping, the
     clip threshold is effectively N times too small) and changing the accumulation count
     changes the training. Nothing raises. Several different losses into one step (a GAN's real
-    and fake halves, auxiliary losses) are not accumulation and are not flagged, nor are the
+    and fake halves, auxiliary losses, one backward helper called for two pairs of inputs) are
+    not accumulation and are not flagged, nor are the
     query losses of a meta-learning batch summed by design (MAML), nor a loss function handed
     the token count it normalises by (`loss_fn(pred, labels, global_valid_tokens)`). A loss
     multiplied by a token count is not divided: the gradients must then be divided by hand

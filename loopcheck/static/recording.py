@@ -332,6 +332,7 @@ class Recorder(FrameStack):
                 divided=action.divided,
                 shared=key_shared or action.retains,
                 handed_at=action.handed_at,
+                context=tuple(f.called_at for f in self.frames[1:]),
             )
             state = self.apply(state, key, event)
         return state.with_zeroed(frozenset())
