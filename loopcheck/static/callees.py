@@ -54,7 +54,9 @@ def handed_callbacks(ctx: FileContext, func: cst.FunctionDef) -> list[tuple[cst.
     """The functions defined in ``func`` that take part in a step and that it hands to a
     call or returns instead of calling them: a framework or the caller runs them once per
     batch (ignite's ``Engine(train_step)``, a factory's ``return train_step``: True, its
-    caller clears between calls). A closure handed to ``step(closure)`` is followed there."""
+    caller clears between calls). A closure handed to ``step(closure)`` is followed there.
+    One that cannot step (DLRM's ``forward_backward`` handed to a CUDA-graph wrapper, whose
+    caller steps after it) is part of a step whose update is the caller's: no loop of its own."""
     defs = ctx.function_info(func).local_defs
     if not defs:
         return []
@@ -82,7 +84,7 @@ def handed_callbacks(ctx: FileContext, func: cst.FunctionDef) -> list[tuple[cst.
         if name not in called
         and id(node) in ctx.relevant
         and runs_backward(ctx, node, None)
-        and (name not in returned or may_step(ctx, node))
+        and may_step(ctx, node)
     ]
 
 
