@@ -17,7 +17,10 @@ class SchedulerBeforeOptimizer(ProtocolRule):
     before the epoch's training (the habit of PyTorch before 1.1). A scheduler told its epoch
     or metric (`scheduler.step(epoch)`) is not shifted by when it is called and is not flagged
     there. A schedule returned together with its optimizer by one call (`optimizer, scheduler
-    = make_optimizer(cfg, model)`) schedules that optimizer.
+    = make_optimizer(cfg, model)`) schedules that optimizer. A scheduler class of the linted
+    files whose `step()` reads its position from the optimizer's own step count
+    (`self.last_epoch = group["step"] + 1`) instead of counting its calls sets the rate of the
+    next step whenever it is called: it is not flagged.
 
     ## Why is this bad?
     Since PyTorch 1.1 a scheduler's `step()` moves to the next learning rate for the *next*

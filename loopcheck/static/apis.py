@@ -10,7 +10,7 @@ import libcst as cst
 
 from loopcheck.protocol import Event, Move
 from loopcheck.static.bodies import function_layout
-from loopcheck.static.classes import ClassInfo
+from loopcheck.static.classes import ClassInfo, schedule_keyed_elsewhere
 from loopcheck.static.dataflow import Origin, origin
 from loopcheck.static.division import divided_where
 from loopcheck.static.index import FileContext
@@ -147,6 +147,10 @@ class ApiReader(OpaqueCalls):
                 return [Mark("opaque_model"), self.backward_of(call, None)]
             return []
         if role is Role.SCHEDULER:
+            if method == "step" and schedule_keyed_elsewhere(owner.cls):
+                # its position is the optimizer's own step count: whenever it is called, it
+                # sets the rate of the next step (NVIDIA BERT's ``PolyWarmUpScheduler``)
+                return []
             if method == "step":
                 targets = tuple(owner.models) or None
                 # told its epoch or metric (``step(epoch)``, ``step(val_loss)``), or of an

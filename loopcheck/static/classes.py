@@ -168,3 +168,40 @@ def is_test_class(name: str) -> bool:
     """A class named as a container of unit tests (``TestTrainer``, ``DistributedTest``,
     ``ModelTests``): a test runner calls its methods, once each, on fresh fixtures."""
     return name.startswith("Test") or name.endswith(("Test", "Tests"))
+
+
+def schedule_keyed_elsewhere(cls: ClassInfo | None) -> bool:
+    """Whether a learning-rate scheduler class of the linted files sets its position in the
+    schedule from something other than the number of its own ``step()`` calls (NVIDIA BERT's
+    ``PolyWarmUpScheduler``: ``self.last_epoch = param_group["step"] + 1``, the optimizer's own
+    count): when it is called against the optimizer's step then shifts nothing. A ``step()``
+    that counts its calls (``self.last_epoch + 1``, ``super().step()``) or is torch's: False."""
+    found = cls.method("step") if cls is not None else None
+    if found is None:
+        return False
+    owner, step = found
+    return owner.ctx.remember("schedule keyed elsewhere", step, lambda: _keyed_elsewhere(step))
+
+
+def _keyed_elsewhere(step: cst.FunctionDef) -> bool:
+    assigned = False
+    for node in walk(step.body):
+        if type(node) is cst.Call and type(node.func) is cst.Attribute:
+            if node.func.attr.value == "step":
+                return False  # ``super().step()``, ``Base.step(self)``: counted there
+        elif type(node) is cst.AugAssign and _last_epoch(node.target):
+            return False
+        elif type(node) is cst.Assign and any(_last_epoch(t.target) for t in node.targets):
+            if any(_last_epoch(n) for n in walk(node.value)):
+                return False  # ``self.last_epoch = self.last_epoch + 1`` (on some branch)
+            assigned = True
+    return assigned
+
+
+def _last_epoch(node: cst.CSTNode) -> bool:
+    return (
+        type(node) is cst.Attribute
+        and node.attr.value == "last_epoch"
+        and type(node.value) is cst.Name
+        and node.value.value == "self"
+    )

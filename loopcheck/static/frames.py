@@ -12,6 +12,7 @@ from loopcheck.static.classes import ClassInfo
 from loopcheck.static.index import FileContext
 from loopcheck.static.ownership import (
     built_by_class_handed_in,
+    class_unpacked,
     configured_models,
     handed_models,
     models_in,
@@ -178,7 +179,7 @@ class Frame:
             return None  # ``opt.src_pad_idx``: an options namespace called ``opt``
         key = (self.kept_as(name) if name in self.params else None) or f"{self.scope}:{name}"
         if role is Role.SCHEDULER:
-            return Obj(role, key, optimizer_beside(self, name))
+            return Obj(role, key, optimizer_beside(self, name), class_unpacked(self, name))
         if role is Role.OPTIMIZER:
             return Obj(role, key, built_by_class_handed_in(self, name))
         return Obj(role, key)

@@ -323,6 +323,43 @@ def optimizer_beside(frame: Frame, name: str) -> frozenset[str]:
     return frozenset(keys) if len(keys) == 1 else frozenset()
 
 
+def class_unpacked(frame: Frame, name: str) -> ClassInfo | None:
+    """The class (of the linted files) of what ``name`` is unpacked from a call of a function
+    of this file: ``model, opt, sched = prepare(args)`` where ``prepare`` builds
+    ``sched = PolyWarmUpScheduler(opt, ...)`` and returns it in that place."""
+    for index, value in frame.tuple_values.get(name, ()):
+        if type(value) is not cst.Call or type(value.func) is not cst.Name:
+            continue
+        func = frame.ctx.functions.get(value.func.value)
+        if func is None:
+            continue
+        info = frame.ctx.function_info(func)
+        for returned in _returned_tuples(func):
+            if index >= len(returned.elements):
+                continue
+            element = returned.elements[index].value
+            if type(element) is not cst.Name:
+                continue
+            for built in info.local_values.get(element.value, ()):
+                if type(built) is cst.Call and type(built.func) in (cst.Name, cst.Attribute):
+                    qual = frame.ctx.imports.qualify(built.func)
+                    found = frame.ctx.resolve_class(qual) if qual is not None else None
+                    if found is not None:
+                        return found
+    return None
+
+
+def _returned_tuples(func: cst.FunctionDef) -> list[cst.Tuple]:
+    """The tuples a function returns (``return model, optimizer, scheduler``), its nested
+    functions' left out."""
+    nested = {id(n) for d in walk(func.body) if type(d) is cst.FunctionDef for n in walk(d)}
+    return [
+        node.value
+        for node in walk(func.body)
+        if type(node) is cst.Return and type(node.value) is cst.Tuple and id(node) not in nested
+    ]
+
+
 def built_by_class_handed_in(frame: Frame, name: str) -> frozenset[str]:
     """The models of an optimizer named ``name`` built by a class handed in as a parameter
     (``optim = optim_cls(model.parameters(), **kwargs)``). Not any call: ``optim_full_sd =
