@@ -26,7 +26,12 @@ from loopcheck.static.moves import (
     Mode,
 )
 from loopcheck.static.opaque import MAY_TRAIN, OpaqueCalls
-from loopcheck.static.ownership import constructor_of, frozen_by_code, module_key
+from loopcheck.static.ownership import (
+    constructor_of,
+    frozen_by_code,
+    module_key,
+    optimized_models,
+)
 from loopcheck.static.roles import Obj, Role, is_model_method
 from loopcheck.static.syntax import body_clears, call_args, called_name, literal, roots_of
 from loopcheck.static.tree import walk
@@ -448,6 +453,12 @@ class ApiReader(OpaqueCalls):
         if it.func.attr.value != "parameters" or it.args:
             return None
         owner = self.frame.resolve(it.func.value)
+        if owner is None:
+            # ``self.model = self.network.build(cfg)``: a module of a type the linter does not
+            # know, whose parameters an optimizer in sight was built from
+            key = module_key(self.frame, it.func.value)
+            if key is not None and key in optimized_models(self.frame):
+                owner = Obj(Role.MODEL, key)
         if owner is None or owner.role not in (Role.MODEL, Role.LIGHTNING):
             return None
         if not body_clears(stmt.body, var):

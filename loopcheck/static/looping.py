@@ -57,6 +57,11 @@ class Loops(FrameStack):
         raise NotImplementedError
 
     def exec_loop(self, stmt: cst.For | cst.While, states: set[PathState]) -> Flow:
+        if type(stmt) is cst.For:
+            clears = self.reader.apis.clears_all_grads(stmt)
+            if clears is not None:
+                self.summary(stmt)
+                return Flow(normal=self.run_actions(clears, states))
         if type(stmt) is cst.For and (
             self.over_optimizers(stmt) or _over_parameters(stmt) or self.runs_once(stmt)
         ):
@@ -66,11 +71,6 @@ class Loops(FrameStack):
             states = self.run_actions(self.reader.of_expr(stmt.iter), states)
             flow = self.exec_stmt(stmt.body, states)
             return Flow(normal=flow.normal | flow.continues | flow.breaks, returns=flow.returns)
-        if type(stmt) is cst.For:
-            clears = self.reader.apis.clears_all_grads(stmt)
-            if clears is not None:
-                self.summary(stmt)
-                return Flow(normal=self.run_actions(clears, states))
         head = stmt.iter if type(stmt) is cst.For else stmt.test
         states = self.run_actions(self.reader.of_expr(head), states)
         assigned = chains_in(stmt.target) if type(stmt) is cst.For else set()

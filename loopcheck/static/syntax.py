@@ -344,11 +344,12 @@ def is_grad_of(expr: cst.BaseExpression, var: str) -> bool:
 
 
 def body_clears(body: cst.CSTNode, var: str) -> bool:
-    """Whether a loop body sets ``var.grad`` to None or zeroes it."""
+    """Whether a loop body sets ``var.grad`` to None or zeroes it (not rewriting it:
+    ``p.grad = accelerator.reduce(p.grad)`` keeps what piled up)."""
     stack = [body]
     while stack:
         node = stack.pop()
-        if type(node) is cst.Assign:
+        if type(node) is cst.Assign and _no_gradient(node.value):
             for t in node.targets:
                 if is_grad_of(t.target, var):
                     return True
@@ -361,6 +362,13 @@ def body_clears(body: cst.CSTNode, var: str) -> bool:
                     return True
         stack.extend(kids(node))
     return False
+
+
+def _no_gradient(value: cst.BaseExpression) -> bool:
+    """``None``, or a tensor of zeros (``torch.zeros_like(p)``)."""
+    if type(value) is cst.Name:
+        return value.value == "None"
+    return type(value) is cst.Call and called_name(value) in ("zeros_like", "zeros")
 
 
 def is_true(test: cst.BaseExpression) -> bool:
