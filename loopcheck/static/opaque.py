@@ -13,7 +13,7 @@ from loopcheck.static.bodies import function_layout
 from loopcheck.static.host import HostView
 from loopcheck.static.moves import Action, Emit, Mark
 from loopcheck.static.roles import Role, builds_engine
-from loopcheck.static.syntax import chains_in, dotted
+from loopcheck.static.syntax import call_args, chains_in, dotted, literal
 
 
 class OpaqueCalls(HostView):
@@ -56,7 +56,8 @@ class OpaqueCalls(HostView):
             # runs the model forward to compute it, not backward
             actions.append(Mark("forward"))
         elif model:
-            trains = MAY_TRAIN.search(called.rsplit(".", 1)[-1])
+            only = _forward_only(call)
+            trains = not only if only is not None else MAY_TRAIN.search(called.rsplit(".", 1)[-1])
             actions.append(Mark("opaque_model" if trains else "opaque_aside"))
         return actions
 
@@ -100,7 +101,7 @@ class OpaqueCalls(HostView):
 # the names of unseen calls handed the model that may run its backward
 MAY_TRAIN = re.compile(
     r"(?i)backward|backprop|step|optimi|(?<!pre)train|fit|update|learn|loss|forward|grad"
-    r"|closure|^run$|^run_"
+    r"|closure|^run$|^run_|1f1b"
 )
 # the names of unseen calls handed an optimizer (or an engine) that set its learning rate,
 # save or load its state, log it, or convert or export the model it holds, and do no more
@@ -111,3 +112,13 @@ _KEEPS_GRADS = re.compile(
 )
 _LOSS_FUNCTION = re.compile(r"(?i)(^|[._])\w*losses?$")
 _RUNS_STEP = re.compile(r"(?i)backward|step|optimi")  # ``forward_backward_loss``
+
+
+def _forward_only(call: cst.Call) -> bool | None:
+    """``schedule(..., model=model, forward_only=False)``: Megatron's pipeline schedules run
+    the backward passes too unless told ``forward_only=True``; None when the call says
+    nothing of it."""
+    value = call_args(call)[1].get("forward_only")
+    if value is None:
+        return None
+    return literal(value) == (True, True)
