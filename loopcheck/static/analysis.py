@@ -16,8 +16,9 @@ from loopcheck.static.index import FileContext
 from loopcheck.static.interpreter import Interpreter
 from loopcheck.static.model import FileModel, RootSummary
 from loopcheck.static.project import Project
+from loopcheck.static.relevance import CLEARING_NAMES
 from loopcheck.static.roles import Role
-from loopcheck.static.syntax import all_params
+from loopcheck.static.syntax import all_params, called_name
 from loopcheck.static.tree import forget, kids
 
 # Parameters a framework passes as the iteration counter of its own loop.
@@ -77,7 +78,7 @@ def _analyze(ctx: FileContext) -> FileModel:
                 root,
                 implicit_loop=callback,
                 counter=_counter(callback),
-                caller_clears=returned,
+                caller_clears=returned and not _clears_every_call(callback),
             )
     return model
 
@@ -129,6 +130,21 @@ def _entry_points(ctx: FileContext) -> Iterator[tuple[cst.FunctionDef, ClassInfo
                 owner = info.method(name)
                 if owner is not None and owner[1] is method:
                     yield method, info, f"{info.name}.{name}"
+
+
+def _clears_every_call(func: cst.FunctionDef) -> bool:
+    """Whether a step closure clears gradients by itself on every call (a ``zero_grad()``
+    among its top-level statements): its caller need not, and no clear of the caller's is
+    assumed. One that clears on some calls only (ignite's ``update``, at the start of each
+    accumulation window) leaves the rest to the caller as before."""
+    return any(
+        type(small) is cst.Expr
+        and type(small.value) is cst.Call
+        and called_name(small.value) in CLEARING_NAMES
+        for stmt in func.body.body
+        if type(stmt) is cst.SimpleStatementLine
+        for small in stmt.body
+    )
 
 
 def _implicit_loop(
