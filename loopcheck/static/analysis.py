@@ -3,6 +3,7 @@ context of each class that inherits it, and methods a framework calls in a loop 
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from functools import partial
@@ -18,7 +19,7 @@ from loopcheck.static.model import FileModel, RootSummary
 from loopcheck.static.project import Project
 from loopcheck.static.relevance import CLEARING_NAMES
 from loopcheck.static.roles import Role
-from loopcheck.static.syntax import all_params, called_name
+from loopcheck.static.syntax import all_params, called_name, dotted
 from loopcheck.static.tree import forget, kids
 
 # Parameters a framework passes as the iteration counter of its own loop.
@@ -160,7 +161,45 @@ def _implicit_loop(
     wrapper = "optim" in cls.name.lower() and func.name.value in ("step", "zero_grad")
     if cls.is_optimizer or wrapper:
         return False  # an optimizer (or its wrapper) of its own: its caller's loop steps it
-    return _steps_owned(ctx, func, cls, scope, depth=0)
+    return _steps_owned(ctx, func, cls, scope, depth=0) or _update_never_stepped(
+        ctx, func, cls, scope
+    )
+
+
+def _update_never_stepped(
+    ctx: FileContext, func: cst.FunctionDef, cls: ClassInfo, scope: str
+) -> bool:
+    """Whether a method clears an optimizer its instance holds and runs a backward, outside
+    any loop of its own, while nothing in the file ever steps that optimizer (tianshou's
+    ``AutoAlpha.update`` with its ``self._optim.step()`` lost): it owns the update, and its
+    framework's loop runs it, so the missing step is its own."""
+    frame = Frame(ctx, func, cls, {}, module_frame(ctx), scope)
+    cleared: set[str] = set()
+    backward = False
+    for node in _outside_loops(func.body):
+        if not (type(node) is cst.Call and type(node.func) is cst.Attribute):
+            continue
+        method = node.func.attr.value
+        if method == "backward":
+            backward = True
+        elif method == "zero_grad":
+            receiver = node.func.value
+            chain = dotted(receiver) or ""
+            obj = frame.resolve(receiver)
+            held = obj is not None and obj.role is Role.OPTIMIZER
+            if held and obj.key.startswith(f"{cls.name}.") and ":" not in obj.key:
+                cleared.add(chain)
+    if not backward or not cleared or "" in cleared:
+        return False
+    text = ctx.source if ctx.source is not None else ctx.module.code
+    # its name stepped anywhere (``self._optim.step()``, a trainer's ``alpha._optim.step()``)
+    # or handed to a call (``scaler.step(self._optim)``, a helper): someone may step it
+    return not any(_stepped_or_handed(chain.rsplit(".", 1)[-1]).search(text) for chain in cleared)
+
+
+def _stepped_or_handed(name: str) -> re.Pattern[str]:
+    word = re.escape(name)
+    return re.compile(rf"\b{word}\.step\(|[(,]\s*[\w.]*\b{word}\s*[,)]")
 
 
 def _steps_owned(

@@ -271,8 +271,9 @@ def role_from_name(name: str, annotation: str | None = None) -> Role | None:
             return Role.MODEL
     if _NOT_A_ROLE.search(name):
         return None
+    bare = name.lstrip("_")  # ``self._optim``: a private attribute says the same
     for pattern, role in _NAME_ROLES:
-        if pattern.match(name):
+        if pattern.match(bare):
             return role
     return None
 
