@@ -10,7 +10,10 @@ class ClipWithoutUnscale(ProtocolRule):
     Flags gradient clipping between `scaler.scale(loss).backward()` and `scaler.step(optimizer)`
     with no `scaler.unscale_(optimizer)` before it. Clipping through a framework that unscales
     first (`accelerator.clip_grad_norm_`, `fabric.clip_gradients`, Lightning's
-    `self.clip_gradients`) and scalers built with `enabled=False` are not flagged.
+    `self.clip_gradients`) and scalers built with `enabled=False` are not flagged. In an AMP
+    optimizer wrapper class (a GradScaler held by the instance, the loss scaled in one method,
+    the clip in another, each called by a framework in turn), a clip with no unscale anywhere
+    in the class is flagged.
 
     ## Why is this bad?
     A GradScaler multiplies the loss, hence every gradient, by a large scale factor (2**16 at

@@ -8,7 +8,9 @@ from loopcheck.rules._base import ProtocolRule
 class MissingScalerUpdate(ProtocolRule):
     """## What it does
     Flags a `scaler.step(optimizer)` after which the next iteration begins, on some path, with
-    no `scaler.update()`.
+    no `scaler.update()`. In an AMP optimizer wrapper class (a GradScaler held by the
+    instance, its `step()` called by a framework once per iteration), a scaler step with no
+    update of that scaler anywhere in the file is flagged.
 
     ## Why is this bad?
     `scaler.update()` is what lowers the loss scale after an overflow and raises it again after

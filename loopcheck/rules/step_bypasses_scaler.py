@@ -10,7 +10,9 @@ class StepBypassesScaler(ProtocolRule):
     Flags `optimizer.step()` called directly on gradients of a loss scaled by a GradScaler
     (`scaler.scale(loss).backward()`), instead of `scaler.step(optimizer)`. A scaler that is a
     real GradScaler on one branch and a do-nothing stand-in on the other (AMP optional) counts
-    as a GradScaler: on the AMP path the bypass is wrong.
+    as a GradScaler: on the AMP path the bypass is wrong. In an AMP optimizer wrapper class
+    whose methods scale the loss, a `self.optimizer.step()` with no scaler step anywhere in
+    the class is flagged.
 
     ## Why is this bad?
     The gradients are still multiplied by the scale factor (2**16 at the start): the update is

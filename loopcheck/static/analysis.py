@@ -21,6 +21,7 @@ from loopcheck.static.relevance import CLEARING_NAMES
 from loopcheck.static.roles import Role
 from loopcheck.static.syntax import all_params, called_name, dotted
 from loopcheck.static.tree import forget, kids
+from loopcheck.static.wrappers import check_wrappers
 
 # Parameters a framework passes as the iteration counter of its own loop.
 _FRAMEWORK_COUNTERS = ("batch_idx", "batch_nb", "batch_index")
@@ -81,6 +82,7 @@ def _analyze(ctx: FileContext) -> FileModel:
                 counter=_counter(callback),
                 caller_clears=returned and not _clears_every_call(callback),
             )
+    check_wrappers(ctx, model)
     return model
 
 

@@ -1,0 +1,124 @@
+"""AMP optimizer wrappers of the linted files, read as a whole: a class holding a GradScaler
+whose methods split one step between them (``backward(loss)`` scales and backpropagates,
+``clip_grad_norm(max_norm)`` clips, ``step()`` steps), each called by a framework in turn and
+never in a loop of the class's own. What the methods lack together is reported where it
+shows: a clip with no unscale anywhere in the class (LC301), an optimizer stepped with no
+scaler step in the class (LC302), a scaler step with no update in the file (LC303)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from loopcheck.static.classes import ClassInfo, self_attribute
+from loopcheck.static.index import FileContext
+from loopcheck.static.model import FileModel, Record
+from loopcheck.static.roles import Role, constructed_role, role_from_name
+from loopcheck.static.syntax import called_name
+from loopcheck.static.tree import kids, walk
+
+_SCALER_METHODS = {"scale", "step", "unscale_", "update"}
+_SCALER_NAME = re.compile(r"(?i)(^|_)scaler$")  # ``scaler``, ``loss_scaler``, ``_grad_scaler``
+_CLIP = re.compile(r"^clip_grad|^clip_gradients$")  # ``clip_grad_norm_fp32`` too
+
+
+@dataclass
+class _Moves:
+    """The calls of one class's methods, outside loops: on its scaler and its optimizer."""
+
+    scaled_backward: bool = False  # a loss scaled by the class's scaler
+    scaler_steps: list[cst.Call] = field(default_factory=list)
+    unscales: bool = False
+    clips: list[cst.Call] = field(default_factory=list)
+    optimizer_steps: list[cst.Call] = field(default_factory=list)
+    in_loop: bool = False  # a move inside a loop of its own: the protocol reads that class
+
+
+def check_wrappers(ctx: FileContext, model: FileModel) -> None:
+    """Record LC301, LC302 and LC303 for the AMP wrapper classes of the file."""
+    text = ctx.source if ctx.source is not None else ctx.module.code
+    for cls in ctx.classes.values():
+        scalers = _scaler_attributes(cls)
+        if not scalers:
+            continue
+        moves = _moves(cls, scalers)
+        if not moves.scaled_backward or moves.in_loop:
+            continue
+        key = f"{cls.name}.{sorted(scalers)[0]}"
+        if not moves.unscales:
+            for clip in moves.clips:
+                model.add_record(Record("LC301", ctx.site(clip), key, None))
+        if not moves.scaler_steps:
+            for step in moves.optimizer_steps:
+                model.add_record(Record("LC302", ctx.site(step), key, None))
+        if not any(re.search(rf"\b{re.escape(s)}\.update\(", text) for s in scalers):
+            for step in moves.scaler_steps:
+                model.add_record(Record("LC303", ctx.site(step), key, None))
+
+
+def _scaler_attributes(cls: ClassInfo) -> set[str]:
+    """The ``self`` attributes of a class (and its bases in this file) that hold a GradScaler:
+    built from one, or named as one (``self.loss_scaler``, a ``self.scaler`` property)."""
+    found = set()
+    for info in _own_mro(cls):
+        for attr, values in info.attr_values.items():
+            built = any(
+                type(v) is cst.Call
+                and constructed_role(info.ctx.imports.qualify(v.func) or "") is Role.SCALER
+                for v, _ in values
+            )
+            if built or _SCALER_NAME.search(attr):
+                found.add(attr)
+        for method in info.methods.values():
+            for node in walk(method.body):
+                if type(node) is cst.Attribute and node.attr.value in _SCALER_METHODS:
+                    attr = self_attribute(node.value)
+                    if attr is not None and _SCALER_NAME.search(attr):
+                        found.add(attr)
+    return found
+
+
+def _own_mro(cls: ClassInfo) -> list[ClassInfo]:
+    """The class and those of its bases defined in the same file."""
+    return [info for info in cls.mro() if info.ctx is cls.ctx]
+
+
+def _moves(cls: ClassInfo, scalers: set[str]) -> _Moves:
+    moves = _Moves()
+    for info in _own_mro(cls):
+        for method in info.methods.values():
+            _read(method.body, scalers, moves, in_loop=False)
+    return moves
+
+
+def _read(node: cst.CSTNode, scalers: set[str], moves: _Moves, in_loop: bool) -> None:
+    if type(node) in (cst.FunctionDef, cst.ClassDef, cst.Lambda):
+        return
+    looping = in_loop or type(node) in (cst.For, cst.While)
+    if type(node) is cst.Call:
+        _call(node, scalers, moves, looping)
+    for kid in kids(node):
+        _read(kid, scalers, moves, looping)
+
+
+def _call(call: cst.Call, scalers: set[str], moves: _Moves, in_loop: bool) -> None:
+    name = called_name(call)
+    func = call.func
+    receiver = func.value if type(func) is cst.Attribute else None
+    on_scaler = receiver is not None and self_attribute(receiver) in scalers
+    if on_scaler and name == "scale":
+        # the loss scaled here, backpropagated here or by the caller it is returned to
+        moves.scaled_backward = True
+        moves.in_loop = moves.in_loop or in_loop
+    elif on_scaler and name == "step":
+        moves.scaler_steps.append(call)
+    elif on_scaler and name == "unscale_":
+        moves.unscales = True
+    elif _CLIP.search(name):
+        moves.clips.append(call)
+    elif name == "step" and receiver is not None:
+        attr = self_attribute(receiver)
+        if attr is not None and role_from_name(attr) is Role.OPTIMIZER:
+            moves.optimizer_steps.append(call)
