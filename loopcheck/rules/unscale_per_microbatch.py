@@ -9,7 +9,8 @@ class UnscalePerMicrobatch(ProtocolRule):
     """## What it does
     Flags a `scaler.unscale_(optimizer)` that can run a second time before `scaler.update()`:
     typically once per micro-batch of a gradient-accumulation step, or inside a loss-scaler
-    helper called on every micro-batch.
+    helper called on every micro-batch. A loss-scaler class whose call unscales outside the
+    test that decides whether it updates (`if update_grad:`) is flagged even linted alone.
 
     ## Why is this bad?
     `unscale_` divides the optimizer's gradients by the scale and records that it did. A second

@@ -20,6 +20,8 @@ from loopcheck.static.syntax import called_name
 from loopcheck.static.tree import kids, walk
 
 _SCALER_METHODS = {"scale", "step", "unscale_", "update"}
+# a test that decides whether this call ends an accumulation window (``if update_grad:``)
+_UPDATE_TEST = re.compile(r"(?i)update|accum|sync|boundary|step")
 _SCALER_NAME = re.compile(r"(?i)(^|_)scaler$")  # ``scaler``, ``loss_scaler``, ``_grad_scaler``
 _CLIP = re.compile(r"^clip_grad|^clip_gradients$")  # ``clip_grad_norm_fp32`` too
 
@@ -33,6 +35,9 @@ class _Moves:
     unscales: bool = False
     clips: list[cst.Call] = field(default_factory=list)
     optimizer_steps: list[cst.Call] = field(default_factory=list)
+    # each unscale and update of the scaler, with its method and the ``if`` tests around it
+    unscale_calls: list[tuple[cst.Call, int, tuple[cst.If, ...]]] = field(default_factory=list)
+    update_calls: list[tuple[int, tuple[cst.If, ...]]] = field(default_factory=list)
     in_loop: bool = False  # a move inside a loop of its own: the protocol reads that class
 
 
@@ -56,6 +61,24 @@ def check_wrappers(ctx: FileContext, model: FileModel) -> None:
         if not any(re.search(rf"\b{re.escape(s)}\.update\(", text) for s in scalers):
             for step in moves.scaler_steps:
                 model.add_record(Record("LC303", ctx.site(step), key, None))
+        for unscale in _unscaled_every_call(ctx, moves):
+            model.add_record(Record("LC304", ctx.site(unscale), key, None))
+
+
+def _unscaled_every_call(ctx: FileContext, moves: _Moves) -> list[cst.Call]:
+    """Unscales outside the test that decides whether this call updates the scaler (a MAE or
+    timm ``NativeScaler.__call__`` with ``if update_grad:``): on the micro-batches that do not
+    update, they unscale again before the update (LC304)."""
+    found = []
+    for call, method, ifs in moves.unscale_calls:
+        for other, guards in moves.update_calls:
+            if other != method or not guards or guards[-1] in ifs:
+                continue
+            test = ctx.module.code_for_node(guards[-1].test)
+            if _UPDATE_TEST.search(test):
+                found.append(call)
+                break
+    return found
 
 
 def _scaler_attributes(cls: ClassInfo) -> set[str]:
@@ -89,21 +112,35 @@ def _moves(cls: ClassInfo, scalers: set[str]) -> _Moves:
     moves = _Moves()
     for info in _own_mro(cls):
         for method in info.methods.values():
-            _read(method.body, scalers, moves, in_loop=False)
+            _read(method.body, _Place(scalers, moves, id(method)), False, ())
     return moves
 
 
-def _read(node: cst.CSTNode, scalers: set[str], moves: _Moves, in_loop: bool) -> None:
+@dataclass(frozen=True)
+class _Place:
+    scalers: set[str]
+    moves: _Moves
+    method: int
+
+
+def _read(node: cst.CSTNode, at: _Place, in_loop: bool, ifs: tuple[cst.If, ...]) -> None:
     if type(node) in (cst.FunctionDef, cst.ClassDef, cst.Lambda):
         return
     looping = in_loop or type(node) in (cst.For, cst.While)
     if type(node) is cst.Call:
-        _call(node, scalers, moves, looping)
+        _call(node, at, looping, ifs)
+    if type(node) is cst.If:
+        _read(node.test, at, looping, ifs)
+        _read(node.body, at, looping, (*ifs, node))
+        if node.orelse is not None:
+            _read(node.orelse, at, looping, (*ifs, node))
+        return
     for kid in kids(node):
-        _read(kid, scalers, moves, looping)
+        _read(kid, at, looping, ifs)
 
 
-def _call(call: cst.Call, scalers: set[str], moves: _Moves, in_loop: bool) -> None:
+def _call(call: cst.Call, at: _Place, in_loop: bool, ifs: tuple[cst.If, ...]) -> None:
+    scalers, moves = at.scalers, at.moves
     name = called_name(call)
     func = call.func
     receiver = func.value if type(func) is cst.Attribute else None
@@ -116,6 +153,9 @@ def _call(call: cst.Call, scalers: set[str], moves: _Moves, in_loop: bool) -> No
         moves.scaler_steps.append(call)
     elif on_scaler and name == "unscale_":
         moves.unscales = True
+        moves.unscale_calls.append((call, at.method, ifs))
+    elif on_scaler and name == "update":
+        moves.update_calls.append((at.method, ifs))
     elif _CLIP.search(name):
         moves.clips.append(call)
     elif name == "step" and receiver is not None:
