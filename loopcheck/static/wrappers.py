@@ -19,6 +19,7 @@ from loopcheck.static.roles import Role, constructed_role, role_from_name
 from loopcheck.static.syntax import called_name
 from loopcheck.static.tree import kids, walk
 
+_GRAD_SCALERS = {"GradScaler", "ShardedGradScaler"}
 _SCALER_METHODS = {"scale", "step", "unscale_", "update"}
 # a test that decides whether this call ends an accumulation window (``if update_grad:``)
 _UPDATE_TEST = re.compile(r"(?i)update|accum|sync|boundary|step")
@@ -43,13 +44,15 @@ class _Moves:
 
 def check_wrappers(ctx: FileContext, model: FileModel) -> None:
     """Record LC301, LC302 and LC303 for the AMP wrapper classes of the file."""
+    if not ctx.classes or not _names_grad_scaler(ctx):
+        return  # a scaler of its own kind (fairseq's DynamicLossScaler): its own API
     text = ctx.source if ctx.source is not None else ctx.module.code
     for cls in ctx.classes.values():
         scalers = _scaler_attributes(cls)
         if not scalers:
             continue
         moves = _moves(cls, scalers)
-        if not moves.scaled_backward or moves.in_loop:
+        if not moves.scaled_backward or moves.in_loop or _runs_own_loop(cls):
             continue
         key = f"{cls.name}.{sorted(scalers)[0]}"
         if not moves.unscales:
@@ -79,6 +82,42 @@ def _unscaled_every_call(ctx: FileContext, moves: _Moves) -> list[cst.Call]:
                 found.append(call)
                 break
     return found
+
+
+def _names_grad_scaler(ctx: FileContext) -> bool:
+    """Whether the file's code (not its comments) names torch's GradScaler."""
+
+    def names() -> bool:
+        for node in walk(ctx.module):
+            if type(node) is cst.Name and node.value in _GRAD_SCALERS:
+                return True
+            if type(node) is cst.Attribute and node.attr.value in _GRAD_SCALERS:
+                return True
+        return False
+
+    return ctx.remember("names GradScaler", None, names)
+
+
+def _runs_own_loop(cls: ClassInfo) -> bool:
+    """Whether a method of the class runs a loop that calls another of its methods (a
+    trainer's epoch loop calling ``self._run_batch``): the path interpreter reads that class,
+    branch by branch, as the loop it is."""
+    own = _own_mro(cls)
+    names = {name for info in own for name in info.methods}
+    for info in own:
+        for method in info.methods.values():
+            for loop in walk(method.body):
+                if type(loop) not in (cst.For, cst.While):
+                    continue
+                for node in walk(loop.body):
+                    if (
+                        type(node) is cst.Call
+                        and type(node.func) is cst.Attribute
+                        and node.func.attr.value in names
+                        and self_attribute(node.func) is not None
+                    ):
+                        return True
+    return False
 
 
 def _scaler_attributes(cls: ClassInfo) -> set[str]:
