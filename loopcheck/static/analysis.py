@@ -18,7 +18,7 @@ from loopcheck.static.interpreter import Interpreter
 from loopcheck.static.model import FileModel, RootSummary
 from loopcheck.static.project import Project
 from loopcheck.static.relevance import CLEARING_NAMES
-from loopcheck.static.roles import Role
+from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import all_params, called_name, dotted
 from loopcheck.static.tree import forget, kids
 from loopcheck.static.wrappers import check_wrappers
@@ -185,12 +185,9 @@ def _update_never_stepped(
         if method == "backward":
             backward = True
         elif method == "zero_grad":
-            receiver = node.func.value
-            chain = dotted(receiver) or ""
-            obj = frame.resolve(receiver)
-            held = obj is not None and obj.role is Role.OPTIMIZER
-            if held and obj.key.startswith(f"{cls.name}.") and ":" not in obj.key:
-                cleared.add(chain)
+            obj = frame.resolve(node.func.value)
+            if obj is not None and obj.role is Role.OPTIMIZER and _held_by(obj, cls):
+                cleared.add(dotted(node.func.value) or "")
     if not backward or not cleared or "" in cleared:
         return False
     text = ctx.source if ctx.source is not None else ctx.module.code
@@ -231,10 +228,15 @@ def _steps_owned(
                 obj = frame.resolve(node.args[0].value)  # ``scaler.step(self.optimizer)``
             if obj is None or obj.role not in (Role.OPTIMIZER, Role.ENGINE):
                 continue
-            # attribute keys are ``Class.attr``; locals and parameters are ``scope:name``
-            if obj.key.startswith(f"{cls.name}.") and ":" not in obj.key:
+            if _held_by(obj, cls):
                 return True
     return False
+
+
+def _held_by(obj: Obj, cls: ClassInfo) -> bool:
+    """Whether an object is an attribute of the class's instance: attribute keys are
+    ``Class.attr``; locals and parameters are ``scope:name``."""
+    return obj.key.startswith(f"{cls.name}.") and ":" not in obj.key
 
 
 def _outside_loops(body: cst.CSTNode) -> list[cst.CSTNode]:

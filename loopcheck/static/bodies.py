@@ -1,6 +1,7 @@
-"""What a function's own text says about its values, read once per function: what it returns,
-the values added or put into a name (``x += v``, ``parts.append(v)``), the values assigned
-under ``no_grad``, its block layout, and whether a module's ``forward`` runs without grad."""
+"""What a function's own text says about its values, read once per function (what it returns
+is :func:`syntax.returns_of`): the values added or put into a name (``x += v``,
+``parts.append(v)``), the values assigned under ``no_grad``, its block layout, and whether a
+module's ``forward`` runs without grad."""
 
 from __future__ import annotations
 
@@ -12,24 +13,6 @@ from loopcheck.static.index import FileContext
 from loopcheck.static.reaching import Layout
 from loopcheck.static.syntax import decorators, dotted, turns_grad_off
 from loopcheck.static.tree import is_expression, kids
-
-
-def returns_of(func: cst.FunctionDef) -> list[tuple[cst.CSTNode, cst.BaseExpression]]:
-    """The values a function returns, each with the statement line that returns it."""
-    out: list[tuple[cst.CSTNode, cst.BaseExpression]] = []
-    stack: list[cst.CSTNode] = [func.body]
-    while stack:
-        node = stack.pop()
-        if type(node) in (cst.FunctionDef, cst.ClassDef, cst.Lambda):
-            continue
-        if type(node) in (cst.SimpleStatementLine, cst.SimpleStatementSuite):
-            for small in node.body:
-                if type(small) is cst.Return and small.value is not None:
-                    out.append((node, small.value))
-            continue
-        if not is_expression(node):
-            stack.extend(kids(node))
-    return out
 
 
 def named_function(frame: Frame, name: str) -> cst.FunctionDef | None:

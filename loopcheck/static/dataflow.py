@@ -16,7 +16,6 @@ from loopcheck.static.bodies import (
     function_layout,
     named_function,
     no_grad_values,
-    returns_of,
 )
 from loopcheck.static.classes import ClassInfo
 from loopcheck.static.frames import Frame, module_frame
@@ -28,6 +27,7 @@ from loopcheck.static.syntax import (
     all_params,
     literal,
     params_of,
+    returns_of,
 )
 from loopcheck.static.tree import is_expression, kids
 from loopcheck.static.usage import read_as_settings

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import libcst as cst
 
-from loopcheck.static.bodies import returns_of
 from loopcheck.static.index import FileContext
-from loopcheck.static.syntax import dotted, is_loss_name, params_of, without_not
+from loopcheck.static.syntax import dotted, is_loss_name, params_of, returns_of, without_not
 from loopcheck.static.tree import walk
 
 

@@ -8,7 +8,7 @@ import re
 
 import libcst as cst
 
-from loopcheck.static.bodies import function_layout, returns_of
+from loopcheck.static.bodies import function_layout
 from loopcheck.static.callees import BACKWARD_CALLS, given_arguments
 from loopcheck.static.classes import ClassInfo, self_attribute
 from loopcheck.static.dataflow import origin, tuple_element, tuple_place
@@ -17,7 +17,7 @@ from loopcheck.static.index import FileContext
 from loopcheck.static.ownership import constructor_of
 from loopcheck.static.reaching import Statement
 from loopcheck.static.roles import Role
-from loopcheck.static.syntax import dotted, loop_assigned, names_in
+from loopcheck.static.syntax import dotted, loop_assigned, names_in, returns_of
 from loopcheck.static.tree import is_expression, walk
 
 

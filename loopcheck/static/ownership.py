@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from loopcheck.static.roles import Obj, Role, role_from_name
-from loopcheck.static.syntax import all_params, dotted, is_data, literal, roots_of
+from loopcheck.static.syntax import all_params, dotted, is_data, literal, returns_of, roots_of
 from loopcheck.static.tree import walk
 
 if TYPE_CHECKING:
@@ -334,7 +334,9 @@ def class_unpacked(frame: Frame, name: str) -> ClassInfo | None:
         if func is None:
             continue
         info = frame.ctx.function_info(func)
-        for returned in _returned_tuples(func):
+        for _, returned in returns_of(func):
+            if type(returned) is not cst.Tuple:
+                continue
             if index >= len(returned.elements):
                 continue
             element = returned.elements[index].value
@@ -347,17 +349,6 @@ def class_unpacked(frame: Frame, name: str) -> ClassInfo | None:
                     if found is not None:
                         return found
     return None
-
-
-def _returned_tuples(func: cst.FunctionDef) -> list[cst.Tuple]:
-    """The tuples a function returns (``return model, optimizer, scheduler``), its nested
-    functions' left out."""
-    nested = {id(n) for d in walk(func.body) if type(d) is cst.FunctionDef for n in walk(d)}
-    return [
-        node.value
-        for node in walk(func.body)
-        if type(node) is cst.Return and type(node.value) is cst.Tuple and id(node) not in nested
-    ]
 
 
 def built_by_class_handed_in(frame: Frame, name: str) -> frozenset[str]:

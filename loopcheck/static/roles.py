@@ -120,7 +120,7 @@ _OPTIMIZER_MODULES = (
     "transformers.optimization.",
 )
 _NOT_OPTIMIZER = ("lr_scheduler", "swa_utils", "Optimizer")
-_SCALERS = {"GradScaler", "ShardedGradScaler"}
+SCALER_CLASSES = {"GradScaler", "ShardedGradScaler"}  # torch's loss scalers
 _ACCELERATORS = {
     "accelerate.Accelerator",
     "accelerate.accelerator.Accelerator",
@@ -162,7 +162,7 @@ def constructed_role(qualname: str) -> Role | None:
     """The role of what calling ``qualname`` returns, judged from the callee's name."""
     last = qualname.rsplit(".", 1)[-1]
     low = last.lower()
-    if last in _SCALERS:
+    if last in SCALER_CLASSES:
         return Role.SCALER
     if qualname in _ACCELERATORS or last in {"Accelerator", "Fabric"}:
         return Role.ACCELERATOR
@@ -261,7 +261,7 @@ def role_from_name(name: str, annotation: str | None = None) -> Role | None:
         last = annotation.rsplit(".", 1)[-1]
         if "Optimizer" in last:
             return Role.OPTIMIZER
-        if last in _SCALERS:
+        if last in SCALER_CLASSES:
             return Role.SCALER
         if last in {"Accelerator", "Fabric"}:
             return Role.ACCELERATOR

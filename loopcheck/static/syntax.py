@@ -51,6 +51,24 @@ def dotted(expr: cst.CSTNode | None) -> str | None:
     return ".".join(reversed(parts))
 
 
+def returns_of(func: cst.FunctionDef) -> list[tuple[cst.CSTNode, cst.BaseExpression]]:
+    """The values a function returns, each with the statement line that returns it."""
+    out: list[tuple[cst.CSTNode, cst.BaseExpression]] = []
+    stack: list[cst.CSTNode] = [func.body]
+    while stack:
+        node = stack.pop()
+        if type(node) in (cst.FunctionDef, cst.ClassDef, cst.Lambda):
+            continue
+        if type(node) in (cst.SimpleStatementLine, cst.SimpleStatementSuite):
+            for small in node.body:
+                if type(small) is cst.Return and small.value is not None:
+                    out.append((node, small.value))
+            continue
+        if not is_expression(node):
+            stack.extend(kids(node))
+    return out
+
+
 def contains(node: cst.CSTNode, kind: type) -> bool:
     stack = [node]
     while stack:

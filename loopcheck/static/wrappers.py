@@ -3,7 +3,8 @@ whose methods split one step between them (``backward(loss)`` scales and backpro
 ``clip_grad_norm(max_norm)`` clips, ``step()`` steps), each called by a framework in turn and
 never in a loop of the class's own. What the methods lack together is reported where it
 shows: a clip with no unscale anywhere in the class (LC301), an optimizer stepped with no
-scaler step in the class (LC302), a scaler step with no update in the file (LC303)."""
+scaler step in the class (LC302), a scaler step with no update in the file (LC303), an unscale
+outside the test that guards the update (LC304)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,10 @@ import libcst as cst
 from loopcheck.static.classes import ClassInfo, self_attribute
 from loopcheck.static.index import FileContext
 from loopcheck.static.model import FileModel, Record
-from loopcheck.static.roles import Role, constructed_role, role_from_name
+from loopcheck.static.roles import SCALER_CLASSES, Role, constructed_role, role_from_name
 from loopcheck.static.syntax import called_name
 from loopcheck.static.tree import kids, walk
 
-_GRAD_SCALERS = {"GradScaler", "ShardedGradScaler"}
 _SCALER_METHODS = {"scale", "step", "unscale_", "update"}
 # a test that decides whether this call ends an accumulation window (``if update_grad:``)
 _UPDATE_TEST = re.compile(r"(?i)update|accum|sync|boundary|step")
@@ -33,7 +33,6 @@ class _Moves:
 
     scaled_backward: bool = False  # a loss scaled by the class's scaler
     scaler_steps: list[cst.Call] = field(default_factory=list)
-    unscales: bool = False
     clips: list[cst.Call] = field(default_factory=list)
     optimizer_steps: list[cst.Call] = field(default_factory=list)
     # each unscale and update of the scaler, with its method and the ``if`` tests around it
@@ -43,7 +42,7 @@ class _Moves:
 
 
 def check_wrappers(ctx: FileContext, model: FileModel) -> None:
-    """Record LC301, LC302 and LC303 for the AMP wrapper classes of the file."""
+    """Record LC301, LC302, LC303 and LC304 for the AMP wrapper classes of the file."""
     if not ctx.classes or not _names_grad_scaler(ctx):
         return  # a scaler of its own kind (fairseq's DynamicLossScaler): its own API
     text = ctx.source if ctx.source is not None else ctx.module.code
@@ -55,7 +54,7 @@ def check_wrappers(ctx: FileContext, model: FileModel) -> None:
         if not moves.scaled_backward or moves.in_loop or _runs_own_loop(cls):
             continue
         key = f"{cls.name}.{sorted(scalers)[0]}"
-        if not moves.unscales:
+        if not moves.unscale_calls:
             for clip in moves.clips:
                 model.add_record(Record("LC301", ctx.site(clip), key, None))
         if not moves.scaler_steps:
@@ -89,9 +88,9 @@ def _names_grad_scaler(ctx: FileContext) -> bool:
 
     def names() -> bool:
         for node in walk(ctx.module):
-            if type(node) is cst.Name and node.value in _GRAD_SCALERS:
+            if type(node) is cst.Name and node.value in SCALER_CLASSES:
                 return True
-            if type(node) is cst.Attribute and node.attr.value in _GRAD_SCALERS:
+            if type(node) is cst.Attribute and node.attr.value in SCALER_CLASSES:
                 return True
         return False
 
@@ -191,7 +190,6 @@ def _call(call: cst.Call, at: _Place, in_loop: bool, ifs: tuple[cst.If, ...]) ->
     elif on_scaler and name == "step":
         moves.scaler_steps.append(call)
     elif on_scaler and name == "unscale_":
-        moves.unscales = True
         moves.unscale_calls.append((call, at.method, ifs))
     elif on_scaler and name == "update":
         moves.update_calls.append((at.method, ifs))
