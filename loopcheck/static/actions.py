@@ -12,6 +12,7 @@ import libcst as cst
 
 from loopcheck.protocol import Event, Move
 from loopcheck.static.apis import CLIP_FUNCTIONS, ApiReader
+from loopcheck.static.bodies import appended_values
 from loopcheck.static.callees import (
     averages_gradients,
     clears_by_hand,
@@ -31,6 +32,7 @@ from loopcheck.static.gradients import (
     asserts_no_grad,
     changes_grad,
     hands_grad,
+    holds_grad,
     inspected_grads,
     keeps_grad,
     manual_update,
@@ -233,7 +235,12 @@ class Reader(CallFollower):
             return True
         if depth > 1:
             return False
+        puts = appended_values(self.frame)
         for name in names:
+            # ``grads.append(p.grad.view(-1))`` then ``if not grads:``: a test of what the
+            # gradients hold
+            if any(holds_grad(value) for value in puts.get(name, ())):
+                return True
             for value in self.frame.local_values.get(name, ()):
                 if type(value) is not cst.Call:
                     continue

@@ -191,6 +191,28 @@ def _sanitized(ctx: FileContext, expr: cst.BaseExpression) -> frozenset[int]:
     return frozenset(found)
 
 
+def holds_grad(expr: cst.BaseExpression) -> bool:
+    """``p.grad.view(-1)``, ``p.grad.data.clone()``: an expression whose value is (a view or a
+    copy of) a gradient, not a number read from it."""
+    while True:
+        if _is_grad(expr):
+            return True
+        if type(expr) is cst.Attribute and expr.attr.value == "data":
+            expr = expr.value
+        elif (
+            type(expr) is cst.Call
+            and type(expr.func) is cst.Attribute
+            and (expr.func.attr.value in _VIEWS)
+        ):
+            expr = expr.func.value
+        else:
+            return False
+
+
+# methods returning a view or a copy of the tensor they are called on
+_VIEWS = {"view", "reshape", "flatten", "clone", "detach", "contiguous", "float", "to"}
+
+
 def _is_grad(node: cst.CSTNode) -> bool:
     return type(node) is cst.Attribute and node.attr.value == "grad"
 
