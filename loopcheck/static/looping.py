@@ -198,7 +198,12 @@ class Loops(FrameStack):
         assigned = frozenset(assigned)
         self.loop_stack.append(summary)
         try:
-            entry = {self.forget(self.enter(s, node), assigned) for s in states}
+            # the optimizers cleared last before the loop (a setup helper's clear) say
+            # nothing of the loop's backward, as at the back edge
+            entry = {
+                self.forget(self.enter(s, node), assigned).with_zeroed(frozenset())
+                for s in states
+            }
             # framework gates decided before the loop (a helper loop inside an
             # ``if accelerator.sync_gradients:`` block) hold for all its iterations
             outer_gates = frozenset(
