@@ -78,14 +78,42 @@ def handed_callbacks(ctx: FileContext, func: cst.FunctionDef) -> list[tuple[cst.
             if type(value) is cst.Name and value.value in defs:
                 handed[value.value] = defs[value.value]
     called = called_names(func)
-    return [
-        (node, name in returned)
-        for name, node in handed.items()
-        if name not in called
-        and id(node) in ctx.relevant
-        and runs_backward(ctx, node, None)
-        and may_step(ctx, node)
-    ]
+    info = ctx.function_info(func)
+    out = []
+    for name, node in handed.items():
+        if name in called:
+            continue
+        # ignite's ``training_step`` calling its siblings ``forward_pass`` and
+        # ``backward_pass = amp_backward_pass``: their moves are the callback's
+        reached = _sibling_defs(node, defs, info.local_values)
+        if (
+            any(id(n) in ctx.relevant for n in reached)
+            and any(runs_backward(ctx, n, None) for n in reached)
+            and any(may_step(ctx, n) for n in reached)
+        ):
+            out.append((node, name in returned))
+    return out
+
+
+def _sibling_defs(
+    node: cst.FunctionDef,
+    defs: dict[str, cst.FunctionDef],
+    values: dict[str, list[cst.BaseExpression]],
+) -> list[cst.FunctionDef]:
+    """A local function and the functions defined beside it that it calls, directly or
+    through a name bound to one of them (``backward_pass = amp_backward_pass``)."""
+    reached = [node]
+    seen = {id(node)}
+    for current in reached:
+        for name in called_names(current):
+            targets = [defs[name]] if name in defs else []
+            aliased = values.get(name, ())
+            targets += [defs[v.value] for v in aliased if type(v) is cst.Name and v.value in defs]
+            for target in targets:
+                if id(target) not in seen:
+                    seen.add(id(target))
+                    reached.append(target)
+    return reached
 
 
 def passes_parameters_on(ctx: FileContext, func: cst.FunctionDef) -> bool:

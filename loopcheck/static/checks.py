@@ -80,7 +80,9 @@ class Checks(FrameStack):
             return
         if _follows_counter(guard.modulus, guard.counter, frame, at):
             return
-        base = self.counter_base(guard.counter, frame, at)
+        # an inverted guard steps on N-1 of N micro-batches whatever the counter's base
+        # (ignite's 1-based ``engine.state.iteration`` included)
+        base = 0 if otherwise else self.counter_base(guard.counter, frame, at)
         if base is not None and guards.off_by_one(guard, base, when_zero, otherwise):
             site = ctx.site(expr)
             loop = self.loop_stack[-1]

@@ -18,7 +18,7 @@ from loopcheck.static.model import FileModel, LoopSummary, RootSummary
 from loopcheck.static.moves import Emit
 from loopcheck.static.paths import Flow, PathState, cap
 from loopcheck.static.roles import Role, role_from_name
-from loopcheck.static.syntax import chains_in, counter_of, is_true
+from loopcheck.static.syntax import all_params, chains_in, counter_of, is_true
 from loopcheck.static.tree import walk
 
 if TYPE_CHECKING:
@@ -158,7 +158,10 @@ class Loops(FrameStack):
             def run_body(entry: set[PathState]) -> Flow:
                 return self.exec_stmt(block, self.run_actions(clear, entry))
 
-        self.run_loop(func, block, states, set(), counter, None, False, True, run_body)
+        # its framework hands it new arguments on every call (ignite's ``engine``, whose
+        # ``engine.state.iteration`` counts the calls): what a path knew of them is forgotten
+        fresh = {p.name.value for p in all_params(func)} - {"self", "cls"}
+        self.run_loop(func, block, states, fresh, counter, None, False, True, run_body)
 
     def run_loop(
         self,

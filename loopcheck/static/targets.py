@@ -10,7 +10,7 @@ import libcst as cst
 from loopcheck.static.apis import CLIP_FUNCTIONS
 from loopcheck.static.callees import does_nothing
 from loopcheck.static.classes import ClassInfo
-from loopcheck.static.frames import instance_of
+from loopcheck.static.frames import Frame, instance_of
 from loopcheck.static.host import HostView
 from loopcheck.static.index import FileContext
 from loopcheck.static.roles import Obj, Role
@@ -40,6 +40,9 @@ class Targets(HostView):
                 return None
             if name in frame.local_values or name in frame.params:
                 return None
+            found = _enclosing_defs(frame, name)
+            if found:
+                return [(ctx, node, None, None) for node in found]
             if name in ctx.functions:
                 return [(ctx, ctx.functions[name], None, None)]
             if name in ctx.imports.aliases:
@@ -122,3 +125,24 @@ class Targets(HostView):
 
 
 _DIFF_OPTIMS = {"innerloop_ctx", "get_diff_optim", "DifferentiableOptimizer"}
+
+
+def _enclosing_defs(frame: Frame, name: str) -> list[cst.FunctionDef]:
+    """The functions defined beside the running one in the function enclosing it that a
+    name calls: by their own name, or through a name that function binds to them on each
+    of its branches (ignite's ``training_step`` calling ``backward_pass``, set to
+    ``amp_backward_pass`` or to ``hvd_amp_backward_pass``)."""
+    outer = frame.parent
+    while outer is not None and outer.func is not None:
+        if name in outer.local_defs:
+            return [outer.local_defs[name]]
+        values = outer.local_values.get(name)
+        if values is not None:
+            if all(type(v) is cst.Name and v.value in outer.local_defs for v in values):
+                names = dict.fromkeys(v.value for v in values)  # type: ignore[attr-defined]
+                return [outer.local_defs[n] for n in names]
+            return []
+        if name in outer.params:
+            return []
+        outer = outer.parent
+    return []
