@@ -368,8 +368,14 @@ class Reader(CallFollower):
         if qual is not None:
             last = qual.rsplit(".", 1)[-1]
             # (``nn.utils.clip_grad_norm_`` with ``nn`` from a star import: torch's all the same)
+            # ``from apex.contrib.clip_grad import clip_grad_norm_``: a drop-in replacement,
+            # known as one by the module or by the parameters it is handed
             if last in CLIP_FUNCTIONS and (
-                "torch" in qual or qual == last or qual.endswith(f"nn.utils.{last}")
+                "torch" in qual
+                or qual == last
+                or qual.endswith(f"nn.utils.{last}")
+                or qual.startswith("apex.")
+                or (positional and _parameters_of_a_model(positional[0]))
             ):
                 return self.apis.clip(call, positional[0] if positional else None)
             if last in CLIP_FUNCTIONS and type(func) is cst.Attribute and qual == dotted(func):
@@ -485,3 +491,9 @@ def _defines(owner: Obj | None, method: str) -> bool:
 
 # Objects whose ``backward`` the linter reads as the framework's own (``accelerator.backward``)
 _FRAMEWORK_ROLES = (Role.ACCELERATOR, Role.SCALER, Role.ENGINE)
+
+
+def _parameters_of_a_model(expr: cst.BaseExpression) -> bool:
+    """``model.parameters()``, ``amp.master_params(optimizer)``: the parameters a clip is
+    handed."""
+    return type(expr) is cst.Call and called_name(expr) in ("parameters", "master_params")

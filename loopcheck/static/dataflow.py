@@ -30,6 +30,12 @@ from loopcheck.static.syntax import (
     returns_of,
 )
 from loopcheck.static.tree import is_expression, kids
+from loopcheck.static.unpacking import (
+    computed,
+    record_field,
+    tuple_place,
+    unpacked_on_self,
+)
 from loopcheck.static.usage import read_as_settings
 
 MODEL_ROLES = (Role.MODEL, Role.LIGHTNING, Role.ENGINE)
@@ -69,51 +75,6 @@ def origin(frame: Frame, expr: cst.BaseExpression, at: Statement | None = None) 
     return found
 
 
-def _record_field(
-    frame: Frame, value: cst.BaseExpression, at: cst.CSTNode, pick: tuple[int | None, str]
-) -> list[tuple[cst.BaseExpression, cst.CSTNode]] | None:
-    """The values a returned record's field holds: ``return SACLosses(qf2_loss=qf2_loss, ...),
-    stats`` (element ``index``, field ``qf2_loss``), the record built in place or assigned to a
-    name first. None: not such a record."""
-    index, field = pick
-    if index is not None:
-        element = tuple_element(value, index)
-        if element is None:
-            return None
-        value = element
-    builds: list[tuple[cst.BaseExpression, cst.CSTNode]] = [(value, at)]
-    if type(value) is cst.Name:
-        defs = function_layout(frame).reaching(value.value, at)  # type: ignore[arg-type]
-        if not defs:
-            return None
-        builds = [(d.value, d.statement) for d in defs]
-    out = []
-    for built, where in builds:
-        if type(built) is not cst.Call:
-            return None
-        found = next((a.value for a in built.args if a.keyword and a.keyword.value == field), None)
-        if found is None:
-            return None
-        out.append((found, where))
-    return out
-
-
-def tuple_place(frame: Frame, name: str, value: cst.BaseExpression) -> int | None:
-    """The place of ``name`` in the tuple target ``value`` is unpacked into (``loss, n =
-    helper(...)``); None: ``name`` takes all of it."""
-    return next((i for i, v in frame.tuple_values.get(name, ()) if v is value), None)
-
-
-def tuple_element(value: cst.BaseExpression, index: int) -> cst.BaseExpression | None:
-    """Element ``index`` of a tuple or list literal (a returned ``loss, stats``); None: not
-    one, too short, or a starred element before it shifts the places."""
-    if type(value) not in (cst.Tuple, cst.List) or index >= len(value.elements):
-        return None
-    if any(type(e) is not cst.Element for e in value.elements[: index + 1]):
-        return None
-    return value.elements[index].value
-
-
 def _handed_origins(frame: Frame) -> dict[str, Origin] | None:
     """What the caller's arguments carry, for a followed function (computed once per call)."""
     handed = frame.handed
@@ -149,6 +110,9 @@ class _Tracer:
             params if params is not None else {}
         )  # a followed helper: what its arguments carry
         self.names: dict[tuple[int, str, int], Origin] = {}
+        # the frames ``names`` has entries for, kept alive with it: the memo is keyed by a
+        # frame's id, which a freed frame would hand on to the next one
+        self.frames: list[Frame] = [frame]
         self._tensors: dict[str, str] | None = None
 
     def optimized_tensor(self, frame: Frame, node: cst.Name | cst.Attribute) -> Origin:
@@ -255,8 +219,15 @@ class _Tracer:
         for d in defs:
             if id(d.value) in cut:
                 continue
-            at = d.statement if frame is self.frame else None
-            if not d.augmented and not d.loop_target and type(d.value) is cst.Call:
+            # (the definitions read without positions hold their value in place of a
+            # statement: their names are read anywhere in the function too)
+            at = d.statement if frame is self.frame and d.statement is not d.value else None
+            if (
+                not d.augmented
+                and not d.loop_target
+                and type(d.value) is cst.Call
+                and not _runs_a_model(frame, d.value)
+            ):
                 built = frame.value_role(d.value, name)
                 if built is not None and built.role in MODEL_ROLES:
                     out = out | self.obj(built)
@@ -365,7 +336,7 @@ class _Tracer:
         call: cst.Call,
         depth: int,
         at: Statement | None,
-        pick: tuple[int | None, str] | None = None,
+        pick: tuple[int | None, str | None] | None = None,
     ) -> Origin | None:
         """What a helper of the linted files returns, its parameters bound to what the
         arguments carry (``compute_loss(model, batch)``, ``self.classification_loss(...)``);
@@ -403,7 +374,7 @@ class _Tracer:
             chosen = (
                 [(value, statement)]
                 if pick is None
-                else _record_field(frame, value, statement, pick)
+                else record_field(frame, value, statement, pick)
             )
             if chosen is None:
                 return None
@@ -436,26 +407,60 @@ class _Tracer:
             return None
         attr = node.attr.value
         stored = [(info, v, m) for info in cls.mro() for v, m in info.attr_values.get(attr, ())]
-        if not stored or all(type(v) is not cst.Call for _, v, _ in stored):
+        unpacked = [u for info in cls.mro() for u in unpacked_on_self(info).get(attr, ())]
+        if not unpacked and (not stored or not any(computed(v) for _, v, _ in stored)):
             return None  # never stored from a call: a setting, a counter, a list
         memo = (id(cls), "self." + attr, -1)
         if memo in self.names:
             return self.names[memo]
         self.names[memo] = NOTHING  # ``self.x = self.x + y`` adds nothing new
         out = NOTHING
-        me = frame.bound.get("self")
         for info, value, method in stored:
-            if method is frame.func:
-                out = out | self.expr(value, depth + 1, None)
-                continue
-            scope = f"{info.name}.{method.name.value}"
-            there = Frame(info.ctx, method, info, {"self": me}, module_frame(info.ctx), scope)
-            tracer = _Tracer(there, helpers=self.helpers)
-            tracer.names = self.names  # one memo: ``self.router = self.router.cuda()`` in
-            # every method would otherwise read each store once per path through the others
-            out = out | tracer.expr(value, depth + 1, None)
+            out = out | self._there(info, method).expr(value, depth + 1, None)
+        for info, method, call, index in unpacked:
+            # ``self.z, self.mu, self.logvar = self.encode(x)``: the element of what it returns
+            tracer = self._there(info, method)
+            picked = tracer.element_returned(call, index, depth)
+            out = out | (picked if picked is not None else tracer.expr(call, depth + 1, None))
         self.names[memo] = out
         return out
+
+    def _there(self, info: ClassInfo, method: cst.FunctionDef) -> _Tracer:
+        """A tracer reading ``method`` of the class, sharing this one's memo: ``self.router =
+        self.router.cuda()`` in every method would otherwise read each store once per path
+        through the others."""
+        if method is self.frame.func:
+            return self
+        scope = f"{info.name}.{method.name.value}"
+        me = self.frame.bound.get("self")
+        there = Frame(info.ctx, method, info, {"self": me}, module_frame(info.ctx), scope)
+        tracer = _Tracer(there, helpers=self.helpers)
+        self.frames.append(there)
+        tracer.frames = self.frames
+        tracer.names = self.names
+        return tracer
+
+    def element_returned(self, call: cst.Call, index: int, depth: int) -> Origin | None:
+        """Element ``index`` of what a method of ``self`` or a helper returns; None: not a
+        call the linted files define, or not a tuple it returns."""
+        func = call.func
+        cls = self.frame.cls
+        if (
+            type(func) is cst.Attribute
+            and type(func.value) is cst.Name
+            and func.value.value == "self"
+            and cls is not None
+        ):
+            found = cls.method(func.attr.value)
+            if found is None:
+                return None
+            me = self.frame.bound.get("self")
+            return self.returns(found[0].ctx, found[1], cls, me, call, depth, None, (index, None))
+        if type(func) is cst.Name and (helper := named_function(self.frame, func.value)):
+            return self.returns(
+                self.frame.ctx, helper, None, None, call, depth, None, (index, None)
+            )
+        return None
 
     def instance_models(self, obj: Obj) -> Origin:
         """The models an instance of a linted class holds (a trainer's ``self.model``)."""
@@ -503,6 +508,15 @@ _DATA_NAME = re.compile(
     r"|validation|test|eval)_data$"
 )
 _NAMESPACE_NAMES = {"opt", "opts", "options", "hparams", "flags", "FLAGS"}
+
+
+def _runs_a_model(frame: Frame, call: cst.Call) -> bool:
+    """``pred_fake = self.netD(fake_B)``: a model run forward, whose output depends on its
+    inputs too (not a model built, as ``netD = Discriminator(cfg)`` is)."""
+    if type(call.func) not in (cst.Name, cst.Attribute):
+        return False
+    held = frame.resolve(call.func)
+    return held is not None and held.role in MODEL_ROLES
 
 
 def _expressions(node: cst.CSTNode) -> list[cst.BaseExpression]:

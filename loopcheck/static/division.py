@@ -9,11 +9,12 @@ import re
 import libcst as cst
 
 from loopcheck.static.bodies import enclosing_frame, function_layout, named_function
-from loopcheck.static.dataflow import MAX_DEPTH, MODEL_ROLES, tuple_element, tuple_place
+from loopcheck.static.dataflow import MAX_DEPTH, MODEL_ROLES
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.reaching import Definition, Statement
 from loopcheck.static.roles import Role
 from loopcheck.static.syntax import dotted, returns_of
+from loopcheck.static.unpacking import tuple_element, tuple_place
 
 _RESULT_METHODS = {"mean", "sum", "float", "double", "half", "bfloat16", "to", "cuda", "clone"}
 

@@ -11,7 +11,7 @@ import libcst as cst
 from loopcheck.static.bodies import function_layout
 from loopcheck.static.callees import BACKWARD_CALLS, given_arguments
 from loopcheck.static.classes import ClassInfo, self_attribute
-from loopcheck.static.dataflow import origin, tuple_element, tuple_place
+from loopcheck.static.dataflow import origin
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import FileContext
 from loopcheck.static.ownership import constructor_of
@@ -19,6 +19,7 @@ from loopcheck.static.reaching import Statement
 from loopcheck.static.roles import Role
 from loopcheck.static.syntax import dotted, loop_assigned, names_in, returns_of
 from loopcheck.static.tree import is_expression, walk
+from loopcheck.static.unpacking import tuple_element, tuple_place
 
 
 def kept_graph(

@@ -204,8 +204,7 @@ class Loops(FrameStack):
             # the optimizers cleared last before the loop (a setup helper's clear) say
             # nothing of the loop's backward, as at the back edge
             entry = {
-                self.forget(self.enter(s, node), assigned).with_zeroed(frozenset())
-                for s in states
+                self.forget(self.enter(s, node), assigned).with_zeroed(frozenset()) for s in states
             }
             # framework gates decided before the loop (a helper loop inside an
             # ``if accelerator.sync_gradients:`` block) hold for all its iterations
