@@ -33,7 +33,14 @@ from loopcheck.static.ownership import (
     optimized_models,
 )
 from loopcheck.static.roles import Obj, Role, is_model_method
-from loopcheck.static.syntax import body_clears, call_args, called_name, literal, roots_of
+from loopcheck.static.syntax import (
+    body_clears,
+    call_args,
+    called_name,
+    dotted,
+    literal,
+    roots_of,
+)
 from loopcheck.static.tree import walk
 
 if TYPE_CHECKING:
@@ -161,6 +168,10 @@ class ApiReader(OpaqueCalls):
                 # told its epoch or metric (``step(epoch)``, ``step(val_loss)``), or of an
                 # unknown optimizer: judged only after a backward, not at the epoch's top
                 told = bool(call.args) or targets is None
+                if gate is not None and not self._prepared(call.func):
+                    # a scheduler the accelerator was not handed steps on every micro-batch
+                    # of ``accumulate`` (only a prepared one skips the non-sync ones)
+                    gate = None
                 return [Emit(Event(Move.SCHED_STEP, site, deliberate=told), targets, gate=gate)]
             return []
         if role is Role.SCALER:
@@ -406,6 +417,19 @@ class ApiReader(OpaqueCalls):
                 return not (type(arg.value) is cst.Integer and arg.value.value == "1")
         return False
 
+    def _prepared(self, method: cst.BaseExpression) -> bool:
+        """Whether the receiver of ``scheduler.step`` may have been handed to an accelerator's
+        ``prepare`` (or ``prepare_scheduler``): not when it is a name the running function
+        (or module) assigns itself and never hands to one."""
+        if type(method) is not cst.Attribute or type(method.value) is not cst.Name:
+            return True
+        name = method.value.value
+        frame = self.frame
+        if name not in frame.local_values and name not in frame.tuple_values:
+            return True  # a parameter, a global, an attribute: prepared, for all we know
+        body = frame.func.body if frame.func is not None else frame.ctx.module
+        return name in frame.ctx.remember("prepared", body, lambda: _handed_to_prepare(body))
+
     def clip(
         self, call: cst.Call, params: cst.BaseExpression | None, unscales: bool = False
     ) -> list[Action]:
@@ -545,3 +569,15 @@ def _evaluates_repeatedly(built: cst.Call | None) -> bool:
         return False
     once = next((a.value for a in built.args if a.keyword and a.keyword.value == "max_iter"), None)
     return not (type(once) is cst.Integer and once.value == "1")
+
+
+def _handed_to_prepare(body: cst.CSTNode) -> frozenset[str]:
+    """The names a body hands to ``accelerator.prepare(...)`` or its one-object variants."""
+    names: set[str] = set()
+    for node in walk(body):
+        if type(node) is cst.Call and called_name(node) in _PREPARE_METHODS:
+            names.update(n for a in node.args if (n := dotted(a.value)) is not None)
+    return frozenset(names)
+
+
+_PREPARE_METHODS = {"prepare", "prepare_scheduler", "setup"}

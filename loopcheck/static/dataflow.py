@@ -25,6 +25,7 @@ from loopcheck.static.reaching import Definition, Statement
 from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (
     all_params,
+    decorators,
     literal,
     params_of,
     returns_of,
@@ -406,6 +407,12 @@ class _Tracer:
         if cls is None or type(node.value) is not cst.Name or node.value.value != "self":
             return None
         attr = node.attr.value
+        found = cls.method(attr)
+        if found is not None and "property" in decorators(found[1]):
+            # SAC's ``self.alpha``, a property returning ``self.log_alpha.exp()``
+            me = frame.bound.get("self")
+            read = cst.Call(func=node)
+            return self.returns(found[0].ctx, found[1], cls, me, read, depth, None)
         stored = [(info, v, m) for info in cls.mro() for v, m in info.attr_values.get(attr, ())]
         unpacked = [u for info in cls.mro() for u in unpacked_on_self(info).get(attr, ())]
         if not unpacked and (not stored or not any(computed(v) for _, v, _ in stored)):
