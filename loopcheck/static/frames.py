@@ -166,7 +166,14 @@ class Frame:
             return None
         if not local and name in self.ctx.imports.aliases:
             return None  # ``import torch.optim as optim`` is a module, not an optimizer
-        role = role_from_name(name, self.params.get(name))
+        annotation = self.params.get(name)
+        annotated = self.ctx.resolve_class(annotation) if annotation else None
+        if annotated is not None:
+            # ``executor: Executor``: an instance of a linted class, handed in
+            found = instance_of(annotated)
+            key = self.kept_as(name) or f"{self.scope}:{name}"
+            return Obj(found.role, key, cls=annotated)
+        role = role_from_name(name, annotation)
         if role is None:
             if local and used_as_engine(self.ctx, self.func, name):
                 return Obj(Role.ENGINE, f"{self.scope}:{name}")

@@ -25,7 +25,7 @@ from loopcheck.static.syntax import (
     range_length,
     without_not,
 )
-from loopcheck.static.tree import walk
+from loopcheck.static.tree import is_expression, walk
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,15 @@ def read_guard(code: Render, test: cst.BaseExpression, wraps: Wraps | None = Non
     if type(inner) is cst.BooleanOperation and type(inner.operator) is cst.Or:
         sides = [inner.left, inner.right]
         rest = [side for side in sides if not _flush_operand(side)]
+        if len(rest) == 2:
+            # ``not args.grad_accumulation or step % args.grad_accumulation == 0``: with
+            # accumulation off every iteration steps; with it on, the counter's guard decides
+            found = [(side, _residue(code, side, wraps)) for side in rest]
+            guards = [(side, g) for side, g in found if g is not None]
+            if len(guards) == 1:
+                other = next(side for side, g in found if g is None)
+                if guards[0][1].modulus in {code(n) for n in walk(other) if is_expression(n)}:
+                    rest = [guards[0][0]]
         if len(rest) != 1:
             return None
         test = negated_if(rest[0], negated)

@@ -104,11 +104,13 @@ MAY_TRAIN = re.compile(
     r"|closure|^run$|^run_|1f1b"
 )
 # the names of unseen calls handed an optimizer (or an engine) that set its learning rate,
-# save or load its state, log it, or convert or export the model it holds, and do no more
+# save or load its state, log or check it, or convert or export the model it holds, and do
+# no more
 _KEEPS_GRADS = re.compile(
     r"(?i)^_*(update|adjust|set|warmup|decay)_?(the_)?(learning_rate|lr)s?$"
     r"|checkpoint|^_*(save|load|resume|restore|restart)(_|$)|^_*log(_|$)|^print"
     r"|^_*(convert|export|merge|unwrap)_"
+    r"|sanity_checks?$|^_*(assert|check)_"  # nanotron's ``before_optim_step_sanity_checks``
 )
 _LOSS_FUNCTION = re.compile(r"(?i)(^|[._])\w*losses?$")
 _RUNS_STEP = re.compile(r"(?i)backward|step|optimi")  # ``forward_backward_loss``

@@ -14,7 +14,7 @@ from loopcheck.static.frames import Frame, instance_of
 from loopcheck.static.host import HostView
 from loopcheck.static.index import FileContext
 from loopcheck.static.roles import Obj, Role
-from loopcheck.static.syntax import called_name, is_abstract
+from loopcheck.static.syntax import all_params, called_name, is_abstract
 
 # The functions or methods a call runs, each with its file, class and bound ``self``.
 Callees = list[tuple[FileContext, cst.FunctionDef, ClassInfo | None, Obj | None]]
@@ -59,6 +59,9 @@ class Targets(HostView):
                 if qual is not None:
                     return self._external(qual)
             if owner is None and type(func.value) is cst.Name and func.value.value in frame.params:
+                return self._duck_method(func.attr.value)
+            if owner is None and _kept_parameter(frame, func.value):
+                # ``self.executor.forward_backward(x, y)`` on the object ``__init__`` kept
                 return self._duck_method(func.attr.value)
         return None
 
@@ -146,3 +149,25 @@ def _enclosing_defs(frame: Frame, name: str) -> list[cst.FunctionDef]:
             return []
         outer = outer.parent
     return []
+
+
+def _kept_parameter(frame: Frame, expr: cst.BaseExpression) -> bool:
+    """``self.executor`` where every method storing it stores a parameter it was handed
+    (``self.executor = executor``): an object of a type this code does not name."""
+    cls = frame.cls
+    if (
+        cls is None
+        or type(expr) is not cst.Attribute
+        or type(expr.value) is not cst.Name
+        or expr.value.value != "self"
+    ):
+        return False
+    stored = [
+        (value, method)
+        for info in cls.mro()
+        for value, method in info.attr_values.get(expr.attr.value, ())
+    ]
+    return bool(stored) and all(
+        type(value) is cst.Name and value.value in {p.name.value for p in all_params(method)}
+        for value, method in stored
+    )
