@@ -301,7 +301,7 @@ class Frame:
                 return self._factory(value)
             return found
         if type(value) is cst.Subscript:
-            return self.resolve(value)
+            return self.resolve(value) or self._factory_picked(value)
         if type(value) in (cst.List, cst.Tuple, cst.Set, cst.Dict):
             return self._container(value, key)
         if type(value) in (cst.ListComp, cst.DictComp, cst.GeneratorExp):
@@ -329,6 +329,22 @@ class Frame:
         if role in (Role.OPTIMIZER, Role.SCHEDULER):
             return Obj(Role.FACTORY, f"{self.scope}:{qual}", builds=role)
         return None
+
+    def _factory_picked(self, value: cst.Subscript) -> Obj | None:
+        """``{'adam': FusedAdam, 'lamb': FusedLAMB}[args.optimizer]``: one of a literal
+        table of optimizer (or scheduler) classes, picked by a setting: a factory."""
+        table = value.value
+        if type(table) is cst.Dict:
+            items = [e.value for e in table.elements if type(e) is cst.DictElement]
+        elif type(table) in (cst.List, cst.Tuple):
+            items = [e.value for e in table.elements]  # type: ignore[attr-defined]
+        else:
+            return None
+        found = [self._factory(v) if type(v) in (cst.Name, cst.Attribute) else None for v in items]
+        builds = {f.builds for f in found if f is not None}
+        if not found or None in found or len(builds) != 1:
+            return None
+        return Obj(Role.FACTORY, f"{self.scope}:@{id(value)}", builds=builds.pop())
 
     def _container(self, value: cst.BaseExpression, key: str) -> Obj | None:
         """A literal list, tuple or dict of optimizers: one container whose members are known."""

@@ -109,6 +109,7 @@ MAY_TRAIN = re.compile(
 _KEEPS_GRADS = re.compile(
     r"(?i)^_*(update|adjust|set|warmup|decay)_?(the_)?(learning_rate|lr)s?$"
     r"|checkpoint|^_*(save|load|resume|restore|restart)(_|$)|^_*log(_|$)|^print"
+    r"|^_*(maybe|try)_(save|load)(_|$)"  # HiFi-GAN's ``checkpointer.maybe_save(...)``
     r"|^_*(convert|export|merge|unwrap)_"
     r"|sanity_checks?$|^_*(assert|check)_"  # nanotron's ``before_optim_step_sanity_checks``
 )
