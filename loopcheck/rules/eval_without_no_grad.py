@@ -97,5 +97,5 @@ def _needs_gradients(loop: LoopSummary) -> bool:
         or loop.grads_read
         or loop.grads_inspected
         or loop.autograd
-        or loop.opaque_model
+        or loop.opaque_training  # a call on the model named for training (not `vae.encode(x)`)
     )

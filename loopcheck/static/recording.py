@@ -129,7 +129,13 @@ class Recorder(FrameStack):
             return state
         keys = frozenset({action.key})
         me = self.frame.bound.get("self")
-        if action.training and me is not None and me.cls is not None:
+        if (
+            action.training
+            and me is not None
+            and me.cls is not None
+            and me.role is not Role.INSTANCE
+        ):
+            # (not in a trainer's method: ``self.criterion.train()`` leaves ``self.model`` be)
             if action.key.startswith(f"{me.cls.name}."):
                 # ``self.head.train()`` in a method of the model (``model.train_custom()``): the
                 # model's own training mode, its frozen parts left in eval on purpose
