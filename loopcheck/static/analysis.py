@@ -3,7 +3,6 @@ context of each class that inherits it, and methods a framework calls in a loop 
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterator
 from functools import partial
@@ -18,9 +17,9 @@ from loopcheck.static.interpreter import Interpreter
 from loopcheck.static.model import FileModel, RootSummary
 from loopcheck.static.project import Project
 from loopcheck.static.relevance import CLEARING_NAMES
-from loopcheck.static.roles import Obj, Role
+from loopcheck.static.roles import Obj, Role, constructed_role
 from loopcheck.static.syntax import all_params, called_name, dotted
-from loopcheck.static.tree import forget, kids
+from loopcheck.static.tree import forget, kids, walk
 from loopcheck.static.wrappers import check_wrappers
 
 # Parameters a framework passes as the iteration counter of its own loop.
@@ -190,15 +189,36 @@ def _update_never_stepped(
                 cleared.add(dotted(node.func.value) or "")
     if not backward or not cleared or "" in cleared:
         return False
-    text = ctx.source if ctx.source is not None else ctx.module.code
     # its name stepped anywhere (``self._optim.step()``, a trainer's ``alpha._optim.step()``)
     # or handed to a call (``scaler.step(self._optim)``, a helper): someone may step it
-    return not any(_stepped_or_handed(chain.rsplit(".", 1)[-1]).search(text) for chain in cleared)
+    names = {chain.rsplit(".", 1)[-1] for chain in cleared}
+    return not _stepped_or_handed(ctx, cls, names)
 
 
-def _stepped_or_handed(name: str) -> re.Pattern[str]:
-    word = re.escape(name)
-    return re.compile(rf"\b{word}\.step\(|[(,]\s*[\w.]*\b{word}\s*[,)]")
+def _stepped_or_handed(ctx: FileContext, cls: ClassInfo, names: set[str]) -> bool:
+    """Whether a call of the file steps an object of one of these names, or is handed one; not
+    the class's own constructor (``MyTrainUnit(module, optimizer, ...)`` is how it gets it)
+    nor a scheduler's (``ExponentialLR(optimizer, gamma=0.9)`` only reads its learning rate)."""
+    for node in walk(ctx.module):
+        if type(node) is not cst.Call:
+            continue
+        func = node.func
+        if (
+            type(func) is cst.Attribute
+            and func.attr.value == "step"
+            and (dotted(func.value) or "").rsplit(".", 1)[-1] in names
+        ):
+            return True  # ``self._optim.step()``
+        if not any((dotted(a.value) or "").rsplit(".", 1)[-1] in names for a in node.args):
+            continue
+        called = (dotted(node.func) or "").rsplit(".", 1)[-1]
+        qual = (
+            ctx.imports.qualify(node.func) if type(node.func) in (cst.Name, cst.Attribute) else None
+        )
+        if called == cls.name or constructed_role(qual or called) is Role.SCHEDULER:
+            continue
+        return True
+    return False
 
 
 def _steps_owned(

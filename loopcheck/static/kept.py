@@ -247,7 +247,7 @@ _TENSOR_METHODS = {
     "squeeze", "unsqueeze", "view", "reshape", "flatten", "transpose", "permute", "contiguous",
     "gather", "index_select", "exp", "log", "abs", "pow", "sqrt", "neg", "softmax",
     "log_softmax", "sigmoid", "tanh", "clamp", "norm", "expand", "expand_as", "repeat",
-    "add", "sub", "mul", "div",
+    "add", "sub", "mul", "div", "type_as", "view_as", "reshape_as", "type",
 }  # fmt: skip
 
 
