@@ -146,11 +146,12 @@ class Branches(FrameStack):
                 self.fact_names[text] = known | names
                 self.names_changed()
             tracked = True
-        elif type(inner) is cst.Name and any(
-            conditions.known(s.facts, inner.value) is not None for s in states
+        elif (flag := dotted(inner)) is not None and any(
+            conditions.known(s.facts, flag) is not None for s in states
         ):
-            # a flag set to a literal or a saved mode (``if was_training:``), not a counter
-            text, polarity, tracked = inner.value, not negated, True
+            # a flag set to a literal or a saved mode (``if was_training:``,
+            # ``if self._weight_updated_in_prev_step:``), not a counter
+            text, polarity, tracked = flag, not negated, True
         elif sign is not None:
             text, polarity, names = sign
             self.fact_names.setdefault(text, names)

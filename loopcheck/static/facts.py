@@ -79,6 +79,47 @@ def flag_set(stmt: cst.CSTNode) -> tuple[str, bool] | None:
     return (text, _FLAG_VALUES[value.value]) if text is not None else None
 
 
+def flags_in(ctx: FileContext, loop: cst.CSTNode) -> frozenset[str]:
+    """The names a loop assigns only literal truths (``updated = True`` after the step,
+    ``updated = False`` after the clear): at the back edge each path still knows the value
+    it set last. Once per loop."""
+    return ctx.remember("flags", loop, lambda: _flags_in(loop))
+
+
+def _flags_in(loop: cst.CSTNode) -> frozenset[str]:
+    flags: set[str] = set()
+    others: set[str] = set()
+    for node in walk(loop):
+        if type(node) in (cst.Assign, cst.AugAssign, cst.AnnAssign):
+            found = flag_set(node)
+            if found is not None:
+                flags.add(found[0])
+                continue
+            targets = (
+                [t.target for t in node.targets] if type(node) is cst.Assign else [node.target]
+            )
+            for target in targets:
+                others |= {
+                    dotted(n) or "" for n in walk(target) if type(n) in (cst.Name, cst.Attribute)
+                }
+    return frozenset(flags - others)
+
+
+def init_flags(cls_init: cst.FunctionDef | None) -> list[tuple[str, bool]]:
+    """The flags a class's ``__init__`` sets unconditionally (``self._updated = False``): what
+    its framework's first call of a method finds."""
+    if cls_init is None or type(cls_init.body) is not cst.IndentedBlock:
+        return []
+    found = []
+    for stmt in cls_init.body.body:
+        if type(stmt) is cst.SimpleStatementLine:
+            for small in stmt.body:
+                flag = flag_set(small)
+                if flag is not None and flag[0].startswith("self."):
+                    found.append(flag)
+    return found
+
+
 def handed_back_in(ctx: FileContext, loop: cst.CSTNode) -> frozenset[str]:
     """The names a loop rebinds only through calls that hand them back unchanged: their
     facts survive its back edge (cached per loop)."""

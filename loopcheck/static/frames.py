@@ -47,6 +47,8 @@ _SETTINGS = re.compile(
     r"|_(args|cfg|config|conf|hparams|opts|options|settings)$"
 )
 # Calls that return settings or data, never an optimizer, whatever the variable is called.
+# functions that hand back the object they check (``none_throws(x)``, ``cast(T, x)``)
+_PASS_THROUGH = {"none_throws", "not_none", "assert_not_none", "cast", "unwrap_optional"}
 _CONTAINER_METHODS = {"values", "items", "__iter__", "get", "pop"}
 _OPTIMIZER_MODULE_PREFIXES = (
     "torch.optim",
@@ -330,6 +332,30 @@ class Frame:
             return Obj(Role.FACTORY, f"{self.scope}:{qual}", builds=role)
         return None
 
+    def _attribute_by_name(self, positional: list[cst.BaseExpression]) -> Obj | None:
+        """``getattr(self, "optimizer")`` is ``self.optimizer``; ``getattr(self,
+        f"optim{index}")`` one of the instance's attributes of that prefix, whose role the
+        prefix says (imagen's one optimizer per U-Net)."""
+        if len(positional) < 2 or type(positional[0]) not in (cst.Name, cst.Attribute):
+            return None
+        owner, attr = positional[0], positional[1]
+        if type(attr) is cst.SimpleString:
+            name = attr.evaluated_value
+            if isinstance(name, str) and name.isidentifier():
+                return self.resolve(cst.Attribute(value=owner, attr=cst.Name(name)))
+            return None
+        if type(attr) is not cst.FormattedString or not attr.parts:
+            return None
+        head = attr.parts[0]
+        if type(head) is not cst.FormattedStringText or not head.value.isidentifier():
+            return None
+        if type(owner) is not cst.Name or owner.value != "self" or self.cls is None:
+            return None
+        role = role_from_name(head.value)
+        if role is None:
+            return None
+        return Obj(role, f"{self.cls.name}.{head.value}*")
+
     def _factory_picked(self, value: cst.Subscript) -> Obj | None:
         """``{'adam': FusedAdam, 'lamb': FusedLAMB}[args.optimizer]``: one of a literal
         table of optimizer (or scheduler) classes, picked by a setting: a factory."""
@@ -420,7 +446,11 @@ class Frame:
             module = self.ctx.imports.qualify(positional[0]) or ""
             if module.startswith(_OPTIMIZER_MODULE_PREFIXES):
                 return Obj(Role.FACTORY, key, builds=Role.OPTIMIZER)
-            return None
+            return self._attribute_by_name(positional)
+        if qual is not None and qual.rsplit(".", 1)[-1] in _PASS_THROUGH and positional:
+            # ``optimizer = none_throws(self.optimizer)``: the object itself, checked
+            last = positional[-1]
+            return self.resolve(last) if type(last) in (cst.Name, cst.Attribute) else None
         if qual is not None and qual.rsplit(".", 1)[-1] == "partial" and positional:
             inner = self.value_role(positional[0], None)
             if inner is not None and inner.role is Role.FACTORY:

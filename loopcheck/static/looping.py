@@ -12,7 +12,7 @@ import libcst as cst
 from loopcheck.protocol import Event, Move, advance
 from loopcheck.static import conditions, guards, tensors
 from loopcheck.static.callees import may_clear, names_a_move
-from loopcheck.static.facts import handed_back_in
+from loopcheck.static.facts import flags_in, handed_back_in, init_flags
 from loopcheck.static.frames import FrameStack
 from loopcheck.static.model import FileModel, LoopSummary, RootSummary
 from loopcheck.static.moves import Emit
@@ -161,6 +161,12 @@ class Loops(FrameStack):
         # its framework hands it new arguments on every call (ignite's ``engine``, whose
         # ``engine.state.iteration`` counts the calls): what a path knew of them is forgotten
         fresh = {p.name.value for p in all_params(func)} - {"self", "cls"}
+        cls = self.frame.cls
+        init = cls.method("__init__") if cls is not None else None
+        for text, truth in init_flags(init[1] if init is not None else None):
+            # ``self._updated = False`` in ``__init__``: what the first call finds
+            self.fact_names.setdefault(text, {text})
+            states = {s.with_fact(text, truth) for s in states}
         self.run_loop(func, block, states, fresh, counter, None, False, True, run_body)
 
     def run_loop(
@@ -198,6 +204,9 @@ class Loops(FrameStack):
         forgotten = frozenset(assigned | self.ctx.loop_assigned(node)) - handed_back_in(
             self.ctx, node
         )
+        # flags set to literals only (``updated = True`` after the step): each path still
+        # knows the value it set last
+        forgotten -= flags_in(self.ctx, node)
         assigned = frozenset(assigned)
         self.loop_stack.append(summary)
         try:
