@@ -10,7 +10,8 @@ class AccumulationOffByOne(ProtocolRule):
     Flags a step guard on a counter, tested after the micro-batch's backward, that steps after
     the wrong micro-batch: `i % N == 0` on a 0-based counter (`enumerate`, `range`, a counter
     incremented after the test) steps after the very first micro-batch, then every N; and an
-    inverted guard (the step in the branch taken on N-1 of N micro-batches) steps almost always.
+    inverted guard (the step in the branch taken on N-1 of N micro-batches) steps almost always,
+    whatever the counter's base (ignite's 1-based `engine.state.iteration` included).
     The counter may be the loop's (`enumerate`, also behind a progress bar), one derived from it
     (`ni = i + nb * epoch`), one kept by hand in a name, an attribute or a state dict
     (`self.step`, `state["iter_num"]`, set to 0 where it is built), or one kept wrapped
@@ -18,7 +19,8 @@ class AccumulationOffByOne(ProtocolRule):
     warm-up that ramps `accumulate` from 1 at the first micro-batch) is a schedule whose first
     window is meant to be short: not reported.
     The guard is read wherever the step's condition comes from: the `if` itself (`or` a
-    last-batch flush included), `if i % N != 0: continue` before the step, a flag computed
+    last-batch flush included, or a switch that turns accumulation off: `not args.accum or
+    step % args.accum == 0`), `if i % N != 0: continue` before the step, a flag computed
     earlier in the iteration (`need_update = last_batch or i % N == 0`), or a condition handed
     to a helper that steps when it is set (`loss_scaler(..., update_grad=i % N == 0)`); the
     finding is at the condition.

@@ -18,8 +18,10 @@ class EvalWithoutNoGrad(Rule):
     `test`), or entered with the model in eval mode (`model.eval()` before it) — that runs the
     model forward with gradients on: no `torch.no_grad()` / `torch.inference_mode()` block or
     decorator around it, here or in the caller (a `no_grad` block around another loop of the
-    function does not count). Loops that backpropagate, step or take `torch.autograd.grad`
-    (MAML, saliency) need their gradients and are not flagged, nor are forwards of a model
+    function does not count). Loops that backpropagate, step, take `torch.autograd.grad`
+    (MAML, saliency) or hand the model to a call named for training need their gradients and
+    are not flagged (a call of a submodule, `model.encoder(x)`, is a forward), nor are forwards
+    of a model
     whose own `forward` differentiates (an output found by gradient descent on an energy, a
     differentiable optimizer), that has nothing to train (its modules built frozen, such as
     `Embedding.from_pretrained(..., freeze=True)`), or of a loss class weighing outputs

@@ -13,7 +13,9 @@ if TYPE_CHECKING:
 class SchedulerPerMicrobatch(ProtocolRule):
     """## What it does
     Flags an LR scheduler stepped between two micro-batches of one gradient-accumulation step:
-    outside the step guard of a flat loop, or inside the micro-batch loop.
+    outside the step guard of a flat loop, or inside the micro-batch loop. Inside
+    `with accelerator.accumulate(model):` a scheduler handed to `accelerator.prepare` steps
+    only when gradients sync; one the accelerator was never handed steps on every micro-batch.
 
     ## Why is this bad?
     The schedule is written in optimizer steps (warmup steps, total steps, cosine period). Stepped

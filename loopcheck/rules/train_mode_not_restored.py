@@ -20,7 +20,8 @@ class TrainModeNotRestored(ProtocolRule):
     that only evaluates (the `"val"` phase of a phase loop) is not a training path. A mode
     saved and restored (`was_training = model.training ... if was_training: model.train()`)
     is restored; after a hook dispatch that may restore it (`fabric.call(...)`) the mode is
-    unknown and nothing is reported.
+    unknown and nothing is reported. Only a call on the model (or, in a module's own method,
+    on one of its submodules) restores it: a trainer's `self.criterion.train()` does not.
 
     ## Why is this bad?
     In eval mode dropout is off and batch normalisation uses its running statistics instead of
