@@ -71,6 +71,11 @@ _OPTIMIZER_HARMLESS = {
     "keys",
     "get",
 }
+# a model's own utilities, named for what they do to its state, not run on data
+# (gpt-neox's ``model.module.clear_cache()`` between batches)
+_UTILITY = re.compile(
+    r"^_*(clear|reset|set|enable|disable|register|remove|init|configure)_|_cache$"
+)
 _MODEL_HARMLESS = {
     "parameters",
     "named_parameters",
@@ -236,7 +241,7 @@ class ApiReader(OpaqueCalls):
                 # FSDP's ``model.clip_grad_norm_(max_norm)``: a clip of the module's gradients
                 assert type(call.func) is cst.Attribute
                 return self.clip(call, call.func.value)
-            if method in _MODEL_HARMLESS or is_model_method(method):
+            if method in _MODEL_HARMLESS or is_model_method(method) or _UTILITY.search(method):
                 return []
             if owner.cls is None and self.ctx.sole_method(method) is not None:
                 return None  # the one class of this file with that method: follow it
