@@ -252,10 +252,12 @@ class ApiReader(OpaqueCalls):
             if not self.host.grad_enabled:
                 return [forward, *self.opaque_args(call)]  # ``vae.encode(x)`` under no_grad
             # a method named for training may run its backward and step; ``vae.encode(x)``
-            # runs a forward
+            # runs a forward; either may turn gradients off itself (BicycleGAN's
+            # ``model.test(z)``) or be no forward at all (``model.get_z_random(n)``): no
+            # graph is claimed for it (an evaluation is judged by the model's own calls)
             trains = MAY_TRAIN.search(method) is not None
             return [
-                forward,
+                Forward(site, owner.key, graph=False),
                 Mark("opaque_model" if trains else "opaque_aside"),
                 *self.opaque_args(call),
             ]

@@ -18,7 +18,7 @@ from loopcheck.static.model import FileModel, LoopSummary, RootSummary
 from loopcheck.static.moves import Emit
 from loopcheck.static.paths import Flow, PathState, cap
 from loopcheck.static.roles import Role, role_from_name
-from loopcheck.static.syntax import all_params, chains_in, counter_of, is_true
+from loopcheck.static.syntax import all_params, chains_in, counter_of, is_true, literal
 from loopcheck.static.tree import walk
 
 if TYPE_CHECKING:
@@ -160,7 +160,10 @@ class Loops(FrameStack):
 
         # its framework hands it new arguments on every call (ignite's ``engine``, whose
         # ``engine.state.iteration`` counts the calls): what a path knew of them is forgotten
-        fresh = {p.name.value for p in all_params(func)} - {"self", "cls"}
+        # (not a setting with a literal default, ``dry_run: bool = False``: the same every call)
+        fresh = {
+            p.name.value for p in all_params(func) if p.default is None or not literal(p.default)[0]
+        } - {"self", "cls"}
         cls = self.frame.cls
         init = cls.method("__init__") if cls is not None else None
         for text, truth in init_flags(init[1] if init is not None else None):
