@@ -132,8 +132,9 @@ class Loops(FrameStack):
         if summary is None:
             parent = self.loop_stack[-1] if self.loop_stack else None
             summary = LoopSummary(node, self.ctx.site(node), parent)
-            summary.eval_like = tensors.evaluates(
-                self.ctx, self.frame.func
+            summary.eval_like = (
+                tensors.evaluates(self.ctx, self.frame.func)
+                or tensors.over_held_out_data(self.ctx, self.frame.func, node)
             ) and not tensors.switches_gradients(self.ctx, self.frame.func)
             self.summaries[id(node)] = summary
             self.model.loops.append(summary)

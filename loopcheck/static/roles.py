@@ -244,7 +244,7 @@ _NAME_ROLES: tuple[tuple[re.Pattern[str], Role], ...] = (
 
 
 # Names that hold settings or pieces of a role, not the role itself: ``opt_args``,
-# ``optimizer_config``, ``scheduler_type``, ``model_name``.
+# ``optimizer_config``, ``scheduler_type``, ``model_name``, ``param_optimizer``.
 _NOT_A_ROLE = re.compile(
     r"(?i)_(args?|kwargs|kw|kws|config|configs|cfg|conf|params?|parameters|param_groups|groups?"
     r"|cls|class|classes|type|types|name|names|state|states|state_dict|dict|fn|func|factory"
@@ -252,6 +252,8 @@ _NOT_A_ROLE = re.compile(
     r"|steps?|step_size|ckpt|checkpoint|str|list|key|keys|fns|hook|hooks|wrapper|ids"
     r"|out|outs|output|outputs|in|inp|input|inputs|dim|dims|size|loss|losses|logits|pred|preds"
     r"|rate|period|freq|frequency|interval|type|version|cache|dtype|device)$"
+    # ``param_optimizer = list(model.named_parameters())`` (BERT's examples): parameters
+    r"|^(named_)?params?_(optimi[sz]ers?|optim|opt)$"
 )
 
 

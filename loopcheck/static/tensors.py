@@ -238,6 +238,21 @@ def evaluates(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
     return bool(_EVALUATING.search(func.name.value))
 
 
+def over_held_out_data(ctx: FileContext, func: cst.FunctionDef | None, loop: cst.CSTNode) -> bool:
+    """A loop over a loader named for held-out data (``for x, y in test_loader:``,
+    ``val_dataloader``, ``eval_ds``): an evaluation, wherever it stands (a tutorial's module
+    level after the training loop)."""
+    if type(loop) is not cst.For or unit_test(ctx, func):
+        return False
+    return any(type(node) is cst.Name and _HELD_OUT.search(node.value) for node in walk(loop.iter))
+
+
+# a loader of held-out data: ``test_loader``, ``val_dl``, ``eval_dataloader``, ``valid_data``
+_HELD_OUT = re.compile(
+    r"(?i)^(test|val|valid|validation|eval|dev)_?(loader|dataloader|dl|data|dataset|ds|iter)s?$"
+)
+
+
 def unit_test(ctx: FileContext, func: cst.FunctionDef | None) -> bool:
     """A unit test or one of its helpers: a ``test_*`` function, or a method of a ``Test*``
     class (``class TestNoOptim: def test(self):``, a ``run_fsdp2`` helper of a TestCase). It
