@@ -323,7 +323,11 @@ class Reader(CallFollower):
                 # ``self.pp_schedule.step(arg_mbs=..., losses=...)``: the forward and backward
                 # of every micro-batch through the pipeline's stages; no optimizer stepped
                 return [Mark("opaque_model"), self.apis.backward_of(call, None)]
-            if owner is None and may_step_unresolved(method, func.value):
+            if (
+                owner is None
+                and may_step_unresolved(method, func.value)
+                and not self.frame.is_module_name(func.value)  # torch_xla's ``xm.mark_step()``
+            ):
                 # ``self.optimizers[0].step()`` may step an optimizer, unlike ``envs =
                 # make_env(); envs.step()`` or ``self.env.step(actions)``
                 prefix.append(Mark("opaque_model"))
