@@ -251,7 +251,8 @@ _NOT_A_ROLE = re.compile(
     r"|builder|spec|options|settings|hparams|id|idx|lr|lrs|path|file|dir|kind|mode|init|level"
     r"|steps?|step_size|ckpt|checkpoint|str|list|key|keys|fns|hook|hooks|wrapper|ids"
     r"|out|outs|output|outputs|in|inp|input|inputs|dim|dims|size|loss|losses|logits|pred|preds"
-    r"|rate|period|freq|frequency|interval|type|version|cache|dtype|device)$"
+    r"|rate|period|freq|frequency|interval|type|version|cache|dtype|device|lock|locks|mutex"
+    r"|queue|queues)$"
     # ``param_optimizer = list(model.named_parameters())`` (BERT's examples): parameters
     r"|^(named_)?params?_(optimi[sz]ers?|optim|opt)$"
 )
