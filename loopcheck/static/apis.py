@@ -172,6 +172,8 @@ class ApiReader(OpaqueCalls):
                 targets = tuple(owner.models) or None
                 # told its epoch or metric (``step(epoch)``, ``step(val_loss)``), or of an
                 # unknown optimizer: judged only after a backward, not at the epoch's top
+                if self._in_micro_batches(call.func):
+                    return []  # its lengths count micro-batches: stepped per micro-batch
                 told = bool(call.args) or targets is None
                 if gate is not None and not self._prepared(call.func):
                     # a scheduler the accelerator was not handed steps on every micro-batch
@@ -424,6 +426,23 @@ class ApiReader(OpaqueCalls):
                 return not (type(arg.value) is cst.Integer and arg.value.value == "1")
         return False
 
+    def _in_micro_batches(self, method: cst.BaseExpression) -> bool:
+        """A scheduler built with its lengths counted in micro-batches
+        (``num_training_steps=args.max_train_steps * args.gradient_accumulation_steps``):
+        stepped once per micro-batch on purpose."""
+        if type(method) is not cst.Attribute:
+            return False
+        built = constructor_of(self.frame, method.value)
+        if built is None:
+            return False
+        return any(
+            type(node) is cst.BinaryOperation
+            and type(node.operator) is cst.Multiply
+            and any(_ACCUMULATION.search(dotted(side) or "") for side in (node.left, node.right))
+            for arg in built.args
+            for node in walk(arg.value)
+        )
+
     def _prepared(self, method: cst.BaseExpression) -> bool:
         """Whether the receiver of ``scheduler.step`` may have been handed to an accelerator's
         ``prepare`` (or ``prepare_scheduler``): not when it is a name the running function
@@ -587,4 +606,5 @@ def _handed_to_prepare(body: cst.CSTNode) -> frozenset[str]:
     return frozenset(names)
 
 
+_ACCUMULATION = re.compile(r"(?i)accum")  # ``gradient_accumulation_steps``, ``grad_accum``
 _PREPARE_METHODS = {"prepare", "prepare_scheduler", "setup"}

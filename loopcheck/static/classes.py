@@ -166,8 +166,9 @@ def self_uses(cls: ClassInfo) -> tuple[frozenset[str], frozenset[str]]:
 
 def is_test_class(name: str) -> bool:
     """A class named as a container of unit tests (``TestTrainer``, ``DistributedTest``,
-    ``ModelTests``): a test runner calls its methods, once each, on fresh fixtures."""
-    return name.startswith("Test") or name.endswith(("Test", "Tests"))
+    ``ModelTests``, peft's mixin ``PeftCommonTester``): a test runner calls its methods, once
+    each, on fresh fixtures."""
+    return name.startswith("Test") or name.endswith(("Test", "Tests", "Tester"))
 
 
 def schedule_keyed_elsewhere(cls: ClassInfo | None) -> bool:

@@ -197,7 +197,8 @@ class Loops(FrameStack):
             # unless its code turns gradients off by other means, or is a unit test
             func = self.frame.func
             summary.eval_like = not tensors.switches_gradients(self.ctx, func) and not (
-                func is not None and func.name.value.startswith("test")
+                (func is not None and func.name.value.startswith("test"))
+                or tensors.unit_test(self.ctx, func)
             )
         # Counters that grow by one per iteration keep their modular facts across the back
         # edge, shifted: ``(i + 1) % N != 0`` now is ``i % N != 0`` next iteration.
