@@ -33,11 +33,11 @@ from loopcheck.static.ownership import (
     optimized_models,
 )
 from loopcheck.static.roles import Obj, Role, is_model_method
+from loopcheck.static.schedules import in_micro_batches, prepared
 from loopcheck.static.syntax import (
     body_clears,
     call_args,
     called_name,
-    dotted,
     literal,
     roots_of,
 )
@@ -172,10 +172,10 @@ class ApiReader(OpaqueCalls):
                 targets = tuple(owner.models) or None
                 # told its epoch or metric (``step(epoch)``, ``step(val_loss)``), or of an
                 # unknown optimizer: judged only after a backward, not at the epoch's top
-                if self._in_micro_batches(call.func):
+                if in_micro_batches(self.frame, call.func):
                     return []  # its lengths count micro-batches: stepped per micro-batch
                 told = bool(call.args) or targets is None
-                if gate is not None and not self._prepared(call.func):
+                if gate is not None and not prepared(self.frame, call.func):
                     # a scheduler the accelerator was not handed steps on every micro-batch
                     # of ``accumulate`` (only a prepared one skips the non-sync ones)
                     gate = None
@@ -426,36 +426,6 @@ class ApiReader(OpaqueCalls):
                 return not (type(arg.value) is cst.Integer and arg.value.value == "1")
         return False
 
-    def _in_micro_batches(self, method: cst.BaseExpression) -> bool:
-        """A scheduler built with its lengths counted in micro-batches
-        (``num_training_steps=args.max_train_steps * args.gradient_accumulation_steps``):
-        stepped once per micro-batch on purpose."""
-        if type(method) is not cst.Attribute:
-            return False
-        built = constructor_of(self.frame, method.value)
-        if built is None:
-            return False
-        return any(
-            type(node) is cst.BinaryOperation
-            and type(node.operator) is cst.Multiply
-            and any(_ACCUMULATION.search(dotted(side) or "") for side in (node.left, node.right))
-            for arg in built.args
-            for node in walk(arg.value)
-        )
-
-    def _prepared(self, method: cst.BaseExpression) -> bool:
-        """Whether the receiver of ``scheduler.step`` may have been handed to an accelerator's
-        ``prepare`` (or ``prepare_scheduler``): not when it is a name the running function
-        (or module) assigns itself and never hands to one."""
-        if type(method) is not cst.Attribute or type(method.value) is not cst.Name:
-            return True
-        name = method.value.value
-        frame = self.frame
-        if name not in frame.local_values and name not in frame.tuple_values:
-            return True  # a parameter, a global, an attribute: prepared, for all we know
-        body = frame.func.body if frame.func is not None else frame.ctx.module
-        return name in frame.ctx.remember("prepared", body, lambda: _handed_to_prepare(body))
-
     def clip(
         self, call: cst.Call, params: cst.BaseExpression | None, unscales: bool = False
     ) -> list[Action]:
@@ -595,16 +565,3 @@ def _evaluates_repeatedly(built: cst.Call | None) -> bool:
         return False
     once = next((a.value for a in built.args if a.keyword and a.keyword.value == "max_iter"), None)
     return not (type(once) is cst.Integer and once.value == "1")
-
-
-def _handed_to_prepare(body: cst.CSTNode) -> frozenset[str]:
-    """The names a body hands to ``accelerator.prepare(...)`` or its one-object variants."""
-    names: set[str] = set()
-    for node in walk(body):
-        if type(node) is cst.Call and called_name(node) in _PREPARE_METHODS:
-            names.update(n for a in node.args if (n := dotted(a.value)) is not None)
-    return frozenset(names)
-
-
-_ACCUMULATION = re.compile(r"(?i)accum")  # ``gradient_accumulation_steps``, ``grad_accum``
-_PREPARE_METHODS = {"prepare", "prepare_scheduler", "setup"}
