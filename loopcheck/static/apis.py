@@ -172,12 +172,15 @@ class ApiReader(OpaqueCalls):
                 targets = tuple(owner.models) or None
                 # told its epoch or metric (``step(epoch)``, ``step(val_loss)``), or of an
                 # unknown optimizer: judged only after a backward, not at the epoch's top
-                if in_micro_batches(self.frame, call.func):
-                    return []  # its lengths count micro-batches: stepped per micro-batch
                 told = bool(call.args) or targets is None
-                if gate is not None and not prepared(self.frame, call.func):
+                if (
+                    gate is not None
+                    and not prepared(self.frame, call.func)
+                    and not in_micro_batches(self.frame, call.func)
+                ):
                     # a scheduler the accelerator was not handed steps on every micro-batch
-                    # of ``accumulate`` (only a prepared one skips the non-sync ones)
+                    # of ``accumulate`` (only a prepared one skips the non-sync ones), a
+                    # mistake unless its lengths count micro-batches (diffusers RealFill)
                     gate = None
                 return [Emit(Event(Move.SCHED_STEP, site, deliberate=told), targets, gate=gate)]
             return []
