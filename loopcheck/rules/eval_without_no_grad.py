@@ -66,6 +66,8 @@ class EvalWithoutNoGrad(Rule):
         for loop in model.loops:
             if not loop.eval_like or _needs_gradients(loop):
                 continue
+            if loop.eval_models is not None and not loop.eval_model_ran:
+                continue  # entered with some modules in eval mode, none of which runs in it
             decisive = [
                 site
                 for site, enabled, root, followed in loop.forwards

@@ -200,6 +200,9 @@ class Loops(FrameStack):
                 (func is not None and func.name.value.startswith("test"))
                 or tensors.unit_test(self.ctx, func)
             )
+            if summary.eval_like:
+                summary.eval_models = frozenset(e[0] for s in states for e in s.evaluating)
+                summary.eval_model_ran = _mentions_any(node, summary.eval_models)
         # Counters that grow by one per iteration keep their modular facts across the back
         # edge, shifted: ``(i + 1) % N != 0`` now is ``i % N != 0`` next iteration.
         counters = frozenset(
@@ -367,3 +370,16 @@ def _retries(loop: cst.While) -> bool:
     last = body.body[-1]
     ends = type(last) is cst.SimpleStatementLine and type(last.body[-1]) in (cst.Return, cst.Break)
     return ends and any(type(stmt) in (cst.Try, cst.TryStar) for stmt in body.body)
+
+
+def _mentions_any(loop: cst.CSTNode, keys: frozenset[str]) -> bool:
+    """Whether a loop's text names one of these models (``model`` for ``train:model``,
+    ``self.transform`` for ``TransformedEnv.transform``): it runs or hands on a model that
+    was in eval mode when it started."""
+    chains = chains_in(loop)
+    for key in keys:
+        name = key.rpartition(":")[2]
+        owner, dot, attr = name.partition(".")
+        if name in chains or (dot and f"self.{attr}" in chains):
+            return True
+    return False

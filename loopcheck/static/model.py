@@ -93,6 +93,11 @@ class LoopSummary:
     flushes: bool = False  # a step guard also steps on the last batch (no partial window left)
     autograd: bool = False  # gradients taken with torch.autograd.grad (MAML, penalties)
     eval_like: bool = False  # in a function that evaluates (named so, or calling .eval())
+    # when eval-like only because it was entered with models in eval mode: those models, and
+    # whether one of them runs in it (torchrl's rollout, entered with an env's transforms in
+    # eval mode, runs only the policy: no evaluation)
+    eval_models: frozenset[str] | None = None
+    eval_model_ran: bool = False
     closure_evaluations: bool = False  # an L-BFGS ``step(closure)``: evaluations, not batches
     # each model forward seen in the loop: where, with gradients on, the entry point it was
     # analysed from, and whether through a call from that entry point (the caller's context)

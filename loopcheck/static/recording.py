@@ -75,6 +75,9 @@ class Recorder(FrameStack):
             if action.key is not None:
                 summary.forward_keys.add(action.key)
             enabled = self.grad_enabled and action.graph
+            if summary.eval_models is not None and action.key is not None:
+                # a model that was in eval mode when the loop started runs in it
+                summary.eval_model_ran |= overlap(frozenset({action.key}), summary.eval_models)
             summary.forwards.append((action.site, enabled, self.root, followed))
         if action.key is None or not self.loop_stack or not self.grad_enabled:
             return states
