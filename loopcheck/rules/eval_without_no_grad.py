@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 class EvalWithoutNoGrad(Rule):
     """## What it does
     Flags an evaluation loop — in a function named for evaluating (`evaluate`, `validate`,
-    `test`), or entered with the model in eval mode (`model.eval()` before it) — that runs the
+    `test`), or entered with the model in eval mode (`model.eval()` before it, and that model
+    or another module put in eval mode runs in the loop) — that runs the
     model forward with gradients on: no `torch.no_grad()` / `torch.inference_mode()` block or
     decorator around it, here or in the caller (a `no_grad` block around another loop of the
     function does not count). Loops that backpropagate, step, take `torch.autograd.grad`
