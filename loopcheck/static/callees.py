@@ -24,6 +24,7 @@ from loopcheck.static.syntax import (
     decorators,
     dotted,
     literal,
+    local_functions,
     names_in,
     params_of,
     without_not,
@@ -106,10 +107,7 @@ def _sibling_defs(
     seen = {id(node)}
     for current in reached:
         for name in called_names(current):
-            targets = [defs[name]] if name in defs else []
-            aliased = values.get(name, ())
-            targets += [defs[v.value] for v in aliased if type(v) is cst.Name and v.value in defs]
-            for target in targets:
+            for target in local_functions(name, defs, values):
                 if id(target) not in seen:
                     seen.add(id(target))
                     reached.append(target)

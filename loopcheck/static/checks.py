@@ -82,8 +82,8 @@ class Checks(FrameStack):
             return
         # an inverted guard steps on N-1 of N micro-batches whatever the counter's base
         # (ignite's 1-based ``engine.state.iteration`` included)
-        base = 0 if otherwise else self.counter_base(guard.counter, frame, at)
-        if base is not None and guards.off_by_one(guard, base, when_zero, otherwise):
+        base = None if otherwise else self.counter_base(guard.counter, frame, at)
+        if otherwise or (base is not None and guards.off_by_one(guard, base, when_zero, False)):
             site = ctx.site(expr)
             loop = self.loop_stack[-1]
             self.model.add_record(Record("LC204", site, guard.counter, loop, self.root))

@@ -8,7 +8,14 @@ from __future__ import annotations
 import libcst as cst
 
 from loopcheck.static.index import FileContext
-from loopcheck.static.syntax import dotted, is_loss_name, params_of, returns_of, without_not
+from loopcheck.static.syntax import (
+    chains_in,
+    dotted,
+    is_loss_name,
+    params_of,
+    returns_of,
+    without_not,
+)
 from loopcheck.static.tree import walk
 
 
@@ -99,9 +106,7 @@ def _flags_in(loop: cst.CSTNode) -> frozenset[str]:
                 [t.target for t in node.targets] if type(node) is cst.Assign else [node.target]
             )
             for target in targets:
-                others |= {
-                    dotted(n) or "" for n in walk(target) if type(n) in (cst.Name, cst.Attribute)
-                }
+                others |= chains_in(target)
     return frozenset(flags - others)
 
 

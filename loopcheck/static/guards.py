@@ -54,11 +54,11 @@ def read_guard(code: Render, test: cst.BaseExpression, wraps: Wraps | None = Non
             # ``not args.grad_accumulation or step % args.grad_accumulation == 0``: with
             # accumulation off every iteration steps; with it on, the counter's guard decides
             found = [(side, _residue(code, side, wraps)) for side in rest]
-            guards = [(side, g) for side, g in found if g is not None]
-            if len(guards) == 1:
+            read = [(side, g) for side, g in found if g is not None]
+            if len(read) == 1:
                 other = next(side for side, g in found if g is None)
-                if guards[0][1].modulus in {code(n) for n in walk(other) if is_expression(n)}:
-                    rest = [guards[0][0]]
+                if read[0][1].modulus in {code(n) for n in walk(other) if is_expression(n)}:
+                    rest = [read[0][0]]
         if len(rest) != 1:
             return None
         test = negated_if(rest[0], negated)

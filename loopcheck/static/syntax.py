@@ -159,6 +159,20 @@ def _with_targets(
                 yield element, item
 
 
+def local_functions(
+    name: str, defs: dict[str, cst.FunctionDef], values: dict[str, list[cst.BaseExpression]]
+) -> list[cst.FunctionDef]:
+    """The local functions a name calls: the one of that name, or those the name is bound to
+    on every branch that binds it (``backward_pass = amp_backward_pass`` or
+    ``hvd_amp_backward_pass``); empty when it holds anything else."""
+    if name in defs:
+        return [defs[name]]
+    bound = values.get(name, ())
+    if not bound or not all(type(v) is cst.Name and v.value in defs for v in bound):
+        return []
+    return [defs[n] for n in dict.fromkeys(v.value for v in bound)]  # type: ignore[attr-defined]
+
+
 def called_name(call: cst.Call) -> str:
     """The last name of what a call calls (``y.sum().backward()``: ``backward``; ``f(x)``:
     ``f``), empty when it calls something else (``fns[0](x)``)."""

@@ -14,7 +14,7 @@ from loopcheck.static.frames import Frame, instance_of
 from loopcheck.static.host import HostView
 from loopcheck.static.index import FileContext
 from loopcheck.static.roles import Obj, Role
-from loopcheck.static.syntax import all_params, called_name, is_abstract
+from loopcheck.static.syntax import all_params, called_name, is_abstract, local_functions
 
 # The functions or methods a call runs, each with its file, class and bound ``self``.
 Callees = list[tuple[FileContext, cst.FunctionDef, ClassInfo | None, Obj | None]]
@@ -137,14 +137,8 @@ def _enclosing_defs(frame: Frame, name: str) -> list[cst.FunctionDef]:
     ``amp_backward_pass`` or to ``hvd_amp_backward_pass``)."""
     outer = frame.parent
     while outer is not None and outer.func is not None:
-        if name in outer.local_defs:
-            return [outer.local_defs[name]]
-        values = outer.local_values.get(name)
-        if values is not None:
-            if all(type(v) is cst.Name and v.value in outer.local_defs for v in values):
-                names = dict.fromkeys(v.value for v in values)  # type: ignore[attr-defined]
-                return [outer.local_defs[n] for n in names]
-            return []
+        if name in outer.local_defs or name in outer.local_values:
+            return local_functions(name, outer.local_defs, outer.local_values)
         if name in outer.params:
             return []
         outer = outer.parent
