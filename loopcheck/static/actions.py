@@ -14,20 +14,22 @@ from loopcheck.protocol import Event, Move
 from loopcheck.static.apis import CLIP_FUNCTIONS, ApiReader
 from loopcheck.static.bodies import appended_values
 from loopcheck.static.callees import (
-    averages_gradients,
     clears_by_hand,
     clips_by_hand,
     filters_parameters,
-    harmless_call,
-    is_pipeline_schedule,
     may_step,
-    may_step_unresolved,
-    persists,
     runs_backward,
 )
 from loopcheck.static.calls import CallFollower
 from loopcheck.static.classes import self_attribute, self_uses
 from loopcheck.static.conditions import touches
+from loopcheck.static.foreign import (
+    averages_gradients,
+    harmless_call,
+    is_pipeline_schedule,
+    may_step_unresolved,
+    persists,
+)
 from loopcheck.static.gradients import (
     asserts_no_grad,
     changes_grad,
