@@ -109,6 +109,9 @@ class OptState:
     unscaled_since_update: bool = False  # scaler.unscale_ since the last scaler.update()
     scaler_step_at: Hashable = None  # scaler.step(opt) since the last scaler.update()
     stepped_this_iteration: bool = False
+    # stepped on gradients of unknown standing, and no backward or unseen code since: a clip
+    # now clips what was applied (LC106) whatever the gradients were
+    applied_unknown: bool = False
     # stepped (or handed to unseen code) earlier in the analysis: a scheduler step is no
     # longer at the start of training
     stepped_before: bool = False
@@ -129,6 +132,7 @@ class OptState:
     late_step: Hashable = None
     pending_step_cleared: bool = False  # ... right after a clear: any backward confirms it
     pending_clip: Hashable = None  # a clip of no fresh gradient: LC107 once a backward follows
+    pending_clip_cleared: bool = False  # ... right after a clear: any backward confirms it
     clipped_at: Hashable = None  # a clip of fresh gradients: LC203 if another backward follows
     pending_sched: Hashable = None  # a scheduler step before the optimizer's: LC401 on step
     pending_sched_crossed: bool = False  # ... in an earlier micro-batch's iteration: LC202
@@ -201,6 +205,7 @@ def _zero(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         forwarded=s.forwarded,
         late_step=s.late_step,
         pending_clip=s.pending_clip,
+        pending_clip_cleared=s.pending_clip_cleared,
         # a clear ends the accumulation window: a scheduler step before it was not between
         # two micro-batches of one optimizer step; one before the loop of the optimizer's
         # first step (and unless it dropped a window) is still before that step (LC401)
@@ -231,7 +236,9 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         found.append(Violation("LC104" if missing else "LC103", s.pending_step))
     if s.late_step is not None and not e.shared:
         found.append(Violation("LC103", s.late_step))
-    if s.pending_clip is not None and not e.shared:
+    # A clip right after a clear clipped nothing whichever loss follows (nobody clips a
+    # discriminator's cleared gradients on purpose): any backward confirms it.
+    if s.pending_clip is not None and (not e.shared or s.pending_clip_cleared):
         found.append(Violation("LC107", s.pending_clip))
     # The same backward again (the next micro-batch) after a clip or a scheduler step of the
     # accumulation window: the clip saw a partial sum, the schedule moved once per micro-batch.
@@ -276,10 +283,12 @@ def _backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         pending_zero_passed=keep_shared,
         last_backward=e.where,
         last_backward_shared=e.shared,
+        applied_unknown=False,
         pending_step=s.pending_step if e.shared and not s.pending_step_cleared else None,
         pending_step_cleared=False,
         late_step=s.late_step if e.shared else None,
-        pending_clip=s.pending_clip if e.shared else None,
+        pending_clip=s.pending_clip if e.shared and not s.pending_clip_cleared else None,
+        pending_clip_cleared=False,
         clipped_at=None if repeated and not e.shared else s.clipped_at,
         pending_sched=None if repeated and not e.shared else s.pending_sched,
         pending_sched_crossed=False if repeated and not e.shared else s.pending_sched_crossed,
@@ -294,7 +303,7 @@ def _maybe_backward(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, .
     gradients stay unapplied either way; cleared or applied ones become unknown. Pending
     suspicions wait for a backward that certainly reaches the optimizer."""
     if s.grads in (Grads.FRESH, Grads.PILED, Grads.UNKNOWN):
-        return s, ()
+        return (replace(s, applied_unknown=False) if s.applied_unknown else s), ()
     return replace(s, grads=Grads.UNKNOWN, consumed=False), ()
 
 
@@ -309,13 +318,17 @@ def _clip(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         if s.stepped_this_iteration:
             return s, (Violation("LC106", e.where),)
         if s.pending_clip is None:
-            return replace(s, pending_clip=e.where), ()
+            cleared = s.grads is Grads.CLEAR and s.pending_zero is None
+            return replace(s, pending_clip=e.where, pending_clip_cleared=cleared), ()
         return s, ()
     if s.grads in (Grads.FRESH, Grads.PILED):
         found = ()
         if s.scaled and not s.unscaled and not e.unscales:
             found = (Violation("LC301", e.where),)
         return replace(s, clipped_at=s.clipped_at or e.where), found
+    if s.applied_unknown:
+        # ``opt.step(); clip(...)`` in a helper whose caller runs the backward
+        return s, (Violation("LC106", e.where),)
     return s, ()
 
 
@@ -360,6 +373,7 @@ def _step(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         accumulated_undivided=False,
         stepped_this_iteration=True,
         stepped_before=True,
+        applied_unknown=s.grads is Grads.UNKNOWN,
         late_step=late_step,
         scaler_step_at=e.where if e.via_scaler else s.scaler_step_at,
         clipped_at=None,
@@ -441,6 +455,7 @@ def _iteration(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
         replace(
             s,
             stepped_this_iteration=False,
+            applied_unknown=False,
             fresh_this_iteration=False,
             forwarded=False,
             late_step=None,
@@ -448,6 +463,7 @@ def _iteration(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]:
             pending_step=None,
             pending_step_cleared=False,
             pending_clip=None,
+            pending_clip_cleared=False,
             pending_sched=keep_sched,
             pending_sched_crossed=keep_sched is not None and not s.pending_sched_outer,
             scaler_step_at=None,

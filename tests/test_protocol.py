@@ -74,9 +74,19 @@ def test_clip_after_step_is_lc106_and_before_backward_is_lc107() -> None:
 
 
 def test_unknown_state_makes_no_claim() -> None:
-    assert codes(S, C, S) == []
+    assert codes(S, S) == [] and codes(C, S, B, S) == []
     state, found = run(seq(Z, B, Move.OPAQUE, S))
     assert found == [] and state.grads is Grads.UNKNOWN
+
+
+def test_a_clip_right_after_a_step_of_unknown_gradients_is_too_late() -> None:
+    assert codes(S, C) == [("LC106", 1)]
+    # a backward, one that may have run, or unseen code in between: no claim
+    assert codes(S, B, C) == []
+    assert codes(S, Move.MAYBE_BACKWARD, C) == []
+    assert codes(S, Move.OPAQUE, C) == []
+    # the next iteration starts afresh
+    assert codes(S, Move.ITERATION, C) == []
 
 
 def test_maybe_backward_makes_no_claim() -> None:
