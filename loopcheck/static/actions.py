@@ -384,6 +384,9 @@ class Reader(CallFollower):
                 or (positional and _parameters_of_a_model(positional[0]))
             ):
                 return self.apis.clip(call, positional[0] if positional else None)
+            if last == "dispatch_clip_grad" and ("timm" in qual or qual == last):
+                # timm's clip by norm, value or adaptively (``from timm.utils import *``)
+                return self.apis.clip(call, positional[0] if positional else None)
             if last in CLIP_FUNCTIONS and type(func) is cst.Attribute and qual == dotted(func):
                 # ``module.clip_grad_norm_(max_norm)`` (FSDP), ``optimizer.clip_grad_norm(
                 # max_norm)`` (fairseq): a clip of the receiver's parameters
