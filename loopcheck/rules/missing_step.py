@@ -59,7 +59,10 @@ class MissingStep(Rule):
         # one (a pipeline schedule's ``step(...)``) when the loop has both
         ordered = sorted(contexts.items(), key=lambda item: ".backward(" not in item[0].text)
         for site, seen in ordered:
-            if any(root.stepped or loop.grads_read for root, loop, _ in seen):
+            if any(
+                (root.stepped and not model.steps_beside(root, loop)) or loop.grads_read
+                for root, loop, _ in seen
+            ):
                 # stepped somewhere in the loop: unless only on paths of a run-long choice
                 # that this backward's paths exclude, as the callers' contexts see them
                 deciding = [c for c in seen if not c[0].referenced] or seen

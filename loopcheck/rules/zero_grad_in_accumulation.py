@@ -70,8 +70,11 @@ class ZeroGradInAccumulation(ProtocolRule):
         loop = model.innermost_loop(record.cause) if record.cause is not None else None
         if loop is None or record.site not in loop.sites:
             return False  # cleared outside the micro-batch loop: a dropped partial accumulation
+        # a step after the loop, not one in a loop beside it (nanoGPT's bench: a profiling
+        # loop that never steps, next to the benchmark's loop that does)
         stepped_after = record.root is not None and any(
-            key == record.key and site not in loop.sites for key, site in record.root.step_sites
+            key == record.key and site not in loop.sites and model.reaches(site, loop)
+            for key, site in record.root.step_sites
         )
         if not steps_around(loop, record.key) and not stepped_after:
             # neither the loops around nor the function around it (``train_step()``'s step

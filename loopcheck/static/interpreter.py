@@ -68,6 +68,11 @@ _STATEMENT_KINDS = frozenset(
 )
 
 
+def _runs_text(value: cst.BaseExpression) -> bool:
+    """``exec(...)``: code read at run time, which may assign any global."""
+    return type(value) is cst.Call and type(value.func) is cst.Name and value.func.value == "exec"
+
+
 def _enters_no_grad(body: cst.BaseSuite) -> bool:
     """A with-body whose first statements enter a no-grad context on an ExitStack."""
     if type(body) is not cst.IndentedBlock:
@@ -214,6 +219,10 @@ class Interpreter(Recorder, Checks, Loops, Branches):
         states = self.run_actions(self.reader.of_expr(stmt.value), states)
         if self.exits(stmt.value):
             return Flow()  # ``sys.exit(0)``: the program ends here, like a raise
+        if _runs_text(stmt.value) and self.fact_names:
+            # ``exec(open('configurator.py').read())``: any setting may be overridden
+            names = frozenset().union(*self.fact_names.values())
+            states = {self.forget(s, names) for s in states}
         return Flow(normal=states)
 
     def exits(self, value: cst.BaseExpression) -> bool:

@@ -69,6 +69,7 @@ class LoopSummary:
     node: cst.CSTNode
     site: Site
     parent: LoopSummary | None
+    root: RootSummary | None  # the analysis that first entered it
     moves: set[tuple[Move, str]] = field(default_factory=set)
     steps: dict[str, Site] = field(default_factory=dict)
     backwards: list[Site] = field(default_factory=list)
@@ -172,6 +173,7 @@ class RootSummary:
     referenced_by: Callable[[], bool] = field(default=lambda: False, repr=False)
     stepped: bool = False  # some STEP, opaque optimizer call or unresolved .step() was seen
     stepped_unkeyed: bool = False  # an unresolved .step(), or gradients used by hand
+    opaque_stepped: bool = False  # an optimizer handed to code we cannot see
     unkeyed_outside: bool = False  # ... one of them outside every loop
     grads_written: bool = False  # gradients written by hand (``p.grad = g``) somewhere in it
     # optimizers stepped, or handed to code we cannot see (STEP and OPAQUE events)
@@ -250,6 +252,28 @@ class FileModel:
         """The deepest loop in which ``site`` was seen."""
         holding = [loop for loop in self.loops if site in loop.sites]
         return max(holding, key=lambda loop: loop.depth, default=None)
+
+    def reaches(self, site: Site, loop: LoopSummary) -> bool:
+        """Whether a move at ``site`` can act on what ``loop`` leaves: it is in the loop, in a
+        loop around it, or outside every loop (not in a loop beside it)."""
+        if site in loop.sites:
+            return True
+        holding = [other for other in self.loops if other.root is loop.root and site in other.sites]
+        holder = max(holding, key=lambda other: other.depth, default=None)
+        outer = loop.parent
+        while outer is not None and outer is not holder:
+            outer = outer.parent
+        return holder is None or outer is holder
+
+    def steps_beside(self, root: RootSummary, loop: LoopSummary) -> bool:
+        """Whether every step ``root`` was seen to take is in a loop beside ``loop`` (nanoGPT's
+        bench: a profiling loop that never steps, next to the timing loop that does)."""
+        return (
+            bool(root.step_sites)
+            and not root.opaque_stepped
+            and not root.stepped_unkeyed
+            and not any(self.reaches(site, loop) for _, site in root.step_sites)
+        )
 
     def apart_from_steps(self, root: RootSummary, loop: LoopSummary, site: Site) -> bool:
         """Whether every path a backward was seen on excludes, by a run-long choice, every

@@ -390,6 +390,8 @@ class Recorder(FrameStack):
             # (an optimizer built anew has applied nothing yet)
             self.root.stepped = True
             self.root.stepped_keys.add(key)
+            if event.move is Move.OPAQUE:
+                self.root.opaque_stepped = True
         if event.move is Move.STEP and where is not None:
             if old.grads is Grads.CLEAR and old.pending_zero is None and self.loop_stack:
                 self.model.cleared_steps.setdefault(where, self.loop_stack[-1])
