@@ -60,7 +60,7 @@ class MissingStep(Rule):
         ordered = sorted(contexts.items(), key=lambda item: ".backward(" not in item[0].text)
         for site, seen in ordered:
             if any(
-                (root.stepped and not model.steps_beside(root, loop)) or loop.grads_read
+                (root.stepped and not model.steps_elsewhere(root, loop)) or loop.grads_read
                 for root, loop, _ in seen
             ):
                 # stepped somewhere in the loop: unless only on paths of a run-long choice

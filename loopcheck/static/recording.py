@@ -391,7 +391,13 @@ class Recorder(FrameStack):
             self.root.stepped = True
             self.root.stepped_keys.add(key)
             if event.move is Move.OPAQUE:
-                self.root.opaque_stepped = True
+                # where unseen code was handed it: outside every loop, before a loop, it
+                # cannot apply what the loop computes (``optimizer.sync_parameters()``)
+                places = self.places() if self._called_on_itself(key) else None
+                if places is None or self.loop_stack:
+                    self.root.opaque_stepped = True
+                else:
+                    self.root.opaque_places.add(places)
         if event.move is Move.STEP and where is not None:
             if old.grads is Grads.CLEAR and old.pending_zero is None and self.loop_stack:
                 self.model.cleared_steps.setdefault(where, self.loop_stack[-1])
@@ -513,6 +519,35 @@ class Recorder(FrameStack):
         if isinstance(frame.handed_at, Site) and backward_of(frame.func, frozenset(frame.divided)):
             return True  # it backpropagates the loss it was handed
         return not runs_backward(frame.ctx, frame.func, frame.cls)
+
+    def _called_on_itself(self, key: str) -> bool:
+        """Whether the statement running is only a method call on the optimizer ``key``
+        (``optimizer.sync_parameters()``): whatever it did, nothing kept the optimizer to
+        step it later."""
+        stmt = self.at
+        if type(stmt) is not cst.SimpleStatementLine or len(stmt.body) != 1:
+            return False
+        expr = stmt.body[0]
+        if type(expr) is not cst.Expr or type(expr.value) is not cst.Call:
+            return False
+        func = expr.value.func
+        if type(func) is not cst.Attribute:
+            return False
+        owner = self.frame.resolve(func.value)
+        return owner is not None and owner.key == key
+
+    def places(self, node: cst.CSTNode | None = None) -> tuple[Site, ...] | None:
+        """Where the analysis is now, in each frame from the root down: the calls made from
+        each frame, then ``node`` (or the statement running) in the innermost one."""
+        chain = []
+        for frame in self.frames[1:]:
+            if not isinstance(frame.called_at, Site):
+                return None
+            chain.append(frame.called_at)
+        node = node if node is not None else self.at
+        if node is None:
+            return None
+        return (*chain, self.ctx.site(node))
 
     def mark(self, what: str, states: set[PathState] | None = None) -> None:
         if what in ("stepped", "grads") and self.root is not None:
