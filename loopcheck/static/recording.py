@@ -420,6 +420,10 @@ class Recorder(FrameStack):
                     # stepped yet: seen again once a step ran if it is accumulation; a branch
                     # that lost its step never steps (LC105's), and its clear drops nothing
                     continue
+                if code == "LC108" and self._other_loss_after(cause, where, event.where):
+                    # another loss of the same pass follows the clear (SRGAN's fake half after
+                    # the real one): cleared between a backward and the step, not a micro-batch
+                    code = "LC102"
                 if (
                     code == "LC104"
                     and event.move is Move.ITERATION
@@ -519,6 +523,19 @@ class Recorder(FrameStack):
         if isinstance(frame.handed_at, Site) and backward_of(frame.func, frozenset(frame.divided)):
             return True  # it backpropagates the loss it was handed
         return not runs_backward(frame.ctx, frame.func, frame.cls)
+
+    def _other_loss_after(self, cause: Site | None, clear: Site, backward: object) -> bool:
+        """Whether a clear comes, in the text of the function now running, between the
+        backward whose gradients it drops and another backward of the same pass."""
+        func = self.frame.func
+        if cause is None or not isinstance(backward, Site) or backward == cause or func is None:
+            return False
+        if not (cause.precedes(clear) and clear.precedes(backward)):
+            return False
+        body = self.ctx.site(func).span
+        return all(
+            body.line <= site.span.line <= body.end_line for site in (cause, clear, backward)
+        )
 
     def _called_on_itself(self, key: str) -> bool:
         """Whether the statement running is only a method call on the optimizer ``key``
