@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from loopcheck.static.roles import Obj, Role, role_from_name
-from loopcheck.static.syntax import all_params, dotted, is_data, literal, returns_of, roots_of
+from loopcheck.static.syntax import (
+    all_params,
+    dotted,
+    is_data,
+    literal,
+    params_of,
+    returns_of,
+    roots_of,
+)
 from loopcheck.static.tree import walk
 
 if TYPE_CHECKING:
@@ -146,6 +154,7 @@ def models_in(frame: Frame, expr: cst.CSTNode) -> frozenset[str]:
     while stack:
         node = stack.pop()
         receivers = {id(r) for r in _parameter_owners(node)}
+        receivers |= {id(r) for r in _handed_to_parameter_helpers(frame, node)}
         parts = _submodules(frame, node)
         keys |= set(parts.values())
         for tensor in _tensor_elements(node):
@@ -219,6 +228,23 @@ def _parameter_owners(expr: cst.CSTNode) -> list[cst.BaseExpression]:
     for node in walk(expr):
         if type(node) is cst.Attribute and node.attr.value in _PARAMETER_METHODS:
             out.extend(roots_of(node.value))
+    return out
+
+
+def _handed_to_parameter_helpers(frame: Frame, expr: cst.CSTNode) -> list[cst.BaseExpression]:
+    """The roots of the arguments handed to a function of this file that takes their
+    parameters (``get_trainable_params(dalle)``, whose body filters ``model.parameters()``)."""
+    out: list[cst.BaseExpression] = []
+    for node in walk(expr):
+        if type(node) is not cst.Call or type(node.func) is not cst.Name:
+            continue
+        func = frame.ctx.functions.get(node.func.value)
+        if func is None:
+            continue
+        owners = {dotted(r) for r in _parameter_owners(func.body)}
+        for param, arg in zip(params_of(func), node.args, strict=False):
+            if arg.keyword is None and not arg.star and param.name.value in owners:
+                out.extend(roots_of(arg.value))
     return out
 
 

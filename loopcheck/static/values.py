@@ -331,7 +331,18 @@ class ValueRoles:
             roles = {0: Role.ENGINE, 1: Role.OPTIMIZER, 3: Role.SCHEDULER}
             role = roles.get(index)
             return Obj(role, key) if role is not None else None
-        return None
+        return self._handed_back(value, name)
+
+    def _handed_back(self, call: cst.Call, name: str) -> Obj | None:
+        """``model, opt, dl, sched = backend.distribute(model=m, optimizer=o, ...)``: a name
+        that says optimizer (or scheduler), unpacked from a call handed exactly one of them,
+        is that one, wrapped (DALLE's distributed backends)."""
+        role = role_from_name(name)
+        if role not in (Role.OPTIMIZER, Role.SCHEDULER):
+            return None
+        handed = [self.resolve(arg.value) for arg in call.args]
+        found = [obj for obj in handed if obj is not None and obj.role is role]
+        return found[0] if len(found) == 1 else None
 
     def _optimizers_in(self, call: cst.Call) -> frozenset[str]:
         keys: set[str] = set()
