@@ -26,6 +26,8 @@ from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (
     all_params,
     decorators,
+    dotted,
+    is_data,
     literal,
     params_of,
     returns_of,
@@ -45,6 +47,15 @@ _CUT_METHODS = {"detach", "detach_", "item", "tolist", "numpy", "size", "dim", "
 # Methods whose arguments say where or how a tensor is stored, never what it depends on
 _PLACEMENT_METHODS = {"to", "cuda", "cpu", "type", "pin_memory"}
 _CUT_ATTRIBUTES = {"data", "grad", "shape", "dtype", "device", "requires_grad", "ndim"}
+# Constructors of new tensors from data (``torch.FloatTensor(batch)``): whatever they are
+# given, the result has no graph
+_NEW_DATA = re.compile(
+    r"^torch\.((cuda\.)?[A-Z][a-z]*Tensor|tensor|from_numpy|zeros|ones|randn?|randint|arange"
+    r"|empty|full|eye|linspace)$|^(numpy|np)\."
+)
+# ``replay_buffer.sample(n)``, ``memory.sample(batch_size=n)``, ``dataset.get_batch()``
+_READS_DATA = re.compile(r"^(sample\w*|get_batch|next_batch|get|__next__|next|fetch)$")
+_DATA_STORE = re.compile(r"(?i)(replay|buffer|memory|dataset|loader|storage|rollouts?|^rb|^rpm)$")
 MAX_DEPTH = 64  # a guard: names are memoised, so real chains end long before
 _MAX_HELPERS = 3  # helpers followed inside one another
 
@@ -241,6 +252,8 @@ class _Tracer:
 
     def call(self, call: cst.Call, depth: int, at: Statement | None) -> Origin:
         func = call.func
+        if type(func) in (cst.Name, cst.Attribute) and _new_data(self.frame, func):
+            return NOTHING
         args = NOTHING
         for arg in call.args:
             args = args | self.expr(arg.value, depth + 1, at)
@@ -271,6 +284,8 @@ class _Tracer:
                     key = module_key(self.frame, func)  # ``self.qf1(obs)``: a module attribute
                     return (Origin(frozenset({key}), True) if key else UNKNOWN) | args
                 return args  # ``scaler.scale(loss)``, ``accelerator.gather(loss)``
+            if _READS_DATA.match(method) and _DATA_STORE.search(dotted(func.value) or ""):
+                return NOTHING  # ``replay_buffer.sample(batch_size)``: a batch of data
             callee = self.frame.resolve(func)
             if callee is not None and callee.role in MODEL_ROLES:
                 return self.obj(callee) | args
@@ -283,7 +298,8 @@ class _Tracer:
             if callee is not None and callee.role in MODEL_ROLES:
                 if callee.cls is not None and forward_without_grad(callee.cls):
                     return NOTHING
-                return self.obj(callee) | args
+                # (``torch.compile(WorldModelLoss(world_model))``: and what it was built over)
+                return self.obj(callee) | self.models_handed(func) | args
             if callee is not None and callee.role is Role.INSTANCE and callee.cls is not None:
                 return self.instance_models(callee) | args
             node = named_function(self.frame, func.value)
@@ -386,6 +402,7 @@ class _Tracer:
     def models_handed(self, func: cst.Name) -> Origin:
         """The models handed to the calls that built the object ``func`` names."""
         keys: set[str] = set()
+        complete = True
         built = [v for v in self.frame.local_values.get(func.value, ()) if type(v) is cst.Call]
         for arg in (a for call in built for a in call.args):
             if type(arg.value) in (cst.Name, cst.Attribute):
@@ -396,7 +413,11 @@ class _Tracer:
                 key = module_key(self.frame, arg.value)  # a module an optimizer in sight trains
                 if key is not None and key in optimized_models(self.frame):
                     keys.add(key)
-        return Origin(frozenset(keys), True)
+                elif found is None and key is None and _built_object(self.frame, arg.value):
+                    # ``WorldModelLoss(world_model)`` with a model we cannot name (made by a
+                    # factory): the loss module may run it
+                    complete = False
+        return Origin(frozenset(keys), complete)
 
     def kept_on_self(self, node: cst.Attribute, depth: int) -> Origin | None:
         """``self.output`` where a method of the class stored a tensor (``self.output =
@@ -537,3 +558,21 @@ def _expressions(node: cst.CSTNode) -> list[cst.BaseExpression]:
         else:
             stack.extend(kids(child))
     return out
+
+
+def _new_data(frame: Frame, func: cst.Name | cst.Attribute) -> bool:
+    """``torch.FloatTensor(state_batch)``, ``torch.tensor(rewards)``, ``np.array(x)``: a new
+    tensor made of data, with no graph whatever it was made from."""
+    qual = frame.ctx.imports.qualify(func)
+    return qual is not None and bool(_NEW_DATA.match(qual))
+
+
+def _built_object(frame: Frame, value: cst.BaseExpression) -> bool:
+    """A name bound to what a call built (``world_model, env = make_world_model(cfg)``), not
+    a setting or a literal."""
+    if type(value) is not cst.Name:
+        return False
+    name = value.value
+    return name in frame.tuple_values or any(
+        type(v) is cst.Call and not is_data(v) for v in frame.local_values.get(name, ())
+    )
