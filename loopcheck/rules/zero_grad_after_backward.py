@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from loopcheck.rules._base import ProtocolRule
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from loopcheck.rules._base import Finding, ProtocolRule
+from loopcheck.rules.zero_grad_in_accumulation import drops_gradients
+
+if TYPE_CHECKING:
+    from loopcheck.static.model import FileModel
 
 
 class ZeroGradAfterBackward(ProtocolRule):
     """## What it does
-    Flags a `zero_grad()` placed between `backward()` and `step()`. Looking at the gradients
+    Flags a `zero_grad()` placed between `backward()` and `step()`, also between the backward
+    of one loss and that of another loss the same step applies (a discriminator cleared after
+    its real half's backward: the step applies only the fake half). Looking at the gradients
     in between (a norm for the log, `p.grad is None`) or cleaning them in place
     (`p.grad.clamp_(-1, 1)`, `torch.nan_to_num(p.grad, out=p.grad)`) does not use them up:
     the clear still drops what the step was meant to apply. Gradients taken out by hand
@@ -45,3 +54,11 @@ class ZeroGradAfterBackward(ProtocolRule):
         "`{call}` clears the gradients between `backward()` and `step()`: the step applies "
         "nothing; clear before the forward pass or after the step"
     )
+
+    def check(self, model: FileModel) -> Iterable[Finding]:
+        yield from super().check(model)
+        # a clear between one loss's backward and another's of the same pass (SRGAN's
+        # discriminator cleared after its real half): the step applies only the later ones
+        for record in model.violations("LC108"):
+            if record.between_losses and drops_gradients(model, record):
+                yield self.finding(model, record, self.message.format(call=record.site.text))

@@ -219,6 +219,8 @@ class Record:
     cause: Site | None = None  # the earlier move the violation concerns, if any
     # LC503: the model is a parameter of the function analysed (its callers say what it is)
     handed_in: bool = False
+    # LC108: the next backward is another loss of the same pass (LC102's when it stands)
+    between_losses: bool = False
 
 
 class FileModel:

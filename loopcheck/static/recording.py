@@ -420,10 +420,9 @@ class Recorder(FrameStack):
                     # stepped yet: seen again once a step ran if it is accumulation; a branch
                     # that lost its step never steps (LC105's), and its clear drops nothing
                     continue
-                if code == "LC108" and self._other_loss_after(cause, where, event.where):
-                    # another loss of the same pass follows the clear (SRGAN's fake half after
-                    # the real one): cleared between a backward and the step, not a micro-batch
-                    code = "LC102"
+                # another loss of the same pass follows the clear (SRGAN's fake half after the
+                # real one): cleared between a backward and the step, not a micro-batch
+                between = code == "LC108" and self._other_loss_after(cause, where, event.where)
                 if (
                     code == "LC104"
                     and event.move is Move.ITERATION
@@ -457,7 +456,7 @@ class Recorder(FrameStack):
                     # optimizer wrapper's step) steps what its caller never clears: the
                     # caller's loop lacks the clear, blamed at the call
                     where = self.frame.called_at
-                record = Record(code, where, key, loop, self.root, cause)
+                record = Record(code, where, key, loop, self.root, cause, between_losses=between)
                 self.model.add_record(record, self.invariant(state.facts, loop))
         return state.with_opt(key, new)
 
