@@ -398,6 +398,10 @@ class Reader(CallFollower):
                 return [self.apis.backward_of(call, loss)]
             if last in CLEARING_NAMES:
                 return [Mark("clears"), *self.apis.unresolved_clear(call)]
+            if _CLIP_HELPER.match(last) and positional:
+                # ``clip_gradient(decoder_optimizer, grad_clip)`` from the project's utilities:
+                # a clip of what it is handed
+                return self.apis.clip(call, positional[0])
         if type(func) is cst.Name:
             obj = frame.resolve_name(func.value)
             if obj is not None:
@@ -500,6 +504,10 @@ def _defines(owner: Obj | None, method: str) -> bool:
 
 # Objects whose ``backward`` the linter reads as the framework's own (``accelerator.backward``)
 _FRAMEWORK_ROLES = (Role.ACCELERATOR, Role.SCALER, Role.ENGINE)
+
+
+# helpers of other modules named for clipping gradients (not ``clip_grad_norm_`` itself)
+_CLIP_HELPER = re.compile(r"^clip_(grad|gradient)s?(_norm|_value)?$|^clip_gradients?_?$")
 
 
 def _parameters_of_a_model(expr: cst.BaseExpression) -> bool:
