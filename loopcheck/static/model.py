@@ -187,9 +187,10 @@ class RootSummary:
     # each backward inside a loop: its site, the outermost loop, an optimizer in its scope
     backwards_in_loops: list[tuple[Site, LoopSummary, bool]] = field(default_factory=list)
     # each backward inside a loop certainly bound to an optimizer: (its site, the optimizer)
-    # to the outermost loop (None: this code does not own the optimizer's updates), how many
-    # optimizers the backward feeds, and whether the optimizer was cleared right before it
-    bound_backwards: dict[tuple[Site, str], tuple[LoopSummary | None, int, bool]] = field(
+    # to the outermost loop (None: an optimizer not known by its parameters), how many
+    # optimizers the backward feeds, whether the optimizer was cleared right before it, and
+    # whether this code owns its updates (no sibling method or base class may step it)
+    bound_backwards: dict[tuple[Site, str], tuple[LoopSummary | None, int, bool, bool]] = field(
         default_factory=dict
     )
     # (backward, optimizer): the gradients that backward wrote for that optimizer were

@@ -258,14 +258,14 @@ class Recorder(FrameStack):
             known = bound.get((site, key))
             if known is None:
                 # an optimizer known by its parameters (not a name such as ``opt`` that may
-                # hold options) whose updates this code owns
-                owned = bool(self.known_models(key)) and any(
-                    o.key == key and self.owns_update(o) for o in self.frame.optimizers()
-                )
-                loop = self.loop_stack[0] if owned else None
-                bound[(site, key)] = (loop, len(keys), just_cleared)
+                # hold options), and whether this code owns its updates (else the rule asks
+                # whether it steps the other optimizers of the same instance)
+                mine = [o for o in self.frame.optimizers() if o.key == key]
+                loop = self.loop_stack[0] if self.known_models(key) and mine else None
+                owned = any(self.owns_update(o) for o in mine)
+                bound[(site, key)] = (loop, len(keys), just_cleared, owned)
             elif just_cleared and not known[2]:
-                bound[(site, key)] = (known[0], known[1], True)
+                bound[(site, key)] = (known[0], known[1], True, known[3])
 
     def owns_update(self, opt: Obj) -> bool:
         """Whether the code being run is where ``opt`` gets its updates: an optimizer local to
