@@ -18,7 +18,7 @@ from loopcheck.static.model import FileModel, RootSummary
 from loopcheck.static.project import Project
 from loopcheck.static.relevance import CLEARING_NAMES
 from loopcheck.static.roles import Obj, Role, constructed_role
-from loopcheck.static.syntax import all_params, called_name, dotted
+from loopcheck.static.syntax import all_params, called_name, dotted, returns_of
 from loopcheck.static.tree import forget, kids, walk
 from loopcheck.static.wrappers import check_wrappers
 
@@ -117,6 +117,11 @@ def _entry_points(ctx: FileContext) -> Iterator[tuple[cst.FunctionDef, ClassInfo
     for func in ctx.functions.values():
         if id(func) in ctx.relevant:
             yield func, None, func.name.value
+        for inner in _returned_closures(func):
+            # a factory's step function (``optimize_fn = optimization_manager(config)``):
+            # called elsewhere, analysed on its own
+            if id(inner) in ctx.relevant:
+                yield inner, None, f"{func.name.value}.{inner.name.value}"
     for info in ctx.classes.values():
         for method in info.methods.values():
             if id(method) in ctx.relevant:
@@ -132,6 +137,19 @@ def _entry_points(ctx: FileContext) -> Iterator[tuple[cst.FunctionDef, ClassInfo
                 owner = info.method(name)
                 if owner is not None and owner[1] is method:
                     yield method, info, f"{info.name}.{name}"
+
+
+def _returned_closures(func: cst.FunctionDef) -> list[cst.FunctionDef]:
+    """The functions defined in ``func``'s own body that it returns by name."""
+    defs = {stmt.name.value: stmt for stmt in _statements(func) if type(stmt) is cst.FunctionDef}
+    if not defs:
+        return []
+    returned = {
+        value.value
+        for _, value in returns_of(func)
+        if type(value) is cst.Name and value.value in defs
+    }
+    return [defs[name] for name in sorted(returned)]
 
 
 def _clears_every_call(func: cst.FunctionDef) -> bool:
