@@ -46,6 +46,25 @@ from loopcheck.static.tree import walk
 if TYPE_CHECKING:
     from loopcheck.static.frames import Frame
 
+# what names a schedule's position, not a metric (``step(cur_epoch=e, cur_step=i)``)
+_POSITION = re.compile(r"(?i)epoch|step|iter|^(i|it|n)$")
+
+
+def _told_its_position(call: cst.Call) -> bool:
+    """A scheduler's ``step`` handed where it stands: by a keyword (``cur_step=i``,
+    ``epoch=e``) or a name (``step(epoch)``) that says so."""
+    for arg in call.args:
+        if arg.keyword is not None and _POSITION.search(arg.keyword.value):
+            return True
+        if (
+            arg.keyword is None
+            and type(arg.value) is cst.Name
+            and _POSITION.search(arg.value.value)
+        ):
+            return True
+    return False
+
+
 CLIP_FUNCTIONS = {
     "clip_grad_norm_",
     "clip_grad_norm",
@@ -167,6 +186,10 @@ class ApiReader(OpaqueCalls):
             if method == "step" and schedule_keyed_elsewhere(owner.cls):
                 # its position is the optimizer's own step count: whenever it is called, it
                 # sets the rate of the next step (NVIDIA BERT's ``PolyWarmUpScheduler``)
+                return []
+            if method == "step" and _told_its_position(call):
+                # ``scheduler.step(cur_epoch=e, cur_step=i)``, ``step(epoch)``: the rate is set
+                # for the position given, however often it is called (LAVIS's schedulers)
                 return []
             if method == "step":
                 targets = tuple(owner.models) or None

@@ -17,6 +17,7 @@ from loopcheck.static.reaching import Layout
 from loopcheck.static.roles import Role
 from loopcheck.static.syntax import (
     call_args,
+    counted_iter,
     counter_of,
     cycled_range,
     dotted,
@@ -339,8 +340,9 @@ def loop_start(loop: cst.CSTNode) -> int | None:
 
 def _start(loop: cst.For) -> int | None:
     assert type(loop.iter) is cst.Call
-    func = dotted(loop.iter.func)
-    positional, keywords = call_args(loop.iter)
+    counted = counted_iter(loop.iter)
+    func = dotted(counted.func)
+    positional, keywords = call_args(counted)
     start: cst.BaseExpression | None = None
     if func == "range":
         start = positional[0] if len(positional) >= 2 else None

@@ -303,7 +303,7 @@ def counter_of(stmt: cst.For | cst.While) -> str | None:
     (``for batch, k in zip(loader, cycle(range(1, n + 1)))``)."""
     if type(stmt) is not cst.For or type(stmt.iter) is not cst.Call:
         return None
-    func = dotted(stmt.iter.func)
+    func = dotted(counted_iter(stmt.iter).func)
     target = stmt.target
     if func == "range" and type(target) is cst.Name:
         return target.value
@@ -312,6 +312,27 @@ def counter_of(stmt: cst.For | cst.While) -> str | None:
         return first.value if type(first) is cst.Name else None
     cycled = cycled_range(stmt)
     return cycled[0] if cycled is not None else None
+
+
+# Iterators handed a range that yield its values unchanged (progress bars, loggers)
+_PASS_THROUGH = re.compile(r"^(tqdm|log_every|track|progress(_?bar)?|ProgressBar|iter)$")
+
+
+def counted_iter(call: cst.Call) -> cst.Call:
+    """The ``range``/``enumerate`` call a loop really counts with: ``tqdm(range(n))`` and
+    ``metric_logger.log_every(range(n), freq)`` yield what their range does; ``trange(a, b)``
+    is ``range(a, b)``."""
+    name = (dotted(call.func) or "").rpartition(".")[2]
+    if name == "trange":
+        return call.with_changes(func=cst.Name("range"))
+    first = call.args[0].value if call.args and call.args[0].keyword is None else None
+    if (
+        _PASS_THROUGH.match(name)
+        and type(first) is cst.Call
+        and dotted(first.func) in ("range", "enumerate")
+    ):
+        return first
+    return call
 
 
 def cycled_range(stmt: cst.For) -> tuple[str, cst.Call] | None:
