@@ -426,6 +426,10 @@ def _loop_entry(s: OptState, e: Event) -> tuple[OptState, tuple[Violation, ...]]
             s = replace(s, pending_sched_outer=True, pending_sched_crossed=False)
     if s.grads in (Grads.FRESH, Grads.PILED):
         return replace(s, consumed=True), ()
+    if s.stepped_this_iteration or s.applied_unknown:
+        # no gradients waiting: a step before the loop (a training run that ended, a loop
+        # analysed again from its next call) is not this iteration's
+        return replace(s, stepped_this_iteration=False, applied_unknown=False), ()
     return s, ()
 
 

@@ -89,6 +89,13 @@ def test_a_clip_right_after_a_step_of_unknown_gradients_is_too_late() -> None:
     assert codes(S, Move.ITERATION, C) == []
 
 
+def test_a_step_before_a_loop_is_not_the_loops_iterations() -> None:
+    # a training run that ended in a step, then a loop entered again (the run started anew):
+    # a clip of cleared gradients there is no clip after this iteration's step
+    assert codes(Z, B, S, Move.LOOP_ENTRY, Z, C) == []
+    assert codes(Z, B, S, Z, C) == [("LC106", 4)]
+
+
 def test_maybe_backward_makes_no_claim() -> None:
     assert codes(Z, Move.MAYBE_BACKWARD, S, B) == []
 

@@ -97,6 +97,24 @@ class CallFollower(Targets):
         ctx, node, cls, self_obj = callees[0]
         return self.follow(ctx, node, cls, self_obj, step, [], {})
 
+    def _constants_passed_on(
+        self, given: dict[str, cst.BaseExpression], known: tuple[tuple[str, object], ...]
+    ) -> list[tuple[str, object]]:
+        """``backward(loss, scaler)`` where this function's ``scaler`` parameter holds a literal
+        its caller passed (``scaler=None``) and is never assigned here: the same literal."""
+        mine = self.frame.constants
+        if not mine:
+            return []
+        taken = {name for name, _ in known}
+        return [
+            (name, mine[arg.value])
+            for name, arg in given.items()
+            if name not in taken
+            and type(arg) is cst.Name
+            and arg.value in mine
+            and arg.value not in self.frame.local_values
+        ]
+
     def is_closure(self, name: str) -> bool:
         func = self.frame.func
         if func is None or name not in self.frame.local_defs:
@@ -122,6 +140,8 @@ class CallFollower(Targets):
         bound = {k: v for k, v in bound.items() if v is not None}
         starred = any(arg.star for arg in call.args)
         constants = () if starred else constants_of(node, positional, keywords, cls)
+        if not starred:
+            constants = (*constants, *self._constants_passed_on(given, constants))
         conditions = () if starred else self._conditions(given)
         maybe_none = frozenset(
             k for k, arg in given.items() if k in bound and self._maybe_none(arg)
