@@ -280,10 +280,37 @@ class Reader(CallFollower):
 
     # calls
 
+    def _partial(
+        self, func: cst.BaseExpression
+    ) -> tuple[cst.BaseExpression, list[cst.BaseExpression], dict[str, cst.BaseExpression]] | None:
+        """What a name bound once to ``functools.partial(f, *args, **kwargs)`` calls."""
+        if type(func) is not cst.Name:
+            return None
+        values = self.frame.local_values.get(func.value)
+        if not values or len(values) != 1 or type(values[0]) is not cst.Call:
+            return None
+        made = values[0]
+        if type(made.func) not in (cst.Name, cst.Attribute):
+            return None
+        if self.ctx.imports.qualify(made.func) != "functools.partial":
+            return None
+        positional, keywords = call_args(made)
+        if not positional or any(a.star for a in made.args):
+            return None
+        return positional[0], positional[1:], keywords
+
     def of_call(self, call: cst.Call) -> list[Action]:
         func = call.func
         positional, keywords = call_args(call)
         prefix: list[Action] = []
+        partial = self._partial(func)
+        if partial is not None:
+            # ``backwards = partial(loss_backwards, self.fp16)``: the function it binds, with
+            # the bound arguments first
+            target, bound, named = partial
+            callee = self.callee(target)
+            if callee is not None:
+                return self.call_defined(callee, call, [*bound, *positional], {**named, **keywords})
         if type(func) is cst.Attribute:
             method = func.attr.value
             owner = self.frame.resolve(func.value)
