@@ -9,7 +9,7 @@ from loopcheck.protocol import Move
 from loopcheck.rules._base import Finding, Rule
 
 if TYPE_CHECKING:
-    from loopcheck.static.model import FileModel, LoopSummary
+    from loopcheck.static.model import FileModel, LoopSummary, Site
 
 
 class EvalWithoutNoGrad(Rule):
@@ -27,6 +27,10 @@ class EvalWithoutNoGrad(Rule):
     differentiable optimizer), that has nothing to train (its modules built frozen, such as
     `Embedding.from_pretrained(..., freeze=True)`), or of a loss class weighing outputs
     computed under `no_grad`.
+    It also flags a validation block inside a training loop (`if i % validate_every == 0:
+    model.eval(); loss = model(val_batch)`): a call of the model, with gradients on, in an
+    `if` block that puts it in eval mode and makes no training move (`generate(...)` and other
+    methods, which often turn gradients off themselves, are not judged).
 
     ## Why is this bad?
     With gradients on, every forward records its autograd graph and keeps the activations it
@@ -85,12 +89,24 @@ class EvalWithoutNoGrad(Rule):
             if site in reported:
                 continue
             reported.add(site)
-            yield Finding(
-                site.span,
-                f"`{site.text}` runs an evaluation forward with gradients on: wrap the "
-                "evaluation in `torch.no_grad()` (or `torch.inference_mode()`)",
-                site.path,
-            )
+            yield _finding(site)
+        # an evaluation block inside the training loop (``if i % validate_every == 0:
+        # model.eval(); loss = model(val_batch)``): no backward or step in the block
+        for site, _, loop, root in model.eval_forwards:
+            if site in reported or (root is not None and root.referenced):
+                continue
+            if _needs_gradients(loop):
+                reported.add(site)
+                yield _finding(site)
+
+
+def _finding(site: Site) -> Finding:
+    return Finding(
+        site.span,
+        f"`{site.text}` runs an evaluation forward with gradients on: wrap the "
+        "evaluation in `torch.no_grad()` (or `torch.inference_mode()`)",
+        site.path,
+    )
 
 
 def _needs_gradients(loop: LoopSummary) -> bool:

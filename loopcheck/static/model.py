@@ -229,6 +229,9 @@ class FileModel:
 
     def __init__(self) -> None:
         self.records: list[Record] = []
+        # forwards with gradients on of a model put in eval mode earlier in the iteration:
+        # (the forward, the eval() call, the innermost loop, the analysis)
+        self.eval_forwards: list[tuple[Site, Site, LoopSummary, RootSummary | None]] = []
         self._paths: dict[tuple, set[frozenset]] = {}  # the branch facts of each record's paths
         self.loops: list[LoopSummary] = []
         self.roots: list[RootSummary] = []

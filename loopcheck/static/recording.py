@@ -81,6 +81,8 @@ class Recorder(FrameStack):
             summary.forwards.append((action.site, enabled, self.root, followed))
         if action.key is None or not self.loop_stack or not self.grad_enabled:
             return states
+        if action.graph and not followed:
+            self.note_eval_forward(states, action)
         # the optimizers of the model run: a step of earlier gradients after this is LC103
         # once this iteration's backward follows (the loss predates the update)
         out = set()
@@ -90,6 +92,31 @@ class Recorder(FrameStack):
                     state = self.apply(state, key, _FORWARD)
             out.add(state)
         return out
+
+    def note_eval_forward(self, states: set[PathState], action: Forward) -> None:
+        """A forward with gradients on, of a model put in eval mode earlier in the same
+        iteration on every path, in an ``if`` block of the loop that makes no training move
+        (``if i % validate_every == 0: model.eval(); loss = model(val_batch)``): LC502 in a
+        training loop."""
+        call = action.site.node
+        if type(call) is not cst.Call or type(call.func) not in (cst.Name, cst.Attribute):
+            return
+        if self.frame.resolve(call.func) is None:
+            return  # ``model.generate(...)``: a method, often run without gradients inside
+        sites = set()
+        for state in states:
+            found = [e for k, e, crossed in state.evaluating if k == action.key and not crossed]
+            if not found:
+                return
+            sites.update(found)
+        if len(sites) == 1:
+            eval_site = sites.pop()
+            loop = self.loop_stack[-1].node
+            if isinstance(eval_site, Site) and tensors.evaluation_block(
+                loop, eval_site.node, action.site.node
+            ):
+                entry = (action.site, eval_site, self.loop_stack[-1], self.root)
+                self.model.eval_forwards.append(entry)
 
     def trained_in_eval_mode(self, states: set[PathState], action: Backward) -> None:
         """LC503, at the ``eval()`` that did it: a backward on a path where a model its loss

@@ -14,7 +14,7 @@ from loopcheck.static.classes import ClassInfo, is_test_class
 from loopcheck.static.index import EVALUATING as _EVALUATING
 from loopcheck.static.index import FileContext
 from loopcheck.static.roles import Imports
-from loopcheck.static.syntax import dotted, literal, names_in
+from loopcheck.static.syntax import called_name, dotted, literal, names_in
 from loopcheck.static.tree import kids, walk
 
 
@@ -321,3 +321,23 @@ def _own_nodes(body: cst.CSTNode) -> list[cst.CSTNode]:
         out.append(node)
         stack.extend(kid for kid in kids(node) if type(kid) not in (cst.FunctionDef, cst.ClassDef))
     return out
+
+
+_TRAINING_CALLS = {"backward", "step", "manual_backward", "zero_grad", "grad"}
+
+
+def evaluation_block(loop: cst.CSTNode, eval_call: cst.CSTNode, forward: cst.CSTNode) -> bool:
+    """Whether the innermost ``if`` of the loop holding both the ``eval()`` call and the
+    forward makes no training move: an evaluation done every so often inside training."""
+    block = None
+    for node in walk(loop):
+        if type(node) is not cst.If:
+            continue
+        inside = {id(n) for n in walk(node.body)}
+        if id(eval_call) in inside and id(forward) in inside:
+            block = node  # walked outer first: the last one found is the innermost
+    if block is None:
+        return False
+    return not any(
+        type(n) is cst.Call and called_name(n) in _TRAINING_CALLS for n in walk(block.body)
+    )
