@@ -72,6 +72,11 @@ class ClassInfo:
         return self._any_base({"Optimizer"})
 
     @property
+    def is_scheduler(self) -> bool:
+        """A learning-rate schedule built on torch's (``class LRPolicyScheduler(_LRScheduler)``)."""
+        return self._any_base({"_LRScheduler", "LRScheduler"})
+
+    @property
     def unresolved_bases(self) -> bool:
         """Some base class is defined outside the linted files (it may define anything)."""
         for info in self.mro():

@@ -237,6 +237,8 @@ class ValueRoles:
             if cls is not None:
                 if cls.is_optimizer:
                     return Obj(Role.OPTIMIZER, key, models_in(self, value))
+                if cls.is_scheduler:
+                    return Obj(Role.SCHEDULER, key, self._optimizers_in(value), cls=cls)
                 if cls.is_module:
                     return Obj(Role.MODEL, key, cls=cls)
                 # an optimizer wrapper handed an optimizer: the models it updates
