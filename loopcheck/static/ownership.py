@@ -443,6 +443,15 @@ def _requires_grad(scope: cst.CSTNode) -> dict[str, bool | None]:
                         and dotted(target.value) == param
                     ):
                         note(owner, inner.value)
+    # ``model.requires_grad_(False); model.fc.requires_grad_(True)``: a linear probe whose head
+    # trains is no frozen model
+    for chain, setting in list(found.items()):
+        if setting is not False:
+            parts = chain.split(".")
+            for end in range(1, len(parts)):
+                prefix = ".".join(parts[:end])
+                if prefix in found:
+                    found[prefix] = None
     return found
 
 
