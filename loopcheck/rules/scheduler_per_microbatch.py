@@ -16,6 +16,9 @@ class SchedulerPerMicrobatch(ProtocolRule):
     outside the step guard of a flat loop, or inside the micro-batch loop. Inside
     `with accelerator.accumulate(model):` a scheduler handed to `accelerator.prepare` steps
     only when gradients sync; one the accelerator was never handed steps on every micro-batch.
+    A scheduler told its position (`lr_scheduler.step(cur_epoch=epoch, cur_step=i)`,
+    `scheduler.step(epoch)`) sets the rate for that position however often it is called, and
+    is not flagged.
 
     ## Why is this bad?
     The schedule is written in optimizer steps (warmup steps, total steps, cosine period). Stepped
