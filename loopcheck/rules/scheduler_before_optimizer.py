@@ -16,8 +16,9 @@ class SchedulerBeforeOptimizer(ProtocolRule):
     this iteration's backward, or before any gradient at all — at the top of the epoch loop,
     before the epoch's training (the habit of PyTorch before 1.1). A scheduler told its
     position (`scheduler.step(epoch)`, `step(cur_epoch=e, cur_step=i)`) is not shifted by when
-    it is called and is not flagged; one told a metric is not flagged at the epoch's top. A schedule returned together with its optimizer by one call (`optimizer, scheduler
-    = make_optimizer(cfg, model)`) schedules that optimizer. A scheduler class of the linted
+    it is called and is not flagged; one told a metric is not flagged at the epoch's top. A
+    schedule returned together with its optimizer by one call (`optimizer, scheduler =
+    make_optimizer(cfg, model)`) schedules that optimizer. A scheduler class of the linted
     files whose `step()` reads its position from the optimizer's own step count
     (`self.last_epoch = group["step"] + 1`) instead of counting its calls sets the rate of the
     next step whenever it is called: it is not flagged.
