@@ -29,6 +29,10 @@ def is_pipeline_schedule(receiver: cst.BaseExpression, call: cst.Call) -> bool:
 _HARMLESS_CALLS = {
     *LOOKS_ONLY,
     "getattr",
+    # iterating over optimizers (``for opt, sched in zip(optimizers, schedulers)``)
+    "zip",
+    "enumerate",
+    "reversed",
     "vars",
     "dir",
     "format",

@@ -29,6 +29,7 @@ from loopcheck.static.syntax import (
     nested_defs,
     range_length,
     without_not,
+    zipped_targets,
 )
 from loopcheck.static.tree import is_expression, kids
 
@@ -530,6 +531,10 @@ def _function_info(ctx: FileContext, func: cst.FunctionDef | None) -> FunctionIn
             continue
         if type(node) is cst.For and type(node.target) is cst.Name:
             info.loop_targets.setdefault(node.target.value, node.iter)
+        elif type(node) is cst.For:
+            # ``for opt, sched in zip(optimizers, schedulers)``: each name walks its iterable
+            for name, iterable in zipped_targets(node):
+                info.loop_targets.setdefault(name, iterable)
         if not is_expression(node):
             stack.extend(kids(node))
     # the functions it defines (at module level too: a closure defined in the loop of an

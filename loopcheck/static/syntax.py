@@ -335,6 +335,21 @@ def counted_iter(call: cst.Call) -> cst.Call:
     return call
 
 
+def zipped_targets(stmt: cst.For) -> list[tuple[str, cst.BaseExpression]]:
+    """``for opt, sched in zip(optimizers, schedulers)``: each plain name of the target with
+    the iterable it walks."""
+    it, target = stmt.iter, stmt.target
+    if not (type(it) is cst.Call and dotted(it.func) == "zip" and type(target) is cst.Tuple):
+        return []
+    if len(target.elements) != len(it.args) or any(a.star or a.keyword for a in it.args):
+        return []
+    return [
+        (element.value.value, arg.value)
+        for element, arg in zip(target.elements, it.args, strict=True)
+        if type(element.value) is cst.Name
+    ]
+
+
 def cycled_range(stmt: cst.For) -> tuple[str, cst.Call] | None:
     """``for batch, k in zip(loader, cycle(range(...)))``: ``k`` and its range. The counter
     numbers the micro-batches of each accumulation window over and over."""
