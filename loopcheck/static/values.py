@@ -4,6 +4,7 @@ of its elements, and of a tuple element (the value half of a ``Frame``)."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import libcst as cst
@@ -37,6 +38,10 @@ _OPTIMIZER_MODULE_PREFIXES = (
     "timm.optim",
     "transformers.optimization",
 )
+
+
+# calls that spread training over devices and hand back what they were given, wrapped
+_DISTRIBUTES = re.compile(r"(?i)(^|[._])(distribute|parallelize|shard)\w*$")
 
 
 class ValueRoles:
@@ -337,11 +342,14 @@ class ValueRoles:
 
     def _handed_back(self, call: cst.Call, name: str) -> Obj | None:
         """``model, opt, dl, sched = backend.distribute(model=m, optimizer=o, ...)``: a name
-        that says optimizer (or scheduler), unpacked from a call handed exactly one of them,
-        is that one, wrapped (DALLE's distributed backends)."""
+        that says optimizer (or scheduler), unpacked from a call named for spreading the
+        training over devices and handed exactly one of them, is that one, wrapped (DALLE's
+        distributed backends)."""
         role = role_from_name(name)
         if role not in (Role.OPTIMIZER, Role.SCHEDULER):
             return None
+        if not _DISTRIBUTES.search(dotted(call.func) or ""):
+            return None  # (opacus' ``make_private`` hands back an optimizer that rescales)
         handed = [self.resolve(arg.value) for arg in call.args]
         found = [obj for obj in handed if obj is not None and obj.role is role]
         return found[0] if len(found) == 1 else None
