@@ -252,7 +252,7 @@ _NOT_A_ROLE = re.compile(
     r"|steps?|step_size|ckpt|checkpoint|str|list|key|keys|fns|hook|hooks|wrapper|ids"
     r"|out|outs|output|outputs|in|inp|input|inputs|dim|dims|size|loss|losses|logits|pred|preds"
     r"|rate|period|freq|frequency|interval|type|version|cache|dtype|device|lock|locks|mutex"
-    r"|queue|queues)$"
+    r"|queue|queues|start|end|time|times|timer|elapsed|count|counter|meter|m)$"
     # ``param_optimizer = list(model.named_parameters())`` (BERT's examples): parameters
     r"|^(named_)?params?_(optimi[sz]ers?|optim|opt)$"
 )
