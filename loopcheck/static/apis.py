@@ -469,9 +469,30 @@ class ApiReader(OpaqueCalls):
                 elif obj.role in (Role.MODEL, Role.LIGHTNING, Role.ENGINE):
                     keys.extend(o.key for o in opts if obj.key in o.models)
         event = Event(Move.CLIP, site, unscales=unscales)
+        if not keys and opts:
+            keys = self._moved_here()
         if keys:
             return [Emit(event, tuple(dict.fromkeys(keys)))]
         return [Emit(event, None, only_if_single=True)] if len(opts) <= 1 else []
+
+    def _moved_here(self) -> list[str]:
+        """The one optimizer the running function steps or clears, if it moves only one
+        (imagen's ``update()``: ``optimizer = getattr(self, f"optim{index}")``, stepped,
+        its model's gradients clipped): what a clip of parameters we cannot place applies to."""
+        func = self.frame.func
+        if func is None:
+            return []
+        found = set()
+        for node in walk(func.body):
+            if (
+                type(node) is cst.Call
+                and type(node.func) is cst.Attribute
+                and node.func.attr.value in ("step", "zero_grad")
+            ):
+                obj = self.frame.resolve(node.func.value)
+                if obj is not None and obj.role is Role.OPTIMIZER:
+                    found.add(obj.key)
+        return list(found) if len(found) == 1 else []
 
     def unresolved_clear(self, call: cst.Call) -> list[Action]:
         """``something.zero_grad()`` on a receiver we could not resolve: with one optimizer in
