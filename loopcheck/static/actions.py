@@ -427,8 +427,13 @@ class Reader(CallFollower):
                 return [Mark("clears"), *self.apis.unresolved_clear(call)]
             if _CLIP_HELPER.match(last) and positional:
                 # ``clip_gradient(decoder_optimizer, grad_clip)`` from the project's utilities:
-                # a clip of what it is handed
-                return self.apis.clip(call, positional[0])
+                # a clip of what it is handed; handed a scaler or an accelerator, it may well
+                # unscale first (no LC301)
+                handed = [self.frame.resolve(a.value) for a in call.args]
+                unscales = any(
+                    h is not None and h.role in (Role.SCALER, Role.ACCELERATOR) for h in handed
+                )
+                return self.apis.clip(call, positional[0], unscales=unscales)
         if type(func) is cst.Name:
             obj = frame.resolve_name(func.value)
             if obj is not None:

@@ -112,7 +112,7 @@ class CallFollower(Targets):
             if name not in taken
             and type(arg) is cst.Name
             and arg.value in mine
-            and arg.value not in self.frame.local_values
+            and not self.frame.rebinds(arg.value)
         ]
 
     def is_closure(self, name: str) -> bool:

@@ -162,3 +162,8 @@ def requires_grad_test(test: cst.BaseExpression, grad_on: bool) -> bool | None:
     if type(test.value) is not cst.Name or not is_loss_name(test.value.value):
         return None
     return grad_on != negated
+
+
+def runs_text(value: cst.BaseExpression) -> bool:
+    """``exec(...)``: code read at run time, which may assign any global."""
+    return type(value) is cst.Call and type(value.func) is cst.Name and value.func.value == "exec"

@@ -129,6 +129,11 @@ class Frame(ValueRoles):
                 return element
         return self._fallback(name)
 
+    def rebinds(self, name: str) -> bool:
+        """Whether the function assigns ``name`` itself: plainly, by unpacking, or as a loop
+        variable."""
+        return name in self.local_values or name in self.tuple_values or name in self.loop_targets
+
     def _fallback(self, name: str) -> Obj | None:
         """A name whose value says nothing: its binding from the caller, else what its name
         says (a parameter, a local assigned from an unknown call, a free module name)."""

@@ -21,7 +21,7 @@ from loopcheck.static.actions import Reader
 from loopcheck.static.branching import Branches
 from loopcheck.static.callees import steps_in_hooks
 from loopcheck.static.checks import Checks
-from loopcheck.static.facts import flag_set, handed_back, mode_saved, requires_grad_test
+from loopcheck.static.facts import flag_set, handed_back, mode_saved, requires_grad_test, runs_text
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import FileContext
 from loopcheck.static.looping import Loops
@@ -66,11 +66,6 @@ _STATEMENT_KINDS = frozenset(
         cst.Match,
     }
 )
-
-
-def _runs_text(value: cst.BaseExpression) -> bool:
-    """``exec(...)``: code read at run time, which may assign any global."""
-    return type(value) is cst.Call and type(value.func) is cst.Name and value.func.value == "exec"
 
 
 def _enters_no_grad(body: cst.BaseSuite) -> bool:
@@ -219,7 +214,7 @@ class Interpreter(Recorder, Checks, Loops, Branches):
         states = self.run_actions(self.reader.of_expr(stmt.value), states)
         if self.exits(stmt.value):
             return Flow()  # ``sys.exit(0)``: the program ends here, like a raise
-        if _runs_text(stmt.value) and self.fact_names:
+        if runs_text(stmt.value) and self.fact_names:
             # ``exec(open('configurator.py').read())``: any setting may be overridden
             names = frozenset().union(*self.fact_names.values())
             states = {self.forget(s, names) for s in states}
@@ -519,7 +514,7 @@ class Interpreter(Recorder, Checks, Loops, Branches):
         if ctx is not self.frames[0].ctx:
             scope = f"{ctx.path}:{scope}"
         frame = Frame(ctx, node, action.cls, dict(action.bound), parent, scope)
-        frame.constants = {k: v for k, v in action.constants if k not in frame.local_values}
+        frame.constants = {k: v for k, v in action.constants if not frame.rebinds(k)}
         frame.maybe_none = action.maybe_none
         frame.divided, frame.handed_at = dict(action.divided), action.site
         frame.called_at = action.called_at

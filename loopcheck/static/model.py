@@ -281,8 +281,8 @@ class FileModel:
         bench: a profiling loop that never steps, next to the timing loop that does), and all
         the unseen code handed an optimizer ran before the loop, outside every loop (a
         wrapper's ``optimizer.sync_parameters()``)."""
-        if root.opaque_stepped or root.stepped_unkeyed:
-            return False
+        if root.opaque_stepped or root.stepped_unkeyed or loop.opaque_model:
+            return False  # (unseen code handed the model may step for it)
         if any(self.reaches(site, loop) for _, site in root.step_sites):
             return False
         return all(before(places, loop.entered_at) for places in root.opaque_places)

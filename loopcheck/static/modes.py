@@ -40,6 +40,8 @@ class ModeRecorder(FrameStack):
             return
         if self.frame.resolve(call.func) is None:
             return  # ``model.generate(...)``: a method, often run without gradients inside
+        if tensors.switches_gradients(self.ctx, self.frame.func):
+            return  # ``torch.set_grad_enabled(False)`` as a statement
         sites = set()
         for state in states:
             found = [e for k, e, crossed in state.evaluating if k == action.key and not crossed]

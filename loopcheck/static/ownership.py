@@ -444,13 +444,21 @@ def _requires_grad(scope: cst.CSTNode) -> dict[str, bool | None]:
                     ):
                         note(owner, inner.value)
     # ``model.requires_grad_(False); model.fc.requires_grad_(True)``: a linear probe whose head
-    # trains is no frozen model
+    # trains, and that the code also puts in train mode (its fine-tuning branch), is no
+    # frozen model; always frozen, its eval mode is deliberate
+    switched = {
+        dotted(node.func.value)
+        for node in walk(scope)
+        if type(node) is cst.Call
+        and type(node.func) is cst.Attribute
+        and node.func.attr.value == "train"
+    }
     for chain, setting in list(found.items()):
         if setting is not False:
             parts = chain.split(".")
             for end in range(1, len(parts)):
                 prefix = ".".join(parts[:end])
-                if prefix in found:
+                if prefix in found and prefix in switched:
                     found[prefix] = None
     return found
 

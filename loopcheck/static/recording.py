@@ -40,6 +40,19 @@ _LOOP_FLAGS = {
 
 
 _FORWARD = Event(Move.FORWARD)
+# methods of an optimizer that set it up and cannot step it later (a wrapper's
+# ``sync_parameters()``, a checkpoint loaded, a group added)
+_SETS_UP = frozenset(
+    {
+        "sync_parameters",
+        "load_state_dict",
+        "add_param_group",
+        "share_memory",
+        "consolidate_state_dict",
+        "broadcast_parameters",
+        "broadcast_optimizer_state",
+    }
+)
 
 
 class Recorder(ModeRecorder):
@@ -444,9 +457,8 @@ class Recorder(ModeRecorder):
         )
 
     def _called_on_itself(self, key: str) -> bool:
-        """Whether the statement running is only a method call on the optimizer ``key``
-        (``optimizer.sync_parameters()``): whatever it did, nothing kept the optimizer to
-        step it later."""
+        """Whether the statement running is only a set-up method called on the optimizer
+        ``key`` (``optimizer.sync_parameters()``): nothing kept the optimizer to step it later."""
         stmt = self.at
         if type(stmt) is not cst.SimpleStatementLine or len(stmt.body) != 1:
             return False
@@ -454,7 +466,7 @@ class Recorder(ModeRecorder):
         if type(expr) is not cst.Expr or type(expr.value) is not cst.Call:
             return False
         func = expr.value.func
-        if type(func) is not cst.Attribute:
+        if type(func) is not cst.Attribute or func.attr.value not in _SETS_UP:
             return False
         owner = self.frame.resolve(func.value)
         return owner is not None and owner.key == key

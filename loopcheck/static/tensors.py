@@ -324,11 +324,16 @@ def _own_nodes(body: cst.CSTNode) -> list[cst.CSTNode]:
 
 
 _TRAINING_CALLS = {"backward", "step", "manual_backward", "zero_grad", "grad"}
+# calls that only show what they are given
+_SHOWS = re.compile(r"^(print|format|str|repr|float|int|len|isinstance|round)$")
+_SHOWS_ON = re.compile(r"^(log\w*|logger|logging|wandb|writer|tb|tqdm|pbar)$")
 
 
 def evaluation_block(loop: cst.CSTNode, eval_call: cst.CSTNode, forward: cst.CSTNode) -> bool:
     """Whether the innermost ``if`` of the loop holding both the ``eval()`` call and the
-    forward makes no training move: an evaluation done every so often inside training."""
+    forward makes no training move: an evaluation done every so often inside training. Any
+    call handed what the block computed (``update(loss)``, ``learner.adapt(loss_fn(...))``)
+    may train, unless it only shows it (``print``, a logger)."""
     block = None
     for node in walk(loop):
         if type(node) is not cst.If:
@@ -338,6 +343,26 @@ def evaluation_block(loop: cst.CSTNode, eval_call: cst.CSTNode, forward: cst.CST
             block = node  # walked outer first: the last one found is the innermost
     if block is None:
         return False
-    return not any(
-        type(n) is cst.Call and called_name(n) in _TRAINING_CALLS for n in walk(block.body)
-    )
+    assigned = {
+        target.target.value
+        for node in walk(block.body)
+        if type(node) is cst.Assign
+        for target in node.targets
+        if type(target.target) is cst.Name
+    }
+    for node in walk(block.body):
+        if type(node) is not cst.Call or node is forward:
+            continue
+        if called_name(node) in _TRAINING_CALLS:
+            return False
+        if _SHOWS.match(called_name(node)) or _SHOWS_ON.match(
+            (dotted(node.func) or "").partition(".")[0]
+        ):
+            continue
+        for arg in node.args:
+            value = arg.value
+            if type(value) is cst.Name and value.value in assigned:
+                return False  # ``update(loss)``
+            if type(value) is cst.Call and any(n is forward for n in walk(value) if n is not value):
+                return False  # ``learner.adapt(loss_fn(model(x), y))``
+    return True
