@@ -100,7 +100,7 @@ class MissingStep(Rule):
         rank: dict[tuple[Site, str], tuple[bool, bool, int]] = {}
         for root in model.roots:
             for bound, (loop, n, cleared, owned) in root.bound_backwards.items():
-                if not owned and not _steps_siblings(root, bound[1]):
+                if not owned and not root.steps_siblings(bound[1]):
                     loop = None  # a sibling method or a base class may step it
                 contexts.setdefault(bound, []).append((root, loop))
                 known = rank.get(bound, (False, True, 0))
@@ -152,13 +152,3 @@ def _clears_unstepped(model: FileModel, seen: list[tuple[RootSummary, LoopSummar
             return False
         stepped |= root.stepped_keys
     return any(key not in stepped for _, loop, _ in seen for key in loop.unguarded_clears)
-
-
-def _steps_siblings(root: RootSummary, key: str) -> bool:
-    """Whether ``root`` steps another optimizer its instance holds (an RL trainer's
-    ``train_from_torch`` stepping its Q-function and policy optimizers): it owns the updates of
-    the instance's optimizers, whatever its base class does."""
-    owner, dot, _ = key.rpartition(":")[2].partition(".")
-    if not dot or not owner[:1].isupper():
-        return False
-    return any(k != key and k.startswith(f"{owner}.") for k in root.stepped_keys)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from loopcheck.rules._base import ProtocolRule
-from loopcheck.rules.zero_grad_in_accumulation import steps_around
+from loopcheck.rules._clears import steps_around
 
 if TYPE_CHECKING:
     from loopcheck.static.model import FileModel, Record

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from loopcheck.rules._base import Finding, ProtocolRule
-from loopcheck.rules.zero_grad_in_accumulation import drops_gradients
+from loopcheck.rules._clears import drops_gradients
 
 if TYPE_CHECKING:
     from loopcheck.static.model import FileModel

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from loopcheck.protocol import Move
 from loopcheck.rules._base import ProtocolRule
+from loopcheck.rules._clears import drops_gradients
 
 if TYPE_CHECKING:
-    from loopcheck.static.model import FileModel, LoopSummary, Record
+    from loopcheck.static.model import FileModel, Record
 
 
 class ZeroGradInAccumulation(ProtocolRule):
@@ -66,33 +66,3 @@ class ZeroGradInAccumulation(ProtocolRule):
 
     def keep(self, model: FileModel, record: Record) -> bool:
         return not record.between_losses and drops_gradients(model, record)
-
-
-def drops_gradients(model: FileModel, record: Record) -> bool:
-    """Whether a clear recorded as dropping an earlier backward's gradients before any step
-    used them stands: the loop around steps that optimizer, and the clear is no LC102's."""
-    if record.root is not None and not record.root.stepped:
-        return False  # no step at all: that is LC105's finding, not this one
-    loop = model.innermost_loop(record.cause) if record.cause is not None else None
-    if loop is None or record.site not in loop.sites:
-        return False  # cleared outside the micro-batch loop: a dropped partial accumulation
-    # a step after the loop, not one in a loop beside it (nanoGPT's bench: a profiling
-    # loop that never steps, next to the benchmark's loop that does)
-    stepped_after = record.root is not None and any(
-        key == record.key and site not in loop.sites and model.reaches(site, loop)
-        for key, site in record.root.step_sites
-    )
-    if not steps_around(loop, record.key) and not stepped_after:
-        # neither the loops around nor the function around it (``train_step()``'s step
-        # after its micro-batch loop) step this optimizer: missing step, not this bug
-        return False
-    # one finding per place: a clear right before a step is LC102
-    return not any(other.site == record.site for other in model.violations("LC102"))
-
-
-def steps_around(loop: LoopSummary | None, key: str) -> bool:
-    while loop is not None:
-        if loop.has(Move.STEP, key):
-            return True
-        loop = loop.parent
-    return False

@@ -46,8 +46,11 @@ from loopcheck.static.tree import walk
 if TYPE_CHECKING:
     from loopcheck.static.frames import Frame
 
-# what names a schedule's position, not a metric (``step(cur_epoch=e, cur_step=i)``)
-_POSITION = re.compile(r"(?i)epoch|step|iter|^(i|it|n)$")
+# what names a schedule's position, not a metric (``step(cur_epoch=e, cur_step=i)``, not
+# ``step(epoch_loss)``)
+_POSITION = re.compile(
+    r"(?i)^((cur|current|global|num|n)_)?(epochs?|steps?|iters?|iterations?|i|it|n)$"
+)
 
 
 def _told_its_position(call: cst.Call) -> bool:

@@ -50,7 +50,7 @@ _CUT_ATTRIBUTES = {"data", "grad", "shape", "dtype", "device", "requires_grad", 
 # Constructors of new tensors from data (``torch.FloatTensor(batch)``): whatever they are
 # given, the result has no graph
 _NEW_DATA = re.compile(
-    r"^torch\.((cuda\.)?[A-Z][a-z]*Tensor|tensor|from_numpy|zeros|ones|randn?|randint|arange"
+    r"^torch\.((cuda\.)?([A-Z][a-z]*)?Tensor|tensor|from_numpy|zeros|ones|randn?|randint|arange"
     r"|empty|full|eye|linspace)$|^(numpy|np)\."
 )
 # ``replay_buffer.sample(n)``, ``memory.sample(batch_size=n)``, ``dataset.get_batch()``

@@ -1,7 +1,9 @@
-"""What a call into another library cannot do, judged by its name alone: builtins and
-loggers that only look at what they are given, helpers that average gradients across processes,
-checkpoint savers, step-like methods that may or may not step an optimizer, and pipeline
-schedules that are not LR schedules. The reader asks these where it cannot see into a callee."""
+"""What a call into another library cannot do, judged by its name alone.
+
+Builtins and loggers only look at what they are given, helpers named for averaging gradients
+across processes neither clear nor step, checkpoint savers keep nothing, step-like methods
+may or may not step an optimizer, and pipeline schedules are no LR schedules. The reader asks
+these where it cannot see into a callee."""
 
 from __future__ import annotations
 

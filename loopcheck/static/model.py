@@ -200,6 +200,15 @@ class RootSummary:
     backward_facts: dict[Site, set[frozenset]] = field(default_factory=dict)
     _referenced: bool | None = field(default=None, init=False, repr=False)
 
+    def steps_siblings(self, key: str) -> bool:
+        """Whether this analysis steps another optimizer the instance holding ``key`` holds
+        (an RL trainer's ``train_from_torch`` stepping its Q-function and policy optimizers):
+        it owns the updates of the instance's optimizers, whatever its base class does."""
+        owner, dot, _ = key.rpartition(":")[2].partition(".")
+        if not dot or not owner[:1].isupper():
+            return False  # not ``Class.attribute``: no instance holds it
+        return any(k != key and k.startswith(f"{owner}.") for k in self.stepped_keys)
+
     @property
     def referenced(self) -> bool:
         if self._referenced is None:

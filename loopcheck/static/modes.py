@@ -1,7 +1,9 @@
-"""What the walk knows of each model's mode: gradients on or off (``no_grad`` blocks), and
-train or eval (``eval()``/``train()`` calls on each path, a mode saved in a name, an eval mode
-left over across a loop's back edge); LC503 at a backward of a model still in eval mode, and
-the forwards of a validation block inside a training loop (LC502)."""
+"""What the walk knows of each model's mode along each path.
+
+Gradients on or off (``no_grad`` blocks), train or eval (``eval()``/``train()`` calls, a mode
+saved in a name, an eval mode left over across a loop's back edge); LC503 at a backward of a
+model still in eval mode, and the forwards of a validation block inside a training loop
+(LC502)."""
 
 from __future__ import annotations
 

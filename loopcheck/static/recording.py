@@ -450,7 +450,7 @@ class Recorder(ModeRecorder):
         if cause is None or not isinstance(backward, Site) or backward == cause or func is None:
             return False
         if not (cause.precedes(clear) and clear.precedes(backward)):
-            return False
+            return False  # (``precedes`` holds only within one file)
         body = self.ctx.site(func).span
         return all(
             body.line <= site.span.line <= body.end_line for site in (cause, clear, backward)
