@@ -192,6 +192,15 @@ def schedule_keyed_elsewhere(cls: ClassInfo | None) -> bool:
 def _keyed_elsewhere(step: cst.FunctionDef) -> bool:
     assigned = False
     for node in walk(step.body):
+        if (
+            type(node) is cst.Assign
+            and any(_last_epoch(t.target) for t in node.targets)
+            and any(_steps_read(n) for n in walk(node.value))
+        ):
+            # ``self.last_epoch = state["step"] + 1`` on some branch (NVIDIA's mixed-precision
+            # schedulers): the author keys it to the optimizer's own count where it matters
+            return True
+    for node in walk(step.body):
         if type(node) is cst.Call and type(node.func) is cst.Attribute:
             if node.func.attr.value == "step":
                 return False  # ``super().step()``, ``Base.step(self)``: counted there
@@ -202,6 +211,18 @@ def _keyed_elsewhere(step: cst.FunctionDef) -> bool:
                 return False  # ``self.last_epoch = self.last_epoch + 1`` (on some branch)
             assigned = True
     return assigned
+
+
+def _steps_read(node: cst.CSTNode) -> bool:
+    """``param_group["step"]``, ``state_dict['step']``: an optimizer's own step count."""
+    if type(node) is not cst.Subscript or len(node.slice) != 1:
+        return False
+    index = node.slice[0].slice
+    return (
+        type(index) is cst.Index
+        and type(index.value) is cst.SimpleString
+        and index.value.evaluated_value == "step"
+    )
 
 
 def _last_epoch(node: cst.CSTNode) -> bool:
