@@ -10,12 +10,12 @@ import libcst as cst
 from loopcheck.protocol import Grads
 from loopcheck.static import guards, kept, tensors
 from loopcheck.static.bodies import function_layout
+from loopcheck.static.counters import counter_of
 from loopcheck.static.frames import Frame, FrameStack
 from loopcheck.static.index import FileContext
 from loopcheck.static.model import FileModel, LoopSummary, Record, RootSummary
 from loopcheck.static.paths import PathState
 from loopcheck.static.syntax import (
-    counter_of,
     ends_with_continue,
     names_in,
     negated_if,

@@ -12,18 +12,15 @@ import libcst as cst
 
 from loopcheck.static.callees import BACKWARD_CALLS
 from loopcheck.static.conditions import Render
+from loopcheck.static.counters import counted_iter, counter_of, cycled_range, range_length
 from loopcheck.static.frames import Frame
 from loopcheck.static.reaching import Layout
 from loopcheck.static.roles import Role
 from loopcheck.static.syntax import (
     call_args,
-    counted_iter,
-    counter_of,
-    cycled_range,
     dotted,
     literal_index,
     negated_if,
-    range_length,
     without_not,
 )
 from loopcheck.static.tree import is_expression, walk

@@ -13,6 +13,7 @@ import libcst as cst
 from loopcheck.diagnostic import Span
 from loopcheck.static.classes import ClassInfo, is_test_class
 from loopcheck.static.conditions import condition_key, counter_sign, modular, modulus_of
+from loopcheck.static.counters import cycled_range, range_length, zipped_targets
 from loopcheck.static.model import Site
 from loopcheck.static.positions import Range, Statements, positions, statement_positions
 from loopcheck.static.relevance import move_word, names_move, relevant_functions, two_ways
@@ -21,15 +22,12 @@ from loopcheck.static.syntax import (
     all_params,
     assignments,
     chains_in,
-    cycled_range,
     evaluation_order,
     incremented,
     loop_assigned,
     method_calls,
     nested_defs,
-    range_length,
     without_not,
-    zipped_targets,
 )
 from loopcheck.static.tree import is_expression, kids
 

@@ -12,13 +12,14 @@ import libcst as cst
 from loopcheck.protocol import Event, Move, advance
 from loopcheck.static import conditions, guards, tensors
 from loopcheck.static.callees import may_clear, names_a_move
+from loopcheck.static.counters import counter_of
 from loopcheck.static.facts import flags_in, handed_back_in, init_flags
 from loopcheck.static.frames import FrameStack
 from loopcheck.static.model import FileModel, LoopSummary, RootSummary
 from loopcheck.static.moves import Emit
 from loopcheck.static.paths import Flow, PathState, cap
 from loopcheck.static.roles import Role, role_from_name
-from loopcheck.static.syntax import all_params, chains_in, counter_of, is_true, literal
+from loopcheck.static.syntax import all_params, chains_in, is_true, literal
 from loopcheck.static.tree import walk
 
 if TYPE_CHECKING:
