@@ -33,7 +33,7 @@ from loopcheck.static.ownership import (
     optimized_models,
 )
 from loopcheck.static.roles import Obj, Role, is_model_method
-from loopcheck.static.schedules import in_micro_batches, prepared
+from loopcheck.static.schedules import in_micro_batches, prepared, told_its_position
 from loopcheck.static.syntax import (
     body_clears,
     call_args,
@@ -45,28 +45,6 @@ from loopcheck.static.tree import walk
 
 if TYPE_CHECKING:
     from loopcheck.static.frames import Frame
-
-# what names a schedule's position, not a metric (``step(cur_epoch=e, cur_step=i)``, not
-# ``step(epoch_loss)``)
-_POSITION = re.compile(
-    r"(?i)^((cur|current|global|num|n)_)?(epochs?|steps?|iters?|iterations?|i|it|n)$"
-)
-
-
-def _told_its_position(call: cst.Call) -> bool:
-    """A scheduler's ``step`` handed where it stands: by a keyword (``cur_step=i``,
-    ``epoch=e``) or a name (``step(epoch)``) that says so."""
-    for arg in call.args:
-        if arg.keyword is not None and _POSITION.search(arg.keyword.value):
-            return True
-        if (
-            arg.keyword is None
-            and type(arg.value) is cst.Name
-            and _POSITION.search(arg.value.value)
-        ):
-            return True
-    return False
-
 
 CLIP_FUNCTIONS = {
     "clip_grad_norm_",
@@ -190,7 +168,7 @@ class ApiReader(OpaqueCalls):
                 # its position is the optimizer's own step count: whenever it is called, it
                 # sets the rate of the next step (NVIDIA BERT's ``PolyWarmUpScheduler``)
                 return []
-            if method == "step" and _told_its_position(call):
+            if method == "step" and told_its_position(call):
                 # ``scheduler.step(cur_epoch=e, cur_step=i)``, ``step(epoch)``: the rate is set
                 # for the position given, however often it is called (LAVIS's schedulers)
                 return []

@@ -1,6 +1,7 @@
 """What a learning-rate scheduler's ``step()`` means where it is called: whether an
 accelerator was handed it (a prepared scheduler skips the micro-batches that do not sync),
-and whether its lengths count micro-batches (stepped once per micro-batch on purpose)."""
+whether its lengths count micro-batches (stepped once per micro-batch on purpose), and whether
+it is told its position (``step(cur_epoch=e, cur_step=i)``: however often it is called)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,25 @@ def _handed_to_prepare(body: cst.CSTNode) -> frozenset[str]:
 
 _ACCUMULATION = re.compile(r"(?i)accum")  # ``gradient_accumulation_steps``, ``grad_accum``
 _PREPARE_METHODS = {"prepare", "prepare_scheduler", "setup"}
+
+
+# what names a schedule's position, not a metric (``step(cur_epoch=e, cur_step=i)``, not
+# ``step(epoch_loss)``)
+_POSITION = re.compile(
+    r"(?i)^((cur|current|global|num|n)_)?(epochs?|steps?|iters?|iterations?|i|it|n)$"
+)
+
+
+def told_its_position(call: cst.Call) -> bool:
+    """A scheduler's ``step`` handed where it stands: by a keyword (``cur_step=i``,
+    ``epoch=e``) or a name (``step(epoch)``) that says so."""
+    for arg in call.args:
+        if arg.keyword is not None and _POSITION.search(arg.keyword.value):
+            return True
+        if (
+            arg.keyword is None
+            and type(arg.value) is cst.Name
+            and _POSITION.search(arg.value.value)
+        ):
+            return True
+    return False
