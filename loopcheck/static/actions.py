@@ -411,9 +411,6 @@ class Reader(CallFollower):
                 or (positional and _parameters_of_a_model(positional[0]))
             ):
                 return self.apis.clip(call, positional[0] if positional else None)
-            if last == "dispatch_clip_grad" and ("timm" in qual or qual == last):
-                # timm's clip by norm, value or adaptively (``from timm.utils import *``)
-                return self.apis.clip(call, positional[0] if positional else None)
             if last in CLIP_FUNCTIONS and type(func) is cst.Attribute and qual == dotted(func):
                 # ``module.clip_grad_norm_(max_norm)`` (FSDP), ``optimizer.clip_grad_norm(
                 # max_norm)`` (fairseq): a clip of the receiver's parameters
@@ -426,9 +423,9 @@ class Reader(CallFollower):
             if last in CLEARING_NAMES:
                 return [Mark("clears"), *self.apis.unresolved_clear(call)]
             if _CLIP_HELPER.match(last) and positional:
-                # ``clip_gradient(decoder_optimizer, grad_clip)`` from the project's utilities:
-                # a clip of what it is handed; handed a scaler or an accelerator, it may well
-                # unscale first (no LC301)
+                # ``clip_gradient(decoder_optimizer, grad_clip)`` from the project's utilities,
+                # timm's ``dispatch_clip_grad(params, value, mode)``: a clip of what it is
+                # handed; handed a scaler or an accelerator, it may well unscale first
                 handed = [self.frame.resolve(a.value) for a in call.args]
                 unscales = any(
                     h is not None and h.role in (Role.SCALER, Role.ACCELERATOR) for h in handed
@@ -539,7 +536,9 @@ _FRAMEWORK_ROLES = (Role.ACCELERATOR, Role.SCALER, Role.ENGINE)
 
 
 # helpers of other modules named for clipping gradients (not ``clip_grad_norm_`` itself)
-_CLIP_HELPER = re.compile(r"^clip_(grad|gradient)s?(_norm|_value)?$|^clip_gradients?_?$")
+_CLIP_HELPER = re.compile(
+    r"^(dispatch_)?clip_(grad|gradient)s?(_norm|_value)?$|^clip_gradients?_?$"
+)
 
 
 def _parameters_of_a_model(expr: cst.BaseExpression) -> bool:
