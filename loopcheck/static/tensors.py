@@ -11,6 +11,7 @@ import libcst as cst
 
 from loopcheck.static.callees import BACKWARD_CALLS
 from loopcheck.static.classes import ClassInfo, is_test_class
+from loopcheck.static.foreign import LOOKS_ONLY
 from loopcheck.static.index import EVALUATING as _EVALUATING
 from loopcheck.static.index import FileContext
 from loopcheck.static.roles import Imports
@@ -324,8 +325,9 @@ def _own_nodes(body: cst.CSTNode) -> list[cst.CSTNode]:
 
 
 _TRAINING_CALLS = {"backward", "step", "manual_backward", "zero_grad", "grad"}
-# calls that only show what they are given
-_SHOWS = re.compile(r"^(print|format|str|repr|float|int|len|isinstance|round)$")
+# calls that only show what they are given: builtins that look, numbers made for a log, and
+# the methods of loggers and progress bars
+_SHOWS = LOOKS_ONLY | {"format", "float", "int", "round"}
 _SHOWS_ON = re.compile(r"^(log\w*|logger|logging|wandb|writer|tb|tqdm|pbar)$")
 
 
@@ -355,7 +357,7 @@ def evaluation_block(loop: cst.CSTNode, eval_call: cst.CSTNode, forward: cst.CST
             continue
         if called_name(node) in _TRAINING_CALLS:
             return False
-        if _SHOWS.match(called_name(node)) or _SHOWS_ON.match(
+        if called_name(node) in _SHOWS or _SHOWS_ON.match(
             (dotted(node.func) or "").partition(".")[0]
         ):
             continue
