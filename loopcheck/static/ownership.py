@@ -241,7 +241,9 @@ def _handed_to_parameter_helpers(frame: Frame, expr: cst.CSTNode) -> list[cst.Ba
         func = frame.ctx.functions.get(node.func.value)
         if func is None:
             continue
-        owners = {dotted(r) for r in _parameter_owners(func.body)}
+        owners = frame.ctx.remember(
+            "parameter owners", func, lambda f=func: {dotted(r) for r in _parameter_owners(f.body)}
+        )
         for param, arg in zip(params_of(func), node.args, strict=False):
             if arg.keyword is None and not arg.star and param.name.value in owners:
                 out.extend(roots_of(arg.value))
