@@ -190,27 +190,23 @@ def schedule_keyed_elsewhere(cls: ClassInfo | None) -> bool:
 
 
 def _keyed_elsewhere(step: cst.FunctionDef) -> bool:
-    assigned = False
-    for node in walk(step.body):
-        if (
-            type(node) is cst.Assign
-            and any(_last_epoch(t.target) for t in node.targets)
-            and any(_steps_read(n) for n in walk(node.value))
-        ):
-            # ``self.last_epoch = state["step"] + 1`` on some branch (NVIDIA's mixed-precision
-            # schedulers): the author keys it to the optimizer's own count where it matters
-            return True
+    assigned = counted = False
     for node in walk(step.body):
         if type(node) is cst.Call and type(node.func) is cst.Attribute:
-            if node.func.attr.value == "step":
-                return False  # ``super().step()``, ``Base.step(self)``: counted there
+            # ``super().step()``, ``Base.step(self)``: counted there
+            counted |= node.func.attr.value == "step"
         elif type(node) is cst.AugAssign and _last_epoch(node.target):
-            return False
+            counted = True
         elif type(node) is cst.Assign and any(_last_epoch(t.target) for t in node.targets):
-            if any(_last_epoch(n) for n in walk(node.value)):
-                return False  # ``self.last_epoch = self.last_epoch + 1`` (on some branch)
+            read = list(walk(node.value))
+            if any(_steps_read(n) for n in read):
+                # ``self.last_epoch = state["step"] + 1`` on some branch (NVIDIA's mixed-
+                # precision schedulers): keyed to the optimizer's own count where it matters
+                return True
+            # ``self.last_epoch = self.last_epoch + 1`` (on some branch): counted
+            counted |= any(_last_epoch(n) for n in read)
             assigned = True
-    return assigned
+    return assigned and not counted
 
 
 def _steps_read(node: cst.CSTNode) -> bool:
