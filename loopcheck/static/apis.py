@@ -59,6 +59,11 @@ _OPTIMIZER_HARMLESS = {
     "state_dict",
     "load_state_dict",
     "add_param_group",
+    # set-up of a wrapped or shared optimizer (cherry's ``Distributed.sync_parameters()``,
+    # a Hogwild ``share_memory()``, ZeRO's ``consolidate_state_dict()``)
+    "sync_parameters",
+    "share_memory",
+    "consolidate_state_dict",
     "register_step_pre_hook",
     "register_step_post_hook",
     "register_state_dict_pre_hook",

@@ -133,7 +133,6 @@ class Loops(FrameStack):
         if summary is None:
             parent = self.loop_stack[-1] if self.loop_stack else None
             summary = LoopSummary(node, self.ctx.site(node), parent, self.root)
-            summary.entered_at = self.places(node)
             summary.eval_like = (
                 tensors.evaluates(self.ctx, self.frame.func)
                 or tensors.over_held_out_data(self.ctx, self.frame.func, node)

@@ -70,8 +70,6 @@ class LoopSummary:
     site: Site
     parent: LoopSummary | None
     root: RootSummary | None  # the analysis that first entered it
-    # where that analysis entered it, in each frame from the root down (see ``before``)
-    entered_at: tuple[Site, ...] | None = None
     moves: set[tuple[Move, str]] = field(default_factory=set)
     steps: dict[str, Site] = field(default_factory=dict)
     backwards: list[Site] = field(default_factory=list)
@@ -175,10 +173,7 @@ class RootSummary:
     referenced_by: Callable[[], bool] = field(default=lambda: False, repr=False)
     stepped: bool = False  # some STEP, opaque optimizer call or unresolved .step() was seen
     stepped_unkeyed: bool = False  # an unresolved .step(), or gradients used by hand
-    # an optimizer handed to code we cannot see in a loop, or where unknown
-    opaque_stepped: bool = False
-    # ... outside every loop: where, in each frame from this root down to that call
-    opaque_places: set[tuple[Site, ...]] = field(default_factory=set)
+    opaque_stepped: bool = False  # an optimizer handed to code we cannot see
     unkeyed_outside: bool = False  # ... one of them outside every loop
     grads_written: bool = False  # gradients written by hand (``p.grad = g``) somewhere in it
     # optimizers stepped, or handed to code we cannot see (STEP and OPAQUE events)
@@ -287,14 +282,11 @@ class FileModel:
 
     def steps_elsewhere(self, root: RootSummary, loop: LoopSummary) -> bool:
         """Whether every step ``root`` was seen to take is in a loop beside ``loop`` (nanoGPT's
-        bench: a profiling loop that never steps, next to the timing loop that does), and all
-        the unseen code handed an optimizer ran before the loop, outside every loop (a
-        wrapper's ``optimizer.sync_parameters()``)."""
+        bench: a profiling loop that never steps, next to the timing loop that does), and no
+        unseen code was handed an optimizer or the loop's model."""
         if root.opaque_stepped or root.stepped_unkeyed or loop.opaque_model:
             return False  # (unseen code handed the model may step for it)
-        if any(self.reaches(site, loop) for _, site in root.step_sites):
-            return False
-        return all(before(places, loop.entered_at) for places in root.opaque_places)
+        return not any(self.reaches(site, loop) for _, site in root.step_sites)
 
     def apart_from_steps(self, root: RootSummary, loop: LoopSummary, site: Site) -> bool:
         """Whether every path a backward was seen on excludes, by a run-long choice, every
@@ -331,18 +323,6 @@ class FileModel:
     def _apart(self, record: Record, others: set[frozenset]) -> bool:
         key = (record.code, record.site, record.key, id(record.root))
         return apart(self._paths.get(key, set()), others)
-
-
-def before(one: tuple[Site, ...], other: tuple[Site, ...] | None) -> bool:
-    """Whether the place ``one`` certainly runs before ``other``, both given as the calls
-    made from each frame down from one root: they part in one function's body, where the
-    first comes first in the text."""
-    if other is None:
-        return False
-    for mine, theirs in zip(one, other, strict=False):
-        if mine != theirs:
-            return mine.precedes(theirs)
-    return False
 
 
 def apart(paths: set[frozenset], others: set[frozenset]) -> bool:

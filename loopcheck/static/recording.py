@@ -40,19 +40,6 @@ _LOOP_FLAGS = {
 
 
 _FORWARD = Event(Move.FORWARD)
-# methods of an optimizer that set it up and cannot step it later (a wrapper's
-# ``sync_parameters()``, a checkpoint loaded, a group added)
-_SETS_UP = frozenset(
-    {
-        "sync_parameters",
-        "load_state_dict",
-        "add_param_group",
-        "share_memory",
-        "consolidate_state_dict",
-        "broadcast_parameters",
-        "broadcast_optimizer_state",
-    }
-)
 
 
 class Recorder(ModeRecorder):
@@ -311,13 +298,7 @@ class Recorder(ModeRecorder):
             self.root.stepped = True
             self.root.stepped_keys.add(key)
             if event.move is Move.OPAQUE:
-                # where unseen code was handed it: outside every loop, before a loop, it
-                # cannot apply what the loop computes (``optimizer.sync_parameters()``)
-                places = self.places() if self._called_on_itself(key) else None
-                if places is None or self.loop_stack:
-                    self.root.opaque_stepped = True
-                else:
-                    self.root.opaque_places.add(places)
+                self.root.opaque_stepped = True
         if event.move is Move.STEP and where is not None:
             if old.grads is Grads.CLEAR and old.pending_zero is None and self.loop_stack:
                 self.model.cleared_steps.setdefault(where, self.loop_stack[-1])
@@ -455,34 +436,6 @@ class Recorder(ModeRecorder):
         return all(
             body.line <= site.span.line <= body.end_line for site in (cause, clear, backward)
         )
-
-    def _called_on_itself(self, key: str) -> bool:
-        """Whether the statement running is only a set-up method called on the optimizer
-        ``key`` (``optimizer.sync_parameters()``): nothing kept the optimizer to step it later."""
-        stmt = self.at
-        if type(stmt) is not cst.SimpleStatementLine or len(stmt.body) != 1:
-            return False
-        expr = stmt.body[0]
-        if type(expr) is not cst.Expr or type(expr.value) is not cst.Call:
-            return False
-        func = expr.value.func
-        if type(func) is not cst.Attribute or func.attr.value not in _SETS_UP:
-            return False
-        owner = self.frame.resolve(func.value)
-        return owner is not None and owner.key == key
-
-    def places(self, node: cst.CSTNode | None = None) -> tuple[Site, ...] | None:
-        """Where the analysis is now, in each frame from the root down: the calls made from
-        each frame, then ``node`` (or the statement running) in the innermost one."""
-        chain = []
-        for frame in self.frames[1:]:
-            if not isinstance(frame.called_at, Site):
-                return None
-            chain.append(frame.called_at)
-        node = node if node is not None else self.at
-        if node is None:
-            return None
-        return (*chain, self.ctx.site(node))
 
     def mark(self, what: str, states: set[PathState] | None = None) -> None:
         if what in ("stepped", "grads") and self.root is not None:
