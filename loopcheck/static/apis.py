@@ -32,7 +32,7 @@ from loopcheck.static.ownership import (
     module_key,
     optimized_models,
 )
-from loopcheck.static.roles import Obj, Role, is_model_method
+from loopcheck.static.roles import Obj, Role, is_model_method, siblings
 from loopcheck.static.schedules import in_micro_batches, prepared, told_its_position
 from loopcheck.static.syntax import (
     body_clears,
@@ -354,7 +354,10 @@ class ApiReader(OpaqueCalls):
         return tuple(
             o.key
             for o in self.frame.optimizers()
-            if o.key != optimizer.key and o.models == optimizer.models and o.role is Role.OPTIMIZER
+            if o.key != optimizer.key
+            and o.models == optimizer.models
+            and o.role is Role.OPTIMIZER
+            and not siblings(o.key, optimizer.key)
         )
 
     def zero_event(self, site: Site | None) -> Event:
@@ -449,6 +452,10 @@ class ApiReader(OpaqueCalls):
             for root in roots_of(params):
                 obj = self.frame.resolve(root)
                 if obj is None:
+                    # ``self.critic_ensemble`` handed in, of no type the linter knows: the
+                    # optimizers built over that very module
+                    key = module_key(self.frame, root)
+                    keys.extend(o.key for o in opts if key is not None and key in o.models)
                     continue
                 if obj.role is Role.OPTIMIZER:
                     keys.extend(obj.members or (obj.key,))

@@ -28,6 +28,10 @@ class ClassInfo:
     methods: dict[str, cst.FunctionDef]
     attr_values: dict[str, list[tuple[cst.BaseExpression, cst.FunctionDef]]]
     class_values: dict[str, cst.BaseExpression] = field(default_factory=dict)
+    # ``self.optimizers["critic"] = Adam(...)``: (key or None, value, method) per attribute
+    item_values: dict[str, list[tuple[object, cst.BaseExpression, cst.FunctionDef]]] = field(
+        default_factory=dict
+    )
     _bases: list[ClassInfo] | None = None
     _calls_inherited: bool | None = None
 

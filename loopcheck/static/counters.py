@@ -52,6 +52,11 @@ def zipped_targets(stmt: cst.For) -> list[tuple[str, cst.BaseExpression]]:
     """``for opt, sched in zip(optimizers, schedulers)``: each plain name of the target with
     the iterable it walks."""
     it, target = stmt.iter, stmt.target
+    if _items_pair(it, target):
+        # ``for name, opt in optimizers.items()``: ``opt`` walks the dict's values
+        value = target.elements[1].value  # type: ignore[attr-defined]
+        values = cst.Call(func=cst.Attribute(it.func.value, cst.Name("values")))  # type: ignore[attr-defined]
+        return [(value.value, values)] if type(value) is cst.Name else []
     if not (type(it) is cst.Call and dotted(it.func) == "zip" and type(target) is cst.Tuple):
         return []
     if len(target.elements) != len(it.args) or any(a.star or a.keyword for a in it.args):
@@ -61,6 +66,17 @@ def zipped_targets(stmt: cst.For) -> list[tuple[str, cst.BaseExpression]]:
         for element, arg in zip(target.elements, it.args, strict=True)
         if type(element.value) is cst.Name
     ]
+
+
+def _items_pair(it: cst.BaseExpression, target: cst.BaseExpression) -> bool:
+    return (
+        type(it) is cst.Call
+        and type(it.func) is cst.Attribute
+        and it.func.attr.value == "items"
+        and not it.args
+        and type(target) is cst.Tuple
+        and len(target.elements) == 2
+    )
 
 
 def cycled_range(stmt: cst.For) -> tuple[str, cst.Call] | None:

@@ -298,8 +298,10 @@ class _Tracer:
             if callee is not None and callee.role in MODEL_ROLES:
                 if callee.cls is not None and forward_without_grad(callee.cls):
                     return NOTHING
-                # (``torch.compile(WorldModelLoss(world_model))``: and what it was built over)
-                return self.obj(callee) | self.models_handed(func) | args
+                # (``torch.compile(WorldModelLoss(world_model))``: and what it was built over;
+                # ``critics = self.target if use_target else self.online``: either of them)
+                chosen = self.name(self.frame, func.value, depth + 1, at)
+                return self.obj(callee) | chosen | self.models_handed(func) | args
             if callee is not None and callee.role is Role.INSTANCE and callee.cls is not None:
                 return self.instance_models(callee) | args
             node = named_function(self.frame, func.value)

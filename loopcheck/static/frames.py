@@ -63,6 +63,7 @@ class Frame(ValueRoles):
         self.local_defs = info.local_defs
         self.params = info.params
         self.loop_targets = info.loop_targets
+        self.item_values = info.item_values
         self._cache: dict[str, Obj | None] = {}
         self._busy: set[str] = set()
         self.building: set[str] = set()  # optimizers whose models are being read (ownership)
@@ -257,6 +258,8 @@ class Frame(ValueRoles):
             role_obj = frame.value_role(value, None)
             if role_obj is not None:
                 found = replace(role_obj, key=f"{cls.name}.{attr}")
+                if found.parts:
+                    found = _with_stored_parts(found, cls, attr)
                 break
         if found is None and cls.method(attr) is None:  # ``self.net_u(x)``: a method
             role = role_from_name(attr)
@@ -281,6 +284,8 @@ class Frame(ValueRoles):
             obj = self.resolve_name(name)
             if obj is not None and obj.role in (Role.OPTIMIZER, Role.ENGINE) and not obj.members:
                 found.setdefault(obj.key, obj)
+            for part in obj.all_parts() if obj is not None else ():
+                found.setdefault(part.key, part)
         if self.cls is not None:
             for info in self.cls.mro():
                 for attr in info.attr_values:
@@ -291,6 +296,8 @@ class Frame(ValueRoles):
                     if obj is not None and obj.role in (Role.OPTIMIZER, Role.ENGINE):
                         if not obj.members:
                             found.setdefault(obj.key, obj)
+                        for part in obj.all_parts():
+                            found.setdefault(part.key, part)
         if self.func is not None:
             # optimizers held by other objects, seen where they are cleared or stepped here
             # (``self.critic.optimizer.step()``)
@@ -302,6 +309,21 @@ class Frame(ValueRoles):
             for obj in self.parent.optimizers():
                 found.setdefault(obj.key, obj)
         return list(found.values())
+
+
+def _with_stored_parts(found: Obj, cls: ClassInfo, attr: str) -> Obj:
+    """A dict of named optimizers that methods add to (``self.optimizers["critic"] =
+    Adam(...)``): those are parts too; one stored under a key that is no constant, or that is
+    no optimizer, leaves one container whose members are unknown."""
+    parts = dict(found.parts)
+    for label, value, method in (i for info in cls.mro() for i in info.item_values.get(attr, ())):
+        scope = f"{cls.name}.{method.name.value}"
+        frame = Frame(cls.ctx, method, cls, {}, module_frame(cls.ctx), scope)
+        stored = frame.value_role(value, None)
+        if not isinstance(label, str) or stored is None or stored.role is not Role.OPTIMIZER:
+            return Obj(found.role, found.key, found.models)
+        parts.setdefault(label, stored.models)
+    return replace(found, parts=tuple(parts.items()))
 
 
 def module_frame(ctx: FileContext) -> Frame:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 import libcst as cst
 
 from loopcheck.diagnostic import Span
-from loopcheck.static.classes import ClassInfo, is_test_class
+from loopcheck.static.classes import ClassInfo, is_test_class, self_attribute
 from loopcheck.static.conditions import condition_key, counter_sign, modular, modulus_of
 from loopcheck.static.counters import cycled_range, range_length, zipped_targets
 from loopcheck.static.model import Site
@@ -24,6 +24,7 @@ from loopcheck.static.syntax import (
     chains_in,
     evaluation_order,
     incremented,
+    literal_index,
     loop_assigned,
     method_calls,
     nested_defs,
@@ -76,6 +77,8 @@ class FunctionInfo:
     local_defs: dict[str, cst.FunctionDef]
     params: dict[str, str | None]
     loop_targets: dict[str, cst.BaseExpression]  # ``for x in <iter>``: the iterable of x
+    # ``optimizers["critic"] = Adam(...)``: what is stored under each key of a local container
+    item_values: dict[str, list[tuple[object, cst.BaseExpression]]] = field(default_factory=dict)
 
 
 class FileContext:
@@ -483,16 +486,18 @@ class _Indexer:
                             if type(target) is cst.Name:
                                 class_values[target.value] = small.value
         attrs: dict[str, list[tuple[cst.BaseExpression, cst.FunctionDef]]] = {}
+        items: dict[str, list[tuple[object, cst.BaseExpression, cst.FunctionDef]]] = {}
         for method in methods.values():
             for target, value in assignments(method.body):
-                if (
-                    type(target) is cst.Attribute
-                    and type(target.value) is cst.Name
-                    and target.value.value == "self"
-                ):
-                    attrs.setdefault(target.attr.value, []).append((value, method))
+                held = self_attribute(target.value) if type(target) is cst.Subscript else None
+                if held is not None:
+                    label = literal_index(target)  # type: ignore[arg-type]
+                    items.setdefault(held, []).append((label, value, method))
+                name = self_attribute(target)
+                if name is not None:
+                    attrs.setdefault(name, []).append((value, method))
         self.ctx.classes[node.name.value] = ClassInfo(
-            node.name.value, node, self.ctx, bases, methods, attrs, class_values
+            node.name.value, node, self.ctx, bases, methods, attrs, class_values, items
         )
 
 
@@ -516,6 +521,10 @@ def _function_info(ctx: FileContext, func: cst.FunctionDef | None) -> FunctionIn
     for target, value in assignments(body):
         if type(target) is cst.Name:
             info.local_values.setdefault(target.value, []).append(value)
+        elif type(target) is cst.Subscript and type(target.value) is cst.Name:
+            info.item_values.setdefault(target.value.value, []).append(
+                (literal_index(target), value)
+            )
         elif type(target) in (cst.Tuple, cst.List):
             for i, el in enumerate(target.elements):
                 if type(el) is cst.StarredElement:

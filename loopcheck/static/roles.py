@@ -39,7 +39,10 @@ class Obj:
     a helper keeps its key); ``models`` are the keys of the models whose parameters an
     optimizer was built from; ``cls`` is the class (defined in a linted file) of an instance;
     ``members`` are the keys of the optimizers a container of optimizers holds, when known;
-    ``builds`` is the role of what calling a factory returns."""
+    ``builds`` is the role of what calling a factory returns; ``parts`` are the optimizers a
+    dict built here holds by name (``{"actor": Adam(...), "critic": Adam(...)}``), each with
+    the models it was built from: their keys (``key["actor"]``) are its members, whatever key
+    the dict ends up under."""
 
     role: Role
     key: str
@@ -47,6 +50,33 @@ class Obj:
     cls: ClassInfo | None = None
     members: tuple[str, ...] = ()
     builds: Role | None = None
+    parts: tuple[tuple[str, frozenset[str]], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.parts:
+            object.__setattr__(self, "members", tuple(part_key(self.key, n) for n, _ in self.parts))
+
+    def part(self, name: object) -> Obj | None:
+        """The optimizer held under ``name`` in a dict of named optimizers."""
+        for label, models in self.parts:
+            if label == name:
+                return Obj(Role.OPTIMIZER, part_key(self.key, label), models)
+        return None
+
+    def all_parts(self) -> list[Obj]:
+        return [p for p in (self.part(label) for label, _ in self.parts) if p is not None]
+
+
+def part_key(key: str, name: str) -> str:
+    return f"{key}[{name!r}]"
+
+
+def siblings(key: str, other: str) -> bool:
+    """Two optimizers of one dict of named optimizers (``opts["actor"]``, ``opts["critic"]``):
+    kept apart on purpose, whatever models the linter could tell them by."""
+    if not key.endswith("']") or not other.endswith("']"):
+        return False
+    return key.rsplit("['", 1)[0] == other.rsplit("['", 1)[0]
 
 
 class Imports:

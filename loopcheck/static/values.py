@@ -52,6 +52,7 @@ class ValueRoles:
     cls: ClassInfo | None
     scope: str
     local_values: dict[str, list[cst.BaseExpression]]
+    item_values: dict[str, list[tuple[object, cst.BaseExpression]]]
     local_defs: dict[str, cst.FunctionDef]
     _values: dict[tuple[int, str | None], Obj | None]
 
@@ -80,6 +81,10 @@ class ValueRoles:
             return found
         if type(value) is cst.Subscript:
             return self.resolve(value) or self._factory_picked(value)
+        if type(value) is cst.Dict and any(
+            type(e) is cst.DictElement and type(e.value) is cst.Call for e in value.elements
+        ):
+            return self._named_parts(value, key, name)
         if type(value) in (cst.List, cst.Tuple, cst.Set, cst.Dict):
             return self._container(value, key)
         if type(value) in (cst.ListComp, cst.DictComp, cst.GeneratorExp):
@@ -165,6 +170,28 @@ class ValueRoles:
             return Obj(Role.OPTIMIZER, key, models, members=keys)
         return None
 
+    def _named_parts(self, value: cst.Dict, key: str, name: str | None) -> Obj | None:
+        """``{"actor": Adam(actor.parameters()), "critic": Adam(...)}``, and what the function
+        stores under more constant keys: a dict of optimizers, each known by its name."""
+        pairs: list[tuple[object, cst.BaseExpression]] = [
+            (e.key.evaluated_value if type(e.key) is cst.SimpleString else None, e.value)
+            for e in value.elements
+            if type(e) is cst.DictElement
+        ]
+        if len(pairs) != len(value.elements):
+            return None  # ``**others``
+        pairs.extend(self.item_values.get(name, ()) if name else ())
+        parts: dict[str, frozenset[str]] = {}
+        for label, stored in pairs:
+            obj = self.value_role(stored, None)
+            if obj is None or obj.role is not Role.OPTIMIZER or obj.members:
+                return None
+            if not isinstance(label, str):
+                return Obj(Role.OPTIMIZER, key, obj.models)  # keys the linter cannot read
+            parts.setdefault(label, obj.models)
+        models = frozenset().union(*parts.values())
+        return Obj(Role.OPTIMIZER, key, models, parts=tuple(parts.items()))
+
     def element_role(
         self, container: cst.BaseExpression, subscript: cst.Subscript | None = None
     ) -> Obj | None:
@@ -181,6 +208,8 @@ class ValueRoles:
         obj = self.resolve(base) if type(base) in (cst.Name, cst.Attribute) else None
         if obj is None or obj.role is not Role.OPTIMIZER:
             return None
+        if subscript is not None and obj.parts:
+            return obj.part(literal_index(subscript)) or obj
         if subscript is not None and obj.members:
             index = literal_index(subscript)
             values = self._container_literal(base)
