@@ -17,7 +17,13 @@ def drops_gradients(model: FileModel, record: Record) -> bool:
     if record.root is not None and not record.root.stepped:
         return False  # no step at all: that is LC105's finding, not this one
     loop = model.innermost_loop(record.cause) if record.cause is not None else None
-    if loop is None or record.site not in loop.sites:
+    while loop is not None and record.site not in loop.sites:
+        # the backward in a loop of its own (nanochat's passes over one example), cleared in
+        # a loop around it that never steps (its examples): that loop is the micro-batch loop
+        loop = loop.parent
+        if loop is not None and loop.has(Move.STEP, record.key):
+            loop = None
+    if loop is None:
         return False  # cleared outside the micro-batch loop: a dropped partial accumulation
     # a step after the loop, not one in a loop beside it (nanoGPT's bench: a profiling
     # loop that never steps, next to the benchmark's loop that does)
