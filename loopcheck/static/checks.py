@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import libcst as cst
@@ -84,7 +85,8 @@ class Checks(FrameStack):
         # (ignite's 1-based ``engine.state.iteration`` included)
         base = None if otherwise else self.counter_base(guard.counter, frame, at)
         if otherwise or (base is not None and guards.off_by_one(guard, base, when_zero, False)):
-            site = ctx.site(expr)
+            at_branch = otherwise and _branch_contradicts_flag(stmt, bool(body_steps))
+            site = self.ctx.site(stmt.test) if at_branch else ctx.site(expr)
             loop = self.loop_stack[-1]
             self.model.add_record(Record("LC204", site, guard.counter, loop, self.root))
 
@@ -276,3 +278,23 @@ def _field_values(value: cst.BaseExpression, field: str) -> list[cst.BaseExpress
 
 def _zero_among(values: Iterable[cst.BaseExpression]) -> bool:
     return any(type(v) is cst.Integer and v.value == "0" for v in values)
+
+
+_HOLDS_BACK = re.compile(r"accumul|skip|no_sync", re.IGNORECASE)
+_STEPS_NOW = re.compile(r"update|sync|step|boundary|apply", re.IGNORECASE)
+
+
+def _branch_contradicts_flag(stmt: cst.If, body_steps: bool) -> bool:
+    """An inverted guard read through a flag whose name says what it means: wrong where the
+    branch is chosen when the step runs against that meaning (``if is_accumulating:``
+    stepping), wrong where the flag is computed otherwise (``is_accumulating = i % n == 0``
+    read by the usual ``if not is_accumulating:``)."""
+    flag, negated = without_not(stmt.test)
+    if type(flag) is not cst.Name:
+        return False
+    steps_when_set = body_steps != negated
+    if _HOLDS_BACK.search(flag.value):
+        return steps_when_set
+    if _STEPS_NOW.search(flag.value):
+        return not steps_when_set
+    return False
