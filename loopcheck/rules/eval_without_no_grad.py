@@ -9,7 +9,7 @@ from loopcheck.protocol import Move
 from loopcheck.rules._base import Finding, Rule
 
 if TYPE_CHECKING:
-    from loopcheck.static.model import FileModel, LoopSummary, Site
+    from loopcheck.static.model import FileModel, LoopSummary, RootSummary, Site
 
 
 class EvalWithoutNoGrad(Rule):
@@ -30,7 +30,10 @@ class EvalWithoutNoGrad(Rule):
     It also flags a validation block inside a training loop (`if i % validate_every == 0:
     model.eval(); loss = model(val_batch)`): a call of the model, with gradients on, in an
     `if` block that puts it in eval mode and makes no training move (`generate(...)` and other
-    methods, which often turn gradients off themselves, are not judged).
+    methods, which often turn gradients off themselves, are not judged). A method of a model
+    class (an `nn.Module`, or a class defining `forward`), such as a `predict_step` that
+    decodes greedily, is an inference API: it is judged where a linted file calls it, since
+    its callers choose whether gradients are on.
 
     ## Why is this bad?
     With gradients on, every forward records its autograd graph and keeps the activations it
@@ -76,7 +79,7 @@ class EvalWithoutNoGrad(Rule):
             decisive = [
                 site
                 for site, enabled, root, followed in loop.forwards
-                if enabled and (followed or root is None or not root.referenced)
+                if enabled and (followed or root is None or not _callers_decide(root))
             ]
             if not decisive:
                 continue  # gradients off, or only seen alone while callers decide
@@ -93,11 +96,18 @@ class EvalWithoutNoGrad(Rule):
         # an evaluation block inside the training loop (``if i % validate_every == 0:
         # model.eval(); loss = model(val_batch)``): no backward or step in the block
         for site, _, loop, root in model.eval_forwards:
-            if site in reported or (root is not None and root.referenced):
+            if site in reported or (root is not None and _callers_decide(root)):
                 continue
             if _needs_gradients(loop):
                 reported.add(site)
                 yield _finding(site)
+
+
+def _callers_decide(root: RootSummary) -> bool:
+    """Whether an analysis seen on its own leaves the question to its callers: it is called
+    elsewhere, or it is a method of a model class (an inference API such as ``predict_step``,
+    which callers run under ``no_grad`` or not)."""
+    return root.model_api or root.referenced
 
 
 def _finding(site: Site) -> Finding:

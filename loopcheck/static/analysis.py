@@ -60,6 +60,7 @@ def _analyze(ctx: FileContext) -> FileModel:
     for func, cls, scope in _entry_points(ctx):
         frame = Frame(ctx, func, cls, {}, top, scope)
         root = RootSummary(scope, partial(_referenced, ctx, func, cls))
+        root.model_api = cls is not None and _model_class(cls)
         model.roots.append(root)
         implicit = _implicit_loop(ctx, func, cls, scope)
         body = _statements(func)
@@ -96,6 +97,14 @@ def _other_framework(ctx: FileContext) -> bool:
     """A file written for another framework, importing no torch: nothing here applies."""
     roots = {qual.split(".", 1)[0] for qual in ctx.imports.aliases.values()}
     return bool(roots & _OTHER_FRAMEWORKS) and "torch" not in roots
+
+
+def _model_class(cls: ClassInfo) -> bool:
+    """A model: an ``nn.Module`` (not a LightningModule, whose hooks the framework runs), or
+    a class of unknown bases that defines ``forward``."""
+    if cls.is_lightning:
+        return False
+    return cls.is_module or any("forward" in info.methods for info in cls.mro())
 
 
 def _referenced(ctx: FileContext, func: cst.FunctionDef, cls: ClassInfo | None) -> bool:

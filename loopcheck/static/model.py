@@ -171,6 +171,9 @@ class RootSummary:
     # called elsewhere (its file, or maybe another linted file): callers decide. Asked only
     # by rules about to report, as a question: whether another file names it reads them all.
     referenced_by: Callable[[], bool] = field(default=lambda: False, repr=False)
+    # a method of a model class (``predict_step`` of an ``nn.Module``): an inference API whose
+    # callers choose whether gradients are on
+    model_api: bool = False
     stepped: bool = False  # some STEP, opaque optimizer call or unresolved .step() was seen
     stepped_unkeyed: bool = False  # an unresolved .step(), or gradients used by hand
     opaque_stepped: bool = False  # an optimizer handed to code we cannot see
