@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from loopcheck.static.project import Project
 
 # A file that never mentions one of these cannot hold a training step worth checking.
-_PREFILTER = re.compile(rb"backward|zero_grad|\.step\(|\bstep\(|\.eval\(\)")
+# the library helpers that ``loopcheck.static.stubs`` models (they make the moves unseen)
+_MODELLED = re.compile(rb"\b(NativeScaler|ApexScaler)\b")
+_PREFILTER = re.compile(rb"backward|zero_grad|\.step\(|\bstep\(|\.eval\(\)|" + _MODELLED.pattern)
 
 
 def _parse_error(path: str, line: int, column: int, message: str) -> Diagnostic:
@@ -148,6 +150,13 @@ def _lint_text(
         return [_syntax_error(text, path, exc)]
     except RecursionError:
         return [_parse_error(path, 1, 1, "file is too deeply nested to parse")]
+    if project is None and _MODELLED.search(raw):
+        # a file linted alone that uses a library helper the analysis has a model of: the
+        # model is read as if it were linted with it
+        from loopcheck.static import Project
+
+        project = Project([path])
+        project.begin(path)
     return lint_module(module, path, rules, project, text)
 
 
@@ -161,7 +170,7 @@ def lint_module(
     """:func:`lint_source` of a file that libcst has parsed already (checking a fix lints the
     tree the fixers read instead of parsing the same text again); ``source``: the text it was
     parsed from, when the caller has it (locating findings is then cheaper)."""
-    from loopcheck.static import analyze
+    from loopcheck.static import analyze, stubs
 
     try:
         model = analyze(module, path, project, source)
@@ -170,6 +179,8 @@ def lint_module(
     found: set[Diagnostic] = set()
     for rule_class in rules:
         for finding in rule_class().check(model):
+            if finding.path and stubs.is_model(finding.path):
+                continue  # inside a library model: what it exposes is reported at the caller
             span = finding.span
             found.add(
                 Diagnostic(

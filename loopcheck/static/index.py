@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 import libcst as cst
 
 from loopcheck.diagnostic import Span
+from loopcheck.static import stubs
 from loopcheck.static.classes import ClassInfo, is_test_class, self_attribute
 from loopcheck.static.conditions import condition_key, counter_sign, modular, modulus_of
 from loopcheck.static.counters import cycled_range, range_length, zipped_targets
@@ -459,6 +460,8 @@ class _Indexer:
                 continue
             if self.ctx.project.takes_part(self.ctx, qual):
                 out.add(local)
+                if stubs.locate(qual) is not None:
+                    out.add("__call__")  # a library's loss scaler: what a parameter may hold
         for local, name in self.module_calls:
             # ``from . import steps`` then ``steps.train_step(...)``: a function of a linted
             # module, called by its own name

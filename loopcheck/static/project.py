@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import libcst as cst
 
+from loopcheck.static import stubs
 from loopcheck.static.classes import ClassInfo
 from loopcheck.static.index import FileContext
 from loopcheck.static.parsing import parse_module
@@ -221,7 +222,8 @@ class Project:
             self.loading += 1
             self._building += 1
             try:
-                ctx = FileContext(tree[1], self._paths[key], self, tree[0]) if tree else None
+                path = self._paths.get(key, key)  # a library model is no linted file
+                ctx = FileContext(tree[1], path, self, tree[0]) if tree else None
             finally:
                 self.loading -= 1
                 self._building -= 1
@@ -306,6 +308,9 @@ class Project:
         it defines is needed (a package's ``__init__`` is seldom worth libcst's parse)."""
         if depth > _MAX_REEXPORTS:
             return None
+        modelled = stubs.locate(qualname)
+        if modelled is not None:
+            return _normal(modelled[0]), modelled[1]
         for module_key, names in self._candidates(importer, qualname):
             if module_key == importer:
                 continue
@@ -341,6 +346,8 @@ class Project:
         )
 
     def _takes_part(self, importer: str, qualname: str) -> bool:
+        if stubs.locate(qualname) is not None:
+            return True  # a library helper the analysis has a model of
         for module_key, _ in self._candidates(importer, qualname):
             if self.source(module_key) is None:
                 continue
