@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from loopcheck.rules._base import ProtocolRule
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from loopcheck.rules._base import Finding, ProtocolRule
+
+if TYPE_CHECKING:
+    from loopcheck.static.model import FileModel
 
 
 class AccumulationOffByOne(ProtocolRule):
@@ -23,7 +29,10 @@ class AccumulationOffByOne(ProtocolRule):
     step % args.accum == 0`), `if i % N != 0: continue` before the step, a flag computed
     earlier in the iteration (`need_update = last_batch or i % N == 0`), or a condition handed
     to a helper that steps when it is set (`loss_scaler(..., update_grad=i % N == 0)`); the
-    finding is at the condition.
+    finding is at the condition. An inverted guard read through a flag whose name says what
+    it means is reported where it goes wrong: at `if is_accumulating:` when that branch steps,
+    at the flag's computation when the usual `if not is_accumulating:` reads a flag computed
+    the wrong way round.
 
     ## Why is this bad?
     The first optimizer step applies one micro-batch instead of N (with the loss divided by N,
@@ -61,3 +70,12 @@ class AccumulationOffByOne(ProtocolRule):
         "0-based counter it steps after the first micro-batch (or on N-1 of N); use "
         "`(i + 1) % N == 0`"
     )
+    inverted = (
+        "`{call}` inverts the accumulation step guard: the step runs on N-1 of N micro-batches "
+        "and skips the one that ends the window; negate the test"
+    )
+
+    def check(self, model: FileModel) -> Iterable[Finding]:
+        for record in model.violations(self.code):
+            template = self.inverted if record.inverted else self.message
+            yield self.finding(model, record, template.format(call=record.site.text))

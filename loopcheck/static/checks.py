@@ -88,7 +88,8 @@ class Checks(FrameStack):
             at_branch = otherwise and _branch_contradicts_flag(stmt, bool(body_steps))
             site = self.ctx.site(stmt.test) if at_branch else ctx.site(expr)
             loop = self.loop_stack[-1]
-            self.model.add_record(Record("LC204", site, guard.counter, loop, self.root))
+            record = Record("LC204", site, guard.counter, loop, self.root, inverted=otherwise)
+            self.model.add_record(record)
 
     def guard_source(
         self, stmt: cst.If

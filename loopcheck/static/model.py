@@ -229,6 +229,8 @@ class Record:
     handed_in: bool = False
     # LC108: the next backward is another loss of the same pass (LC102's when it stands)
     between_losses: bool = False
+    # LC204: the guard steps on the wrong branch, not after the wrong micro-batch
+    inverted: bool = False
 
 
 class FileModel:
