@@ -79,7 +79,7 @@ class EvalWithoutNoGrad(Rule):
             decisive = [
                 site
                 for site, enabled, root, followed in loop.forwards
-                if enabled and (followed or root is None or not _callers_decide(root))
+                if enabled and (root is None or not _callers_decide(root))
             ]
             if not decisive:
                 continue  # gradients off, or only seen alone while callers decide
