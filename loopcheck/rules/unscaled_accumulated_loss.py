@@ -21,7 +21,9 @@ class UnscaledAccumulatedLoss(ProtocolRule):
     is handed (a MAE-style `loss_scaler(loss, optimizer, update_grad=...)`), the division is
     the caller's: the finding is at the call that hands the undivided loss in. A micro-batch
     loop over `range(N)` whose `N` is only ever the literal 1 (a module constant nobody raised)
-    runs one backward per step: nothing accumulates.
+    runs one backward per step: nothing accumulates. A unit test (a `test_*` function, a
+    method of a `Test*` class or one of its helpers) that sums undivided gradients to compare
+    the sum with a reference is not flagged.
 
     ## Why is this bad?
     `backward()` adds into `.grad`, so N undivided micro-batches produce N times the gradient
@@ -81,6 +83,8 @@ class UnscaledAccumulatedLoss(ProtocolRule):
         # for each parameter that has one) normalise the sum, on every path that steps; and
         # gradients handled by hand (all-reduced with SUM, then a scale-invariant optimizer)
         # are the author's business. Reading them (a norm for the log) normalises nothing.
+        if record.root is not None and record.root.unit_test:
+            return False  # a test sums undivided gradients on purpose, to compare the sum
         loop = record.loop
         if loop is None:
             return True

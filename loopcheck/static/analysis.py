@@ -19,6 +19,7 @@ from loopcheck.static.project import Project
 from loopcheck.static.relevance import CLEARING_NAMES
 from loopcheck.static.roles import Obj, Role, constructed_role
 from loopcheck.static.syntax import all_params, called_name, dotted, returns_of
+from loopcheck.static.tensors import unit_test
 from loopcheck.static.tree import forget, kids, walk
 from loopcheck.static.wrappers import check_wrappers
 
@@ -61,6 +62,7 @@ def _analyze(ctx: FileContext) -> FileModel:
         frame = Frame(ctx, func, cls, {}, top, scope)
         root = RootSummary(scope, partial(_referenced, ctx, func, cls))
         root.model_api = cls is not None and _model_class(cls)
+        root.unit_test = unit_test(ctx, func)
         model.roots.append(root)
         implicit = _implicit_loop(ctx, func, cls, scope)
         body = _statements(func)

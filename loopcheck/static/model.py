@@ -174,6 +174,7 @@ class RootSummary:
     # a method of a model class (``predict_step`` of an ``nn.Module``): an inference API whose
     # callers choose whether gradients are on
     model_api: bool = False
+    unit_test: bool = False  # a unit test or one of its helpers (it compares what comes out)
     stepped: bool = False  # some STEP, opaque optimizer call or unresolved .step() was seen
     stepped_unkeyed: bool = False  # an unresolved .step(), or gradients used by hand
     opaque_stepped: bool = False  # an optimizer handed to code we cannot see
