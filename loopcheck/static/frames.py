@@ -261,6 +261,12 @@ class Frame(ValueRoles):
                 if found.parts:
                     found = _with_stored_parts(found, cls, attr)
                 break
+        if found is None and any(
+            type(v) is cst.Dict and not v.elements for _, v, _ in cls.attribute_values(attr)
+        ):
+            # ``self.optimizers = {}``, filled by ``self.optimizers["G"] = Adam(...)``
+            filled = _with_stored_parts(Obj(Role.OPTIMIZER, f"{cls.name}.{attr}"), cls, attr)
+            found = filled if filled.parts else None
         if found is None and cls.method(attr) is None:  # ``self.net_u(x)``: a method
             role = role_from_name(attr)
             values = [v for _, v, _ in cls.attribute_values(attr)]
@@ -323,7 +329,8 @@ def _with_stored_parts(found: Obj, cls: ClassInfo, attr: str) -> Obj:
         if not isinstance(label, str) or stored is None or stored.role is not Role.OPTIMIZER:
             return Obj(found.role, found.key, found.models)
         parts.setdefault(label, stored.models)
-    return replace(found, parts=tuple(parts.items()))
+    models = found.models.union(*parts.values())
+    return replace(found, models=models, parts=tuple(parts.items()))
 
 
 def module_frame(ctx: FileContext) -> Frame:

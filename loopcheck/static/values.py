@@ -81,8 +81,9 @@ class ValueRoles:
             return found
         if type(value) is cst.Subscript:
             return self.resolve(value) or self._factory_picked(value)
-        if type(value) is cst.Dict and any(
-            type(e) is cst.DictElement and type(e.value) is cst.Call for e in value.elements
+        if type(value) is cst.Dict and (
+            any(type(e) is cst.DictElement and type(e.value) is cst.Call for e in value.elements)
+            or (not value.elements and name and self.item_values.get(name))
         ):
             return self._named_parts(value, key, name)
         if type(value) in (cst.List, cst.Tuple, cst.Set, cst.Dict):
