@@ -20,7 +20,7 @@ from loopcheck.static.bodies import (
 from loopcheck.static.classes import ClassInfo
 from loopcheck.static.frames import Frame, module_frame
 from loopcheck.static.index import FileContext
-from loopcheck.static.ownership import module_key, optimized_models
+from loopcheck.static.ownership import deep_copy, module_key, optimized_models
 from loopcheck.static.reaching import Definition, Statement
 from loopcheck.static.roles import Obj, Role
 from loopcheck.static.syntax import (
@@ -234,6 +234,12 @@ class _Tracer:
             # (the definitions read without positions hold their value in place of a
             # statement: their names are read anywhere in the function too)
             at = d.statement if frame is self.frame and d.statement is not d.value else None
+            if not d.augmented and deep_copy(frame, d.value):
+                # ``model_b = deepcopy(model_a)``: a model of its own, with its own parameters
+                copied = frame.resolve_name(name)
+                own = copied.key if copied is not None else f"{frame.scope}:{name}"
+                out = out | Origin(frozenset({own}), True)
+                continue
             if (
                 not d.augmented
                 and not d.loop_target

@@ -173,11 +173,24 @@ def models_in(frame: Frame, expr: cst.CSTNode) -> frozenset[str]:
                 key = module_key(frame, root) if known else None
                 if key is not None:
                     keys.add(key)
+                values = frame.local_values.get(root.value, ()) if type(root) is cst.Name else ()
+                if any(deep_copy(frame, v) for v in values):
+                    # ``model_b = deepcopy(model_a)``: parameters of its own
+                    keys.add(module_key(frame, root) or f"{frame.scope}:{root.value}")  # type: ignore[attr-defined]
+                    continue
                 if type(root) is cst.Name and root.value not in seen:
                     seen.add(root.value)
                     stack.extend(frame.local_values.get(root.value, ()))
                     stack.extend(v for _, v in frame.tuple_values.get(root.value, ()))
     return frozenset(keys)
+
+
+def deep_copy(frame: Frame, value: cst.BaseExpression) -> bool:
+    """``copy.deepcopy(x)``: new tensors, on no graph of ``x``'s and among none of its
+    parameters."""
+    if type(value) is not cst.Call or type(value.func) not in (cst.Name, cst.Attribute):
+        return False
+    return frame.ctx.imports.qualify(value.func) == "copy.deepcopy"
 
 
 _PARAMETER_METHODS = {"parameters", "named_parameters", "modules", "children"}
