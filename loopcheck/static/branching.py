@@ -185,6 +185,18 @@ class Branches(FrameStack):
                 skipped.add(s)
         return taken, skipped
 
+    def none_matched_dropped(self, stmt: cst.If) -> bool:
+        """Whether the paths that match no arm of ``stmt`` are dropped: ``stmt`` ends an
+        ``if``/``elif`` chain, with no ``else``, that compares one setting with two or more
+        strings (``if args.loss == "wgan-gp": ... elif args.loss == "r1": ...``). Such a
+        chain enumerates the setting's choices: a path matching none exists only because the
+        choices were not read (a step with no backward on it is no LC103)."""
+        if type(stmt.orelse) is cst.If:
+            end = self.ctx.remember("enumeration", stmt, lambda: conditions.enumeration_end(stmt))
+            if end is not None:
+                self.ctx.remember("enumeration-end", end, lambda: True)
+        return stmt.orelse is None and self.ctx.remember("enumeration-end", stmt, lambda: False)
+
     def presence(self, test: cst.BaseExpression) -> tuple[str, bool, set[str]] | None:
         """``x is None``, ``x is not None`` or a bare ``x`` on a loss scaler (resolved as one,
         or named for one): the fact's text, whether the test is ``is None``, and the names it

@@ -317,3 +317,31 @@ def guard_flag(frame: Frame, name: str) -> cst.Comparison | None:
     if guard is None or modulus_of(guard[0]) not in frame.ctx.tracked_moduli:
         return None
     return values[0]
+
+
+def enumeration_end(stmt: cst.If) -> cst.If | None:
+    """The last ``elif`` of a chain with no ``else`` whose arms each compare one expression
+    with a different string (``== "wgan-gp"``, ``== "r1"``), two arms at least."""
+    subject: str | None = None
+    seen: set[str] = set()
+    node: cst.If = stmt
+    while True:
+        test = node.test
+        if not (
+            type(test) is cst.Comparison
+            and len(test.comparisons) == 1
+            and type(test.comparisons[0].operator) is cst.Equal
+            and type(test.comparisons[0].comparator) is cst.SimpleString
+        ):
+            return None
+        text = cst.Module([]).code_for_node(test.left)
+        value = test.comparisons[0].comparator.evaluated_value
+        if subject is not None and text != subject or value in seen:
+            return None
+        subject = text
+        seen.add(value)  # type: ignore[arg-type]
+        if node.orelse is None:
+            return node if len(seen) > 1 else None
+        if type(node.orelse) is not cst.If:
+            return None  # an ``else``: nothing to drop
+        node = node.orelse

@@ -323,8 +323,9 @@ class Interpreter(Recorder, Checks, Loops, Branches):
             "guard", stmt, lambda: guards.read_guard(self.ctx.code, stmt.test)
         )
         flow = self.exec_branch(stmt.body, taken, guard is not None and guard.zero)
+        dropped = self.none_matched_dropped(stmt)  # (a chain's head notes where it ends)
         if stmt.orelse is None:
-            flow.normal |= skipped
+            flow.normal |= set() if dropped else skipped
         else:
             other = stmt.orelse.body if type(stmt.orelse) is cst.Else else stmt.orelse
             flow = merge(
